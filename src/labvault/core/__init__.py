@@ -1,0 +1,1 @@
+"""Cross-cutting building blocks. Never imports a feature package."""

@@ -1,0 +1,1 @@
+"""Who is acting (principals) and the hooks every decryption passes through."""

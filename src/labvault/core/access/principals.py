@@ -1,0 +1,37 @@
+"""Principals: the acting party every service call names.
+
+Privileged access must name :class:`SystemPrincipal` explicitly, with the job it runs for,
+so that every escalation is greppable (``SystemPrincipal(``) and recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PrincipalKind(enum.StrEnum):
+    PATIENT = "patient"
+    STAFF = "staff"
+    SERVICE = "service"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: PrincipalKind
+    id: str
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class SystemPrincipal(Principal):
+    """A command-line job or background task acting outside any login."""
+
+    job: str
+
+    def __init__(self, job: str) -> None:
+        if not job or not job.replace(":", "").replace("-", "").replace("_", "").isalnum():
+            raise ValueError("a system principal names its job, e.g. 'cli:patients-find'")
+        object.__setattr__(self, "kind", PrincipalKind.SYSTEM)
+        object.__setattr__(self, "id", f"system:{job}")
+        object.__setattr__(self, "job", job)

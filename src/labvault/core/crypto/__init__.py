@@ -1,0 +1,1 @@
+"""Application-level encryption: data keys, envelopes, key providers, blind indexes."""

@@ -1,0 +1,178 @@
+"""Per-request (or per-job) access to one tenant's keys: the single decrypt choke point.
+
+Data keys are created and unwrapped only here. Unwrapped keys live as long as the
+keyring, which lives as long as one request or one job batch: never in a global cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labvault.core.access.decrypt import DecryptGuard, DecryptRequest, run_guards
+from labvault.core.access.principals import Principal
+from labvault.core.crypto.blind_index import INDEX_KEY_BYTES, BlindIndexer, IndexKind
+from labvault.core.crypto.envelope import DataKey, FieldKey
+from labvault.core.crypto.errors import KeyProviderError
+from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
+from labvault.core.crypto.providers.base import KeyProvider
+from labvault.core.crypto.secret import Secret
+
+
+def data_key_context(tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    return f"labvault/v1|data_key|{tenant_id}|{key_id}"
+
+
+def index_key_context(tenant_id: uuid.UUID, kind: IndexKind) -> str:
+    return f"labvault/v1|index_key|{tenant_id}|{kind.value}"
+
+
+class Indexer(Protocol):
+    def nir(self, compact_nir: str) -> bytes: ...
+    def email(self, address: str) -> bytes: ...
+    def phone(self, number: str) -> bytes: ...
+    def name_birth_date(self, birth_name: str, first_name: str, birth_date: Any) -> bytes: ...
+
+
+class Keyring(Protocol):
+    """What services need; :class:`TenantKeyring` is the real one."""
+
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+
+    @property
+    def principal(self) -> Principal: ...
+
+    @property
+    def indexer(self) -> Indexer: ...
+
+    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]: ...
+
+    def open_data_keys(
+        self,
+        subject_type: str,
+        subjects: Sequence[tuple[uuid.UUID, uuid.UUID]],
+        purpose: str,
+    ) -> dict[uuid.UUID, FieldKey]: ...
+
+
+def create_index_keys(session: Session, provider: KeyProvider, tenant_id: uuid.UUID) -> None:
+    """Give a new tenant its blind-index keys (one per kind), wrapped."""
+    import os
+
+    for kind in IndexKind:
+        material = Secret(os.urandom(INDEX_KEY_BYTES))
+        session.add(
+            IndexKeyRecord(
+                tenant_id=tenant_id,
+                kind=kind.value,
+                wrapped_key=provider.wrap(material, index_key_context(tenant_id, kind)),
+                provider=provider.name,
+            )
+        )
+
+
+class TenantKeyring:
+    def __init__(
+        self,
+        session: Session,
+        provider: KeyProvider,
+        tenant_id: uuid.UUID,
+        principal: Principal,
+        guards: Iterable[DecryptGuard] = (),
+    ) -> None:
+        self._session = session
+        self._provider = provider
+        self._tenant_id = tenant_id
+        self._principal = principal
+        self._guards = tuple(guards)
+        self._indexer: BlindIndexer | None = None
+
+    def __repr__(self) -> str:
+        return f"TenantKeyring(tenant={self._tenant_id}, principal={self._principal.id})"
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self._tenant_id
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    @property
+    def indexer(self) -> BlindIndexer:
+        if self._indexer is None:
+            rows = self._session.execute(
+                select(IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
+                    IndexKeyRecord.tenant_id == self._tenant_id
+                )
+            ).all()
+            found = {IndexKind(kind): wrapped for kind, wrapped in rows}
+            if set(found) != set(IndexKind):
+                raise KeyProviderError("this organization's blind-index keys are missing")
+            kinds = list(found)
+            secrets = self._provider.unwrap_many(
+                [(found[kind], index_key_context(self._tenant_id, kind)) for kind in kinds]
+            )
+            self._indexer = BlindIndexer(dict(zip(kinds, secrets, strict=True)))
+        return self._indexer
+
+    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        """Fresh data keys and the ``data_keys`` rows (wrapped) the caller must insert."""
+        generated = [DataKey.generate() for _ in range(count)]
+        wrapped = self._provider.wrap_many(
+            [(material, data_key_context(self._tenant_id, key.id)) for key, material in generated]
+        )
+        rows = [
+            {
+                "id": key.id,
+                "tenant_id": self._tenant_id,
+                "wrapped_key": blob,
+                "provider": self._provider.name,
+            }
+            for (key, _), blob in zip(generated, wrapped, strict=True)
+        ]
+        return [key for key, _ in generated], rows
+
+    def open_data_keys(
+        self,
+        subject_type: str,
+        subjects: Sequence[tuple[uuid.UUID, uuid.UUID]],
+        purpose: str,
+    ) -> dict[uuid.UUID, FieldKey]:
+        """Unwrap the data keys of ``subjects`` (pairs of subject id, key id).
+
+        Every guard sees the request first; if one raises, nothing is unwrapped.
+        """
+        if not subjects:
+            return {}
+        run_guards(
+            self._guards,
+            DecryptRequest(
+                principal=self._principal,
+                tenant_id=self._tenant_id,
+                subject_type=subject_type,
+                subject_ids=tuple(dict.fromkeys(subject for subject, _ in subjects)),
+                purpose=purpose,
+            ),
+        )
+        key_ids = list(dict.fromkeys(key_id for _, key_id in subjects))
+        rows = self._session.execute(
+            select(DataKeyRecord.id, DataKeyRecord.wrapped_key).where(
+                DataKeyRecord.tenant_id == self._tenant_id, DataKeyRecord.id.in_(key_ids)
+            )
+        ).all()
+        wrapped = {key_id: blob for key_id, blob in rows}
+        missing = [key_id for key_id in key_ids if key_id not in wrapped]
+        if missing:
+            raise KeyProviderError(
+                f"{len(missing)} data key(s) not found (erased subject or another tenant's key)"
+            )
+        secrets = self._provider.unwrap_many(
+            [(wrapped[k], data_key_context(self._tenant_id, k)) for k in key_ids]
+        )
+        return {k: DataKey(k, s) for k, s in zip(key_ids, secrets, strict=True)}

@@ -1,0 +1,34 @@
+"""Wires settings to the real components: the database and the key provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from labvault.core.config import Settings
+from labvault.core.crypto.providers import KeyProvider, load_key_provider
+from labvault.core.db import create_db_engine, make_session_factory
+
+
+@dataclass
+class Runtime:
+    """One process's handles on storage and keys. Built once at start-up, shared by requests."""
+
+    settings: Settings
+    engine: Engine = field(init=False)
+    sessions: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = create_db_engine(self.settings.sqlalchemy_url)
+        self.sessions = make_session_factory(self.engine)
+
+    @cached_property
+    def key_provider(self) -> KeyProvider:
+        """Loaded on first use; raises a clear KeyProviderError if the key is missing or exposed."""
+        return load_key_provider(self.settings.key_provider, str(self.settings.key_file))
+
+    def close(self) -> None:
+        self.engine.dispose()

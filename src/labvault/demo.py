@@ -1,0 +1,80 @@
+"""The demo organization: two sites, one staff member per role, synthetic patients."""
+
+from __future__ import annotations
+
+import random
+
+from faker import Faker
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from labvault.core.access.principals import SystemPrincipal
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.providers import KeyProvider
+from labvault.organizations.models import Organization
+from labvault.organizations.services import add_site, create_organization
+from labvault.staff.models import StaffRole
+from labvault.staff.services import StaffRepository
+
+DEMO_ORGANIZATION = "Laboratoires Démo Bio"
+_WEEKDAY_HOURS = [["07:00", "12:30"], ["14:00", "18:00"]]
+OPENING_HOURS = {
+    "mon": _WEEKDAY_HOURS,
+    "tue": _WEEKDAY_HOURS,
+    "wed": _WEEKDAY_HOURS,
+    "thu": _WEEKDAY_HOURS,
+    "fri": _WEEKDAY_HOURS,
+    "sat": [["08:00", "12:00"]],
+}
+
+
+def demo_exists(session: Session) -> bool:
+    return (
+        session.scalar(select(Organization).where(Organization.name == DEMO_ORGANIZATION))
+        is not None
+    )
+
+
+def create_demo_organization(session: Session, provider: KeyProvider) -> Organization:
+    """Organization, two sites and staff; patients are added by the caller (it shows progress)."""
+    organization = create_organization(session, provider, DEMO_ORGANIZATION)
+    centre = add_site(
+        session,
+        organization,
+        name="Site Centre",
+        address_line="12 rue de la République",
+        postal_code="69002",
+        city="Lyon",
+        opening_hours=OPENING_HOURS,
+        sampling_capacity_per_hour=12,
+    )
+    gare = add_site(
+        session,
+        organization,
+        name="Site Gare",
+        address_line="3 place de la Gare",
+        postal_code="69003",
+        city="Lyon",
+        opening_hours={key: OPENING_HOURS[key] for key in ("mon", "tue", "wed", "thu", "fri")},
+        sampling_capacity_per_hour=8,
+    )
+    keyring = TenantKeyring(session, provider, organization.id, SystemPrincipal("cli:demo"))
+    staff = StaffRepository(session, keyring)
+    fake = Faker("fr_FR")
+    fake.seed_instance(2026)
+    rng = random.Random(2026)  # noqa: S311 - picks demo data, not secrets
+    for number, role in enumerate(StaffRole):
+        first, last = fake.first_name(), fake.last_name()
+        sites = (
+            [centre.id, gare.id]
+            if role is not StaffRole.SAMPLER
+            else [rng.choice([centre.id, gare.id])]
+        )
+        staff.add(
+            first_name=first,
+            last_name=last,
+            email=f"staff{number + 1}.{role.value.replace('_', '-')}@example.org",
+            role=role,
+            site_ids=sites,
+        )
+    return organization

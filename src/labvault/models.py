@@ -1,0 +1,18 @@
+"""Every feature's models, imported so that ``Base.metadata`` is complete (migrations, tests)."""
+
+from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
+from labvault.core.db import Base
+from labvault.organizations.models import Organization, Site
+from labvault.patients.models import Patient
+from labvault.staff.models import StaffMember, StaffSite
+
+__all__ = [
+    "Base",
+    "DataKeyRecord",
+    "IndexKeyRecord",
+    "Organization",
+    "Patient",
+    "Site",
+    "StaffMember",
+    "StaffSite",
+]

@@ -1,0 +1,1 @@
+"""Organizations (tenants: a lab group) and their sites."""

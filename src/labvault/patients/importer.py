@@ -1,0 +1,210 @@
+"""CSV import of patients: the migration path for a lab leaving another provider.
+
+Every row is validated before anything is written; valid rows are written in batches, each
+in one transaction, so a crash never leaves a half-written patient and a failing batch
+writes nothing. Re-importing a file creates no duplicates (see ``register_many``).
+Problems are reported by row number and field, never with the value (invariant I5).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from labvault.core.access.principals import Principal
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.providers import KeyProvider
+from labvault.core.db import transaction
+from labvault.patients.ins import InsOid
+from labvault.patients.schemas import PatientInput, describe_errors
+from labvault.patients.services import PatientRepository
+
+COLUMNS: tuple[str, ...] = (
+    "birth_name",
+    "used_name",
+    "first_names",
+    "birth_date",
+    "sex",
+    "birth_place_code",
+    "nir",
+    "email",
+    "phone",
+    "address",
+    "postal_code",
+    "city",
+)
+REQUIRED_COLUMNS: frozenset[str] = frozenset({"birth_name", "first_names", "birth_date", "sex"})
+DEFAULT_BATCH_SIZE = 2000
+_MAX_FIELD = 1000
+
+
+class CsvFileError(ValueError):
+    """The file as a whole cannot be imported; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    row: int  # as a spreadsheet numbers it: the header is row 1
+    field: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    rows: int = 0
+    created: int = 0
+    existing: int = 0
+    rejected_rows: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+
+def check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8 before anything is imported."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise CsvFileError(
+                    f"the file is not UTF-8 (invalid byte at offset {offset + exc.start}); "
+                    "export it again as 'CSV UTF-8'"
+                ) from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise CsvFileError(
+                "the file is not UTF-8 (it ends in the middle of a character)"
+            ) from None
+
+
+def read_rows(
+    text: io.TextIOBase, *, ins_oid: InsOid = InsOid.NIR
+) -> Iterator[tuple[int, PatientInput | list[RowProblem]]]:
+    """Yield (row number, patient or problems) for each data row of a patients CSV."""
+    header_line = text.readline()
+    if not header_line.strip():
+        raise CsvFileError("the file is empty: expected a header row with the column names")
+    delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+    header = [name.strip().lower() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    _check_header(header)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    row_number = 1
+    while True:
+        row_number += 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield row_number, [RowProblem(row_number, "row", "malformed CSV (unbalanced quotes)")]
+            continue
+        if not values or all(not value.strip() for value in values):
+            continue
+        if len(values) != len(header):
+            yield (
+                row_number,
+                [
+                    RowProblem(
+                        row_number, "row", f"has {len(values)} fields, the header has {len(header)}"
+                    )
+                ],
+            )
+            continue
+        yield row_number, _to_input(row_number, dict(zip(header, values, strict=True)), ins_oid)
+
+
+def _check_header(header: list[str]) -> None:
+    unknown = [name for name in header if name not in COLUMNS]
+    if unknown:
+        raise CsvFileError(
+            f"unknown column(s): {', '.join(unknown)}; expected: {', '.join(COLUMNS)}"
+        )
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise CsvFileError(f"duplicated column(s): {', '.join(duplicated)}")
+    missing = sorted(REQUIRED_COLUMNS - set(header))
+    if missing:
+        raise CsvFileError(f"missing required column(s): {', '.join(missing)}")
+
+
+def _to_input(
+    row_number: int, raw: dict[str, str], ins_oid: InsOid
+) -> PatientInput | list[RowProblem]:
+    too_long = [name for name, value in raw.items() if len(value) > _MAX_FIELD]
+    if too_long:
+        return [RowProblem(row_number, name, "is too long") for name in too_long]
+    data: dict[str, object] = dict(raw)
+    data["address_line"] = data.pop("address", None)
+    if (raw.get("nir") or "").strip():
+        data["ins_oid"] = ins_oid
+    try:
+        return PatientInput.model_validate(data)
+    except ValidationError as exc:
+        return [RowProblem(row_number, name, reason) for name, reason in describe_errors(exc)]
+
+
+def import_patients(
+    path: Path,
+    *,
+    sessions: sessionmaker[Session],
+    provider: KeyProvider,
+    tenant_id: uuid.UUID,
+    principal: Principal,
+    ins_oid: InsOid = InsOid.NIR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import every valid row of ``path``; report the others. ``on_progress`` gets bytes read."""
+    check_utf8(path)
+    report = ImportReport()
+    batch: list[PatientInput] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        with transaction(sessions) as session:
+            keyring = TenantKeyring(session, provider, tenant_id, principal)
+            result = PatientRepository(session, keyring).register_many(batch)
+        report.created += len(result.created)
+        report.existing += len(result.existing)
+        batch.clear()
+
+    with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        last_position = 0
+        for _, outcome in read_rows(text, ins_oid=ins_oid):
+            report.rows += 1
+            if isinstance(outcome, PatientInput):
+                batch.append(outcome)
+            else:
+                report.rejected_rows += 1
+                report.problems.extend(outcome)
+            if len(batch) >= batch_size:
+                flush()
+                if on_progress is not None:
+                    position = raw.tell()
+                    on_progress(position - last_position)
+                    last_position = position
+        flush()
+        if on_progress is not None:
+            on_progress(path.stat().st_size - last_position)
+    return report
+
+
+def write_rejects(problems: list[RowProblem], path: Path) -> None:
+    """Rows and reasons only: the reject file holds no personal value, so it is safe at rest."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "field", "reason"])
+        for problem in problems:
+            writer.writerow([problem.row, problem.field, problem.reason])

@@ -1,0 +1,260 @@
+"""Patient data access, bound to the acting principal through its keyring.
+
+Personal fields are sealed here on the way in and opened here on the way out; the keys
+come from the keyring, whose ``open_data_keys`` is the decrypt choke point.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Select, insert, select
+from sqlalchemy.orm import Session
+
+from labvault.core.crypto.envelope import FieldKey
+from labvault.core.crypto.keyring import Keyring
+from labvault.core.crypto.models import DataKeyRecord
+from labvault.core.db import utcnow
+from labvault.patients.ins import IdentityStatus, InsOid, Sex
+from labvault.patients.models import ENCRYPTED_FIELDS, Patient
+from labvault.patients.nir import Nir
+from labvault.patients.schemas import PatientInput
+
+TABLE = Patient.__tablename__
+SUBJECT_TYPE = "patient"
+MAX_SEARCH_RESULTS = 50
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PatientRecord:
+    """A patient, decrypted. Its repr shows the id only, so it cannot leak into logs."""
+
+    id: uuid.UUID
+    birth_name: str
+    used_name: str | None
+    first_names: str
+    birth_date: dt.date
+    sex: Sex
+    birth_place_code: str | None
+    ins_number: str | None
+    ins_oid: InsOid | None
+    identity_status: IdentityStatus
+    email: str | None
+    phone: str | None
+    address_line: str | None
+    postal_code: str | None
+    city: str | None
+    created_at: dt.datetime
+
+    def __repr__(self) -> str:
+        return f"PatientRecord(id={self.id})"
+
+    @property
+    def nir(self) -> Nir | None:
+        if self.ins_number is None or self.ins_oid == InsOid.NIA:
+            return None
+        return Nir.parse(self.ins_number)
+
+
+@dataclass(slots=True)
+class RegistrationResult:
+    """What ``register_many`` did with each input, by position in the input sequence."""
+
+    created: dict[int, uuid.UUID] = field(default_factory=dict)
+    existing: dict[int, uuid.UUID] = field(default_factory=dict)
+
+
+class PatientRepository:
+    """Patients of one tenant, as seen by the principal bound to ``keyring``."""
+
+    def __init__(self, session: Session, keyring: Keyring) -> None:
+        self._session = session
+        self._keyring = keyring
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def register_many(self, inputs: Sequence[PatientInput]) -> RegistrationResult:
+        """Create the patients that are not already known, in the caller's transaction.
+
+        A patient is already known when its NIR matches one on file; without a NIR match, when
+        birth name, first given name and birth date match a patient whose NIR is not known to
+        differ. Duplicates within ``inputs`` are matched the same way.
+        """
+        indexer = self._keyring.indexer
+        tenant_id = self._keyring.tenant_id
+        result = RegistrationResult()
+        nir_indexes = [indexer.nir(p.nir.compact) if p.nir else None for p in inputs]
+        name_indexes = [
+            indexer.name_birth_date(p.birth_name, p.first_given_name, p.birth_date) for p in inputs
+        ]
+        by_nir, by_name = self._existing([i for i in nir_indexes if i is not None], name_indexes)
+
+        to_create: list[tuple[int, PatientInput, uuid.UUID, bytes | None, bytes]] = []
+        for position, (person, nir_index, name_index) in enumerate(
+            zip(inputs, nir_indexes, name_indexes, strict=True)
+        ):
+            match = by_nir.get(nir_index) if nir_index is not None else None
+            if match is None:
+                for candidate_id, candidate_nir in by_name.get(name_index, ()):
+                    if nir_index is None or candidate_nir is None:
+                        match = candidate_id
+                        break
+            if match is not None:
+                result.existing[position] = match
+                continue
+            patient_id = uuid.uuid4()
+            result.created[position] = patient_id
+            to_create.append((position, person, patient_id, nir_index, name_index))
+            if nir_index is not None:
+                by_nir[nir_index] = patient_id
+            by_name.setdefault(name_index, []).append((patient_id, nir_index))
+
+        if to_create:
+            self._insert(to_create, tenant_id)
+        return result
+
+    def _existing(
+        self, nir_indexes: list[bytes], name_indexes: list[bytes]
+    ) -> tuple[dict[bytes, uuid.UUID], dict[bytes, list[tuple[uuid.UUID, bytes | None]]]]:
+        tenant_id = self._keyring.tenant_id
+        by_nir: dict[bytes, uuid.UUID] = {}
+        if nir_indexes:
+            for patient_id, nir_index in self._session.execute(
+                select(Patient.id, Patient.nir_index).where(
+                    Patient.tenant_id == tenant_id, Patient.nir_index.in_(set(nir_indexes))
+                )
+            ):
+                if nir_index is not None:
+                    by_nir[nir_index] = patient_id
+        by_name: dict[bytes, list[tuple[uuid.UUID, bytes | None]]] = {}
+        for patient_id, name_index, nir_index in self._session.execute(
+            select(Patient.id, Patient.name_index, Patient.nir_index).where(
+                Patient.tenant_id == tenant_id, Patient.name_index.in_(set(name_indexes))
+            )
+        ):
+            by_name.setdefault(name_index, []).append((patient_id, nir_index))
+        return by_nir, by_name
+
+    def _insert(
+        self,
+        to_create: list[tuple[int, PatientInput, uuid.UUID, bytes | None, bytes]],
+        tenant_id: uuid.UUID,
+    ) -> None:
+        indexer = self._keyring.indexer
+        keys, key_rows = self._keyring.new_data_keys(len(to_create))
+        now = utcnow()
+        rows = []
+        for (_, person, patient_id, nir_index, name_index), key in zip(
+            to_create, keys, strict=True
+        ):
+            row = _seal_patient(key, patient_id, person)
+            row.update(
+                id=patient_id,
+                tenant_id=tenant_id,
+                data_key_id=key.id,
+                ins_oid=person.ins_oid.value if person.ins_oid else None,
+                identity_status=person.identity_status.value,
+                nir_index=nir_index,
+                email_index=indexer.email(person.email) if person.email else None,
+                phone_index=indexer.phone(person.phone) if person.phone else None,
+                name_index=name_index,
+                created_at=now,
+                updated_at=now,
+            )
+            rows.append(row)
+        self._session.execute(insert(DataKeyRecord), key_rows)
+        self._session.execute(insert(Patient), rows)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, patient_id: uuid.UUID, *, purpose: str) -> PatientRecord | None:
+        found = self._open(
+            select(Patient).where(
+                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id
+            ),
+            purpose,
+        )
+        return found[0] if found else None
+
+    def find_by_nir(self, nir: Nir, *, purpose: str) -> list[PatientRecord]:
+        index = self._keyring.indexer.nir(nir.compact)
+        return self._open(self._scoped().where(Patient.nir_index == index), purpose)
+
+    def find_by_email(self, email: str, *, purpose: str) -> list[PatientRecord]:
+        index = self._keyring.indexer.email(email)
+        return self._open(self._scoped().where(Patient.email_index == index), purpose)
+
+    def find_by_phone(self, phone: str, *, purpose: str) -> list[PatientRecord]:
+        index = self._keyring.indexer.phone(phone)
+        return self._open(self._scoped().where(Patient.phone_index == index), purpose)
+
+    def find_by_name(
+        self, birth_name: str, first_name: str, birth_date: dt.date, *, purpose: str
+    ) -> list[PatientRecord]:
+        index = self._keyring.indexer.name_birth_date(birth_name, first_name, birth_date)
+        return self._open(self._scoped().where(Patient.name_index == index), purpose)
+
+    def _scoped(self) -> Select[Patient]:
+        return (
+            select(Patient)
+            .where(Patient.tenant_id == self._keyring.tenant_id)
+            .order_by(Patient.created_at, Patient.id)
+            .limit(MAX_SEARCH_RESULTS)
+        )
+
+    def _open(self, query: Select[Patient], purpose: str) -> list[PatientRecord]:
+        patients = list(self._session.scalars(query))
+        keys = self._keyring.open_data_keys(
+            SUBJECT_TYPE, [(p.id, p.data_key_id) for p in patients], purpose
+        )
+        return [_open_patient(keys[p.data_key_id], p) for p in patients]
+
+
+def _seal_patient(key: FieldKey, patient_id: uuid.UUID, person: PatientInput) -> dict[str, object]:
+    plain: dict[str, str | None] = {
+        "birth_name": person.birth_name,
+        "used_name": person.used_name,
+        "first_names": person.first_names,
+        "birth_date": person.birth_date.isoformat(),
+        "sex": person.sex.value,
+        "birth_place_code": person.birth_place_code,
+        "ins_number": person.nir.compact if person.nir else None,
+        "email": person.email,
+        "phone": person.phone,
+        "address_line": person.address_line,
+        "postal_code": person.postal_code,
+        "city": person.city,
+    }
+    return {
+        column: None if value is None else key.seal(value.encode(), TABLE, column, patient_id)
+        for column, value in plain.items()
+    }
+
+
+def _open_patient(key: FieldKey, patient: Patient) -> PatientRecord:
+    def text(column: str) -> str | None:
+        blob = getattr(patient, column)
+        return None if blob is None else key.open(blob, TABLE, column, patient.id).decode()
+
+    values = {column: text(column) for column in ENCRYPTED_FIELDS}
+    return PatientRecord(
+        id=patient.id,
+        birth_name=values["birth_name"] or "",
+        used_name=values["used_name"],
+        first_names=values["first_names"] or "",
+        birth_date=dt.date.fromisoformat(values["birth_date"] or ""),
+        sex=Sex(values["sex"] or ""),
+        birth_place_code=values["birth_place_code"],
+        ins_number=values["ins_number"],
+        ins_oid=InsOid(patient.ins_oid) if patient.ins_oid else None,
+        identity_status=IdentityStatus(patient.identity_status),
+        email=values["email"],
+        phone=values["phone"],
+        address_line=values["address_line"],
+        postal_code=values["postal_code"],
+        city=values["city"],
+        created_at=patient.created_at,
+    )

@@ -1,0 +1,1 @@
+"""Laboratory staff members, their roles and sites."""

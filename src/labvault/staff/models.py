@@ -1,0 +1,57 @@
+"""Staff members: their names and emails are personal data too, so they are sealed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+
+from sqlalchemy import Boolean, ForeignKey, Index, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labvault.core.db import Base, HasRandomId, utcnow
+
+ENCRYPTED_FIELDS: tuple[str, ...] = ("first_name", "last_name", "email")
+
+
+class StaffRole(enum.StrEnum):
+    RECEPTIONIST = "receptionist"
+    SAMPLER = "sampler"
+    BIOLOGIST = "biologist"
+    ORGANIZATION_ADMIN = "organization_admin"
+    SECURITY_OFFICER = "security_officer"
+
+
+class StaffMember(HasRandomId, Base):
+    __tablename__ = "staff_members"
+    __table_args__ = (
+        Index("uq_staff_members_tenant_id_email_index", "tenant_id", "email_index", unique=True),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
+    data_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("data_keys.id", ondelete="RESTRICT"))
+    first_name: Mapped[bytes] = mapped_column(LargeBinary)
+    last_name: Mapped[bytes] = mapped_column(LargeBinary)
+    email: Mapped[bytes] = mapped_column(LargeBinary)
+    email_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    role: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class StaffSite(Base):
+    """Which sites a staff member works at (drives the relationship scope later)."""
+
+    __tablename__ = "staff_sites"
+
+    staff_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("staff_members.id", ondelete="CASCADE"), primary_key=True
+    )
+    site_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
