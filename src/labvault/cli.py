@@ -264,6 +264,7 @@ def import_patients_command(
     oids = {"nir": InsOid.NIR, "test": InsOid.TEST}
     if oid not in oids:
         raise CliError("--oid must be 'nir' or 'test'")
+    principal = SystemPrincipal("cli:import-patients")
     with _runtime() as runtime:
         with transaction(runtime.sessions) as session:
             tenant_id = get_organization(session, organization).id
@@ -272,9 +273,9 @@ def import_patients_command(
             report = import_patients(
                 file,
                 sessions=runtime.sessions,
-                provider=runtime.key_provider,
-                tenant_id=tenant_id,
-                principal=SystemPrincipal("cli:import-patients"),
+                open_keyring=lambda session: TenantKeyring(
+                    session, runtime.key_provider, tenant_id, principal
+                ),
                 ins_oid=oids[oid],
                 batch_size=batch_size,
                 on_progress=lambda done: progress.advance(task, done),

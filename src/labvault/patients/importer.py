@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from labvault.core.access.principals import Principal
-from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.providers import KeyProvider
+from labvault.core.crypto.keyring import Keyring
 from labvault.core.db import transaction
 from labvault.patients.ins import InsOid
 from labvault.patients.schemas import PatientInput, describe_errors
@@ -158,14 +155,17 @@ def import_patients(
     path: Path,
     *,
     sessions: sessionmaker[Session],
-    provider: KeyProvider,
-    tenant_id: uuid.UUID,
-    principal: Principal,
+    open_keyring: Callable[[Session], Keyring],
     ins_oid: InsOid = InsOid.NIR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import every valid row of ``path``; report the others. ``on_progress`` gets bytes read."""
+    """Import every valid row of ``path``; report the others.
+
+    ``open_keyring`` gives the keyring of the importing principal for one batch's session
+    (normally a :class:`~labvault.core.crypto.keyring.TenantKeyring`). ``on_progress`` gets
+    the number of bytes read since its last call.
+    """
     check_utf8(path)
     report = ImportReport()
     batch: list[PatientInput] = []
@@ -174,8 +174,7 @@ def import_patients(
         if not batch:
             return
         with transaction(sessions) as session:
-            keyring = TenantKeyring(session, provider, tenant_id, principal)
-            result = PatientRepository(session, keyring).register_many(batch)
+            result = PatientRepository(session, open_keyring(session)).register_many(batch)
         report.created += len(result.created)
         report.existing += len(result.existing)
         batch.clear()

@@ -1,0 +1,1 @@
+"""Patients: identity, contact details, NIR and INS."""

@@ -1,0 +1,75 @@
+"""Test helpers shared across the suite (not fixtures)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from labvault.patients.importer import COLUMNS
+
+_BYTEA_HEX = re.compile(rb"\\\\?x([0-9a-f]{2,})")
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, str]], delimiter: str = ",") -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), delimiter=delimiter)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def sensitive_values(rows: Iterable[dict[str, str]]) -> set[str]:
+    """Every personal value of the rows, in the spellings a leak could take.
+
+    Values too short to be told apart from random ciphertext bytes are left out.
+    """
+    found: set[str] = set()
+    for row in rows:
+        candidates = [row[column] for column in COLUMNS if column != "sex"]
+        candidates += row["first_names"].split()
+        nir = row["nir"].replace(" ", "")
+        if nir:
+            candidates += [
+                nir,
+                " ".join([nir[0], nir[1:3], nir[3:5], nir[5:7], nir[7:10], nir[10:13], nir[13:]]),
+            ]
+        phone = row["phone"].replace(" ", "")
+        if phone:
+            candidates += [phone, "+33" + phone[1:]]
+        for value in candidates:
+            value = value.strip()
+            for spelling in (value, value.upper(), value.lower()):
+                if len(spelling.encode()) >= 5 and not (spelling.isdigit() and len(spelling) < 10):
+                    found.add(spelling)
+    return found
+
+
+def leaked(blob: bytes, values: Iterable[str]) -> list[str]:
+    return sorted(value for value in values if value.encode() in blob)
+
+
+def sqlite_files(database_url: str) -> list[Path]:
+    database = Path(make_url(database_url).database or "")
+    return [p for p in (database, Path(f"{database}-wal"), Path(f"{database}-shm")) if p.exists()]
+
+
+def pg_dump(database_url: str) -> bytes:
+    """The plain-SQL dump of a database, plus every bytea value in it decoded from hex."""
+    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dump = subprocess.run(
+        ["pg_dump", "--no-owner", "--dbname", url], check=True, capture_output=True
+    ).stdout
+    # bytea values are dumped as hex: scan them decoded, and the rest of the text without
+    # them (hex text would otherwise "contain" short values like 2a099 by chance).
+    decoded = [
+        bytes.fromhex(m.group(1)[: len(m.group(1)) // 2 * 2].decode())
+        for m in _BYTEA_HEX.finditer(dump)
+    ]
+    text = _BYTEA_HEX.sub(b"<bytea>", dump)
+    return text + b"\n" + b"\n".join(decoded)

@@ -1,0 +1,120 @@
+"""A ciphertext moved to another row, column or tenant fails loudly instead of decrypting."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from labvault.core.access.principals import SystemPrincipal
+from labvault.core.crypto.errors import CryptoError, DecryptionError
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.models import DataKeyRecord
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.organizations.services import create_organization
+from labvault.patients.models import Patient
+from labvault.patients.services import PatientRepository
+from labvault.patients.synthetic import synthetic_patients
+
+
+def _setup(runtime: Runtime, name: str = "Labo") -> tuple[uuid.UUID, list[uuid.UUID]]:
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, name).id
+        keyring = TenantKeyring(
+            session, runtime.key_provider, tenant, SystemPrincipal("test:setup")
+        )
+        result = PatientRepository(session, keyring).register_many(
+            list(synthetic_patients(2, seed=11))
+        )
+    return tenant, [result.created[0], result.created[1]]
+
+
+def _get(runtime: Runtime, tenant: uuid.UUID, patient_id: uuid.UUID) -> object:
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("test:read"))
+        return PatientRepository(session, keyring).get(patient_id, purpose="test")
+
+
+def _set(runtime: Runtime, patient_id: uuid.UUID, **values: object) -> None:
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Patient).where(Patient.id == patient_id).values(**values))
+
+
+def _column(runtime: Runtime, patient_id: uuid.UUID, column: str) -> bytes:
+    with transaction(runtime.sessions) as session:
+        return bytes(
+            session.scalar(select(getattr(Patient, column)).where(Patient.id == patient_id))
+        )
+
+
+def test_untouched_patients_read_back(runtime: Runtime) -> None:
+    tenant, (first, second) = _setup(runtime)
+    assert _get(runtime, tenant, first) is not None
+    assert _get(runtime, tenant, second) is not None
+
+
+def test_value_moved_to_another_column_of_the_same_row_fails(runtime: Runtime) -> None:
+    tenant, (first, _) = _setup(runtime)
+    _set(runtime, first, city=_column(runtime, first, "birth_name"))
+    with pytest.raises(DecryptionError, match=r"patients\.city of row"):
+        _get(runtime, tenant, first)
+
+
+def test_value_moved_to_another_patient_fails(runtime: Runtime) -> None:
+    tenant, (first, second) = _setup(runtime)
+    _set(runtime, second, birth_name=_column(runtime, first, "birth_name"))
+    with pytest.raises(DecryptionError, match="sealed under another data key"):
+        _get(runtime, tenant, second)
+
+
+def test_whole_row_swapped_with_its_key_still_fails(runtime: Runtime) -> None:
+    """Even when the data key follows, the row id in the associated data does not match."""
+    tenant, (first, second) = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        source = session.get(Patient, first)
+        assert source is not None
+        copied = {c: getattr(source, c) for c in ("birth_name", "first_names", "data_key_id")}
+    _set(runtime, second, **copied)
+    with pytest.raises(DecryptionError, match=f"row {second}"):
+        _get(runtime, tenant, second)
+
+
+def test_flipped_bit_fails(runtime: Runtime) -> None:
+    tenant, (first, _) = _setup(runtime)
+    blob = bytearray(_column(runtime, first, "first_names"))
+    blob[-5] ^= 0x01
+    _set(runtime, first, first_names=bytes(blob))
+    with pytest.raises(DecryptionError, match="does not authenticate"):
+        _get(runtime, tenant, first)
+
+
+def test_wrapped_key_moved_between_subjects_fails(runtime: Runtime) -> None:
+    tenant, (first, second) = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        keys = {
+            p.id: p.data_key_id
+            for p in session.scalars(select(Patient).where(Patient.id.in_([first, second])))
+        }
+        wrapped = session.scalar(
+            select(DataKeyRecord.wrapped_key).where(DataKeyRecord.id == keys[first])
+        )
+        session.execute(
+            update(DataKeyRecord)
+            .where(DataKeyRecord.id == keys[second])
+            .values(wrapped_key=wrapped)
+        )
+    with pytest.raises(DecryptionError, match="wrapped key does not authenticate"):
+        _get(runtime, tenant, second)
+
+
+def test_another_tenant_cannot_open_a_patient(runtime: Runtime) -> None:
+    _, (first, _) = _setup(runtime, "Labo A")
+    other, _ = _setup(runtime, "Labo B")
+    assert _get(runtime, other, first) is None
+    # Even pointing tenant B's row at tenant A's key does not give tenant B the key.
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Patient).where(Patient.id == first).values(tenant_id=other))
+    with pytest.raises(CryptoError):
+        _get(runtime, other, first)
