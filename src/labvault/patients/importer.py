@@ -89,11 +89,15 @@ def read_rows(
     text: io.TextIOBase, *, ins_oid: InsOid = InsOid.NIR
 ) -> Iterator[tuple[int, PatientInput | list[RowProblem]]]:
     """Yield (row number, patient or problems) for each data row of a patients CSV."""
-    header_line = text.readline()
+    header_line = text.readline().removeprefix("\ufeff")
     if not header_line.strip():
         raise CsvFileError("the file is empty: expected a header row with the column names")
     delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
-    header = [name.strip().lower() for name in next(csv.reader([header_line], delimiter=delimiter))]
+    try:
+        names = next(csv.reader([header_line], delimiter=delimiter, strict=True))
+    except csv.Error:
+        raise CsvFileError("the header row is not valid CSV") from None
+    header = [name.strip().lower() for name in names]
     _check_header(header)
     reader = csv.reader(text, delimiter=delimiter, strict=True)
     row_number = 1
