@@ -47,7 +47,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LABVAULT_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL"
             )
-        if value.startswith("postgresql") and not value.startswith("postgresql+psycopg"):
+        if value.startswith("postgresql") and value.split("://", 1)[0] != "postgresql+psycopg":
             raise ValueError(
                 "PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://..."
             )

@@ -13,7 +13,7 @@ import re
 import unicodedata
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 # RFC 5322 dot-atom local part, LDH domain labels, alphabetic TLD: a strict subset of what
 # email-validator accepts (tests/unit/core/test_contact.py proves it on random input).
@@ -22,7 +22,10 @@ _SIMPLE_EMAIL = re.compile(
     r"@(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63})"
 )
 _PHONE_SEPARATORS = re.compile(r"[\s.\-()/]+")
-_FRENCH_NATIONAL = re.compile(r"0(\d{9})")
+_FRENCH_NATIONAL = re.compile(r"0([1-9][0-9]{8})")  # "00..." is an international prefix
+# Labels the library rewrites or refuses: IDNA ("xn--"), other "ab--" labels.
+_HYPHENS_AT_3_4 = re.compile(r"(?:^|\.)[a-z0-9]{2}--")
+_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _french_number_pattern() -> re.Pattern[str]:
@@ -35,10 +38,15 @@ def _french_number_pattern() -> re.Pattern[str]:
         metadata.uan, metadata.voicemail,
     )  # fmt: skip
     patterns = [d.national_number_pattern for d in descriptions if d and d.national_number_pattern]
-    return re.compile("|".join(f"(?:{p})" for p in patterns))
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.ASCII)
 
 
 _FRENCH_VALID = _french_number_pattern()
+
+
+def _is_special_use(domain: str) -> bool:
+    labels = domain.split(".")
+    return any(".".join(labels[i:]) in _SPECIAL_USE for i in range(len(labels)))
 
 
 def parse_email(value: str) -> str:
@@ -47,7 +55,9 @@ def parse_email(value: str) -> str:
     if len(value) <= 254:
         match = _SIMPLE_EMAIL.fullmatch(value)
         if match and len(match["local"]) <= 64:
-            return f"{match['local']}@{match['domain'].lower()}"
+            domain = match["domain"].lower()
+            if not _HYPHENS_AT_3_4.search(domain) and not _is_special_use(domain):
+                return f"{match['local']}@{domain}"
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError:

@@ -22,8 +22,11 @@ from labvault.patients.ins import IdentityStatus, InsOid, Sex
 from labvault.patients.nir import Nir, NirError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_BIRTH_PLACE = re.compile(r"(?:\d{5}|2[AB]\d{3})")
-_POSTAL_CODE = re.compile(r"\d{5}")
+# Zero-width characters and bidirectional overrides: they make two names look alike.
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_BIRTH_PLACE = re.compile(r"(?:[0-9]{5}|2[AB][0-9]{3})")
+_POSTAL_CODE = re.compile(r"[0-9]{5}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 
 
@@ -34,6 +37,8 @@ def _clean_text(value: Any) -> Any:
     value = unicodedata.normalize("NFC", value).strip()
     if _CONTROL.search(value):
         raise ValueError("contains control characters")
+    if _INVISIBLE.search(value):
+        raise ValueError("contains invisible characters")
     return " ".join(value.split())
 
 
@@ -92,12 +97,15 @@ def _parse_sex(value: Any) -> Any:
 
 
 def _parse_date(value: Any) -> Any:
-    if isinstance(value, str):
+    """Only ``YYYY-MM-DD``: pydantic's lax parsing would read "864000" as a timestamp."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value.strip()):
         try:
-            return dt.date.fromisoformat(value.strip()) if len(value.strip()) == 10 else value
+            return dt.date.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError("must be a real date written YYYY-MM-DD") from None
-    return value
+            pass
+    raise ValueError("must be a real date written YYYY-MM-DD")
 
 
 Text = Annotated[str, BeforeValidator(_clean_text)]
@@ -112,7 +120,7 @@ class PatientInput(BaseModel):
 
     birth_name: Name
     used_name: OptionalName = None
-    first_names: Annotated[Name, Field(max_length=200)]
+    first_names: Annotated[Text, Field(min_length=1, max_length=200), AfterValidator(_check_name)]
     birth_date: Annotated[dt.date, BeforeValidator(_parse_date)]
     sex: Annotated[Sex, BeforeValidator(_parse_sex)]
     birth_place_code: Annotated[

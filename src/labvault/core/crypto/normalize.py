@@ -14,7 +14,6 @@ from labvault.core.contact import parse_phone
 # ASCII separators, Unicode hyphens and dashes (U+2010-2014), the typographic apostrophe
 # (U+2019); written as escapes so that no look-alike character hides in the source.
 _SEPARATORS = re.compile("[\\s\\-'`.,_\u2010-\u2014\u2019]+")
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
 
 
 class NormalizationError(ValueError):
@@ -36,10 +35,7 @@ def normalize_email(value: str) -> str:
 
 def normalize_phone(value: str, default_region: str = "FR") -> str:
     """E.164 form (``+33612345678``); national French numbers are read as such."""
-    candidate = unicodedata.normalize("NFKC", value).strip()
-    if _E164.fullmatch(candidate):
-        return candidate
     try:
-        return parse_phone(candidate, default_region)
+        return parse_phone(value, default_region)
     except ValueError:
         raise NormalizationError("not a valid phone number") from None

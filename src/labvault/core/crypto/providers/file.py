@@ -90,7 +90,7 @@ def _read_key_file(path: Path) -> tuple[dict[uuid.UUID, Secret[bytes]], uuid.UUI
         active = uuid.UUID(document["active"])
     except KeyProviderError:
         raise
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise KeyProviderError(f"key file {path} is malformed") from None
     if active not in keys:
         raise KeyProviderError(f"key file {path}: the active key is not in the file")

@@ -1,0 +1,1 @@
+"""Web building blocks shared by every feature: headers, problems, request context, templates."""

@@ -1,0 +1,240 @@
+"""Settings: safe embedded defaults, LABVAULT_* overrides, clear configuration errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from labvault.core.config import ConfigurationError, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No LABVAULT_* variable from the caller's shell, and ./ is a fresh directory."""
+    for name in list(os.environ):
+        if name.upper().startswith("LABVAULT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --- defaults -----------------------------------------------------------------------------------
+
+
+def test_defaults(clean_environment: Path) -> None:
+    settings = load_settings()
+    data_dir = (clean_environment / "var").resolve()
+    assert settings.data_dir == Path("./var")
+    assert settings.resolved_data_dir == data_dir
+    assert settings.database_url is None
+    assert settings.sqlalchemy_url == f"sqlite:///{data_dir / 'db' / 'labvault.sqlite3'}"
+    assert settings.is_sqlite
+    assert settings.key_provider == "file:"
+    assert settings.key_file == data_dir / "keys" / "root.key"
+    assert settings.environment == "development"
+    assert settings.log_level == "info"
+    assert settings.log_format == "console"
+    assert settings.behind_tls is False
+
+
+def test_key_file_is_not_inside_the_database_directory() -> None:
+    settings = load_settings()
+    database_dir = Path(settings.sqlalchemy_url.removeprefix("sqlite:///")).parent
+    assert database_dir not in settings.key_file.parents
+    assert settings.key_file.parent.parent == database_dir.parent
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(Exception, match="frozen"):
+        settings.environment = "production"  # type: ignore[misc]
+
+
+# --- environment overrides ----------------------------------------------------------------------
+
+
+def test_data_dir_override_moves_database_and_key_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "state"))
+    settings = load_settings()
+    state = (tmp_path / "state").resolve()
+    assert settings.resolved_data_dir == state
+    assert settings.sqlalchemy_url == f"sqlite:///{state / 'db' / 'labvault.sqlite3'}"
+    assert settings.key_file == state / "keys" / "root.key"
+
+
+def test_data_dir_expands_the_home_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LABVAULT_DATA_DIR", "~/labvault")
+    assert load_settings().resolved_data_dir == (tmp_path / "home" / "labvault").resolve()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///tmp/x.sqlite3",
+        "sqlite://",
+        "postgresql+psycopg://labvault@127.0.0.1:5432/labvault",
+        "postgresql+psycopg://u:p@db.internal/labvault?sslmode=require",
+    ],
+)
+def test_database_url_override(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url == url
+    assert settings.sqlalchemy_url == url
+    assert settings.is_sqlite is url.startswith("sqlite")
+
+
+def test_empty_database_url_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", "")
+    settings = load_settings()
+    assert settings.database_url is None
+    assert settings.sqlalchemy_url.startswith("sqlite:///")
+
+
+def test_key_provider_with_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "root.key"
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", f"file:{path}")
+    settings = load_settings()
+    assert settings.key_provider == f"file:{path}"
+    assert settings.key_file == path.resolve()
+
+
+def test_relative_key_file_is_resolved(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", "file:keys/other.key")
+    assert load_settings().key_file == (tmp_path / "keys" / "other.key").resolve()
+
+
+def test_other_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    monkeypatch.setenv("LABVAULT_LOG_LEVEL", "warning")
+    monkeypatch.setenv("LABVAULT_LOG_FORMAT", "json")
+    monkeypatch.setenv("LABVAULT_BEHIND_TLS", "true")
+    settings = load_settings()
+    assert settings.environment == "production"
+    assert settings.log_level == "warning"
+    assert settings.log_format == "json"
+    assert settings.behind_tls is True
+
+
+def test_explicit_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    assert load_settings(environment="test").environment == "test"
+
+
+def test_unrelated_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_SOMETHING_ELSE", "x")
+    monkeypatch.setenv("DATABASE_URL", "mysql://elsewhere/db")
+    assert load_settings().sqlalchemy_url.startswith("sqlite:///")
+
+
+# --- configuration errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://root:hunter2@db/labvault",
+        "mysql+pymysql://root@db/labvault",
+        "postgresql://labvault:hunter2@127.0.0.1/labvault",
+        "postgres://labvault@127.0.0.1/labvault",
+        "oracle://x",
+        "not a url",
+    ],
+)
+def test_bad_database_url_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", url)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "LABVAULT_DATABASE_URL" in message
+    assert "postgresql+psycopg://" in message
+    # The URL (and its password) is never echoed back.
+    assert "hunter2" not in message
+    assert url not in message
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_postgresql_without_psycopg_names_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", "postgresql://labvault@127.0.0.1/labvault")
+    with pytest.raises(ConfigurationError, match="psycopg 3"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg2://labvault@127.0.0.1/labvault", "postgresql+psycopgx://h/db"],
+)
+def test_other_postgresql_drivers_are_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # BUG (src/labvault/core/config.py:50): `startswith("postgresql+psycopg")` also accepts
+    # "postgresql+psycopg2://" (psycopg 2, not installed), which then fails later with an
+    # import error instead of this clear message. Fix: compare the scheme exactly, e.g.
+    # `value.split("://", 1)[0] == "postgresql+psycopg"`.
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", url)
+    with pytest.raises(ConfigurationError, match="LABVAULT_DATABASE_URL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["vault:transit/labvault", "file", "", "/etc/labvault/root.key", "FILE:", "memory:", "s3:x"],
+)
+def test_bad_key_provider_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", spec)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "LABVAULT_KEY_PROVIDER" in message
+    assert "file:" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LABVAULT_ENVIRONMENT", "staging"),
+        ("LABVAULT_LOG_LEVEL", "verbose"),
+        ("LABVAULT_LOG_FORMAT", "xml"),
+        ("LABVAULT_BEHIND_TLS", "perhaps"),
+    ],
+)
+def test_other_bad_values_name_their_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=variable):
+        load_settings()
+
+
+def test_several_errors_are_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", "mysql://db/labvault")
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", "vault:x")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("Invalid configuration:")
+    assert "LABVAULT_DATABASE_URL" in message
+    assert "LABVAULT_KEY_PROVIDER" in message
+
+
+def test_overrides_are_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match="LABVAULT_DATABASE_URL"):
+        load_settings(database_url="mysql://db/labvault")
+
+
+def test_settings_class_raises_validation_errors_directly() -> None:
+    """load_settings is the friendly entry point; Settings itself stays pydantic."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Settings(database_url="mysql://db/labvault")
