@@ -57,7 +57,11 @@ class BlindIndexer:
 
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: dt.date) -> bytes:
         """Birth name, first given name and birth date: the identity-matching triple."""
-        given = _GIVEN_NAME_SEPARATOR.split(first_name.strip(), maxsplit=1)[0]
-        first = normalize_name(given)
-        canonical = f"{normalize_name(birth_name)}\x1f{first}\x1f{birth_date.isoformat()}"
+        canonical = canonical_name_birth_date(birth_name, first_name, birth_date)
         return self._digest(IndexKind.NAME_BIRTH_DATE, canonical)
+
+
+def canonical_name_birth_date(birth_name: str, first_name: str, birth_date: dt.date) -> str:
+    """The normalised triple that the name index hashes."""
+    given = _GIVEN_NAME_SEPARATOR.split(first_name.strip(), maxsplit=1)[0]
+    return f"{normalize_name(birth_name)}\x1f{normalize_name(given)}\x1f{birth_date.isoformat()}"
