@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from labvault.core.access.principals import Principal
-from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.blind_index import canonical_name_birth_date
+from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.normalize import normalize_email, normalize_phone
 
 PROVIDER_NAME = "plaintext-bench"
