@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labvault.core.access.principals import Principal
@@ -48,6 +48,16 @@ class PlaintextFieldKey:
 
     def open(self, blob: bytes, table: str, column: str, row_id: uuid.UUID) -> bytes:
         return bytes(blob)
+
+    def seal_row(
+        self, table: str, row_id: uuid.UUID, values: Mapping[str, bytes | None]
+    ) -> dict[str, bytes | None]:
+        return dict(values)
+
+    def open_row(
+        self, table: str, row_id: uuid.UUID, blobs: Mapping[str, bytes | None]
+    ) -> dict[str, bytes | None]:
+        return {c: None if b is None else bytes(b) for c, b in blobs.items()}
 
 
 class PlaintextIndexer:

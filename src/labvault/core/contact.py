@@ -23,6 +23,7 @@ _SIMPLE_EMAIL = re.compile(
 )
 _PHONE_SEPARATORS = re.compile(r"[\s.\-()/]+")
 _FRENCH_NATIONAL = re.compile(r"0([1-9][0-9]{8})")  # "00..." is an international prefix
+_FRENCH_INTERNATIONAL = re.compile(r"\+33([1-9][0-9]{8})")  # +33 is metropolitan France only
 # Labels the library rewrites or refuses: IDNA ("xn--"), other "ab--" labels.
 _HYPHENS_AT_3_4 = re.compile(r"(?:^|\.)[a-z0-9]{2}--")
 _SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
@@ -68,12 +69,13 @@ def parse_phone(value: str, default_region: str = "FR") -> str:
     """E.164 form of a phone number; national numbers are read as French by default."""
     value = unicodedata.normalize("NFKC", value).strip()
     compact = _PHONE_SEPARATORS.sub("", value)
-    if default_region == "FR":
+    match = _FRENCH_INTERNATIONAL.fullmatch(compact)
+    if match is None and default_region == "FR":
         match = _FRENCH_NATIONAL.fullmatch(compact)
-        if match:
-            if not _FRENCH_VALID.fullmatch(match[1]):
-                raise ValueError("is not a valid phone number (French, or international with +)")
-            return f"+33{match[1]}"
+    if match:
+        if not _FRENCH_VALID.fullmatch(match[1]):
+            raise ValueError("is not a valid phone number (French, or international with +)")
+        return f"+33{match[1]}"
     try:
         parsed = phonenumbers.parse(value, default_region)
     except phonenumbers.NumberParseException:

@@ -10,8 +10,9 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, Table, insert, select
 from sqlalchemy.orm import Session
 
 from labvault.core.crypto.envelope import FieldKey
@@ -26,6 +27,8 @@ from labvault.patients.schemas import PatientInput
 TABLE = Patient.__tablename__
 SUBJECT_TYPE = "patient"
 MAX_SEARCH_RESULTS = 50
+PATIENTS_TABLE = cast(Table, Patient.__table__)
+DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -146,11 +149,11 @@ class PatientRepository:
         indexer = self._keyring.indexer
         keys, key_rows = self._keyring.new_data_keys(len(to_create))
         now = utcnow()
-        rows = []
+        rows: list[dict[str, object]] = []
         for (_, person, patient_id, nir_index, name_index), key in zip(
             to_create, keys, strict=True
         ):
-            row = _seal_patient(key, patient_id, person)
+            row: dict[str, object] = dict(_seal_patient(key, patient_id, person))
             row.update(
                 id=patient_id,
                 tenant_id=tenant_id,
@@ -165,8 +168,10 @@ class PatientRepository:
                 updated_at=now,
             )
             rows.append(row)
-        self._session.execute(insert(DataKeyRecord), key_rows)
-        self._session.execute(insert(Patient), rows)
+        # Core inserts of whole rows: one executemany per batch (the ORM bulk path would
+        # split the batch wherever the pattern of empty fields changes).
+        self._session.execute(insert(DATA_KEYS_TABLE), key_rows)
+        self._session.execute(insert(PATIENTS_TABLE), rows)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -213,7 +218,9 @@ class PatientRepository:
         return [_open_patient(keys[p.data_key_id], p) for p in patients]
 
 
-def _seal_patient(key: FieldKey, patient_id: uuid.UUID, person: PatientInput) -> dict[str, object]:
+def _seal_patient(
+    key: FieldKey, patient_id: uuid.UUID, person: PatientInput
+) -> dict[str, bytes | None]:
     plain: dict[str, str | None] = {
         "birth_name": person.birth_name,
         "used_name": person.used_name,
@@ -228,18 +235,14 @@ def _seal_patient(key: FieldKey, patient_id: uuid.UUID, person: PatientInput) ->
         "postal_code": person.postal_code,
         "city": person.city,
     }
-    return {
-        column: None if value is None else key.seal(value.encode(), TABLE, column, patient_id)
-        for column, value in plain.items()
-    }
+    return key.seal_row(
+        TABLE, patient_id, {c: None if v is None else v.encode() for c, v in plain.items()}
+    )
 
 
 def _open_patient(key: FieldKey, patient: Patient) -> PatientRecord:
-    def text(column: str) -> str | None:
-        blob = getattr(patient, column)
-        return None if blob is None else key.open(blob, TABLE, column, patient.id).decode()
-
-    values = {column: text(column) for column in ENCRYPTED_FIELDS}
+    opened = key.open_row(TABLE, patient.id, {c: getattr(patient, c) for c in ENCRYPTED_FIELDS})
+    values = {c: None if v is None else v.decode() for c, v in opened.items()}
     return PatientRecord(
         id=patient.id,
         birth_name=values["birth_name"] or "",

@@ -48,10 +48,9 @@ class StaffRepository:
         (key,), key_rows = self._keyring.new_data_keys(1)
         staff_id = uuid.uuid4()
         plain = {"first_name": first_name, "last_name": last_name, "email": email}
-        row: dict[str, object] = {
-            column: key.seal(value.encode(), TABLE, column, staff_id)
-            for column, value in plain.items()
-        }
+        row: dict[str, object] = dict(
+            key.seal_row(TABLE, staff_id, {c: v.encode() for c, v in plain.items()})
+        )
         row.update(
             id=staff_id,
             tenant_id=tenant_id,
@@ -84,10 +83,10 @@ class StaffRepository:
         records = []
         for member in members:
             key = keys[member.data_key_id]
-            values = {
-                column: key.open(getattr(member, column), TABLE, column, member.id).decode()
-                for column in ENCRYPTED_FIELDS
-            }
+            opened = key.open_row(
+                TABLE, member.id, {c: getattr(member, c) for c in ENCRYPTED_FIELDS}
+            )
+            values = {c: (v or b"").decode() for c, v in opened.items()}
             records.append(
                 StaffRecord(
                     id=member.id,

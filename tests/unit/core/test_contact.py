@@ -34,9 +34,9 @@ def ours_email(value: str) -> str | None:
     return None
 
 
-def reference_phone(value: str) -> str | None:
+def reference_phone(value: str, region: str = "FR") -> str | None:
     try:
-        number = phonenumbers.parse(value, "FR")
+        number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_valid_number(number):
@@ -44,9 +44,9 @@ def reference_phone(value: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def ours_phone(value: str) -> str | None:
+def ours_phone(value: str, region: str = "FR") -> str | None:
     try:
-        return parse_phone(value)
+        return parse_phone(value, region)
     except ValueError as exc:
         message = str(exc)
     assert message.startswith("is not a")
@@ -283,6 +283,16 @@ def test_numbers_with_the_international_prefix_agree_with_phonenumbers(number: i
     # +247 23812). Fix: `_FRENCH_NATIONAL = re.compile(r"0([1-9][0-9]{8})")`.
     text = f"00{number:08d}"
     assert ours_phone(text) == reference_phone(text)
+
+
+@PROPERTY
+@given(st.integers(0, 9_999_999_999), st.sampled_from(["FR", "BE", "US"]))
+@example(612345678, "FR")
+@example(61234567, "FR")
+def test_e164_french_numbers_agree_with_phonenumbers(number: int, region: str) -> None:
+    """The "+33" fast path (used when indexing stored E.164 numbers) matches the library."""
+    text = f"+33{number}"
+    assert ours_phone(text, region) == reference_phone(text, region)
 
 
 DIGIT_VARIANTS = {
