@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Engine, MetaData, Uuid, create_engine, event
+from sqlalchemy import DateTime, Engine, LargeBinary, MetaData, Uuid, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -46,6 +46,20 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)
+
+
+class RawBytes(TypeDecorator[bytes]):
+    """Binary values (ciphertexts, digests, wrapped keys) handed to the driver as they are.
+
+    sqlite3 and psycopg both take ``bytes``; skipping LargeBinary's per-value wrapping
+    matters when a bulk import binds millions of them.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
 
 
 def utcnow() -> dt.datetime:

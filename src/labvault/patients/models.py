@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labvault.core.db import Base, HasRandomId, utcnow
+from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
 
 # Personal fields, each sealed under the patient's data key (see core.crypto.envelope).
 ENCRYPTED_FIELDS: tuple[str, ...] = (
@@ -42,27 +42,27 @@ class Patient(HasRandomId, Base):
     )
     data_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("data_keys.id", ondelete="RESTRICT"))
 
-    birth_name: Mapped[bytes] = mapped_column(LargeBinary)
-    used_name: Mapped[bytes | None] = mapped_column(LargeBinary)
-    first_names: Mapped[bytes] = mapped_column(LargeBinary)
-    birth_date: Mapped[bytes] = mapped_column(LargeBinary)
-    sex: Mapped[bytes] = mapped_column(LargeBinary)
-    birth_place_code: Mapped[bytes | None] = mapped_column(LargeBinary)
-    ins_number: Mapped[bytes | None] = mapped_column(LargeBinary)
-    email: Mapped[bytes | None] = mapped_column(LargeBinary)
-    phone: Mapped[bytes | None] = mapped_column(LargeBinary)
-    address_line: Mapped[bytes | None] = mapped_column(LargeBinary)
-    postal_code: Mapped[bytes | None] = mapped_column(LargeBinary)
-    city: Mapped[bytes | None] = mapped_column(LargeBinary)
+    birth_name: Mapped[bytes] = mapped_column(RawBytes)
+    used_name: Mapped[bytes | None] = mapped_column(RawBytes)
+    first_names: Mapped[bytes] = mapped_column(RawBytes)
+    birth_date: Mapped[bytes] = mapped_column(RawBytes)
+    sex: Mapped[bytes] = mapped_column(RawBytes)
+    birth_place_code: Mapped[bytes | None] = mapped_column(RawBytes)
+    ins_number: Mapped[bytes | None] = mapped_column(RawBytes)
+    email: Mapped[bytes | None] = mapped_column(RawBytes)
+    phone: Mapped[bytes | None] = mapped_column(RawBytes)
+    address_line: Mapped[bytes | None] = mapped_column(RawBytes)
+    postal_code: Mapped[bytes | None] = mapped_column(RawBytes)
+    city: Mapped[bytes | None] = mapped_column(RawBytes)
 
     # INS metadata: which number system (NIR, NIA, test) and how far identity was checked.
     ins_oid: Mapped[str | None] = mapped_column(String(64))
     identity_status: Mapped[str] = mapped_column(String(8), default="PROV")
 
-    nir_index: Mapped[bytes | None] = mapped_column(LargeBinary(32))
-    email_index: Mapped[bytes | None] = mapped_column(LargeBinary(32))
-    phone_index: Mapped[bytes | None] = mapped_column(LargeBinary(32))
-    name_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    nir_index: Mapped[bytes | None] = mapped_column(RawBytes(32))
+    email_index: Mapped[bytes | None] = mapped_column(RawBytes(32))
+    phone_index: Mapped[bytes | None] = mapped_column(RawBytes(32))
+    name_index: Mapped[bytes] = mapped_column(RawBytes(32))
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

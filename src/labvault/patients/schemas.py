@@ -24,6 +24,10 @@ from labvault.patients.nir import Nir, NirError
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Zero-width characters and bidirectional overrides: they make two names look alike.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SUSPECT = re.compile(f"{_CONTROL.pattern}|{_INVISIBLE.pattern}")
+_LOOSE_SPACING = re.compile(r"\s{2,}|[^\S ]")
+_LETTER = re.compile(r"[^\W\d_]")
+_DIGIT = re.compile(r"\d")
 _BIRTH_PLACE = re.compile(r"(?:[0-9]{5}|2[AB][0-9]{3})")
 _POSTAL_CODE = re.compile(r"[0-9]{5}")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -31,15 +35,19 @@ EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 
 
 def _clean_text(value: Any) -> Any:
-    """Trim, NFC-normalise and refuse control characters in free text."""
+    """Trim, NFC-normalise, single-space and refuse control or invisible characters."""
     if not isinstance(value, str):
         return value
-    value = unicodedata.normalize("NFC", value).strip()
-    if _CONTROL.search(value):
-        raise ValueError("contains control characters")
-    if _INVISIBLE.search(value):
+    if not unicodedata.is_normalized("NFC", value):
+        value = unicodedata.normalize("NFC", value)
+    value = value.strip()
+    if _SUSPECT.search(value):
+        if _CONTROL.search(value):
+            raise ValueError("contains control characters")
         raise ValueError("contains invisible characters")
-    return " ".join(value.split())
+    if _LOOSE_SPACING.search(value):
+        value = " ".join(value.split())
+    return value
 
 
 def _empty_to_none(value: Any) -> Any:
@@ -49,9 +57,9 @@ def _empty_to_none(value: Any) -> Any:
 
 
 def _check_name(value: str) -> str:
-    if not any(ch.isalpha() for ch in value):
+    if not _LETTER.search(value):
         raise ValueError("must contain letters")
-    if any(ch.isdigit() for ch in value):
+    if _DIGIT.search(value):
         raise ValueError("must not contain digits")
     return value
 
@@ -110,7 +118,7 @@ def _parse_date(value: Any) -> Any:
 
 Text = Annotated[str, BeforeValidator(_clean_text)]
 Name = Annotated[Text, Field(min_length=1, max_length=100), AfterValidator(_check_name)]
-OptionalName = Annotated[Name | None, BeforeValidator(_empty_to_none), BeforeValidator(_clean_text)]
+OptionalName = Annotated[Name | None, BeforeValidator(_empty_to_none)]
 
 
 class PatientInput(BaseModel):

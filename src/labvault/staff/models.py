@@ -6,10 +6,10 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Boolean, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import Boolean, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labvault.core.db import Base, HasRandomId, utcnow
+from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
 
 ENCRYPTED_FIELDS: tuple[str, ...] = ("first_name", "last_name", "email")
 
@@ -32,10 +32,10 @@ class StaffMember(HasRandomId, Base):
         ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
     )
     data_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("data_keys.id", ondelete="RESTRICT"))
-    first_name: Mapped[bytes] = mapped_column(LargeBinary)
-    last_name: Mapped[bytes] = mapped_column(LargeBinary)
-    email: Mapped[bytes] = mapped_column(LargeBinary)
-    email_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    first_name: Mapped[bytes] = mapped_column(RawBytes)
+    last_name: Mapped[bytes] = mapped_column(RawBytes)
+    email: Mapped[bytes] = mapped_column(RawBytes)
+    email_index: Mapped[bytes] = mapped_column(RawBytes(32))
     role: Mapped[str] = mapped_column(String(32))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from labvault.core.db import Base, utcnow
+from labvault.core.db import Base, RawBytes, utcnow
 
 
 class DataKeyRecord(Base):
@@ -20,7 +20,7 @@ class DataKeyRecord(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
     )
-    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped_key: Mapped[bytes] = mapped_column(RawBytes)
     provider: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -36,6 +36,6 @@ class IndexKeyRecord(Base):
         ForeignKey("organizations.id", ondelete="RESTRICT")
     )
     kind: Mapped[str] = mapped_column(String(32))
-    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    wrapped_key: Mapped[bytes] = mapped_column(RawBytes)
     provider: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
