@@ -12,6 +12,9 @@ from sqlalchemy.engine import make_url
 
 from labvault.patients.importer import COLUMNS
 
+# Short digit or lowercase-hex strings occur by chance in ids stored as hex text (SQLite
+# keeps UUIDs as 32 hex characters): "2a422", a birth place in lowercase, is one of them.
+_LOOKS_RANDOM = re.compile(r"[0-9a-f]{1,8}")
 _BYTEA_HEX = re.compile(rb"\\\\?x([0-9a-f]{2,})")
 
 
@@ -45,7 +48,7 @@ def sensitive_values(rows: Iterable[dict[str, str]]) -> set[str]:
         for value in candidates:
             value = value.strip()
             for spelling in (value, value.upper(), value.lower()):
-                if len(spelling.encode()) >= 5 and not (spelling.isdigit() and len(spelling) < 10):
+                if len(spelling.encode()) >= 5 and not _LOOKS_RANDOM.fullmatch(spelling):
                     found.add(spelling)
     return found
 
