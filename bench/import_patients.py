@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import os
 import pstats
 import statistics
 import sys
@@ -39,11 +40,12 @@ from bench.common import (
     verdict,
     write_patients_csv,
 )
-from bench.plaintext import PlaintextKeyring
+from bench.plaintext import PlaintextKeyring, PlaintextSealerSpec
 from labvault.core.access.principals import SystemPrincipal
-from labvault.core.crypto.keyring import Keyring, TenantKeyring
+from labvault.core.crypto.keyring import Keyring, SealerFactory, TenantKeyring
 from labvault.core.crypto.providers import FileKeyProvider
-from labvault.patients.importer import DEFAULT_BATCH_SIZE, import_patients
+from labvault.patients.bulk import DEFAULT_BATCH_SIZE
+from labvault.patients.importer import import_patients
 from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
 
@@ -84,6 +86,7 @@ def run_once(
     workdir: Path,
     batch_size: int,
     *,
+    workers: int = 0,
     profile: int = 0,
 ) -> Run:
     """One timed import on a fresh database.
@@ -97,15 +100,20 @@ def run_once(
             tenant_id = create_bench_organization(runtime)
             provider = runtime.key_provider
             open_keyring: Callable[[Session], Keyring]
+            sealer: SealerFactory
             if mode == "encrypted":
 
                 def open_keyring(session: Session) -> Keyring:
                     return TenantKeyring(session, provider, tenant_id, principal)
 
+                with runtime.sessions() as session:
+                    sealer = runtime.sealer_spec(session, tenant_id)
             else:
 
                 def open_keyring(session: Session) -> Keyring:
                     return PlaintextKeyring(tenant_id, principal)
+
+                sealer = PlaintextSealerSpec(tenant_id)
 
             profiler = cProfile.Profile() if profile else None
             gc.collect()
@@ -116,6 +124,8 @@ def run_once(
                 csv_path,
                 sessions=runtime.sessions,
                 open_keyring=open_keyring,
+                sealer=sealer,
+                workers=workers,
                 ins_oid=InsOid.TEST,
                 batch_size=batch_size,
             )
@@ -144,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=[*BACKENDS, "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="runs per backend and mode")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes that validate and seal (0: all in the importing process)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic patients")
     parser.add_argument(
         "--profile",
@@ -164,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(
             f"CSV: {args.patients:,} synthetic patients, "
             f"{csv_path.stat().st_size / 2**20:.1f} MiB, written in "
-            f"{time.perf_counter() - start:.1f} s (untimed). Batch size {args.batch_size}."
+            f"{time.perf_counter() - start:.1f} s (untimed). Batch size {args.batch_size}, "
+            f"{args.workers} worker process(es)."
         )
         key_file = FileKeyProvider.create(workdir / "keys" / "root.key").path
         if args.profile:
@@ -177,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     key_file,
                     workdir,
                     args.batch_size,
+                    workers=args.workers,
                     profile=args.profile,
                 )
                 console.print(f"{run.wall:.2f} s under the profiler, {run.cpu:.2f} s CPU")
@@ -197,7 +215,15 @@ def measure(
     for backend in backends:
         for repetition in range(1, args.repeat + 1):
             for mode in MODES:  # interleaved: A B A B ...
-                run = run_once(backend, mode, csv_path, key_file, workdir, args.batch_size)
+                run = run_once(
+                    backend,
+                    mode,
+                    csv_path,
+                    key_file,
+                    workdir,
+                    args.batch_size,
+                    workers=args.workers,
+                )
                 results.setdefault((backend, mode), Runs()).runs.append(run)
                 console.print(
                     f"  {backend:<10} {mode:<9} run {repetition}/{args.repeat}: "

@@ -21,9 +21,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from labvault.core.access.principals import Principal
+from labvault.core.access.principals import Principal, SystemPrincipal
 from labvault.core.crypto.blind_index import canonical_name_birth_date
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.normalize import normalize_email, normalize_phone
@@ -76,6 +77,16 @@ class PlaintextIndexer:
 
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: dt.date) -> bytes:
         return canonical_name_birth_date(birth_name, first_name, birth_date).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PlaintextSealerSpec:
+    """Builds a :class:`PlaintextKeyring` in an import worker, as ``TenantSealerSpec`` does."""
+
+    tenant_id: uuid.UUID
+
+    def build(self) -> PlaintextKeyring:
+        return PlaintextKeyring(self.tenant_id, SystemPrincipal("bench:plaintext"))
 
 
 class PlaintextKeyring:

@@ -6,7 +6,6 @@ import datetime as dt
 import itertools
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,12 +37,12 @@ from labvault.organizations.services import (
     create_organization,
     get_organization,
 )
+from labvault.patients.bulk import register_records
 from labvault.patients.importer import CsvFileError, import_patients, write_rejects
 from labvault.patients.ins import InsOid
 from labvault.patients.nir import Nir, NirError
-from labvault.patients.schemas import PatientInput
 from labvault.patients.services import PatientRecord, PatientRepository
-from labvault.patients.synthetic import synthetic_patients
+from labvault.patients.synthetic import synthetic_patient_rows
 
 app = typer.Typer(
     help="labvault: patient platform for medical-analysis laboratories, encrypted by default.",
@@ -60,7 +59,8 @@ app.add_typer(patients_app, name="patients")
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
-SEED_BATCH = 2000
+PARALLEL_FROM_ROWS = 20_000
+WORKERS_HELP = "Worker processes that validate and encrypt (-1: one per core for large jobs)."
 
 
 class CliError(Exception):
@@ -181,32 +181,45 @@ def seed(
     patients: Annotated[int, typer.Option(min=1, help="How many synthetic patients.")] = 1000,
     organization: Annotated[str | None, typer.Option(help="Organization name.")] = None,
     seed_value: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
+    workers: Annotated[int, typer.Option(min=-1, max=64, help=WORKERS_HELP)] = -1,
 ) -> None:
     """Add synthetic patients (Faker fr_FR, valid NIR keys, test INS OID)."""
     with _runtime() as runtime:
-        created = _seed_patients(runtime, patients, organization, seed_value)
+        created = _seed_patients(runtime, patients, organization, seed_value, workers)
     console.print(f"Added {created} synthetic patients.")
 
 
-def _seed_patients(runtime: Runtime, count: int, organization: str | None, seed_value: int) -> int:
-    with transaction(runtime.sessions) as session:
-        tenant_id = get_organization(session, organization).id
-    principal = SystemPrincipal("cli:seed")
-    created = 0
-    with _progress() as progress:
-        task = progress.add_task("Synthetic patients", total=count)
-        for batch in _batched(synthetic_patients(count, seed=seed_value), SEED_BATCH):
-            created += _register(runtime, tenant_id, principal, batch)
-            progress.advance(task, len(batch))
-    return created
-
-
-def _register(
-    runtime: Runtime, tenant_id: uuid.UUID, principal: SystemPrincipal, batch: list[PatientInput]
+def _seed_patients(
+    runtime: Runtime, count: int, organization: str | None, seed_value: int, workers: int = -1
 ) -> int:
     with transaction(runtime.sessions) as session:
-        keyring = TenantKeyring(session, runtime.key_provider, tenant_id, principal)
-        return len(PatientRepository(session, keyring).register_many(batch).created)
+        tenant_id = get_organization(session, organization).id
+        sealer = runtime.sealer_spec(session, tenant_id)
+    principal = SystemPrincipal("cli:seed")
+    rows = synthetic_patient_rows(count, seed=seed_value)
+    with _progress() as progress:
+        task = progress.add_task("Synthetic patients", total=count)
+        report = register_records(
+            ((number + 2, row) for number, row in enumerate(rows)),
+            sessions=runtime.sessions,
+            open_keyring=lambda session: TenantKeyring(
+                session, runtime.key_provider, tenant_id, principal
+            ),
+            sealer=sealer,
+            workers=_workers(workers, count),
+            ins_oid=InsOid.TEST,
+            on_batch=lambda stored: progress.advance(task, stored),
+        )
+    if report.problems:
+        raise CliError(f"{report.rejected_rows} synthetic patients failed validation (a bug)")
+    return report.created
+
+
+def _workers(requested: int, rows: int) -> int:
+    """Worker processes for a bulk job: on request, else one per core for large jobs."""
+    if requested >= 0:
+        return requested
+    return min(os.cpu_count() or 1, 4) if rows >= PARALLEL_FROM_ROWS else 0
 
 
 @app.command()
@@ -259,6 +272,7 @@ def import_patients_command(
     batch_size: Annotated[
         int, typer.Option(min=1, max=50_000, help="Rows per transaction.")
     ] = 2000,
+    workers: Annotated[int, typer.Option(min=-1, max=64, help=WORKERS_HELP)] = -1,
 ) -> None:
     """Import patients from a CSV file (see the README for the columns)."""
     oids = {"nir": InsOid.NIR, "test": InsOid.TEST}
@@ -268,6 +282,8 @@ def import_patients_command(
     with _runtime() as runtime:
         with transaction(runtime.sessions) as session:
             tenant_id = get_organization(session, organization).id
+            sealer = runtime.sealer_spec(session, tenant_id)
+        estimated_rows = file.stat().st_size // 150
         with _progress(transfer=True) as progress:
             task = progress.add_task(f"Importing {file.name}", total=file.stat().st_size)
             report = import_patients(
@@ -276,6 +292,8 @@ def import_patients_command(
                 open_keyring=lambda session: TenantKeyring(
                     session, runtime.key_provider, tenant_id, principal
                 ),
+                sealer=sealer,
+                workers=_workers(workers, estimated_rows),
                 ins_oid=oids[oid],
                 batch_size=batch_size,
                 on_progress=lambda done: progress.advance(task, done),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -9,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.core.config import Settings
+from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_keys
 from labvault.core.crypto.providers import KeyProvider, load_key_provider
 from labvault.core.db import create_db_engine, make_session_factory
 
@@ -29,6 +31,17 @@ class Runtime:
     def key_provider(self) -> KeyProvider:
         """Loaded on first use; raises a clear KeyProviderError if the key is missing or exposed."""
         return load_key_provider(self.settings.key_provider, str(self.settings.key_file))
+
+    def sealer_spec(self, session: Session, tenant_id: uuid.UUID) -> TenantSealerSpec:
+        """What a worker process needs to seal this tenant's data: settings, wrapped keys."""
+        return TenantSealerSpec(
+            provider_setting=self.settings.key_provider,
+            default_key_file=str(self.settings.key_file),
+            tenant_id=tenant_id,
+            wrapped_index_keys=tuple(
+                (kind.value, blob) for kind, blob in wrapped_index_keys(session, tenant_id).items()
+            ),
+        )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -11,18 +11,23 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from labvault.core.crypto.keyring import Keyring
-from labvault.core.db import transaction
+from labvault.core.crypto.keyring import Keyring, SealerFactory
+from labvault.patients.bulk import (
+    DEFAULT_BATCH_SIZE,
+    ImportReport,
+    Record,
+    RowProblem,
+    register_records,
+    to_input,
+)
 from labvault.patients.ins import InsOid
-from labvault.patients.schemas import PatientInput, describe_errors
-from labvault.patients.services import PatientRepository
+from labvault.patients.schemas import PatientInput
 
 COLUMNS: tuple[str, ...] = (
     "birth_name",
@@ -39,28 +44,10 @@ COLUMNS: tuple[str, ...] = (
     "city",
 )
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"birth_name", "first_names", "birth_date", "sex"})
-DEFAULT_BATCH_SIZE = 2000
-_MAX_FIELD = 1000
 
 
 class CsvFileError(ValueError):
     """The file as a whole cannot be imported; nothing was written."""
-
-
-@dataclass(frozen=True, slots=True)
-class RowProblem:
-    row: int  # as a spreadsheet numbers it: the header is row 1
-    field: str
-    reason: str
-
-
-@dataclass(slots=True)
-class ImportReport:
-    rows: int = 0
-    created: int = 0
-    existing: int = 0
-    rejected_rows: int = 0
-    problems: list[RowProblem] = field(default_factory=list)
 
 
 def check_utf8(path: Path) -> None:
@@ -89,6 +76,19 @@ def read_rows(
     text: io.TextIOBase, *, ins_oid: InsOid = InsOid.NIR
 ) -> Iterator[tuple[int, PatientInput | list[RowProblem]]]:
     """Yield (row number, patient or problems) for each data row of a patients CSV."""
+    for row_number, record in read_records(text):
+        if isinstance(record, list):
+            yield row_number, record
+        else:
+            yield row_number, to_input(row_number, record, ins_oid)
+
+
+def read_records(text: io.TextIOBase) -> Iterator[Record]:
+    """Yield (row number, raw fields or structural problems) for each data row.
+
+    The header is checked before the first row is yielded; a bad header raises
+    :class:`CsvFileError`.
+    """
     header_line = text.readline().removeprefix("\ufeff")
     if not header_line.strip():
         raise CsvFileError("the file is empty: expected a header row with the column names")
@@ -113,16 +113,10 @@ def read_rows(
         if not values or all(not value.strip() for value in values):
             continue
         if len(values) != len(header):
-            yield (
-                row_number,
-                [
-                    RowProblem(
-                        row_number, "row", f"has {len(values)} fields, the header has {len(header)}"
-                    )
-                ],
-            )
+            reason = f"has {len(values)} fields, the header has {len(header)}"
+            yield row_number, [RowProblem(row_number, "row", reason)]
             continue
-        yield row_number, _to_input(row_number, dict(zip(header, values, strict=True)), ins_oid)
+        yield row_number, dict(zip(header, values, strict=True))
 
 
 def _check_header(header: list[str]) -> None:
@@ -139,66 +133,46 @@ def _check_header(header: list[str]) -> None:
         raise CsvFileError(f"missing required column(s): {', '.join(missing)}")
 
 
-def _to_input(
-    row_number: int, raw: dict[str, str], ins_oid: InsOid
-) -> PatientInput | list[RowProblem]:
-    too_long = [name for name, value in raw.items() if len(value) > _MAX_FIELD]
-    if too_long:
-        return [RowProblem(row_number, name, "is too long") for name in too_long]
-    data: dict[str, object] = dict(raw)
-    data["address_line"] = data.pop("address", None)
-    if (raw.get("nir") or "").strip():
-        data["ins_oid"] = ins_oid
-    try:
-        return PatientInput.model_validate(data)
-    except ValidationError as exc:
-        return [RowProblem(row_number, name, reason) for name, reason in describe_errors(exc)]
-
-
 def import_patients(
     path: Path,
     *,
     sessions: sessionmaker[Session],
     open_keyring: Callable[[Session], Keyring],
+    sealer: SealerFactory,
+    workers: int = 0,
     ins_oid: InsOid = InsOid.NIR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import every valid row of ``path``; report the others.
 
-    ``open_keyring`` gives the keyring of the importing principal for one batch's session
-    (normally a :class:`~labvault.core.crypto.keyring.TenantKeyring`). ``on_progress`` gets
-    the number of bytes read since its last call.
+    ``open_keyring`` gives the importing principal's keyring for one batch's session;
+    ``sealer`` builds what seals and indexes patients, in ``workers`` processes (or here,
+    with 0). ``on_progress`` gets the number of bytes read since its last call.
     """
     check_utf8(path)
-    report = ImportReport()
-    batch: list[PatientInput] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        with transaction(sessions) as session:
-            result = PatientRepository(session, open_keyring(session)).register_many(batch)
-        report.created += len(result.created)
-        report.existing += len(result.existing)
-        batch.clear()
-
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
+        records = read_records(text)
+        first = next(records, None)  # checks the header before any worker starts
         last_position = 0
-        for _, outcome in read_rows(text, ins_oid=ins_oid):
-            report.rows += 1
-            if isinstance(outcome, PatientInput):
-                batch.append(outcome)
-            else:
-                report.rejected_rows += 1
-                report.problems.extend(outcome)
-            if len(batch) >= batch_size:
-                flush()
-                if on_progress is not None:
-                    position = raw.tell()
-                    on_progress(position - last_position)
-                    last_position = position
-        flush()
+
+        def progress() -> None:
+            nonlocal last_position
+            if on_progress is not None:
+                position = raw.tell()
+                on_progress(position - last_position)
+                last_position = position
+
+        report = register_records(
+            itertools.chain([first] if first else [], records),
+            sessions=sessions,
+            open_keyring=open_keyring,
+            sealer=sealer,
+            workers=workers,
+            ins_oid=ins_oid,
+            batch_size=batch_size,
+            on_batch=lambda _: progress(),
+        )
         if on_progress is not None:
             on_progress(path.stat().st_size - last_position)
     return report

@@ -16,7 +16,7 @@ from sqlalchemy import Select, Table, insert, select
 from sqlalchemy.orm import Session
 
 from labvault.core.crypto.envelope import FieldKey
-from labvault.core.crypto.keyring import Keyring
+from labvault.core.crypto.keyring import Keyring, Sealer
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
 from labvault.patients.ins import IdentityStatus, InsOid, Sex
@@ -70,6 +70,49 @@ class RegistrationResult:
     existing: dict[int, uuid.UUID] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class PreparedPatient:
+    """A patient sealed and indexed, ready to store: the CPU-heavy half of registration.
+
+    Preparing needs keys but no database, so bulk jobs prepare in worker processes and
+    store from one writer. Its repr shows nothing (it holds ciphertext and indexes only).
+    """
+
+    nir_index: bytes | None
+    name_index: bytes
+    row: dict[str, object]
+    key_row: dict[str, object]
+
+    def __repr__(self) -> str:
+        return "PreparedPatient(...)"
+
+
+def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[PreparedPatient]:
+    """Seal and index ``inputs`` under fresh data keys (one per patient)."""
+    indexer = sealer.indexer
+    keys, key_rows = sealer.new_data_keys(len(inputs))
+    prepared = []
+    for person, key, key_row in zip(inputs, keys, key_rows, strict=True):
+        patient_id = uuid.uuid4()
+        nir_index = indexer.nir(person.nir.compact) if person.nir else None
+        name_index = indexer.name_birth_date(
+            person.birth_name, person.first_given_name, person.birth_date
+        )
+        row: dict[str, object] = dict(_seal_patient(key, patient_id, person))
+        row.update(
+            id=patient_id,
+            data_key_id=key.id,
+            ins_oid=person.ins_oid.value if person.ins_oid else None,
+            identity_status=person.identity_status.value,
+            nir_index=nir_index,
+            email_index=indexer.email(person.email) if person.email else None,
+            phone_index=indexer.phone(person.phone) if person.phone else None,
+            name_index=name_index,
+        )
+        prepared.append(PreparedPatient(nir_index, name_index, row, key_row))
+    return prepared
+
+
 class PatientRepository:
     """Patients of one tenant, as seen by the principal bound to ``keyring``."""
 
@@ -82,23 +125,31 @@ class PatientRepository:
     def register_many(self, inputs: Sequence[PatientInput]) -> RegistrationResult:
         """Create the patients that are not already known, in the caller's transaction.
 
+        See :meth:`store_prepared` for what "already known" means.
+        """
+        return self.store_prepared(prepare_patients(inputs, self._keyring))
+
+    def store_prepared(self, prepared: Sequence[PreparedPatient]) -> RegistrationResult:
+        """Insert the prepared patients that are not already known; positions index ``prepared``.
+
         A patient is already known when its NIR matches one on file; without a NIR match, when
         birth name, first given name and birth date match a patient whose NIR is not known to
-        differ. Duplicates within ``inputs`` are matched the same way.
+        differ. Duplicates within ``prepared`` are matched the same way. The sealed values of a
+        known patient are discarded.
         """
-        indexer = self._keyring.indexer
         tenant_id = self._keyring.tenant_id
+        if any(p.key_row["tenant_id"] != tenant_id for p in prepared):
+            raise ValueError("prepared patients belong to another organization")
         result = RegistrationResult()
-        nir_indexes = [indexer.nir(p.nir.compact) if p.nir else None for p in inputs]
-        name_indexes = [
-            indexer.name_birth_date(p.birth_name, p.first_given_name, p.birth_date) for p in inputs
-        ]
-        by_nir, by_name = self._existing([i for i in nir_indexes if i is not None], name_indexes)
-
-        to_create: list[tuple[int, PatientInput, uuid.UUID, bytes | None, bytes]] = []
-        for position, (person, nir_index, name_index) in enumerate(
-            zip(inputs, nir_indexes, name_indexes, strict=True)
-        ):
+        by_nir, by_name = self._existing(
+            [p.nir_index for p in prepared if p.nir_index is not None],
+            [p.name_index for p in prepared],
+        )
+        key_rows: list[dict[str, object]] = []
+        rows: list[dict[str, object]] = []
+        now = utcnow()
+        for position, patient in enumerate(prepared):
+            nir_index, name_index = patient.nir_index, patient.name_index
             match = by_nir.get(nir_index) if nir_index is not None else None
             if match is None:
                 for candidate_id, candidate_nir in by_name.get(name_index, ()):
@@ -108,15 +159,21 @@ class PatientRepository:
             if match is not None:
                 result.existing[position] = match
                 continue
-            patient_id = uuid.uuid4()
+            patient_id = patient.row["id"]
+            assert isinstance(patient_id, uuid.UUID)
             result.created[position] = patient_id
-            to_create.append((position, person, patient_id, nir_index, name_index))
             if nir_index is not None:
                 by_nir[nir_index] = patient_id
             by_name.setdefault(name_index, []).append((patient_id, nir_index))
-
-        if to_create:
-            self._insert(to_create, tenant_id)
+            key_rows.append(patient.key_row)
+            rows.append(
+                {**patient.row, "tenant_id": tenant_id, "created_at": now, "updated_at": now}
+            )
+        if rows:
+            # Core inserts of whole rows: one executemany per batch (the ORM bulk path would
+            # split the batch wherever the pattern of empty fields changes).
+            self._session.execute(insert(DATA_KEYS_TABLE), key_rows)
+            self._session.execute(insert(PATIENTS_TABLE), rows)
         return result
 
     def _existing(
@@ -133,45 +190,14 @@ class PatientRepository:
                 if nir_index is not None:
                     by_nir[nir_index] = patient_id
         by_name: dict[bytes, list[tuple[uuid.UUID, bytes | None]]] = {}
-        for patient_id, name_index, nir_index in self._session.execute(
-            select(Patient.id, Patient.name_index, Patient.nir_index).where(
-                Patient.tenant_id == tenant_id, Patient.name_index.in_(set(name_indexes))
-            )
-        ):
-            by_name.setdefault(name_index, []).append((patient_id, nir_index))
+        if name_indexes:
+            for patient_id, name_index, nir_index in self._session.execute(
+                select(Patient.id, Patient.name_index, Patient.nir_index).where(
+                    Patient.tenant_id == tenant_id, Patient.name_index.in_(set(name_indexes))
+                )
+            ):
+                by_name.setdefault(name_index, []).append((patient_id, nir_index))
         return by_nir, by_name
-
-    def _insert(
-        self,
-        to_create: list[tuple[int, PatientInput, uuid.UUID, bytes | None, bytes]],
-        tenant_id: uuid.UUID,
-    ) -> None:
-        indexer = self._keyring.indexer
-        keys, key_rows = self._keyring.new_data_keys(len(to_create))
-        now = utcnow()
-        rows: list[dict[str, object]] = []
-        for (_, person, patient_id, nir_index, name_index), key in zip(
-            to_create, keys, strict=True
-        ):
-            row: dict[str, object] = dict(_seal_patient(key, patient_id, person))
-            row.update(
-                id=patient_id,
-                tenant_id=tenant_id,
-                data_key_id=key.id,
-                ins_oid=person.ins_oid.value if person.ins_oid else None,
-                identity_status=person.identity_status.value,
-                nir_index=nir_index,
-                email_index=indexer.email(person.email) if person.email else None,
-                phone_index=indexer.phone(person.phone) if person.phone else None,
-                name_index=name_index,
-                created_at=now,
-                updated_at=now,
-            )
-            rows.append(row)
-        # Core inserts of whole rows: one executemany per batch (the ORM bulk path would
-        # split the batch wherever the pattern of empty fields changes).
-        self._session.execute(insert(DATA_KEYS_TABLE), key_rows)
-        self._session.execute(insert(PATIENTS_TABLE), rows)
 
     # -- reads ----------------------------------------------------------------------------
 

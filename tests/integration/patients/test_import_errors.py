@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
@@ -18,25 +20,34 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
-from labvault.core.crypto.providers.base import KeyProvider
-from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import create_organization
-from labvault.patients.importer import CsvFileError, import_patients
+from labvault.patients.importer import CsvFileError, ImportReport, import_patients
 from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
+from labvault.patients.nir import Nir
+from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
 
 runner = CliRunner()
 
 
-def _keyring(
-    runtime: Runtime, tenant: uuid.UUID, provider: KeyProvider | None = None
-) -> Callable[[Session], TenantKeyring]:
+def _keyring(runtime: Runtime, tenant: uuid.UUID) -> Callable[[Session], TenantKeyring]:
     principal = SystemPrincipal("test:import")
-    return lambda session: TenantKeyring(
-        session, provider or runtime.key_provider, tenant, principal
+    return lambda session: TenantKeyring(session, runtime.key_provider, tenant, principal)
+
+
+def _import(runtime: Runtime, tenant: uuid.UUID, source: Path, **options: Any) -> ImportReport:
+    with transaction(runtime.sessions) as session:
+        sealer = runtime.sealer_spec(session, tenant)
+    return import_patients(
+        source,
+        sessions=runtime.sessions,
+        open_keyring=_keyring(runtime, tenant),
+        sealer=sealer,
+        ins_oid=InsOid.TEST,
+        **options,
     )
 
 
@@ -101,9 +112,7 @@ def test_file_level_errors_import_nothing(
     path = tmp_path / "bad.csv"
     path.write_bytes(content)
     with pytest.raises(CsvFileError) as caught:
-        import_patients(
-            path, sessions=runtime.sessions, open_keyring=_keyring(runtime, tenant),
-        )  # fmt: skip
+        _import(runtime, tenant, path)
     assert message in str(caught.value)
     assert _counts(runtime) == (0, 0)
 
@@ -122,36 +131,10 @@ def test_rows_with_wrong_field_count_or_bad_quotes_are_rejected(
         "Roux,Jules,1999-09-09,M\n",
         encoding="utf-8",
     )
-    report = import_patients(
-        path, sessions=runtime.sessions, open_keyring=_keyring(runtime, tenant),
-    )  # fmt: skip
+    report = _import(runtime, tenant, path)
     assert (report.rows, report.created, report.rejected_rows) == (4, 2, 2)
     assert [(p.row, p.field) for p in report.problems] == [(3, "row"), (4, "row")]
     assert "has 3 fields, the header has 4" in report.problems[0].reason
-
-
-class _FailingOnSecondBatch:
-    """The real provider, failing on its second bulk wrap: simulates a crash mid-import."""
-
-    def __init__(self, inner: KeyProvider) -> None:
-        self._inner = inner
-        self.calls = 0
-        self.name = inner.name
-
-    def wrap(self, material: Secret[bytes], context: str) -> bytes:
-        return self._inner.wrap(material, context)
-
-    def unwrap(self, wrapped: bytes, context: str) -> Secret[bytes]:
-        return self._inner.unwrap(wrapped, context)
-
-    def wrap_many(self, items: list[tuple[Secret[bytes], str]]) -> list[bytes]:
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyProviderError("provider unavailable")
-        return self._inner.wrap_many(items)
-
-    def unwrap_many(self, items: list[tuple[bytes, str]]) -> list[Secret[bytes]]:
-        return self._inner.unwrap_many(items)
 
 
 def test_a_failing_batch_writes_nothing_and_a_rerun_completes(
@@ -160,16 +143,61 @@ def test_a_failing_batch_writes_nothing_and_a_rerun_completes(
     with transaction(runtime.sessions) as session:
         tenant = create_organization(session, runtime.key_provider, "Labo").id
     source = write_csv(tmp_path / "p.csv", synthetic_patient_rows(25, seed=8))
-    failing = _FailingOnSecondBatch(runtime.key_provider)
-    with pytest.raises(KeyProviderError):
-        import_patients(
-            source, sessions=runtime.sessions, open_keyring=_keyring(runtime, tenant, failing),
-            ins_oid=InsOid.TEST,
-            batch_size=10,
-        )  # fmt: skip
+    inserts = 0
+
+    def crash_on_second_patients_insert(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        nonlocal inserts
+        if statement.lstrip().upper().startswith("INSERT INTO PATIENTS"):
+            inserts += 1
+            if inserts == 2:  # after this batch's data keys were inserted
+                raise RuntimeError("simulated crash")
+
+    event.listen(runtime.engine, "before_cursor_execute", crash_on_second_patients_insert)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _import(runtime, tenant, source, batch_size=10)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", crash_on_second_patients_insert)
     assert _counts(runtime) == (10, 10)  # the first batch only; no orphan key, no half patient
-    report = import_patients(
-        source, sessions=runtime.sessions, open_keyring=_keyring(runtime, tenant), batch_size=10,
-    )  # fmt: skip
+    report = _import(runtime, tenant, source, batch_size=10)
     assert (report.created, report.existing) == (15, 10)
     assert _counts(runtime) == (25, 25)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_worker_processes_give_the_same_result(
+    runtime: Runtime, tmp_path: Path, workers: int
+) -> None:
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, "Labo").id
+    rows = list(synthetic_patient_rows(1300, seed=31))
+    rows[700] = dict(rows[700], birth_date="1990-02-30")
+    source = write_csv(tmp_path / "p.csv", rows)
+    report = _import(runtime, tenant, source, workers=workers, batch_size=400)
+    assert (report.rows, report.created, report.rejected_rows) == (1300, 1299, 1)
+    assert [(p.row, p.field) for p in report.problems] == [(702, "birth_date")]
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("test:read"))
+        repository = PatientRepository(session, keyring)
+        for row in (rows[0], rows[699], rows[1299]):
+            (found,) = repository.find_by_nir(Nir.parse(row["nir"]), purpose="test")
+            assert found.birth_name == row["birth_name"]
+            assert found.city == row["city"]
+
+
+def test_a_missing_key_file_stops_the_import_before_anything_is_written(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, "Labo").id
+    source = write_csv(tmp_path / "p.csv", synthetic_patient_rows(30, seed=2))
+    with transaction(runtime.sessions) as session:
+        spec = dataclasses.replace(
+            runtime.sealer_spec(session, tenant), provider_setting=f"file:{tmp_path}/nope.key"
+        )
+    with pytest.raises(KeyProviderError, match="labvault init"):
+        import_patients(
+            source, sessions=runtime.sessions, open_keyring=_keyring(runtime, tenant),
+            sealer=spec, workers=2,
+        )  # fmt: skip
+    assert _counts(runtime) == (0, 0)

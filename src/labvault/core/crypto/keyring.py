@@ -6,8 +6,10 @@ keyring, which lives as long as one request or one job batch: never in a global 
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -38,19 +40,29 @@ class Indexer(Protocol):
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: Any) -> bytes: ...
 
 
-class Keyring(Protocol):
-    """What services need; :class:`TenantKeyring` is the real one."""
+class Sealer(Protocol):
+    """The write side of a keyring: new data keys and blind indexes. It decrypts nothing."""
 
     @property
     def tenant_id(self) -> uuid.UUID: ...
 
     @property
-    def principal(self) -> Principal: ...
-
-    @property
     def indexer(self) -> Indexer: ...
 
     def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]: ...
+
+
+class SealerFactory(Protocol):
+    """A picklable recipe that builds a :class:`Sealer` inside a worker process."""
+
+    def build(self) -> Sealer: ...
+
+
+class Keyring(Sealer, Protocol):
+    """What services need; :class:`TenantKeyring` is the real one."""
+
+    @property
+    def principal(self) -> Principal: ...
 
     def open_data_keys(
         self,
@@ -62,8 +74,6 @@ class Keyring(Protocol):
 
 def create_index_keys(session: Session, provider: KeyProvider, tenant_id: uuid.UUID) -> None:
     """Give a new tenant its blind-index keys (one per kind), wrapped."""
-    import os
-
     for kind in IndexKind:
         material = Secret(os.urandom(INDEX_KEY_BYTES))
         session.add(
@@ -74,6 +84,76 @@ def create_index_keys(session: Session, provider: KeyProvider, tenant_id: uuid.U
                 provider=provider.name,
             )
         )
+
+
+def _new_data_keys(
+    provider: KeyProvider, tenant_id: uuid.UUID, count: int
+) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+    generated = [DataKey.generate() for _ in range(count)]
+    wrapped = provider.wrap_many(
+        [(material, data_key_context(tenant_id, key.id)) for key, material in generated]
+    )
+    rows = [
+        {"id": key.id, "tenant_id": tenant_id, "wrapped_key": blob, "provider": provider.name}
+        for (key, _), blob in zip(generated, wrapped, strict=True)
+    ]
+    return [key for key, _ in generated], rows
+
+
+def _unwrap_index_keys(
+    provider: KeyProvider, tenant_id: uuid.UUID, wrapped: Mapping[IndexKind, bytes]
+) -> BlindIndexer:
+    if set(wrapped) != set(IndexKind):
+        raise KeyProviderError("this organization's blind-index keys are missing")
+    kinds = list(wrapped)
+    secrets = provider.unwrap_many(
+        [(wrapped[kind], index_key_context(tenant_id, kind)) for kind in kinds]
+    )
+    return BlindIndexer(dict(zip(kinds, secrets, strict=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSealer:
+    """A :class:`Sealer` for bulk jobs, usable in a worker process (no session needed)."""
+
+    provider: KeyProvider
+    tenant_id: uuid.UUID
+    indexer: BlindIndexer
+
+    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        return _new_data_keys(self.provider, self.tenant_id, count)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSealerSpec:
+    """How a worker builds its own :class:`TenantSealer`: where the keys are, not the keys.
+
+    It carries the key provider's setting and the tenant's *wrapped* index keys; each
+    worker unwraps them itself, so no key material crosses a process boundary.
+    """
+
+    provider_setting: str
+    default_key_file: str
+    tenant_id: uuid.UUID
+    wrapped_index_keys: tuple[tuple[str, bytes], ...]
+
+    def build(self) -> TenantSealer:
+        from labvault.core.crypto.providers import load_key_provider
+
+        provider = load_key_provider(self.provider_setting, self.default_key_file)
+        wrapped = {IndexKind(kind): blob for kind, blob in self.wrapped_index_keys}
+        return TenantSealer(
+            provider, self.tenant_id, _unwrap_index_keys(provider, self.tenant_id, wrapped)
+        )
+
+
+def wrapped_index_keys(session: Session, tenant_id: uuid.UUID) -> dict[IndexKind, bytes]:
+    rows = session.execute(
+        select(IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
+            IndexKeyRecord.tenant_id == tenant_id
+        )
+    ).all()
+    return {IndexKind(kind): bytes(wrapped) for kind, wrapped in rows}
 
 
 class TenantKeyring:
@@ -106,37 +186,14 @@ class TenantKeyring:
     @property
     def indexer(self) -> BlindIndexer:
         if self._indexer is None:
-            rows = self._session.execute(
-                select(IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
-                    IndexKeyRecord.tenant_id == self._tenant_id
-                )
-            ).all()
-            found = {IndexKind(kind): wrapped for kind, wrapped in rows}
-            if set(found) != set(IndexKind):
-                raise KeyProviderError("this organization's blind-index keys are missing")
-            kinds = list(found)
-            secrets = self._provider.unwrap_many(
-                [(found[kind], index_key_context(self._tenant_id, kind)) for kind in kinds]
+            self._indexer = _unwrap_index_keys(
+                self._provider, self._tenant_id, wrapped_index_keys(self._session, self._tenant_id)
             )
-            self._indexer = BlindIndexer(dict(zip(kinds, secrets, strict=True)))
         return self._indexer
 
     def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
         """Fresh data keys and the ``data_keys`` rows (wrapped) the caller must insert."""
-        generated = [DataKey.generate() for _ in range(count)]
-        wrapped = self._provider.wrap_many(
-            [(material, data_key_context(self._tenant_id, key.id)) for key, material in generated]
-        )
-        rows = [
-            {
-                "id": key.id,
-                "tenant_id": self._tenant_id,
-                "wrapped_key": blob,
-                "provider": self._provider.name,
-            }
-            for (key, _), blob in zip(generated, wrapped, strict=True)
-        ]
-        return [key for key, _ in generated], rows
+        return _new_data_keys(self._provider, self._tenant_id, count)
 
     def open_data_keys(
         self,
