@@ -4,7 +4,7 @@
                                  [--db PATH] [--keep PATH]
 
 Seeds ``--patients`` synthetic patients through the real encrypted path
-(``PatientRepository.register_many``, batches of ``--batch-size`` in one transaction each),
+(``register_records`` with worker processes, batches of ``--batch-size`` in one transaction each),
 then times, for ``--lookups`` random existing patients, alternately:
 
 - ``find_by_nir``: one short transaction with a fresh ``TenantKeyring``, as one CLI call or
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import os
 import random
 import shutil
 import tempfile
@@ -60,11 +61,13 @@ from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import get_organization
+from labvault.patients.bulk import register_records
+from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
 from labvault.patients.nir import Nir
 from labvault.patients.schemas import PatientInput
 from labvault.patients.services import PatientRepository
-from labvault.patients.synthetic import synthetic_patients
+from labvault.patients.synthetic import synthetic_patient_rows
 
 TARGET_MS = 5.0  # `patients find --nir` with 1,000,000 patients stored (from the issue)
 PURPOSE = "bench:find-patient"
@@ -101,11 +104,11 @@ def _batched(items: Iterator[PatientInput], size: int) -> Iterator[list[PatientI
         yield batch
 
 
-def seed(runtime: Runtime, tenant_id: uuid.UUID, count: int, batch_size: int, seed: int) -> None:
+def seed(
+    runtime: Runtime, tenant_id: uuid.UUID, count: int, batch_size: int, seed: int, workers: int
+) -> None:
     principal = SystemPrincipal("bench:seed")
     provider = runtime.key_provider
-    created = 0
-    storing = 0.0
     start = time.perf_counter()
     columns = (
         TextColumn("{task.description}"),
@@ -115,20 +118,26 @@ def seed(runtime: Runtime, tenant_id: uuid.UUID, count: int, batch_size: int, se
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    with runtime.sessions() as session:
+        sealer = runtime.sealer_spec(session, tenant_id)
+    rows = synthetic_patient_rows(count, seed=seed)
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("Seeding (encrypted)", total=count)
-        for batch in _batched(synthetic_patients(count, seed=seed), batch_size):
-            begin = time.perf_counter()
-            with transaction(runtime.sessions) as session:
-                keyring = TenantKeyring(session, provider, tenant_id, principal)
-                created += len(PatientRepository(session, keyring).register_many(batch).created)
-            storing += time.perf_counter() - begin
-            progress.advance(task, len(batch))
+        report = register_records(
+            ((number + 2, row) for number, row in enumerate(rows)),
+            sessions=runtime.sessions,
+            open_keyring=lambda session: TenantKeyring(session, provider, tenant_id, principal),
+            sealer=sealer,
+            workers=workers,
+            ins_oid=InsOid.TEST,
+            batch_size=batch_size,
+            on_batch=lambda stored: progress.advance(task, stored),
+        )
+    created = report.created
     total = time.perf_counter() - start
     console.print(
-        f"Seeded {created:,} patients in {total:.1f} s: {count / total:,.0f} patients/s overall, "
-        f"{count / storing:,.0f}/s in register_many + commit "
-        f"(the rest is synthetic generation and validation)."
+        f"Seeded {created:,} patients in {total:.1f} s: {count / total:,.0f} patients/s "
+        f"({workers} worker process(es) validating and sealing, this one storing)."
     )
 
 
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookups", type=int, default=2000, help="timed lookups of each kind")
     parser.add_argument("--batch-size", type=int, default=5000, help="patients per transaction")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic patients")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="seeding worker processes"
+    )
     parser.add_argument("--db", type=Path, help="reuse this seeded SQLite file (and PATH.key)")
     parser.add_argument("--keep", type=Path, help="keep the seeded SQLite file at PATH")
     args = parser.parse_args(argv)
@@ -209,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if needs_seeding:
                 tenant_id = create_bench_organization(runtime)
-                seed(runtime, tenant_id, args.patients, args.batch_size, args.seed)
+                seed(runtime, tenant_id, args.patients, args.batch_size, args.seed, args.workers)
                 if args.backend == "postgresql":  # as autovacuum would, before real traffic
                     with runtime.engine.connect() as connection:
                         connection.execute(text("ANALYZE"))
