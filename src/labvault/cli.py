@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -58,7 +57,6 @@ app.add_typer(patients_app, name="patients")
 
 console = Console()
 errors = Console(stderr=True)
-T = TypeVar("T")
 PARALLEL_FROM_ROWS = 20_000
 WORKERS_HELP = "Worker processes that validate and encrypt (-1: one per core for large jobs)."
 
@@ -116,11 +114,6 @@ def _progress(transfer: bool = False) -> Progress:
     columns.append(TransferSpeedColumn() if transfer else MofNCompleteColumn())
     columns.append(TimeRemainingColumn())
     return Progress(*columns, console=console, transient=False)
-
-
-def _batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -402,5 +395,4 @@ def _patients_table(found: list[PatientRecord]) -> Table:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()
