@@ -72,6 +72,9 @@ class PlaintextIndexer:
     def email(self, address: str) -> bytes:
         return normalize_email(address).encode()
 
+    def staff_email(self, address: str) -> bytes:
+        return normalize_email(address).encode()
+
     def phone(self, number: str) -> bytes:
         return normalize_phone(number).encode()
 
@@ -112,23 +115,25 @@ class PlaintextKeyring:
     def indexer(self) -> PlaintextIndexer:
         return self._indexer
 
-    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
-        keys: list[FieldKey] = [PlaintextFieldKey(uuid.uuid4()) for _ in range(count)]
+    def new_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        keys: list[FieldKey] = [PlaintextFieldKey(uuid.uuid4()) for _ in subject_ids]
         rows = [
             {
                 "id": key.id,
                 "tenant_id": self._tenant_id,
+                "subject_type": subject_type,
+                "subject_id": subject_id,
                 "wrapped_key": b"",
                 "provider": PROVIDER_NAME,
             }
-            for key in keys
+            for key, subject_id in zip(keys, subject_ids, strict=True)
         ]
         return keys, rows
 
     def open_data_keys(
-        self,
-        subject_type: str,
-        subjects: Sequence[tuple[uuid.UUID, uuid.UUID]],
-        purpose: str,
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
     ) -> dict[uuid.UUID, FieldKey]:
-        return {key_id: PlaintextFieldKey(key_id) for _, key_id in subjects}
+        """The baseline only measures writes; reads are compared against a plain SELECT."""
+        raise NotImplementedError("the plaintext baseline does not read patients back")

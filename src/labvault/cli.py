@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,21 +24,26 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.config import ConfigurationError, Settings, load_settings
+from labvault.core.contact import parse_email, parse_phone
 from labvault.core.crypto.errors import CryptoError
 from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.models import IndexKeyRecord
 from labvault.core.crypto.providers import FileKeyProvider
-from labvault.core.db import transaction
+from labvault.core.db import describe_database_error, transaction
 from labvault.core.migrate import is_up_to_date, upgrade
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import (
+    InvalidOrganizationNameError,
     OrganizationNotFoundError,
     create_organization,
     get_organization,
 )
-from labvault.patients.bulk import register_records
+from labvault.patients.bulk import BatchConflictError, register_records
 from labvault.patients.importer import CsvFileError, import_patients, write_rejects
 from labvault.patients.ins import InsOid
 from labvault.patients.nir import Nir, NirError
@@ -69,13 +76,18 @@ def main() -> None:
     try:
         app()
     except (
+        BatchConflictError,
         CliError,
         ConfigurationError,
         CryptoError,
         CsvFileError,
+        InvalidOrganizationNameError,
         OrganizationNotFoundError,
     ) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        errors.print(f"[bold red]error:[/] {describe_database_error(exc)}", highlight=False)
         sys.exit(2)
 
 
@@ -98,6 +110,7 @@ def _ensure_initialised(settings: Settings) -> Runtime:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if settings.key_provider.startswith("file:") and not settings.key_file.exists():
+        _refuse_new_key_over_existing_data(settings)
         FileKeyProvider.create(settings.key_file)
         console.print(f"Created the root key file {settings.key_file} (mode 0600).")
         console.print(
@@ -107,6 +120,25 @@ def _ensure_initialised(settings: Settings) -> Runtime:
     runtime.key_provider  # noqa: B018 - fail now if the key file is missing or exposed
     upgrade(runtime.engine)
     return runtime
+
+
+def _refuse_new_key_over_existing_data(settings: Settings) -> None:
+    """A missing key file next to a database full of wrapped keys is a lost or misnamed key,
+    not a fresh install: a new key would not open that data, and would mix two roots."""
+    runtime = Runtime(settings)
+    try:
+        if not inspect(runtime.engine).has_table(IndexKeyRecord.__tablename__):
+            return
+        with runtime.sessions() as session:
+            holds_keys = session.scalar(select(IndexKeyRecord.id).limit(1)) is not None
+    finally:
+        runtime.close()
+    if holds_keys:
+        raise CliError(
+            f"the key file {settings.key_file} does not exist, but the database already holds "
+            "keys wrapped under a root key: restore the key file from its backup, or point "
+            "LABVAULT_KEY_PROVIDER at it; a new key would not open this data"
+        )
 
 
 def _progress(transfer: bool = False) -> Progress:
@@ -356,12 +388,22 @@ def _patient_search(
             raise CliError(f"--nir: {exc}") from None
         return lambda repo: repo.find_by_nir(parsed, purpose=purpose)
     if email is not None:
-        return lambda repo: repo.find_by_email(email, purpose=purpose)
+        try:
+            normalized_email = parse_email(email)
+        except ValueError as exc:
+            raise CliError(f"--email {exc}") from None
+        return lambda repo: repo.find_by_email(normalized_email, purpose=purpose)
     if phone is not None:
-        return lambda repo: repo.find_by_phone(phone, purpose=purpose)
+        try:
+            normalized_phone = parse_phone(phone)
+        except ValueError as exc:
+            raise CliError(f"--phone {exc}") from None
+        return lambda repo: repo.find_by_phone(normalized_phone, purpose=purpose)
     if first_name is None or birth_date is None:
         raise CliError("--name needs --first-name and --birth-date")
     try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", birth_date):
+            raise ValueError
         born = dt.date.fromisoformat(birth_date)
     except ValueError:
         raise CliError("--birth-date must be a date written YYYY-MM-DD") from None

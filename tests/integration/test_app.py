@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,13 +281,37 @@ def test_hsts_absent_without_tls(client: TestClient) -> None:
         assert "strict-transport-security" not in client.get(path).headers
 
 
+# A reference the browser would fetch from elsewhere: url(...) or @import, optional quotes
+# and spaces, then a protocol-relative "//" or a scheme (data: is inline, not a fetch).
+EXTERNAL_CSS_URL = re.compile(
+    r"""(?:url\(|@import)\s*["']?\s*(?://|(?!data:)[a-z][a-z0-9+.-]*:)""", re.IGNORECASE
+)
+
+
 def test_static_css_is_served_cacheable(client: TestClient) -> None:
     response = client.get("/static/labvault.css")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/css")
     assert "no-store" not in response.headers["cache-control"]
     assert_security_headers(response.headers, cache=None)
-    assert "url(" not in response.text or "http" not in response.text  # no CDN
+    assert EXTERNAL_CSS_URL.findall(response.text) == []  # no CDN, no third-party font
+
+
+@pytest.mark.parametrize(
+    ("css", "external"),
+    [
+        ("a{background:url(//cdn.example.org/x.png)}", True),
+        ("a{background:url( 'https://cdn.example.org/x.png')}", True),
+        ('@font-face{src:URL("HTTP://fonts.example/f.woff2")}', True),
+        ('@import "https://cdn.example.org/reset.css";', True),
+        ("@import url(ftp://example.org/a.css);", True),
+        ("a{background:url(/static/x.png)}", False),
+        ("a{background:url('img/x.png')}", False),
+        ("a{background:url(data:image/png;base64,iVBORw0KGgo=)}", False),
+    ],
+)
+def test_the_external_css_url_check_is_precise(css: str, external: bool) -> None:
+    assert bool(EXTERNAL_CSS_URL.search(css)) is external
 
 
 def test_missing_static_file_is_a_french_page(client: TestClient) -> None:

@@ -132,6 +132,13 @@ def test_seed_adds_synthetic_patients(cli_env: Settings, runtime: Runtime) -> No
             "YYYY-MM-DD",
         ),
         (["import", "patients", "{csv}", "--oid", "fake"], "--oid must be"),
+        (["patients", "find", "--phone", "abc"], "--phone is not"),
+        (["patients", "find", "--email", "not an email"], "--email is not"),
+        (
+            ["patients", "find", "--name", "D", "--first-name", "A", "--birth-date", "19800101"],
+            "YYYY-MM-DD",
+        ),
+        (["init", "--organization", "   "], "organization name is 1 to 200 characters"),
     ],
 )
 def test_bad_options_get_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
@@ -143,3 +150,25 @@ def test_bad_options_get_a_clear_error(tmp_path: Path, args: list[str], message:
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert "295109912611199" not in result.stderr
+
+
+def test_organization_names_are_matched_as_they_are_stored(tmp_path: Path) -> None:
+    env = {"LABVAULT_DATA_DIR": str(tmp_path / "var")}
+    assert _labvault(env, "init", "--organization", "Labo  du   Lac").returncode == 0
+    again = _labvault(env, "init", "--organization", " Labo du Lac ")
+    assert again.returncode == 0, again.stderr
+    assert "already exists" in again.stdout
+
+
+def test_init_refuses_a_new_key_over_data_wrapped_under_the_old_one(tmp_path: Path) -> None:
+    env = {"LABVAULT_DATA_DIR": str(tmp_path / "var")}
+    assert _labvault(env, "init", "--organization", "Labo").returncode == 0
+    key_file = tmp_path / "var" / "keys" / "root.key"
+    key_file.rename(tmp_path / "elsewhere.key")
+    for command in (["init"], ["demo", "--no-serve", "--patients", "0"]):
+        result = _labvault(env, *command)
+        assert result.returncode == 2, result.stdout
+        assert "restore the key file" in result.stderr
+        assert not key_file.exists()
+    moved = {**env, "LABVAULT_KEY_PROVIDER": f"file:{tmp_path / 'elsewhere.key'}"}
+    assert _labvault(moved, "init").returncode == 0

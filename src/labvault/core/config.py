@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "production", "test"]
@@ -18,6 +19,13 @@ Environment = Literal["development", "production", "test"]
 
 class ConfigurationError(Exception):
     """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+KEY_FILE_IN_DATA_DIR = (
+    "LABVAULT_KEY_PROVIDER: in production the key file must live outside LABVAULT_DATA_DIR "
+    "(a backup of the data directory would carry the key); "
+    "set LABVAULT_KEY_PROVIDER=file:/path/outside"
+)
 
 
 class Settings(BaseSettings):
@@ -63,6 +71,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _check_key_file_outside_data_dir(self) -> Self:
+        """In production the root key must not sit in the data directory (DESIGN, I2)."""
+        if self.environment == "production":
+            data_dir = self.resolved_data_dir
+            key_file = self.key_file
+            if key_file == data_dir or data_dir in key_file.parents:
+                # A custom error carries the message as is (no "Value error, " prefix); it
+                # names its variable itself because a model-level error has no field location.
+                raise PydanticCustomError("key_file_in_data_dir", KEY_FILE_IN_DATA_DIR)
+        return self
+
     @cached_property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
@@ -97,6 +117,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            if not error["loc"]:
+                # A check across several settings: its message names the variables itself.
+                lines.append(error["msg"])
+                continue
+            field = ".".join(str(part) for part in error["loc"])
             lines.append(f"LABVAULT_{field.upper()}: {error['msg']}")
         raise ConfigurationError("Invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Engine, LargeBinary, MetaData, Uuid, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -108,6 +109,24 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # Freed pages are zeroed so that deleted (crypto-shredded) keys do not linger on disk.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def describe_database_error(error: SQLAlchemyError) -> str:
+    """What went wrong, for an operator, without the driver's message.
+
+    Driver messages may quote row values (PostgreSQL's DETAIL names the duplicate key, here
+    a blind index); only the error class and the constraint's name are kept.
+    """
+    original = getattr(error, "orig", None)
+    diagnostic = getattr(original, "diag", None)
+    constraint = getattr(diagnostic, "constraint_name", None)
+    kind = type(original).__name__ if original is not None else type(error).__name__
+    if isinstance(error, IntegrityError):
+        where = f" ({constraint})" if constraint else ""
+        return f"the database refused the write: a constraint failed{where}"
+    if isinstance(error, OperationalError):
+        return f"the database is unreachable or refused the operation ({kind})"
+    return f"database error ({kind})"
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

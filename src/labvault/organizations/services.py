@@ -17,11 +17,21 @@ class OrganizationNotFoundError(LookupError):
     pass
 
 
+class InvalidOrganizationNameError(ValueError):
+    pass
+
+
+def normalize_organization_name(name: str) -> str:
+    """Single-spaced and trimmed; 1 to 200 characters."""
+    normalized = " ".join(name.split())
+    if not normalized or len(normalized) > 200:
+        raise InvalidOrganizationNameError("an organization name is 1 to 200 characters")
+    return normalized
+
+
 def create_organization(session: Session, provider: KeyProvider, name: str) -> Organization:
     """A new tenant with its own blind-index keys."""
-    name = " ".join(name.split())
-    if not name or len(name) > 200:
-        raise ValueError("an organization name is 1 to 200 characters")
+    name = normalize_organization_name(name)
     organization = Organization(id=uuid.uuid4(), name=name)
     session.add(organization)
     session.flush()
@@ -33,6 +43,7 @@ def create_organization(session: Session, provider: KeyProvider, name: str) -> O
 def get_organization(session: Session, name: str | None = None) -> Organization:
     """The organization named ``name``; without a name, the only one there is."""
     if name is not None:
+        name = normalize_organization_name(name)
         found = session.scalar(select(Organization).where(Organization.name == name))
         if found is None:
             raise OrganizationNotFoundError(f"no organization named {name!r}")

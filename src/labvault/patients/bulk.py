@@ -18,6 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.core.crypto.keyring import Keyring, Sealer, SealerFactory
@@ -29,6 +30,10 @@ from labvault.patients.services import PatientRepository, PreparedPatient, prepa
 DEFAULT_BATCH_SIZE = 2000
 CHUNK_SIZE = 500
 MAX_FIELD_LENGTH = 1000
+
+
+class BatchConflictError(RuntimeError):
+    """Concurrent writers kept conflicting with one batch; that batch wrote nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +148,21 @@ def register_records(
     batch: list[PreparedPatient] = []
 
     def store() -> None:
-        with transaction(sessions) as session:
-            result = PatientRepository(session, open_keyring(session)).store_prepared(batch)
+        # Duplicates are found by a read before the insert; a concurrent import of the same
+        # people can slip in between. The unique NIR index refuses it, and one retry in a
+        # new transaction then sees those patients as already present.
+        for attempt in (1, 2):
+            try:
+                with transaction(sessions) as session:
+                    repository = PatientRepository(session, open_keyring(session))
+                    result = repository.store_prepared(batch)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise BatchConflictError(
+                        "a batch conflicted twice with concurrent writes of the same patients; "
+                        "nothing of that batch was written: run the same import again"
+                    ) from None
         report.created += len(result.created)
         report.existing += len(result.existing)
         if on_batch is not None:

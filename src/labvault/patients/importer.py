@@ -1,9 +1,11 @@
 """CSV import of patients: the migration path for a lab leaving another provider.
 
-Every row is validated before anything is written; valid rows are written in batches, each
-in one transaction, so a crash never leaves a half-written patient and a failing batch
-writes nothing. Re-importing a file creates no duplicates (see ``register_many``).
-Problems are reported by row number and field, never with the value (invariant I5).
+A structural pre-pass (``check_file``) refuses a file that is not UTF-8, lacks a valid
+header or holds malformed CSV before anything is written. Every row is validated before
+anything is written; valid rows are written in batches, each in one transaction, so a crash
+never leaves a half-written patient and a failing batch writes nothing. Re-importing a file
+creates no duplicates (see ``register_many``). Problems are reported by row number and
+field, never with the value (invariant I5).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +31,9 @@ from labvault.patients.bulk import (
 )
 from labvault.patients.ins import InsOid
 from labvault.patients.schemas import PatientInput
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 COLUMNS: tuple[str, ...] = (
     "birth_name",
@@ -44,32 +50,77 @@ COLUMNS: tuple[str, ...] = (
     "city",
 )
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"birth_name", "first_names", "birth_date", "sex"})
+_CHUNK = 1 << 20  # bytes read at a time by the pre-pass
+_MAX_POSITIONS = 20  # unknown column positions named in an error
 
 
 class CsvFileError(ValueError):
     """The file as a whole cannot be imported; nothing was written."""
 
 
-def check_utf8(path: Path) -> None:
-    """Refuse a file that is not UTF-8 before anything is imported."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
+def check_file(path: Path) -> None:
+    """Refuse, before anything is imported, a file that cannot be imported as a whole.
+
+    One streaming pass (memory stays flat whatever the size): the bytes must be UTF-8, the
+    header valid, and every record well-formed CSV. An unbalanced quote would otherwise
+    swallow the rest of the file into one field, and the import would silently miss rows.
+    Messages name byte offsets, column positions and row numbers, never a value (I5).
+    """
+    with (
+        path.open("rb") as raw,
+        io.BufferedReader(_Utf8Checked(raw), buffer_size=_CHUNK) as checked,
+        io.TextIOWrapper(checked, encoding="utf-8-sig", newline="") as text,
+    ):
+        _, delimiter = _read_header(text)
+        reader = csv.reader(text, delimiter=delimiter, strict=True)
+        row_number = 1
+        while True:
+            row_number += 1
             try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
+                next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
                 raise CsvFileError(
-                    f"the file is not UTF-8 (invalid byte at offset {offset + exc.start}); "
-                    "export it again as 'CSV UTF-8'"
+                    f"row {row_number}: malformed CSV (unbalanced quotes or stray characters); "
+                    "nothing was imported"
                 ) from None
-            offset += len(chunk)
+
+
+class _Utf8Checked(io.RawIOBase):
+    """A binary file's bytes, passed through only once they are known to be valid UTF-8."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._offset = 0  # of the next byte read from the file
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        chunk = self._raw.read(len(view))
+        if not chunk:
+            try:
+                self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise CsvFileError(
+                    "the file is not UTF-8 (it ends in the middle of a character)"
+                ) from None
+            return 0
+        pending = len(self._decoder.getstate()[0])  # bytes of a character cut by the last read
         try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
+            self._decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            offset = self._offset - pending + exc.start
             raise CsvFileError(
-                "the file is not UTF-8 (it ends in the middle of a character)"
+                f"the file is not UTF-8 (invalid byte at offset {offset}); "
+                "export it again as 'CSV UTF-8'"
             ) from None
+        self._offset += len(chunk)
+        view[: len(chunk)] = chunk
+        return len(chunk)
 
 
 def read_rows(
@@ -89,16 +140,7 @@ def read_records(text: io.TextIOBase) -> Iterator[Record]:
     The header is checked before the first row is yielded; a bad header raises
     :class:`CsvFileError`.
     """
-    header_line = text.readline().removeprefix("\ufeff")
-    if not header_line.strip():
-        raise CsvFileError("the file is empty: expected a header row with the column names")
-    delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
-    try:
-        names = next(csv.reader([header_line], delimiter=delimiter, strict=True))
-    except csv.Error:
-        raise CsvFileError("the header row is not valid CSV") from None
-    header = [name.strip().lower() for name in names]
-    _check_header(header)
+    header, delimiter = _read_header(text)
     reader = csv.reader(text, delimiter=delimiter, strict=True)
     row_number = 1
     while True:
@@ -107,7 +149,7 @@ def read_records(text: io.TextIOBase) -> Iterator[Record]:
             values = next(reader)
         except StopIteration:
             return
-        except csv.Error:
+        except csv.Error:  # import_patients ran check_file first: only if the file changed since
             yield row_number, [RowProblem(row_number, "row", "malformed CSV (unbalanced quotes)")]
             continue
         if not values or all(not value.strip() for value in values):
@@ -119,11 +161,34 @@ def read_records(text: io.TextIOBase) -> Iterator[Record]:
         yield row_number, dict(zip(header, values, strict=True))
 
 
+def _read_header(text: io.TextIOBase) -> tuple[list[str], str]:
+    """The checked column names of the first line, and the delimiter it uses."""
+    header_line = text.readline().removeprefix("\ufeff")
+    if not header_line.strip():
+        raise CsvFileError("the file is empty: expected a header row with the column names")
+    delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
+    try:
+        names = next(csv.reader([header_line], delimiter=delimiter, strict=True))
+    except csv.Error:
+        raise CsvFileError("the header row is not valid CSV") from None
+    header = [name.strip().lower() for name in names]
+    _check_header(header)
+    return header, delimiter
+
+
 def _check_header(header: list[str]) -> None:
-    unknown = [name for name in header if name not in COLUMNS]
+    # An unknown name is never echoed: in a file without a header row, the "names" are the
+    # first patient's values (name, NIR, email). Its position is enough to find it.
+    unknown = [
+        str(position) for position, name in enumerate(header, start=1) if name not in COLUMNS
+    ]
     if unknown:
+        shown = ", ".join(unknown[:_MAX_POSITIONS])
+        if len(unknown) > _MAX_POSITIONS:
+            shown += f" and {len(unknown) - _MAX_POSITIONS} more"
         raise CsvFileError(
-            f"unknown column(s): {', '.join(unknown)}; expected: {', '.join(COLUMNS)}"
+            f"unknown column(s) at position(s) {shown}; the first line must be the header row, "
+            f"with column names among: {', '.join(COLUMNS)}"
         )
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
@@ -150,7 +215,7 @@ def import_patients(
     ``sealer`` builds what seals and indexes patients, in ``workers`` processes (or here,
     with 0). ``on_progress`` gets the number of bytes read since its last call.
     """
-    check_utf8(path)
+    check_file(path)  # nothing is written unless the whole file is structurally sound
     with path.open("rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
         records = read_records(text)
         first = next(records, None)  # checks the header before any worker starts

@@ -16,6 +16,7 @@ from sqlalchemy import Select, Table, insert, select
 from sqlalchemy.orm import Session
 
 from labvault.core.crypto.envelope import FieldKey
+from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring, Sealer
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
@@ -90,10 +91,10 @@ class PreparedPatient:
 def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[PreparedPatient]:
     """Seal and index ``inputs`` under fresh data keys (one per patient)."""
     indexer = sealer.indexer
-    keys, key_rows = sealer.new_data_keys(len(inputs))
+    patient_ids = [uuid.uuid4() for _ in inputs]
+    keys, key_rows = sealer.new_data_keys(SUBJECT_TYPE, patient_ids)
     prepared = []
-    for person, key, key_row in zip(inputs, keys, key_rows, strict=True):
-        patient_id = uuid.uuid4()
+    for person, patient_id, key, key_row in zip(inputs, patient_ids, keys, key_rows, strict=True):
         nir_index = indexer.nir(person.nir.compact) if person.nir else None
         name_index = indexer.name_birth_date(
             person.birth_name, person.first_given_name, person.birth_date
@@ -238,10 +239,8 @@ class PatientRepository:
 
     def _open(self, query: Select[Patient], purpose: str) -> list[PatientRecord]:
         patients = list(self._session.scalars(query))
-        keys = self._keyring.open_data_keys(
-            SUBJECT_TYPE, [(p.id, p.data_key_id) for p in patients], purpose
-        )
-        return [_open_patient(keys[p.data_key_id], p) for p in patients]
+        keys = self._keyring.open_data_keys(SUBJECT_TYPE, [p.id for p in patients], purpose)
+        return [_open_patient(keys[p.id], p) for p in patients]
 
 
 def _seal_patient(
@@ -267,6 +266,8 @@ def _seal_patient(
 
 
 def _open_patient(key: FieldKey, patient: Patient) -> PatientRecord:
+    if key.id != patient.data_key_id:
+        raise DecryptionError(f"{TABLE} row {patient.id}: names a data key that is not its own")
     opened = key.open_row(TABLE, patient.id, {c: getattr(patient, c) for c in ENCRYPTED_FIELDS})
     values = {c: None if v is None else v.decode() for c, v in opened.items()}
     return PatientRecord(

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from labvault.core.contact import parse_email
+from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.staff.models import ENCRYPTED_FIELDS, StaffMember, StaffRole, StaffSite
@@ -45,8 +47,9 @@ class StaffRepository:
         site_ids: Sequence[uuid.UUID],
     ) -> uuid.UUID:
         tenant_id = self._keyring.tenant_id
-        (key,), key_rows = self._keyring.new_data_keys(1)
+        email = parse_email(email)
         staff_id = uuid.uuid4()
+        (key,), key_rows = self._keyring.new_data_keys(SUBJECT_TYPE, [staff_id])
         plain = {"first_name": first_name, "last_name": last_name, "email": email}
         row: dict[str, object] = dict(
             key.seal_row(TABLE, staff_id, {c: v.encode() for c, v in plain.items()})
@@ -55,7 +58,7 @@ class StaffRepository:
             id=staff_id,
             tenant_id=tenant_id,
             data_key_id=key.id,
-            email_index=self._keyring.indexer.email(email),
+            email_index=self._keyring.indexer.staff_email(email),
             role=role.value,
         )
         self._session.execute(insert(DataKeyRecord), key_rows)
@@ -77,12 +80,12 @@ class StaffRepository:
             select(StaffSite.staff_id, StaffSite.site_id).where(StaffSite.tenant_id == tenant_id)
         ):
             sites.setdefault(staff_id, []).append(site_id)
-        keys = self._keyring.open_data_keys(
-            SUBJECT_TYPE, [(m.id, m.data_key_id) for m in members], purpose
-        )
+        keys = self._keyring.open_data_keys(SUBJECT_TYPE, [m.id for m in members], purpose)
         records = []
         for member in members:
-            key = keys[member.data_key_id]
+            key = keys[member.id]
+            if key.id != member.data_key_id:
+                raise DecryptionError(f"{TABLE} row {member.id}: names a data key not its own")
             opened = key.open_row(
                 TABLE, member.id, {c: getattr(member, c) for c in ENCRYPTED_FIELDS}
             )

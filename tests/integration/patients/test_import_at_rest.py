@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from helpers import leaked, pg_dump, sensitive_values, sqlite_files, write_csv
@@ -33,6 +35,17 @@ def _repository(runtime: Runtime, session):  # type: ignore[no-untyped-def]
     return PatientRepository(session, keyring)
 
 
+def _hold_the_wal(database_url: str) -> sqlite3.Connection:
+    """A reader in an open read transaction: SQLite can neither checkpoint past its snapshot
+    nor reset or delete the WAL, so what the import writes stays in the -wal file to be scanned
+    (without it, the CLI's last connection checkpoints and deletes the WAL on closing).
+    """
+    connection = sqlite3.connect(make_url(database_url).database or "", isolation_level=None)
+    connection.execute("BEGIN")
+    connection.execute("SELECT count(*) FROM organizations").fetchone()
+    return connection
+
+
 def test_imported_patients_are_ciphertext_at_rest_and_read_back_intact(
     cli_env: Settings, runtime: Runtime, tmp_path: Path, backend: str
 ) -> None:
@@ -41,22 +54,32 @@ def test_imported_patients_are_ciphertext_at_rest_and_read_back_intact(
 
     result = runner.invoke(app, ["init", "--organization", ORGANIZATION])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["import", "patients", str(source), "--oid", "test"])
-    assert result.exit_code == 0, result.output
-    assert "300 imported" in result.output
+    reader = _hold_the_wal(cli_env.sqlalchemy_url) if backend == "sqlite" else None
+    try:
+        result = runner.invoke(app, ["import", "patients", str(source), "--oid", "test"])
+        assert result.exit_code == 0, result.output
+        assert "300 imported" in result.output
 
-    values = sensitive_values(rows)
-    assert len(values) > 1000
-    if backend == "sqlite":
-        runtime.engine.dispose()  # the scan must also see what sits in the WAL
-        files = sqlite_files(settings_url := cli_env.sqlalchemy_url)
-        assert files, settings_url
-        for path in files:
-            assert leaked(path.read_bytes(), values) == [], path.name
-    else:
-        dump = pg_dump(cli_env.sqlalchemy_url)
-        assert b"COPY public.patients" in dump
-        assert leaked(dump, values) == []
+        values = sensitive_values(rows)
+        assert len(values) > 1000
+        if backend == "sqlite":
+            database = Path(make_url(cli_env.sqlalchemy_url).database or "")
+            wal = Path(f"{database}-wal")
+            # The open read transaction kept the import's pages in the WAL.
+            assert wal.exists(), wal
+            assert wal.stat().st_size > 0, wal
+            files = sqlite_files(cli_env.sqlalchemy_url)
+            names = [database.name, wal.name, f"{database.name}-shm"]
+            assert [path.name for path in files] == names
+            for path in files:
+                assert leaked(path.read_bytes(), values) == [], path.name
+        else:
+            dump = pg_dump(cli_env.sqlalchemy_url)
+            assert b"COPY public.patients" in dump
+            assert leaked(dump, values) == []
+    finally:
+        if reader is not None:
+            reader.close()
 
     with transaction(runtime.sessions) as session:
         repository = _repository(runtime, session)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ from typer.testing import CliRunner
 from helpers import write_csv
 from labvault.cli import app
 from labvault.core.access.principals import SystemPrincipal
+from labvault.core.config import Settings
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
@@ -96,7 +100,10 @@ def test_invalid_rows_are_reported_with_row_and_reason_and_valid_ones_imported(
     [
         (b"", "empty"),
         (b"birth_name,first_names,sex\nA,B,M\n", "missing required column(s): birth_date"),
-        (b"birth_name,first_names,birth_date,sex,shoe_size\n", "unknown column(s): shoe_size"),
+        (
+            b"birth_name,first_names,birth_date,sex,shoe_size\n",
+            "unknown column(s) at position(s) 5; the first line must be the header row",
+        ),
         (b"birth_name,first_names,birth_date,sex,sex\n", "duplicated column(s): sex"),
         (
             "birth_name;first_names;birth_date;sex\nDupont;Zoé;1990-01-01;F\n".encode("latin-1"),
@@ -114,6 +121,75 @@ def test_file_level_errors_import_nothing(
     with pytest.raises(CsvFileError) as caught:
         _import(runtime, tenant, path)
     assert message in str(caught.value)
+    assert _counts(runtime) == (0, 0)
+
+
+def test_a_file_without_header_row_is_refused_without_echoing_its_first_row(
+    cli_env: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    # The first line is a patient, not a header: its values must not reach the error (I5).
+    values = {
+        "birth_name": "Dupont-Quérel",
+        "first_names": "Zoé Margaux",
+        "birth_date": "1995-10-01",
+        "sex": "F",
+        "nir": "2 95 10 99 126 111 93",
+        "email": "zoe.quere@example.org",
+    }
+    source = tmp_path / "no_header.csv"
+    source.write_text(",".join(values.values()) + "\n", encoding="utf-8")
+    assert runner.invoke(app, ["init", "--organization", "Labo"]).exit_code == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "labvault.cli", "import", "patients", str(source), "--oid", "test"],
+        env={**os.environ, "COLUMNS": "1000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    # Whitespace-normalised, so that no value can hide behind a line wrap.
+    error = " ".join(result.stderr.split())
+    assert "unknown column(s) at position(s) 1, 2, 3, 4, 5, 6" in error
+    assert "the first line must be the header row" in error
+    assert "birth_name, used_name, first_names" in error  # the expected names are listed
+    # Lower-cased: header names are compared lower-cased, so a leak would be too.
+    output = " ".join((result.stdout + result.stderr).split()).lower()
+    nir = values["nir"]
+    pieces = [*values.values(), nir.replace(" ", ""), *nir.split()[1:], "quérel", "margaux"]
+    for piece in (*pieces, "zoe.quere", "example.org"):
+        if len(piece) >= 3:
+            assert piece.lower() not in output, piece
+    assert _counts(runtime) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    ['"Durand,Paul,1980-01-01,M', 'Durand,"Paul"x,1980-01-01,M'],
+    ids=["unclosed-quote", "stray-character-after-quote"],
+)
+def test_malformed_csv_anywhere_refuses_the_whole_file(
+    runtime: Runtime, tmp_path: Path, bad_line: str
+) -> None:
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, "Labo").id
+    path = tmp_path / "quotes.csv"
+    path.write_text(
+        "birth_name,first_names,birth_date,sex\n"
+        "Martin,Léa,1990-02-03,F\n"
+        f"{bad_line}\n"
+        "Roux,Jules,1999-09-09,M\n",
+        encoding="utf-8",
+    )
+    # Before the pre-pass, an unclosed quote swallowed the rest of the file into one field:
+    # "1 rows: 0 imported, 1 rejected". The second of three data rows is row 3 (header: 1).
+    with pytest.raises(CsvFileError) as caught:
+        _import(runtime, tenant, path)
+    message = str(caught.value)
+    assert "row 3: malformed CSV (unbalanced quotes or stray characters)" in message
+    assert "nothing was imported" in message
+    for value in ("Martin", "Léa", "Durand", "Paul", "Roux", "Jules", "1990-02-03"):
+        assert value not in message
     assert _counts(runtime) == (0, 0)
 
 

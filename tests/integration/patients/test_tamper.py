@@ -113,8 +113,15 @@ def test_another_tenant_cannot_open_a_patient(runtime: Runtime) -> None:
     _, (first, _) = _setup(runtime, "Labo A")
     other, _ = _setup(runtime, "Labo B")
     assert _get(runtime, other, first) is None
-    # Even pointing tenant B's row at tenant A's key does not give tenant B the key.
+    # Moving the patient row, and even its wrapped key, to tenant B does not give tenant B
+    # the key: the wrapping context names tenant A.
     with transaction(runtime.sessions) as session:
         session.execute(update(Patient).where(Patient.id == first).values(tenant_id=other))
-    with pytest.raises(CryptoError):
+    with pytest.raises(CryptoError, match="not found"):
+        _get(runtime, other, first)
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(DataKeyRecord).where(DataKeyRecord.subject_id == first).values(tenant_id=other)
+        )
+    with pytest.raises(DecryptionError, match="does not authenticate for this context"):
         _get(runtime, other, first)

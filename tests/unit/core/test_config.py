@@ -111,8 +111,10 @@ def test_relative_key_file_is_resolved(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert load_settings().key_file == (tmp_path / "keys" / "other.key").resolve()
 
 
-def test_other_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    # Production refuses a key file inside the data directory (./var), so point it elsewhere.
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", f"file:{tmp_path / 'secrets' / 'root.key'}")
     monkeypatch.setenv("LABVAULT_LOG_LEVEL", "warning")
     monkeypatch.setenv("LABVAULT_LOG_FORMAT", "json")
     monkeypatch.setenv("LABVAULT_BEHIND_TLS", "true")
@@ -238,3 +240,106 @@ def test_settings_class_raises_validation_errors_directly() -> None:
 
     with pytest.raises(ValidationError):
         Settings(database_url="mysql://db/labvault")
+
+
+# --- production: the key file lives outside the data directory ---------------------------------
+
+PRODUCTION_KEY_MESSAGE = (
+    "LABVAULT_KEY_PROVIDER: in production the key file must live outside LABVAULT_DATA_DIR "
+    "(a backup of the data directory would carry the key); "
+    "set LABVAULT_KEY_PROVIDER=file:/path/outside"
+)
+
+
+def test_production_refuses_the_default_key_file_in_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert str(caught.value) == "Invalid configuration:\n  " + PRODUCTION_KEY_MESSAGE
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["file:{data}/keys/root.key", "file:{data}/root.key", "file:{data}/db/../x/root.key"],
+)
+def test_production_refuses_an_explicit_key_file_inside_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spec: str
+) -> None:
+    data = tmp_path / "state"
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(data))
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", spec.format(data=data))
+    with pytest.raises(ConfigurationError, match="must live outside LABVAULT_DATA_DIR"):
+        load_settings()
+
+
+def test_production_refuses_a_relative_key_file_that_resolves_into_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ./var is the default data dir; the relative path lands inside it once resolved.
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", "file:var/secrets/root.key")
+    with pytest.raises(ConfigurationError, match="LABVAULT_KEY_PROVIDER"):
+        load_settings(environment="production")
+
+
+def test_production_refuses_a_symlink_into_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tmp_path / "state"
+    (data / "keys").mkdir(parents=True)
+    (tmp_path / "outside").symlink_to(data / "keys")
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(data))
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", f"file:{tmp_path / 'outside' / 'root.key'}")
+    with pytest.raises(ConfigurationError, match="LABVAULT_KEY_PROVIDER"):
+        load_settings(environment="production")
+
+
+def test_production_accepts_a_key_file_outside_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tmp_path / "state"
+    key = tmp_path / "secrets" / "root.key"
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(data))
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", f"file:{key}")
+    settings = load_settings()
+    assert settings.environment == "production"
+    assert settings.key_file == key.resolve()
+    assert settings.resolved_data_dir not in settings.key_file.parents
+
+
+def test_production_accepts_a_sibling_whose_name_starts_like_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A path comparison, not a string prefix: /x/var-keys is not inside /x/var.
+    monkeypatch.setenv("LABVAULT_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", f"file:{tmp_path / 'var-keys' / 'root.key'}")
+    assert load_settings(environment="production").environment == "production"
+
+
+@pytest.mark.parametrize("environment", ["development", "test"])
+def test_development_and_test_keep_the_default_key_file(environment: str) -> None:
+    settings = load_settings(environment=environment)
+    assert settings.key_file == settings.resolved_data_dir / "keys" / "root.key"
+
+
+def test_production_key_check_is_reported_with_other_errors_fixed_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cross-setting check runs once every field is valid; a bad field is reported alone.
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", "mysql://db/labvault")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert "LABVAULT_DATABASE_URL" in str(caught.value)
+
+
+def test_settings_class_refuses_the_production_default_directly() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must live outside LABVAULT_DATA_DIR"):
+        Settings(environment="production")

@@ -12,6 +12,7 @@ import enum
 import hmac
 import re
 from collections.abc import Mapping
+from typing import NoReturn
 
 from labvault.core.crypto.normalize import normalize_email, normalize_name, normalize_phone
 from labvault.core.crypto.secret import Secret
@@ -26,6 +27,8 @@ class IndexKind(enum.StrEnum):
     EMAIL = "email"
     PHONE = "phone"
     NAME_BIRTH_DATE = "name_birth_date"
+    # Its own key: a staff member who is also a patient is not linkable across the tables.
+    STAFF_EMAIL = "staff_email"
 
 
 class BlindIndexer:
@@ -42,6 +45,9 @@ class BlindIndexer:
     def __repr__(self) -> str:
         return "BlindIndexer('**********')"
 
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("index keys cannot be pickled: they must never leave the process")
+
     def _digest(self, kind: IndexKind, canonical: str) -> bytes:
         return hmac.digest(self._keys[kind], canonical.encode(), "sha256")
 
@@ -51,6 +57,9 @@ class BlindIndexer:
 
     def email(self, address: str) -> bytes:
         return self._digest(IndexKind.EMAIL, normalize_email(address))
+
+    def staff_email(self, address: str) -> bytes:
+        return self._digest(IndexKind.STAFF_EMAIL, normalize_email(address))
 
     def phone(self, number: str) -> bytes:
         return self._digest(IndexKind.PHONE, normalize_phone(number))

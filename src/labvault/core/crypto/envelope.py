@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -86,6 +86,9 @@ class DataKey:
 
     def __repr__(self) -> str:
         return f"DataKey(id={self._id}, material='**********')"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("data keys cannot be pickled: they must never leave the process")
 
     def seal(self, plaintext: bytes, table: str, column: str, row_id: uuid.UUID) -> bytes:
         sealed = self.seal_row(table, row_id, {column: plaintext})[column]

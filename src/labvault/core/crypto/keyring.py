@@ -10,7 +10,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,8 +25,11 @@ from labvault.core.crypto.providers.base import KeyProvider
 from labvault.core.crypto.secret import Secret
 
 
-def data_key_context(tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
-    return f"labvault/v1|data_key|{tenant_id}|{key_id}"
+def data_key_context(
+    tenant_id: uuid.UUID, subject_type: str, subject_id: uuid.UUID, key_id: uuid.UUID
+) -> str:
+    """Binds a wrapped data key to its tenant and subject: moved to another row, it won't unwrap."""
+    return f"labvault/v1|data_key|{tenant_id}|{subject_type}|{subject_id}|{key_id}"
 
 
 def index_key_context(tenant_id: uuid.UUID, kind: IndexKind) -> str:
@@ -36,6 +39,7 @@ def index_key_context(tenant_id: uuid.UUID, kind: IndexKind) -> str:
 class Indexer(Protocol):
     def nir(self, compact_nir: str) -> bytes: ...
     def email(self, address: str) -> bytes: ...
+    def staff_email(self, address: str) -> bytes: ...
     def phone(self, number: str) -> bytes: ...
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: Any) -> bytes: ...
 
@@ -49,7 +53,9 @@ class Sealer(Protocol):
     @property
     def indexer(self) -> Indexer: ...
 
-    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]: ...
+    def new_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[FieldKey], list[dict[str, Any]]]: ...
 
 
 class SealerFactory(Protocol):
@@ -65,10 +71,7 @@ class Keyring(Sealer, Protocol):
     def principal(self) -> Principal: ...
 
     def open_data_keys(
-        self,
-        subject_type: str,
-        subjects: Sequence[tuple[uuid.UUID, uuid.UUID]],
-        purpose: str,
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
     ) -> dict[uuid.UUID, FieldKey]: ...
 
 
@@ -87,15 +90,28 @@ def create_index_keys(session: Session, provider: KeyProvider, tenant_id: uuid.U
 
 
 def _new_data_keys(
-    provider: KeyProvider, tenant_id: uuid.UUID, count: int
+    provider: KeyProvider,
+    tenant_id: uuid.UUID,
+    subject_type: str,
+    subject_ids: Sequence[uuid.UUID],
 ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
-    generated = [DataKey.generate() for _ in range(count)]
+    generated = [DataKey.generate() for _ in subject_ids]
     wrapped = provider.wrap_many(
-        [(material, data_key_context(tenant_id, key.id)) for key, material in generated]
+        [
+            (material, data_key_context(tenant_id, subject_type, subject_id, key.id))
+            for (key, material), subject_id in zip(generated, subject_ids, strict=True)
+        ]
     )
     rows = [
-        {"id": key.id, "tenant_id": tenant_id, "wrapped_key": blob, "provider": provider.name}
-        for (key, _), blob in zip(generated, wrapped, strict=True)
+        {
+            "id": key.id,
+            "tenant_id": tenant_id,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "wrapped_key": blob,
+            "provider": provider.name,
+        }
+        for (key, _), subject_id, blob in zip(generated, subject_ids, wrapped, strict=True)
     ]
     return [key for key, _ in generated], rows
 
@@ -120,8 +136,13 @@ class TenantSealer:
     tenant_id: uuid.UUID
     indexer: BlindIndexer
 
-    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
-        return _new_data_keys(self.provider, self.tenant_id, count)
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a sealer holds unwrapped keys; send a TenantSealerSpec instead")
+
+    def new_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        return _new_data_keys(self.provider, self.tenant_id, subject_type, subject_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,21 +212,26 @@ class TenantKeyring:
             )
         return self._indexer
 
-    def new_data_keys(self, count: int) -> tuple[list[FieldKey], list[dict[str, Any]]]:
-        """Fresh data keys and the ``data_keys`` rows (wrapped) the caller must insert."""
-        return _new_data_keys(self._provider, self._tenant_id, count)
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a keyring holds unwrapped keys and cannot be pickled")
+
+    def new_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        """Fresh data keys for ``subject_ids`` and the wrapped ``data_keys`` rows to insert."""
+        return _new_data_keys(self._provider, self._tenant_id, subject_type, subject_ids)
 
     def open_data_keys(
-        self,
-        subject_type: str,
-        subjects: Sequence[tuple[uuid.UUID, uuid.UUID]],
-        purpose: str,
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
     ) -> dict[uuid.UUID, FieldKey]:
-        """Unwrap the data keys of ``subjects`` (pairs of subject id, key id).
+        """Unwrap the data keys of ``subject_ids``, by subject id.
 
-        Every guard sees the request first; if one raises, nothing is unwrapped.
+        Every guard sees exactly the subjects whose keys are unwrapped, first; if one raises,
+        nothing is unwrapped. Keys are looked up by subject, never by a key id the caller
+        supplies, and each is bound to its subject by the wrapping context.
         """
-        if not subjects:
+        wanted = tuple(dict.fromkeys(subject_ids))
+        if not wanted:
             return {}
         run_guards(
             self._guards,
@@ -213,23 +239,27 @@ class TenantKeyring:
                 principal=self._principal,
                 tenant_id=self._tenant_id,
                 subject_type=subject_type,
-                subject_ids=tuple(dict.fromkeys(subject for subject, _ in subjects)),
+                subject_ids=wanted,
                 purpose=purpose,
             ),
         )
-        key_ids = list(dict.fromkeys(key_id for _, key_id in subjects))
         rows = self._session.execute(
-            select(DataKeyRecord.id, DataKeyRecord.wrapped_key).where(
-                DataKeyRecord.tenant_id == self._tenant_id, DataKeyRecord.id.in_(key_ids)
+            select(DataKeyRecord.subject_id, DataKeyRecord.id, DataKeyRecord.wrapped_key).where(
+                DataKeyRecord.tenant_id == self._tenant_id,
+                DataKeyRecord.subject_type == subject_type,
+                DataKeyRecord.subject_id.in_(wanted),
             )
         ).all()
-        wrapped = {key_id: blob for key_id, blob in rows}
-        missing = [key_id for key_id in key_ids if key_id not in wrapped]
+        found = {subject_id: (key_id, bytes(blob)) for subject_id, key_id, blob in rows}
+        missing = [subject for subject in wanted if subject not in found]
         if missing:
             raise KeyProviderError(
-                f"{len(missing)} data key(s) not found (erased subject or another tenant's key)"
+                f"{len(missing)} data key(s) not found (erased subject or another tenant's)"
             )
         secrets = self._provider.unwrap_many(
-            [(wrapped[k], data_key_context(self._tenant_id, k)) for k in key_ids]
+            [
+                (found[s][1], data_key_context(self._tenant_id, subject_type, s, found[s][0]))
+                for s in wanted
+            ]
         )
-        return {k: DataKey(k, s) for k, s in zip(key_ids, secrets, strict=True)}
+        return {s: DataKey(found[s][0], secret) for s, secret in zip(wanted, secrets, strict=True)}

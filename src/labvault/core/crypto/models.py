@@ -12,14 +12,21 @@ from labvault.core.db import Base, RawBytes, utcnow
 
 
 class DataKeyRecord(Base):
-    """A subject's data key, wrapped. Deleting the row crypto-shreds the subject's data."""
+    """A subject's data key, wrapped. Deleting the row crypto-shreds the subject's data.
+
+    The subject (type and id) is part of the wrapping context, so a wrapped key copied to
+    another subject's row does not unwrap.
+    """
 
     __tablename__ = "data_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "subject_type", "subject_id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
     )
+    subject_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[uuid.UUID]
     wrapped_key: Mapped[bytes] = mapped_column(RawBytes)
     provider: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -32,6 +32,8 @@ def upgrade() -> None:
         "data_keys",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("subject_type", sa.String(length=32), nullable=False),
+        sa.Column("subject_id", sa.Uuid(), nullable=False),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -42,6 +44,12 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_data_keys")),
+        sa.UniqueConstraint(
+            "tenant_id",
+            "subject_type",
+            "subject_id",
+            name=op.f("uq_data_keys_tenant_id_subject_type_subject_id"),
+        ),
     )
     with op.batch_alter_table("data_keys", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_data_keys_tenant_id"), ["tenant_id"], unique=False)

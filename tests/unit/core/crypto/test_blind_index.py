@@ -171,10 +171,10 @@ def test_invalid_phones_raise_normalization_error_without_the_value(bad: str) ->
     ids=["trunk-zero-after-country-code", "arabic-indic-digit", "arabic-indic-digits"],
 )
 def test_compact_e164_lookalikes_get_the_same_canonical_form(spelling: str) -> None:
-    # BUG (src/labvault/core/crypto/normalize.py:17,40-41): the `_E164` shortcut returns any
-    # "+" and 7-15 `\d` unchanged, unvalidated: "+330612345678" keeps its trunk 0 (while
-    # "+33 0612345678" becomes "+33612345678") and non-ASCII digits pass through, so one
-    # phone gets several blind indexes. Fix: drop the shortcut (`return parse_phone(...)`).
+    # Compact "+" spellings go through full phone parsing like any other: a trunk 0 kept
+    # after the country code ("+330612345678", as "+33 0612345678") is dropped and non-ASCII
+    # digits are read as digits, so one phone has one canonical form and one blind index. A
+    # shortcut passing "+" and digits through unvalidated would give it several.
     assert normalize_phone(spelling) == "+33612345678"
 
 
@@ -192,7 +192,13 @@ def test_indexer_requires_every_kind(keys: dict[IndexKind, Secret[bytes]]) -> No
 
 
 def test_index_kinds() -> None:
-    assert {k.value for k in IndexKind} == {"nir", "email", "phone", "name_birth_date"}
+    assert {k.value for k in IndexKind} == {
+        "nir",
+        "email",
+        "phone",
+        "name_birth_date",
+        "staff_email",
+    }
 
 
 def test_digests_are_hmac_sha256_under_the_kinds_key(

@@ -520,3 +520,116 @@ def test_load_key_provider_file_uses_the_default_path(tmp_path: Path) -> None:
 def test_load_key_provider_refuses_unknown_schemes(tmp_path: Path) -> None:
     with pytest.raises(KeyProviderError, match="unknown key provider scheme"):
         load_key_provider("vault:transit", str(tmp_path / "root.key"))
+
+
+# --- FileKeyProvider: symlinks, ownership, directory ---------------------------------------------
+
+
+def test_a_symlinked_key_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "keys" / "root.key"
+    FileKeyProvider.create(real)
+    material = key_file_document(real)["keys"][0]["material"]
+    link = tmp_path / "keys" / "link.key"
+    link.symlink_to(real)
+    with pytest.raises(KeyProviderError) as caught:
+        FileKeyProvider(link)
+    message = str(caught.value)
+    assert "is a symbolic link" in message
+    assert "point LABVAULT_KEY_PROVIDER at the real file" in message
+    assert str(link) in message
+    text = error_text(caught.value)
+    assert material not in text
+    assert base64.b64decode(material).hex() not in text
+    # The real file itself still loads.
+    assert str(FileKeyProvider(real).active_key_id) == key_file_document(real)["active"]
+
+
+def test_a_dangling_symlink_is_refused_as_a_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "root.key"
+    link.symlink_to(tmp_path / "missing.key")
+    with pytest.raises(KeyProviderError, match="is a symbolic link"):
+        FileKeyProvider(link)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    FileKeyProvider.create(path)
+    material = key_file_document(path)["keys"][0]["material"]
+    os.chown(path, 65534, 65534)
+    with pytest.raises(KeyProviderError) as caught:
+        FileKeyProvider(path)
+    message = str(caught.value)
+    assert "is owned by another user" in message
+    assert "uid 65534" in message
+    assert f"chown {os.geteuid()} {path}" in message
+    text = error_text(caught.value)
+    assert material not in text
+    assert base64.b64decode(material).hex() not in text
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o707, 0o720, 0o702])
+def test_a_key_file_in_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "keys" / "root.key"
+    FileKeyProvider.create(path)
+    material = key_file_document(path)["keys"][0]["material"]
+    path.parent.chmod(mode)
+    with pytest.raises(KeyProviderError) as caught:
+        FileKeyProvider(path)
+    message = str(caught.value)
+    assert f"chmod 700 {path.parent}" in message
+    assert f"{mode:04o}" in message
+    text = error_text(caught.value)
+    assert material not in text
+    assert base64.b64decode(material).hex() not in text
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o755, 0o750, 0o711, 0o500])
+def test_a_key_file_in_a_directory_only_its_owner_can_write_is_accepted(
+    tmp_path: Path, mode: int
+) -> None:
+    path = tmp_path / "keys" / "root.key"
+    created = FileKeyProvider.create(path)
+    path.parent.chmod(mode)
+    try:
+        assert FileKeyProvider(path).active_key_id == created.active_key_id
+    finally:
+        path.parent.chmod(0o700)
+
+
+def test_create_refuses_an_existing_directory_others_can_write(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(0o777)
+    path = directory / "root.key"
+    with pytest.raises(KeyProviderError) as caught:
+        FileKeyProvider.create(path)
+    assert f"chmod 700 {directory}" in str(caught.value)
+    assert not path.exists()
+    assert list(directory.iterdir()) == []
+
+
+def test_create_accepts_an_existing_0755_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    directory.chmod(0o755)
+    provider = FileKeyProvider.create(directory / "root.key")
+    assert stat.S_IMODE((directory / "root.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert FileKeyProvider(provider.path).active_key_id == provider.active_key_id
+
+
+def test_create_refuses_to_write_through_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target.key"
+    link = tmp_path / "root.key"
+    link.symlink_to(target)
+    with pytest.raises(KeyProviderError, match="already exists"):
+        FileKeyProvider.create(link)
+    assert not target.exists()
+
+
+def test_a_fifo_is_not_a_key_file_and_does_not_hang(tmp_path: Path) -> None:
+    path = tmp_path / "root.key"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(KeyProviderError, match="not a regular file"):
+        FileKeyProvider(path)

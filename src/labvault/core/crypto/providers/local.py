@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,6 +45,9 @@ class LocalKeyProvider:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(active={self._active}, keys={len(self._aeads)})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("root keys cannot be pickled: they must never leave the process")
 
     def wrap(self, material: Secret[bytes], context: str) -> bytes:
         nonce = os.urandom(_NONCE_LEN)

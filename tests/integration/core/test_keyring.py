@@ -1,0 +1,127 @@
+"""The decrypt choke point: guards see exactly whose keys are unwrapped; keys never travel."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from labvault.core.access.decrypt import DecryptDeniedError, DecryptRequest
+from labvault.core.access.principals import SystemPrincipal
+from labvault.core.crypto.errors import DecryptionError
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.organizations.services import create_organization
+from labvault.patients.services import PatientRepository
+from labvault.patients.synthetic import synthetic_patients
+
+
+class RecordingGuard:
+    def __init__(self, refuse: set[uuid.UUID] | None = None) -> None:
+        self.requests: list[DecryptRequest] = []
+        self.refuse = refuse or set()
+
+    def before_decrypt(self, request: DecryptRequest) -> None:
+        self.requests.append(request)
+        if self.refuse & set(request.subject_ids):
+            raise DecryptDeniedError("refused by test guard")
+
+
+def _setup(runtime: Runtime) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, "Labo").id
+        keyring = TenantKeyring(
+            session, runtime.key_provider, tenant, SystemPrincipal("test:setup")
+        )
+        result = PatientRepository(session, keyring).register_many(
+            list(synthetic_patients(3, seed=4))
+        )
+    return tenant, [result.created[i] for i in range(3)]
+
+
+def test_guards_see_exactly_the_subjects_whose_keys_are_unwrapped(runtime: Runtime) -> None:
+    tenant, (first, second, _) = _setup(runtime)
+    guard = RecordingGuard()
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(
+            session, runtime.key_provider, tenant, SystemPrincipal("test:read"), [guard]
+        )
+        keys = keyring.open_data_keys("patient", [first, first], purpose="test")
+        assert set(keys) == {first}
+        record = PatientRepository(session, keyring).get(second, purpose="care")
+    assert record is not None
+    assert [(r.subject_type, r.subject_ids, r.purpose) for r in guard.requests] == [
+        ("patient", (first,), "test"),
+        ("patient", (second,), "care"),
+    ]
+    assert guard.requests[0].principal.id == "system:test:read"
+
+
+def test_a_refusing_guard_stops_the_read_before_any_key_is_unwrapped(runtime: Runtime) -> None:
+    tenant, (first, _, _) = _setup(runtime)
+    unwrapped: list[object] = []
+    provider = runtime.key_provider
+    original = provider.unwrap_many
+
+    def spy(items):  # type: ignore[no-untyped-def]
+        unwrapped.extend(items)
+        return original(items)
+
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(
+            session, provider, tenant, SystemPrincipal("test:read"), [RecordingGuard({first})]
+        )
+        keyring.indexer  # noqa: B018 - unwrap the index keys first, so that only data keys count
+        provider.unwrap_many = spy  # type: ignore[method-assign]
+        try:
+            with pytest.raises(DecryptDeniedError):
+                PatientRepository(session, keyring).get(first, purpose="test")
+        finally:
+            del provider.unwrap_many
+    assert unwrapped == []
+
+
+def test_a_wrapped_key_moved_to_another_subject_does_not_unwrap(runtime: Runtime) -> None:
+    """The caller cannot pair an allowed subject with someone else's key."""
+    tenant, (first, second, _) = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        victim = session.scalar(
+            select(DataKeyRecord.wrapped_key).where(DataKeyRecord.subject_id == second)
+        )
+        session.execute(
+            update(DataKeyRecord)
+            .where(DataKeyRecord.subject_id == first)
+            .values(wrapped_key=victim)
+        )
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("t:r"))
+        with pytest.raises(DecryptionError, match="does not authenticate for this context"):
+            keyring.open_data_keys("patient", [first], purpose="test")
+
+
+def test_keys_refuse_to_be_pickled_and_the_worker_spec_carries_none(runtime: Runtime) -> None:
+    tenant, (first, _, _) = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("t:p"))
+        keys = keyring.open_data_keys("patient", [first], purpose="test")
+        spec = runtime.sealer_spec(session, tenant)
+        sealer = spec.build()
+        for holder in (keyring, keyring.indexer, keys[first], runtime.key_provider, sealer):
+            with pytest.raises(TypeError, match=r"pickle|sealer"):
+                pickle.dumps(holder)
+        wrapped = set(session.scalars(select(IndexKeyRecord.wrapped_key)))
+    shipped = pickle.dumps(spec)
+    document = json.loads(runtime.settings.key_file.read_text())
+    for root in document["keys"]:
+        material = base64.b64decode(root["material"])
+        assert material not in shipped
+        assert root["material"].encode() not in shipped
+    for index_key in sealer.indexer._keys.values():
+        assert index_key not in shipped
+    assert {blob for _, blob in spec.wrapped_index_keys} == {bytes(w) for w in wrapped}
