@@ -25,6 +25,8 @@ class Site(HasRandomId, Base):
     __tablename__ = "sites"
     __table_args__ = (
         UniqueConstraint("tenant_id", "name"),
+        # Target of tenant-scoped foreign keys: a row can only point at its own tenant's site.
+        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("sampling_capacity_per_hour >= 0", name="capacity_not_negative"),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
@@ -35,12 +35,18 @@ class Patient(HasRandomId, Base):
         Index("ix_patients_tenant_id_email_index", "tenant_id", "email_index"),
         Index("ix_patients_tenant_id_phone_index", "tenant_id", "phone_index"),
         Index("ix_patients_tenant_id_name_index", "tenant_id", "name_index"),
+        # The data key must be the same tenant's (I8: isolation inside the database too).
+        ForeignKeyConstraint(
+            ["tenant_id", "data_key_id"],
+            ["data_keys.tenant_id", "data_keys.id"],
+            ondelete="RESTRICT",
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT")
     )
-    data_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("data_keys.id", ondelete="RESTRICT"))
+    data_key_id: Mapped[uuid.UUID]
 
     birth_name: Mapped[bytes] = mapped_column(RawBytes)
     used_name: Mapped[bytes | None] = mapped_column(RawBytes)

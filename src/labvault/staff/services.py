@@ -13,9 +13,16 @@ from labvault.core.contact import parse_email
 from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring
 from labvault.core.crypto.models import DataKeyRecord
+from labvault.organizations.models import Site
 from labvault.staff.models import ENCRYPTED_FIELDS, StaffMember, StaffRole, StaffSite
 
 TABLE = StaffMember.__tablename__
+
+
+class UnknownSiteError(LookupError):
+    pass
+
+
 SUBJECT_TYPE = "staff"
 
 
@@ -48,6 +55,15 @@ class StaffRepository:
     ) -> uuid.UUID:
         tenant_id = self._keyring.tenant_id
         email = parse_email(email)
+        tenant_sites = set(
+            self._session.scalars(
+                select(Site.id).where(
+                    Site.tenant_id == self._keyring.tenant_id, Site.id.in_(site_ids)
+                )
+            )
+        )
+        if tenant_sites != set(site_ids):
+            raise UnknownSiteError("a site is not one of this organization's")
         staff_id = uuid.uuid4()
         (key,), key_rows = self._keyring.new_data_keys(SUBJECT_TYPE, [staff_id])
         plain = {"first_name": first_name, "last_name": last_name, "email": email}

@@ -6,9 +6,10 @@ import uuid
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
 from labvault.core.access.principals import SystemPrincipal
-from labvault.core.crypto.errors import CryptoError, DecryptionError
+from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import transaction
@@ -111,17 +112,21 @@ def test_wrapped_key_moved_between_subjects_fails(runtime: Runtime) -> None:
 
 def test_another_tenant_cannot_open_a_patient(runtime: Runtime) -> None:
     _, (first, _) = _setup(runtime, "Labo A")
-    other, _ = _setup(runtime, "Labo B")
+    other, (theirs, _) = _setup(runtime, "Labo B")
     assert _get(runtime, other, first) is None
-    # Moving the patient row, and even its wrapped key, to tenant B does not give tenant B
-    # the key: the wrapping context names tenant A.
-    with transaction(runtime.sessions) as session:
+    # The schema refuses to move a patient to another tenant away from its data key.
+    with pytest.raises(IntegrityError), transaction(runtime.sessions) as session:
         session.execute(update(Patient).where(Patient.id == first).values(tenant_id=other))
-    with pytest.raises(CryptoError, match="not found"):
-        _get(runtime, other, first)
+    # A wrapped key copied into another tenant's row does not unwrap there: the wrapping
+    # context names the tenant and the subject.
     with transaction(runtime.sessions) as session:
+        stolen = session.scalar(
+            select(DataKeyRecord.wrapped_key).where(DataKeyRecord.subject_id == first)
+        )
         session.execute(
-            update(DataKeyRecord).where(DataKeyRecord.subject_id == first).values(tenant_id=other)
+            update(DataKeyRecord)
+            .where(DataKeyRecord.subject_id == theirs)
+            .values(wrapped_key=stolen)
         )
     with pytest.raises(DecryptionError, match="does not authenticate for this context"):
-        _get(runtime, other, first)
+        _get(runtime, other, theirs)

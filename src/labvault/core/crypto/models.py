@@ -19,7 +19,10 @@ class DataKeyRecord(Base):
     """
 
     __tablename__ = "data_keys"
-    __table_args__ = (UniqueConstraint("tenant_id", "subject_type", "subject_id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "subject_type", "subject_id"),
+        UniqueConstraint("tenant_id", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     tenant_id: Mapped[uuid.UUID] = mapped_column(

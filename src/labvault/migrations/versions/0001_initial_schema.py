@@ -1,8 +1,8 @@
-"""initial schema
+"""Initial schema: tenants, sites, staff, patients (sealed), wrapped data and index keys.
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 14:14:03.746536
+Create Date: 2026-11-29 15:21:06.649971
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_data_keys")),
+        sa.UniqueConstraint("tenant_id", "id", name=op.f("uq_data_keys_tenant_id_id")),
         sa.UniqueConstraint(
             "tenant_id",
             "subject_type",
@@ -93,6 +94,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sites")),
+        sa.UniqueConstraint("tenant_id", "id", name=op.f("uq_sites_tenant_id_id")),
         sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_sites_tenant_id_name")),
     )
     with op.batch_alter_table("sites", schema=None) as batch_op:
@@ -124,9 +126,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["data_key_id"],
-            ["data_keys.id"],
-            name=op.f("fk_patients_data_key_id_data_keys"),
+            ["tenant_id", "data_key_id"],
+            ["data_keys.tenant_id", "data_keys.id"],
+            name=op.f("fk_patients_tenant_id_data_keys"),
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
@@ -164,9 +166,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["data_key_id"],
-            ["data_keys.id"],
-            name=op.f("fk_staff_members_data_key_id_data_keys"),
+            ["tenant_id", "data_key_id"],
+            ["data_keys.tenant_id", "data_keys.id"],
+            name=op.f("fk_staff_members_tenant_id_data_keys"),
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
@@ -176,6 +178,7 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_members")),
+        sa.UniqueConstraint("tenant_id", "id", name=op.f("uq_staff_members_tenant_id_id")),
     )
     with op.batch_alter_table("staff_members", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_staff_members_tenant_id"), ["tenant_id"], unique=False)
@@ -189,12 +192,15 @@ def upgrade() -> None:
         sa.Column("site_id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["site_id"], ["sites.id"], name=op.f("fk_staff_sites_site_id_sites"), ondelete="CASCADE"
+            ["tenant_id", "site_id"],
+            ["sites.tenant_id", "sites.id"],
+            name=op.f("fk_staff_sites_tenant_id_sites"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["staff_id"],
-            ["staff_members.id"],
-            name=op.f("fk_staff_sites_staff_id_staff_members"),
+            ["tenant_id", "staff_id"],
+            ["staff_members.tenant_id", "staff_members.id"],
+            name=op.f("fk_staff_sites_tenant_id_staff_members"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
