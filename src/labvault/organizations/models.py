@@ -31,7 +31,7 @@ class Site(HasRandomId, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+        ForeignKey("organizations.id", ondelete="RESTRICT")
     )
     name: Mapped[str] = mapped_column(String(200))
     address_line: Mapped[str] = mapped_column(String(300))

@@ -35,7 +35,7 @@ class StaffMember(HasRandomId, Base):
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+        ForeignKey("organizations.id", ondelete="RESTRICT")
     )
     data_key_id: Mapped[uuid.UUID]
     first_name: Mapped[bytes] = mapped_column(RawBytes)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 15:21:06.649971
+Create Date: 2026-11-29 15:26:42.228443
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ def upgrade() -> None:
             name=op.f("uq_data_keys_tenant_id_subject_type_subject_id"),
         ),
     )
-    with op.batch_alter_table("data_keys", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_data_keys_tenant_id"), ["tenant_id"], unique=False)
-
     op.create_table(
         "index_keys",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -97,9 +94,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "id", name=op.f("uq_sites_tenant_id_id")),
         sa.UniqueConstraint("tenant_id", "name", name=op.f("uq_sites_tenant_id_name")),
     )
-    with op.batch_alter_table("sites", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_sites_tenant_id"), ["tenant_id"], unique=False)
-
     op.create_table(
         "patients",
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
@@ -181,7 +175,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "id", name=op.f("uq_staff_members_tenant_id_id")),
     )
     with op.batch_alter_table("staff_members", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_staff_members_tenant_id"), ["tenant_id"], unique=False)
         batch_op.create_index(
             "uq_staff_members_tenant_id_email_index", ["tenant_id", "email_index"], unique=True
         )
@@ -223,7 +216,6 @@ def downgrade() -> None:
     op.drop_table("staff_sites")
     with op.batch_alter_table("staff_members", schema=None) as batch_op:
         batch_op.drop_index("uq_staff_members_tenant_id_email_index")
-        batch_op.drop_index(batch_op.f("ix_staff_members_tenant_id"))
 
     op.drop_table("staff_members")
     with op.batch_alter_table("patients", schema=None) as batch_op:
@@ -233,13 +225,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_patients_tenant_id_email_index")
 
     op.drop_table("patients")
-    with op.batch_alter_table("sites", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_sites_tenant_id"))
-
     op.drop_table("sites")
     op.drop_table("index_keys")
-    with op.batch_alter_table("data_keys", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_data_keys_tenant_id"))
-
     op.drop_table("data_keys")
     op.drop_table("organizations")
