@@ -30,6 +30,7 @@ test: lint typecheck
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.import_patients
+	$(BIN)/python -m bench.sqlite_floor
 	$(BIN)/python -m bench.find_patient
 
 clean:
