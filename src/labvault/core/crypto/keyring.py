@@ -6,6 +6,7 @@ keyring, which lives as long as one request or one job batch: never in a global 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +42,7 @@ class Indexer(Protocol):
     def email(self, address: str) -> bytes: ...
     def staff_email(self, address: str) -> bytes: ...
     def phone(self, number: str) -> bytes: ...
-    def name_birth_date(self, birth_name: str, first_name: str, birth_date: Any) -> bytes: ...
+    def name_birth_date(self, birth_name: str, first_name: str, birth_date: dt.date) -> bytes: ...
 
 
 class Sealer(Protocol):
