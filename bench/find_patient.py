@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=5000, help="patients per transaction")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic patients")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="seeding worker processes"
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="seeding worker processes (default: one per core but one, as the CLI)",
     )
     parser.add_argument("--db", type=Path, help="reuse this seeded SQLite file (and PATH.key)")
     parser.add_argument("--keep", type=Path, help="keep the seeded SQLite file at PATH")

@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes that validate and seal (0: all in the importing process)",
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="worker processes that validate and seal (default: one per core but one, as "
+        "the CLI; 0: all in the importing process)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic patients")
     parser.add_argument(

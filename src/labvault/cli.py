@@ -65,7 +65,9 @@ app.add_typer(patients_app, name="patients")
 console = Console()
 errors = Console(stderr=True)
 PARALLEL_FROM_ROWS = 20_000
-WORKERS_HELP = "Worker processes that validate and encrypt (-1: one per core for large jobs)."
+WORKERS_HELP = (
+    "Worker processes that validate and encrypt (-1: for large jobs, one per core but one)."
+)
 
 
 class CliError(Exception):
@@ -241,10 +243,16 @@ def _seed_patients(
 
 
 def _workers(requested: int, rows: int) -> int:
-    """Worker processes for a bulk job: on request, else one per core for large jobs."""
+    """Worker processes for a bulk job: on request, else for large jobs one per core but one.
+
+    This process stores every batch and needs a core of its own: on two cores, two workers
+    and this process fighting for them import slower than one worker (bench.import_patients).
+    """
     if requested >= 0:
         return requested
-    return min(os.cpu_count() or 1, 4) if rows >= PARALLEL_FROM_ROWS else 0
+    if rows < PARALLEL_FROM_ROWS:
+        return 0
+    return max(1, min((os.cpu_count() or 1) - 1, 4))
 
 
 @app.command()

@@ -29,6 +29,7 @@ from labvault.patients.services import PatientRepository, PreparedPatient, prepa
 
 DEFAULT_BATCH_SIZE = 2000
 CHUNK_SIZE = 500
+MAX_CHUNKS_IN_FLIGHT = 16  # 8,000 rows prepared ahead: a few MB, whatever the file size
 MAX_FIELD_LENGTH = 1000
 
 
@@ -123,7 +124,9 @@ def _prepared_chunks(
         try:
             for chunk in chunks:
                 pending.append(pool.submit(_prepare_in_worker, chunk, ins_oid))
-                if len(pending) >= 2 * workers:
+                # Keep workers busy while this process stores a batch: with a shallow
+                # queue they would sit idle during every commit.
+                if len(pending) >= MAX_CHUNKS_IN_FLIGHT + workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
