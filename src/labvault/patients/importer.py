@@ -72,19 +72,12 @@ def check_file(path: Path) -> None:
         io.TextIOWrapper(checked, encoding="utf-8-sig", newline="") as text,
     ):
         _, delimiter = _read_header(text)
-        reader = csv.reader(text, delimiter=delimiter, strict=True)
-        row_number = 1
-        while True:
-            row_number += 1
-            try:
-                next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
+        for row_number, values in _csv_rows(text, delimiter):
+            if values is None:
                 raise CsvFileError(
                     f"row {row_number}: malformed CSV (unbalanced quotes or stray characters); "
                     "nothing was imported"
-                ) from None
+                )
 
 
 class _Utf8Checked(io.RawIOBase):
@@ -141,15 +134,8 @@ def read_records(text: io.TextIOBase) -> Iterator[Record]:
     :class:`CsvFileError`.
     """
     header, delimiter = _read_header(text)
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
-    row_number = 1
-    while True:
-        row_number += 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:  # import_patients ran check_file first: only if the file changed since
+    for row_number, values in _csv_rows(text, delimiter):
+        if values is None:  # import_patients ran check_file first: only if the file changed
             yield row_number, [RowProblem(row_number, "row", "malformed CSV (unbalanced quotes)")]
             continue
         if not values or all(not value.strip() for value in values):
@@ -159,6 +145,21 @@ def read_records(text: io.TextIOBase) -> Iterator[Record]:
             yield row_number, [RowProblem(row_number, "row", reason)]
             continue
         yield row_number, dict(zip(header, values, strict=True))
+
+
+def _csv_rows(text: io.TextIOBase, delimiter: str) -> Iterator[tuple[int, list[str] | None]]:
+    """(row number, fields) after the header, numbered as a spreadsheet; ``None`` fields for
+    a record that is not valid CSV."""
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    row_number = 1
+    while True:
+        row_number += 1
+        try:
+            yield row_number, next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            yield row_number, None
 
 
 def _read_header(text: io.TextIOBase) -> tuple[list[str], str]:
