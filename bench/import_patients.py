@@ -111,7 +111,7 @@ def run_once(
             else:
 
                 def open_keyring(session: Session) -> Keyring:
-                    return PlaintextKeyring(tenant_id, principal)
+                    return PlaintextKeyring(tenant_id, principal, session)
 
                 sealer = PlaintextSealerSpec(tenant_id)
 

@@ -24,7 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from labvault.core.access.principals import Principal, SystemPrincipal
+from labvault.core.audit.events import AuditTrail
 from labvault.core.crypto.blind_index import canonical_name_birth_date
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.normalize import normalize_email, normalize_phone
@@ -95,10 +98,13 @@ class PlaintextSealerSpec:
 class PlaintextKeyring:
     """The :class:`~labvault.core.crypto.keyring.Keyring` Protocol without cryptography."""
 
-    def __init__(self, tenant_id: uuid.UUID, principal: Principal) -> None:
+    def __init__(
+        self, tenant_id: uuid.UUID, principal: Principal, session: Session | None = None
+    ) -> None:
         self._tenant_id = tenant_id
         self._principal = principal
         self._indexer = PlaintextIndexer()
+        self._audit = AuditTrail(session, principal) if session is not None else None
 
     def __repr__(self) -> str:
         return f"PlaintextKeyring(tenant={self._tenant_id}, principal={self._principal.id})"
@@ -110,6 +116,13 @@ class PlaintextKeyring:
     @property
     def principal(self) -> Principal:
         return self._principal
+
+    @property
+    def audit(self) -> AuditTrail:
+        """Audited like the real keyring: the baseline differs only by the cryptography."""
+        if self._audit is None:
+            raise TypeError("a worker's sealer has no session and records nothing")
+        return self._audit
 
     @property
     def indexer(self) -> PlaintextIndexer:

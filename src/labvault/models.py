@@ -1,5 +1,6 @@
 """Every feature's models, imported so that ``Base.metadata`` is complete (migrations, tests)."""
 
+from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
 from labvault.organizations.models import Organization, Site
@@ -7,6 +8,10 @@ from labvault.patients.models import Patient
 from labvault.staff.models import StaffMember, StaffSite
 
 __all__ = [
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditLogState",
+    "AuditTreeNode",
     "Base",
     "DataKeyRecord",
     "IndexKeyRecord",

@@ -15,6 +15,7 @@ from typing import cast
 from sqlalchemy import Select, Table, insert, select
 from sqlalchemy.orm import Session
 
+from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring, Sealer
@@ -27,6 +28,7 @@ from labvault.patients.schemas import PatientInput
 
 TABLE = Patient.__tablename__
 SUBJECT_TYPE = "patient"
+DEFAULT_WRITE_PURPOSE = "registration"
 MAX_SEARCH_RESULTS = 50
 PATIENTS_TABLE = cast(Table, Patient.__table__)
 DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
@@ -123,14 +125,18 @@ class PatientRepository:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def register_many(self, inputs: Sequence[PatientInput]) -> RegistrationResult:
+    def register_many(
+        self, inputs: Sequence[PatientInput], *, purpose: str = DEFAULT_WRITE_PURPOSE
+    ) -> RegistrationResult:
         """Create the patients that are not already known, in the caller's transaction.
 
         See :meth:`store_prepared` for what "already known" means.
         """
-        return self.store_prepared(prepare_patients(inputs, self._keyring))
+        return self.store_prepared(prepare_patients(inputs, self._keyring), purpose=purpose)
 
-    def store_prepared(self, prepared: Sequence[PreparedPatient]) -> RegistrationResult:
+    def store_prepared(
+        self, prepared: Sequence[PreparedPatient], *, purpose: str = DEFAULT_WRITE_PURPOSE
+    ) -> RegistrationResult:
         """Insert the prepared patients that are not already known; positions index ``prepared``.
 
         A patient is already known when its NIR matches one on file; without a NIR match, when
@@ -175,6 +181,13 @@ class PatientRepository:
             # split the batch wherever the pattern of empty fields changes).
             self._session.execute(insert(DATA_KEYS_TABLE), key_rows)
             self._session.execute(insert(PATIENTS_TABLE), rows)
+            self._keyring.audit.record_many(
+                AuditAction.PATIENT_RECORD_CREATE,
+                tenant_id=tenant_id,
+                target_type=SUBJECT_TYPE,
+                target_ids=list(result.created.values()),
+                purpose=purpose,
+            )
         return result
 
     def _existing(
@@ -213,21 +226,31 @@ class PatientRepository:
 
     def find_by_nir(self, nir: Nir, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.nir(nir.compact)
+        self._searched(AuditAction.PATIENT_SEARCH_NIR, purpose)
         return self._open(self._scoped().where(Patient.nir_index == index), purpose)
 
     def find_by_email(self, email: str, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.email(email)
+        self._searched(AuditAction.PATIENT_SEARCH_EMAIL, purpose)
         return self._open(self._scoped().where(Patient.email_index == index), purpose)
 
     def find_by_phone(self, phone: str, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.phone(phone)
+        self._searched(AuditAction.PATIENT_SEARCH_PHONE, purpose)
         return self._open(self._scoped().where(Patient.phone_index == index), purpose)
 
     def find_by_name(
         self, birth_name: str, first_name: str, birth_date: dt.date, *, purpose: str
     ) -> list[PatientRecord]:
         index = self._keyring.indexer.name_birth_date(birth_name, first_name, birth_date)
+        self._searched(AuditAction.PATIENT_SEARCH_NAME, purpose)
         return self._open(self._scoped().where(Patient.name_index == index), purpose)
+
+    def _searched(self, action: AuditAction, purpose: str) -> None:
+        """A search is an access even when it finds nothing: who looked for whom, not what."""
+        self._keyring.audit.record(
+            action, tenant_id=self._keyring.tenant_id, target_type=SUBJECT_TYPE, purpose=purpose
+        )
 
     def _scoped(self) -> Select[Patient]:
         return (

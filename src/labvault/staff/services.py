@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from labvault.core.audit.actions import AuditAction
 from labvault.core.contact import parse_email
 from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring
@@ -84,6 +85,13 @@ class StaffRepository:
                 insert(StaffSite),
                 [{"staff_id": staff_id, "site_id": s, "tenant_id": tenant_id} for s in site_ids],
             )
+        self._keyring.audit.record(
+            AuditAction.STAFF_RECORD_CREATE,
+            tenant_id=tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=staff_id,
+            purpose="staff-administration",
+        )
         return staff_id
 
     def list(self, *, purpose: str) -> list[StaffRecord]:

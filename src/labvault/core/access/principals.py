@@ -7,6 +7,7 @@ so that every escalation is greppable (``SystemPrincipal(``) and recorded.
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 
 
@@ -21,17 +22,23 @@ class PrincipalKind(enum.StrEnum):
 class Principal:
     kind: PrincipalKind
     id: str
+    role: str | None = None
+    """The staff role (or service scope set) it acts with, recorded in every audit event."""
+    site_id: uuid.UUID | None = None
+    """The site it acts for, when there is one."""
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class SystemPrincipal(Principal):
     """A command-line job or background task acting outside any login."""
 
-    job: str
+    job: str = ""
 
     def __init__(self, job: str) -> None:
         if not job or not job.replace(":", "").replace("-", "").replace("_", "").isalnum():
             raise ValueError("a system principal names its job, e.g. 'cli:patients-find'")
         object.__setattr__(self, "kind", PrincipalKind.SYSTEM)
         object.__setattr__(self, "id", f"system:{job}")
+        object.__setattr__(self, "role", None)
+        object.__setattr__(self, "site_id", None)
         object.__setattr__(self, "job", job)

@@ -2,6 +2,9 @@
 
 Data keys are created and unwrapped only here. Unwrapped keys live as long as the
 keyring, which lives as long as one request or one job batch: never in a global cache.
+Every keyring carries an :class:`~labvault.core.audit.events.AuditTrail` bound to its
+session and principal: opening a subject's key records one event per subject, in the same
+transaction, before anything is unwrapped (invariant I3).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from sqlalchemy.orm import Session
 
 from labvault.core.access.decrypt import DecryptGuard, DecryptRequest, run_guards
 from labvault.core.access.principals import Principal
+from labvault.core.audit.actions import read_action
+from labvault.core.audit.events import AuditContext, AuditTrail
 from labvault.core.crypto.blind_index import INDEX_KEY_BYTES, BlindIndexer, IndexKind
 from labvault.core.crypto.envelope import DataKey, FieldKey
 from labvault.core.crypto.errors import KeyProviderError
@@ -70,6 +75,9 @@ class Keyring(Sealer, Protocol):
 
     @property
     def principal(self) -> Principal: ...
+
+    @property
+    def audit(self) -> AuditTrail: ...
 
     def open_data_keys(
         self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
@@ -186,12 +194,15 @@ class TenantKeyring:
         tenant_id: uuid.UUID,
         principal: Principal,
         guards: Iterable[DecryptGuard] = (),
+        *,
+        context: AuditContext | None = None,
     ) -> None:
         self._session = session
         self._provider = provider
         self._tenant_id = tenant_id
         self._principal = principal
         self._guards = tuple(guards)
+        self._audit = AuditTrail(session, principal, context)
         self._indexer: BlindIndexer | None = None
 
     def __repr__(self) -> str:
@@ -204,6 +215,11 @@ class TenantKeyring:
     @property
     def principal(self) -> Principal:
         return self._principal
+
+    @property
+    def audit(self) -> AuditTrail:
+        """Records events in this keyring's transaction, as its principal."""
+        return self._audit
 
     @property
     def indexer(self) -> BlindIndexer:
@@ -228,12 +244,15 @@ class TenantKeyring:
         """Unwrap the data keys of ``subject_ids``, by subject id.
 
         Every guard sees exactly the subjects whose keys are unwrapped, first; if one raises,
-        nothing is unwrapped. Keys are looked up by subject, never by a key id the caller
-        supplies, and each is bound to its subject by the wrapping context.
+        nothing is unwrapped. Then one audit event per subject is appended in this
+        transaction; if that fails, nothing is unwrapped either. Keys are looked up by
+        subject, never by a key id the caller supplies, and each is bound to its subject by
+        the wrapping context.
         """
         wanted = tuple(dict.fromkeys(subject_ids))
         if not wanted:
             return {}
+        action = read_action(subject_type)
         run_guards(
             self._guards,
             DecryptRequest(
@@ -243,6 +262,13 @@ class TenantKeyring:
                 subject_ids=wanted,
                 purpose=purpose,
             ),
+        )
+        self._audit.record_many(
+            action,
+            tenant_id=self._tenant_id,
+            target_type=subject_type,
+            target_ids=wanted,
+            purpose=purpose,
         )
         rows = self._session.execute(
             select(DataKeyRecord.subject_id, DataKeyRecord.id, DataKeyRecord.wrapped_key).where(

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from labvault.core.crypto.errors import DecryptionError, KeyProviderError
 from labvault.core.crypto.secret import Secret
@@ -33,6 +35,7 @@ class LocalKeyProvider:
             if len(material.reveal()) != 32:
                 raise KeyProviderError("a root key must be 32 bytes")
         self._aeads = {key_id: AESGCM(m.reveal()) for key_id, m in root_keys.items()}
+        self._roots = dict(root_keys)
         self._active = active
 
     @property
@@ -48,6 +51,22 @@ class LocalKeyProvider:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("root keys cannot be pickled: they must never leave the process")
+
+    def derive_key(self, label: str) -> Secret[bytes]:
+        """A 256-bit key for ``label`` derived from the active root key (HKDF-SHA256).
+
+        Used for keys that must never be stored, even wrapped: the audit checkpoint signing
+        seed, the audit event seal, the client-address hash.
+        """
+        return _hkdf(self._roots[self._active], label)
+
+    def derive_keys(self, label: str) -> list[Secret[bytes]]:
+        """The key for ``label`` under every loaded root key, the active one first.
+
+        Verifiers try them all, so that what was sealed before a root key rotation still checks.
+        """
+        order = [self._active, *(key_id for key_id in self._roots if key_id != self._active)]
+        return [_hkdf(self._roots[key_id], label) for key_id in order]
 
     def wrap(self, material: Secret[bytes], context: str) -> bytes:
         nonce = os.urandom(_NONCE_LEN)
@@ -77,3 +96,10 @@ class LocalKeyProvider:
 
     def unwrap_many(self, items: Sequence[tuple[bytes, str]]) -> list[Secret[bytes]]:
         return [self.unwrap(wrapped, context) for wrapped, context in items]
+
+
+def _hkdf(root: Secret[bytes], label: str) -> Secret[bytes]:
+    if not label:
+        raise ValueError("a derived key needs a label")
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode())
+    return Secret(derived.derive(root.reveal()))
