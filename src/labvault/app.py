@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from labvault import __version__
+from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.logging import configure_logging, get_logger, mask_personal_text
@@ -87,9 +88,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _log.info("app.started", environment=settings.environment, version=__version__)
+        checkpointer = AuditCheckpointer(
+            lambda: owned_runtime.audit_log, settings.audit_checkpoint_seconds
+        )
+        checkpointer.start()
         try:
             yield
         finally:
+            checkpointer.stop()
             owned_runtime.close()
             _log.info("app.stopped")
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -28,6 +32,19 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from labvault.core.access.principals import SystemPrincipal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.checkpoints import CheckpointError, TrustedKeys, dumps
+from labvault.core.audit.events import AuditContext, AuditTrail
+from labvault.core.audit.merkle import ProofError
+from labvault.core.audit.proofs import (
+    ProofUnavailableError,
+    inclusion_proof,
+    verify_inclusion_proof,
+)
+from labvault.core.audit.search import SearchError, search_events
+from labvault.core.audit.sequencer import AuditLogCorruptError
+from labvault.core.audit.verify import verify_log
+from labvault.core.audit.witness import WitnessError
 from labvault.core.config import ConfigurationError, Settings, load_settings
 from labvault.core.contact import parse_email, parse_phone
 from labvault.core.crypto.errors import CryptoError
@@ -37,6 +54,7 @@ from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.db import describe_database_error, transaction
 from labvault.core.migrate import is_up_to_date, upgrade
 from labvault.core.runtime import Runtime
+from labvault.core.web.request_context import new_request_id
 from labvault.organizations.services import (
     InvalidOrganizationNameError,
     OrganizationNotFoundError,
@@ -56,9 +74,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
 patients_app = typer.Typer(help="Patients.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
 app.add_typer(import_app, name="import")
 app.add_typer(patients_app, name="patients")
 
@@ -74,17 +94,33 @@ class CliError(Exception):
     """Shown to the operator as is, with exit status 2."""
 
 
+@functools.cache
+def _audit_context() -> AuditContext:
+    """One request id per command run: its events can be told apart from every other run's."""
+    return AuditContext(request_id=new_request_id())
+
+
+def _seal_events(runtime: Runtime) -> None:
+    """Sequence this run's events and sign a checkpoint covering them before exiting."""
+    runtime.audit_log.advance(force_checkpoint=True)
+
+
 def main() -> None:
     try:
         app()
     except (
+        AuditLogCorruptError,
         BatchConflictError,
+        CheckpointError,
         CliError,
         ConfigurationError,
         CryptoError,
         CsvFileError,
         InvalidOrganizationNameError,
         OrganizationNotFoundError,
+        ProofUnavailableError,
+        SearchError,
+        WitnessError,
     ) as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
@@ -230,13 +266,14 @@ def _seed_patients(
             ((number + 2, row) for number, row in enumerate(rows)),
             sessions=runtime.sessions,
             open_keyring=lambda session: TenantKeyring(
-                session, runtime.key_provider, tenant_id, principal
+                session, runtime.key_provider, tenant_id, principal, context=_audit_context()
             ),
             sealer=sealer,
             workers=_workers(workers, count),
             ins_oid=InsOid.TEST,
             on_batch=lambda stored: progress.advance(task, stored),
         )
+    _seal_events(runtime)
     if report.problems:
         raise CliError(f"{report.rejected_rows} synthetic patients failed validation (a bug)")
     return report.created
@@ -272,6 +309,7 @@ def demo(
             fresh = not demo_exists(session)
             if fresh:
                 create_demo_organization(session, runtime.key_provider)
+        _seal_events(runtime)
         if fresh and patients:
             _seed_patients(runtime, patients, DEMO_ORGANIZATION, seed_value=2026)
             console.print(
@@ -323,7 +361,7 @@ def import_patients_command(
                 file,
                 sessions=runtime.sessions,
                 open_keyring=lambda session: TenantKeyring(
-                    session, runtime.key_provider, tenant_id, principal
+                    session, runtime.key_provider, tenant_id, principal, context=_audit_context()
                 ),
                 sealer=sealer,
                 workers=_workers(workers, estimated_rows),
@@ -331,6 +369,7 @@ def import_patients_command(
                 batch_size=batch_size,
                 on_progress=lambda done: progress.advance(task, done),
             )
+        _seal_events(runtime)
     console.print(
         f"{report.rows} rows: [green]{report.created} imported[/], "
         f"{report.existing} already present, [red]{report.rejected_rows} rejected[/]."
@@ -365,12 +404,18 @@ def patients_find(
     Acts as the explicit system principal: this is a privileged, audited read.
     """
     search = _patient_search(nir, email, phone, name, first_name, birth_date)
-    with _runtime() as runtime, transaction(runtime.sessions) as session:
-        tenant_id = get_organization(session, organization).id
-        keyring = TenantKeyring(
-            session, runtime.key_provider, tenant_id, SystemPrincipal("cli:patients-find")
-        )
-        found = search(PatientRepository(session, keyring))
+    with _runtime() as runtime:
+        with transaction(runtime.sessions) as session:
+            tenant_id = get_organization(session, organization).id
+            keyring = TenantKeyring(
+                session,
+                runtime.key_provider,
+                tenant_id,
+                SystemPrincipal("cli:patients-find"),
+                context=_audit_context(),
+            )
+            found = search(PatientRepository(session, keyring))
+        _seal_events(runtime)
     if not found:
         console.print("No matching patient.")
         raise typer.Exit(1)
@@ -442,6 +487,225 @@ def _patients_table(found: list[PatientRecord]) -> Table:
             p.sex.value, nir, p.email or "", p.phone or "", address,
         )  # fmt: skip
     return table
+
+
+@patients_app.command("history")
+def patients_history(
+    patient_id: Annotated[str, typer.Argument(help="The patient's id.")],
+    organization: Annotated[str | None, typer.Option(help="Organization name.")] = None,
+) -> None:
+    """Who opened this patient's file, when, as which role, at which site, and why."""
+    from labvault.patients.history import access_history
+
+    subject = _parse_uuid(patient_id, "PATIENT_ID")
+    with _runtime() as runtime:
+        with transaction(runtime.sessions) as session:
+            tenant_id = get_organization(session, organization).id
+            keyring = TenantKeyring(
+                session,
+                runtime.key_provider,
+                tenant_id,
+                SystemPrincipal("cli:patients-history"),
+                context=_audit_context(),
+            )
+            entries = access_history(session, keyring, subject)
+        _seal_events(runtime)
+    table = Table(title=f"Historique des accès ({len(entries)})")
+    for column in ("date (Europe/Paris)", "action", "par", "réf.", "rôle", "site", "motif"):
+        table.add_column(column)
+    paris = ZoneInfo("Europe/Paris")
+    for entry in entries:
+        table.add_row(
+            entry.at.astimezone(paris).strftime("%d/%m/%Y %H:%M:%S"), entry.label, entry.actor,
+            entry.actor_reference, entry.role or "", entry.site or "", entry.purpose or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+# -- audit ------------------------------------------------------------------------------
+
+
+def _parse_uuid(value: str, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise CliError(f"{name} must be an id like 3f2a9c4e-...") from None
+
+
+def _parse_time(value: str | None, name: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"{name} must be a date or time in ISO 8601, e.g. 2026-11-29T14:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo("Europe/Paris"))
+    return moment
+
+
+def _record_investigation(runtime: Runtime, action: AuditAction, purpose: str) -> None:
+    with transaction(runtime.sessions) as session:
+        AuditTrail(session, SystemPrincipal(purpose), _audit_context()).record(
+            action, tenant_id=None, target_type="audit-log", purpose=purpose
+        )
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Recompute the whole log: exit 1 and name the first inconsistent event if tampered."""
+    with _runtime() as runtime:
+        audit_log = runtime.audit_log
+        with runtime.sessions() as session, _progress() as progress:
+            task = progress.add_task("Verifying the audit log", total=None)
+            report = verify_log(
+                session,
+                audit_log.trusted_keys,
+                audit_log.seal_keys(),
+                audit_log.witness,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        _record_investigation(runtime, AuditAction.AUDIT_LOG_VERIFY, "cli:audit-verify")
+    if as_json:
+        document = {
+            "ok": report.ok,
+            "events": report.events,
+            "checkpoints": report.checkpoints,
+            "witnessed": report.witnessed,
+            "pending": report.pending,
+            "unanchored": report.unanchored,
+            "findings": [
+                {
+                    "kind": f.kind.value,
+                    "message": f.message,
+                    "position": f.position,
+                    "event_id": None if f.event_id is None else str(f.event_id),
+                }
+                for f in report.findings
+            ],
+        }
+        console.print_json(json.dumps(document))
+    else:
+        console.print(
+            f"{report.events} events, {report.checkpoints} checkpoints "
+            f"({report.witnessed} witnessed), {report.pending} not yet sequenced, "
+            f"{report.unanchored} after the last checkpoint."
+        )
+        for finding in report.findings:
+            console.print(f"[bold red]{finding.kind.value}:[/] {escape(finding.message)}")
+        if report.ok:
+            console.print("[bold green]The audit log is intact.[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sequence pending events and sign a checkpoint now (the app does it every few seconds)."""
+    with _runtime() as runtime:
+        report = runtime.audit_log.advance(force_checkpoint=True)
+    console.print(
+        f"{report.sequenced} events sequenced; the log holds {report.tree_size} events, "
+        f"{len(report.checkpoints)} new checkpoint(s)."
+    )
+
+
+@audit_app.command("proof")
+def audit_proof(
+    event_id: Annotated[str, typer.Argument(help="The event's id.")],
+    output: Annotated[Path | None, typer.Option(help="Write the proof to this file.")] = None,
+) -> None:
+    """An inclusion proof of one event against the latest signed checkpoint."""
+    subject = _parse_uuid(event_id, "EVENT_ID")
+    with _runtime() as runtime:
+        runtime.audit_log.advance(force_checkpoint=True)
+        with runtime.sessions() as session:
+            document = inclusion_proof(session, subject)
+        _record_investigation(runtime, AuditAction.AUDIT_PROOF_CREATE, "cli:audit-proof")
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"Proof written to {output} ({len(document['audit_path'])} hashes).")
+
+
+@audit_app.command("public-key")
+def audit_public_key(
+    output: Annotated[Path | None, typer.Option(help="Write the key to this file.")] = None,
+) -> None:
+    """The checkpoint signing public key(s), for verifiers without database or key access."""
+    settings = load_settings()
+    runtime = Runtime(settings)
+    try:
+        text = json.dumps(TrustedKeys.from_provider(runtime.key_provider).to_json(), indent=2)
+    finally:
+        runtime.close()
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"Public key written to {output}.")
+
+
+@audit_app.command("check-proof")
+def audit_check_proof(
+    proof: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Proof file.")],
+    public_key: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="From `labvault audit public-key`.")
+    ],
+) -> None:
+    """Check an inclusion proof offline: no database, no key provider, no settings."""
+    try:
+        trusted = TrustedKeys.from_json(json.loads(public_key.read_text(encoding="utf-8")))
+        document = json.loads(proof.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"unreadable file: {exc}") from None
+    try:
+        verified = verify_inclusion_proof(document, trusted)
+    except (ProofError, CheckpointError) as exc:
+        console.print(f"[bold red]The proof is invalid:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    checkpoint = verified.checkpoint
+    console.print(
+        f"[bold green]Valid:[/] event {uuid.UUID(verified.event['id'])} "
+        f"({verified.event['action']}) is "
+        f"entry {verified.leaf_index} of the log whose checkpoint at size "
+        f"{checkpoint.tree_size} is signed by key {checkpoint.key_id}."
+    )
+
+
+@audit_app.command("search")
+def audit_search(
+    actor: Annotated[str | None, typer.Option(help="Actor id (e.g. system:cli:seed).")] = None,
+    patient: Annotated[str | None, typer.Option(help="Patient id.")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="Action tag, or a prefix like 'patient:*'.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="From (ISO 8601; Paris time if bare).")] = None,
+    until: Annotated[str | None, typer.Option(help="Until, excluded.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many events.")] = None,
+) -> None:
+    """Events matching every filter given, oldest first, as JSON lines (for investigations)."""
+    patient_id = _parse_uuid(patient, "--patient") if patient is not None else None
+    start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
+    with _runtime() as runtime:
+        with runtime.sessions() as session:
+            for document in search_events(
+                session,
+                actor=actor,
+                patient=patient_id,
+                action=action,
+                since=start,
+                until=end,
+                limit=limit,
+            ):
+                sys.stdout.write(dumps(document) + "\n")
+        _record_investigation(runtime, AuditAction.AUDIT_LOG_SEARCH, "cli:audit-search")
 
 
 if __name__ == "__main__":

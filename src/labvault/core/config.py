@@ -41,6 +41,16 @@ class Settings(BaseSettings):
         default="file:",
         description="'file:' (key file under data_dir/keys), 'file:/path/to/root.key'.",
     )
+    audit_witness_dir: Path | None = Field(
+        default=None,
+        description="Where the audit witness appends checkpoints; default: data_dir/witness.",
+    )
+    audit_checkpoint_events: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Sign a checkpoint every this many events."
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="...or every this many seconds."
+    )
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
@@ -104,6 +114,14 @@ class Settings(BaseSettings):
         if path:
             return Path(path).expanduser().resolve()
         return self.resolved_data_dir / "keys" / "root.key"
+
+    @cached_property
+    def witness_dir(self) -> Path:
+        """The default sits beside ``data_dir/db``, not in it; production should use storage
+        that the database's administrators cannot write (see docs/audit.md)."""
+        if self.audit_witness_dir is not None:
+            return self.audit_witness_dir.expanduser().resolve()
+        return self.resolved_data_dir / "witness"
 
     @cached_property
     def is_sqlite(self) -> bool:

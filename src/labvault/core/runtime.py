@@ -9,6 +9,9 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from labvault.core.audit.checkpoints import TrustedKeys
+from labvault.core.audit.sequencer import AuditLog
+from labvault.core.audit.witness import FileAuditWitness
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_keys
 from labvault.core.crypto.providers import KeyProvider, load_key_provider
@@ -31,6 +34,18 @@ class Runtime:
     def key_provider(self) -> KeyProvider:
         """Loaded on first use; raises a clear KeyProviderError if the key is missing or exposed."""
         return load_key_provider(self.settings.key_provider, str(self.settings.key_file))
+
+    @cached_property
+    def audit_log(self) -> AuditLog:
+        """Sequencing, checkpoints and the witness, configured from the settings."""
+        provider = self.key_provider
+        return AuditLog(
+            self.sessions,
+            provider,
+            FileAuditWitness(self.settings.witness_dir, TrustedKeys.from_provider(provider)),
+            checkpoint_every_events=self.settings.audit_checkpoint_events,
+            checkpoint_every_seconds=self.settings.audit_checkpoint_seconds,
+        )
 
     def sealer_spec(self, session: Session, tenant_id: uuid.UUID) -> TenantSealerSpec:
         """What a worker process needs to seal this tenant's data: settings, wrapped keys."""
