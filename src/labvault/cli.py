@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.checkpoints import CheckpointError, TrustedKeys, dumps
-from labvault.core.audit.events import AuditContext, AuditTrail
+from labvault.core.audit.events import AuditContext, AuditTrail, AuditUnavailableError
 from labvault.core.audit.merkle import ProofError
 from labvault.core.audit.proofs import (
     ProofUnavailableError,
@@ -110,6 +110,7 @@ def main() -> None:
         app()
     except (
         AuditLogCorruptError,
+        AuditUnavailableError,
         BatchConflictError,
         CheckpointError,
         CliError,

@@ -18,6 +18,7 @@ from typing import Any
 from typing import cast as type_cast
 
 from sqlalchemy import ColumnElement, Table, Text, cast, func, insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from labvault.core.access.principals import Principal
@@ -25,7 +26,7 @@ from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.models import AuditEvent, to_micros
 from labvault.core.crypto.providers.base import KeyProvider
 from labvault.core.crypto.secret import Secret
-from labvault.core.db import utcnow
+from labvault.core.db import describe_database_error, utcnow
 
 _TABLE = type_cast(Table, AuditEvent.__table__)
 
@@ -45,6 +46,10 @@ class Outcome(enum.StrEnum):
 
 class AuditError(Exception):
     """An event that cannot be recorded as given (a bug in the caller, never user input)."""
+
+
+class AuditUnavailableError(Exception):
+    """The audit store refused an event: the access it would have recorded does not happen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,13 @@ class AuditTrail:
             for target_id in target_ids
         ]
         if rows:
-            self._session.execute(insert(_TABLE), rows)
+            try:
+                self._session.execute(insert(_TABLE), rows)
+            except SQLAlchemyError as exc:
+                raise AuditUnavailableError(
+                    "the audit log could not record this access, so it was refused "
+                    f"({describe_database_error(exc)})"
+                ) from exc
         return [row["id"] for row in rows]
 
 
