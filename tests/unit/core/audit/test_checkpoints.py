@@ -55,12 +55,18 @@ def test_a_signed_checkpoint_verifies_and_any_change_does_not(provider: MemoryKe
     checkpoint = signer.sign(10, _log(10).root(), 1_700_000_000_000_000)
     trusted.verify(checkpoint)
     assert checkpoint.body() == signed_body(10, checkpoint.root_hash, 1_700_000_000_000_000)
+    root, at, key, signature = (
+        checkpoint.root_hash,
+        checkpoint.signed_us,
+        signer.key_id,
+        checkpoint.signature,
+    )
     changed = [
-        Checkpoint(11, checkpoint.root_hash, checkpoint.signed_us, signer.key_id, checkpoint.signature),
-        Checkpoint(10, _log(9).root(), checkpoint.signed_us, signer.key_id, checkpoint.signature),
-        Checkpoint(10, checkpoint.root_hash, checkpoint.signed_us + 1, signer.key_id, checkpoint.signature),
-        Checkpoint(10, checkpoint.root_hash, checkpoint.signed_us, signer.key_id, os.urandom(64)),
-    ]  # fmt: skip
+        Checkpoint(11, root, at, key, signature),
+        Checkpoint(10, _log(9).root(), at, key, signature),
+        Checkpoint(10, root, at + 1, key, signature),
+        Checkpoint(10, root, at, key, os.urandom(64)),
+    ]
     for forged in changed:
         with pytest.raises(CheckpointError, match="does not verify"):
             trusted.verify(forged)
@@ -73,8 +79,14 @@ def test_public_keys_travel_as_json(provider: MemoryKeyProvider) -> None:
     trusted = TrustedKeys.from_provider(provider)
     loaded = TrustedKeys.from_json(json.loads(json.dumps(trusted.to_json())))
     assert loaded.key_ids() == trusted.key_ids()
-    for bad in ({}, {"format": "x"}, {"format": trusted.to_json()["format"], "keys": []},
-                {"format": trusted.to_json()["format"], "keys": [{"public_key": "!!"}]}):  # fmt: skip
+    kind = trusted.to_json()["format"]
+    bad_documents: list[dict[str, object]] = [
+        {},
+        {"format": "x"},
+        {"format": kind, "keys": []},
+        {"format": kind, "keys": [{"public_key": "!!"}]},
+    ]
+    for bad in bad_documents:
         with pytest.raises(CheckpointError):
             TrustedKeys.from_json(bad)
 
