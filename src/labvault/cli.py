@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -180,11 +181,11 @@ def _refuse_new_key_over_existing_data(settings: Settings) -> None:
         )
 
 
-def _progress(transfer: bool = False) -> Progress:
+def _progress(transfer: bool = False, *, on: Console = console) -> Progress:
     columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
     columns.append(TransferSpeedColumn() if transfer else MofNCompleteColumn())
     columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=console, transient=False)
+    return Progress(*columns, console=on, transient=False)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -494,6 +495,7 @@ def _patients_table(found: list[PatientRecord]) -> Table:
 def patients_history(
     patient_id: Annotated[str, typer.Argument(help="The patient's id.")],
     organization: Annotated[str | None, typer.Option(help="Organization name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, newest first.")] = False,
 ) -> None:
     """Who opened this patient's file, when, as which role, at which site, and why."""
     from labvault.patients.history import access_history
@@ -511,6 +513,12 @@ def patients_history(
             )
             entries = access_history(session, keyring, subject)
         _seal_events(runtime)
+    if as_json:
+        for entry in entries:
+            document = dataclasses.asdict(entry)
+            document["at"] = entry.at.isoformat().replace("+00:00", "Z")
+            sys.stdout.write(dumps(document) + "\n")
+        return
     table = Table(title=f"Historique des accès ({len(entries)})")
     for column in ("date (Europe/Paris)", "action", "par", "réf.", "rôle", "site", "motif"):
         table.add_column(column)
@@ -561,7 +569,8 @@ def audit_verify(
     """Recompute the whole log: exit 1 and name the first inconsistent event if tampered."""
     with _runtime() as runtime:
         audit_log = runtime.audit_log
-        with runtime.sessions() as session, _progress() as progress:
+        # On stderr, so that --json output on stdout stays a clean document.
+        with runtime.sessions() as session, _progress(on=errors) as progress:
             task = progress.add_task("Verifying the audit log", total=None)
             report = verify_log(
                 session,
@@ -589,7 +598,7 @@ def audit_verify(
                 for f in report.findings
             ],
         }
-        console.print_json(json.dumps(document))
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         console.print(
             f"{report.events} events, {report.checkpoints} checkpoints "
