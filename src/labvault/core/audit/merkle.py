@@ -318,7 +318,7 @@ def verify_consistency(
 def _sibling_sides(fn: int, sn: int) -> list[bool]:
     """RFC 9162's walk up from node fn of last node sn: for each proof hash, is it on the left?"""
     sides = []
-    while sn:
+    while sn > 0:
         on_left = bool(fn & 1) or fn == sn
         if on_left and not fn & 1:
             while fn and not fn & 1:
