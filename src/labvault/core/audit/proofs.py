@@ -82,7 +82,10 @@ def verify_inclusion_proof(document: object, trusted: TrustedKeys) -> VerifiedIn
     fields = [event[name] for name in CANONICAL_FIELD_NAMES]
     if not all(isinstance(value, str) for value in fields):
         raise ProofError("every event field is a string")
-    encoded = encode_event(fields)
+    try:
+        encoded = encode_event(fields)
+    except UnicodeEncodeError:
+        raise ProofError("an event field is not valid Unicode text") from None
     if not is_well_formed(encoded):
         raise ProofError("an event field holds a newline")
     index = document.get("leaf_index")

@@ -100,7 +100,6 @@ def verify_log(
     while next_anchor < len(sizes) and sizes[next_anchor] == 0:
         next_anchor += 1
     primary, *others = seal_keys
-    stopped = False
     for seq, stored_leaf, stored_seal, event_id, fields in _events(session):
         expected = accumulator.size
         if seq != expected:
@@ -129,8 +128,10 @@ def verify_log(
         size = accumulator.size
         if size % 5000 == 0 and on_progress is not None:
             on_progress(size, total)
+        rewritten = False
         while next_anchor < len(sizes) and sizes[next_anchor] == size:
             if not hmac.compare_digest(accumulator.root(), anchors[size].root_hash):
+                rewritten = True
                 report.findings.append(
                     Finding(
                         Tampering.ROOT,
@@ -141,7 +142,7 @@ def verify_log(
                     )
                 )
             next_anchor += 1
-        if report.findings and report.findings[-1].position == size - 1:
+        if rewritten:
             break
     stopped = any(f.kind not in _LOG_LEVEL for f in report.findings)
     report.events = accumulator.size

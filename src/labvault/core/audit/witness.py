@@ -10,6 +10,7 @@ WORM storage), or add a remote witness behind the same protocol.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Sequence
@@ -101,14 +102,19 @@ class FileAuditWitness:
         return found[-1] if found else None
 
     def append(self, checkpoint: Checkpoint, consistency_proof: Sequence[bytes]) -> None:
-        latest = self.latest()
-        if latest == checkpoint:
-            return
-        check_extension(self._trusted, latest, checkpoint, consistency_proof)
+        """Check and append under an exclusive lock on the file: several app processes may
+        bring the witness up to date at once, and each must see what the others wrote."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = self.checkpoints()
+            if checkpoint in held:
+                return
+            check_extension(
+                self._trusted, held[-1] if held else None, checkpoint, consistency_proof
+            )
             os.write(fd, (dumps(checkpoint.to_json()) + "\n").encode())
             os.fsync(fd)
         finally:
