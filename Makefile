@@ -32,6 +32,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.import_patients
 	$(BIN)/python -m bench.sqlite_floor
 	$(BIN)/python -m bench.find_patient
+	$(BIN)/python -m bench.audit_log
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,7 +21,14 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_events"
     __table_args__ = (
-        Index("ix_audit_events_seq", "seq", unique=True),
+        # Partial: the pending query must not pick it and sort the whole backlog.
+        Index(
+            "ix_audit_events_seq",
+            "seq",
+            unique=True,
+            sqlite_where=text("seq IS NOT NULL"),
+            postgresql_where=text("seq IS NOT NULL"),
+        ),
         Index(
             "ix_audit_events_pending",
             "occurred_us",

@@ -48,9 +48,32 @@ class AuditLogCorruptError(Exception):
     """The stored tree does not hold together (a gap in positions, a missing node)."""
 
 
+SEAL_PREFIX = b"labvault-audit-seal/1"
+
+
 def seal(key: bytes, seq: int, leaf: bytes) -> bytes:
     """Binds an event's leaf hash to its position: a moved or inserted event will not check."""
-    return hmac.digest(key, b"labvault-audit-seal/1" + seq.to_bytes(8, "big") + leaf, "sha256")
+    return hmac.digest(key, SEAL_PREFIX + seq.to_bytes(8, "big") + leaf, "sha256")
+
+
+class EventSealer:
+    """:func:`seal` with the key schedule and the prefix computed once, for long runs."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, SEAL_PREFIX, "sha256")
+
+    def __repr__(self) -> str:
+        return "EventSealer(key=**********)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("an event sealer holds a key and cannot be pickled")
+
+    def __call__(self, seq: int, leaf: bytes) -> bytes:
+        mac = self._base.copy()
+        mac.update(seq.to_bytes(8, "big") + leaf)
+        return mac.digest()
 
 
 class DatabaseNodeStore:
@@ -198,12 +221,12 @@ class AuditLog:
         ).all()
         size = old_size
         if pending:
-            key = self._seal_key.reveal()
+            sealer = EventSealer(self._seal_key.reveal())
             updates = []
             for seq, (event_id, *fields) in enumerate(pending, start=old_size):
                 leaf = leaf_hash(encode_event(fields))
                 updates.append(
-                    {"b_id": event_id, "b_seq": seq, "b_leaf": leaf, "b_seal": seal(key, seq, leaf)}
+                    {"b_id": event_id, "b_seq": seq, "b_leaf": leaf, "b_seal": sealer(seq, leaf)}
                 )
             session.execute(
                 update(_EVENTS)

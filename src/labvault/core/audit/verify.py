@@ -16,22 +16,25 @@ from __future__ import annotations
 
 import enum
 import hmac
+import multiprocessing
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from hashlib import sha256
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
 from labvault.core.audit.checkpoints import Checkpoint, CheckpointError, TrustedKeys
-from labvault.core.audit.events import CANONICAL_COLUMNS, encode_event, is_well_formed
-from labvault.core.audit.merkle import RootAccumulator, leaf_hash
+from labvault.core.audit.events import CANONICAL_COLUMNS, EVENT_HEADER, is_well_formed
+from labvault.core.audit.merkle import HASH_SIZE, RootAccumulator
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState
-from labvault.core.audit.sequencer import STATE_ID, checkpoint_of, seal
+from labvault.core.audit.sequencer import SEAL_LABEL, STATE_ID, EventSealer, checkpoint_of
 from labvault.core.audit.witness import AuditWitness, WitnessError
 
 FETCH_SIZE = 20_000
+RANGE_SIZE = 100_000
+PARALLEL_FROM_EVENTS = 300_000
 RELOCATION_WINDOW = 1000
 
 
@@ -73,65 +76,65 @@ class VerifyReport:
         return not self.findings
 
 
+@dataclass(frozen=True, slots=True)
+class ParallelScan:
+    """How worker processes reach the log: where the database and the key provider are.
+
+    Each worker opens its own connection and derives the seal keys from the provider itself:
+    no key crosses a process boundary.
+    """
+
+    database_url: str
+    provider_setting: str
+    default_key_file: str
+    workers: int
+
+
 def verify_log(
     session: Session,
     trusted: TrustedKeys,
     seal_keys: list[bytes],
     witness: AuditWitness | None,
     on_progress: Callable[[int, int], None] | None = None,
+    parallel: ParallelScan | None = None,
 ) -> VerifyReport:
-    """Verify everything; ``on_progress(done, total)`` is called every few thousand events."""
+    """Verify everything; ``on_progress(done, total)`` is called as events are checked.
+
+    Events are checked in ranges of positions (by worker processes with ``parallel``, for
+    large logs); this process folds the ranges' leaf hashes into the tree in order and checks
+    every checkpoint's root, so the first inconsistency is the one reported either way.
+    """
     report = VerifyReport()
     anchors = _anchors(session, trusted, witness, report)
     state_size = session.scalar(select(AuditLogState.tree_size).where(AuditLogState.id == STATE_ID))
-    total = (
-        session.scalar(
-            select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_not(None))
-        )
-        or 0
-    )
+    sequenced = select(func.count(), func.max(AuditEvent.seq)).where(AuditEvent.seq.is_not(None))
+    total, last_seq = session.execute(sequenced).one()
     report.pending = (
         session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_(None)))
         or 0
     )
+    end = 0 if last_seq is None else last_seq + 1
+    ranges = [(start, min(start + RANGE_SIZE, end)) for start in range(0, end, RANGE_SIZE)]
+    if parallel is not None and parallel.workers > 1 and total >= PARALLEL_FROM_EVENTS:
+        scans: Iterator[tuple[bytes, Finding | None]] = _scan_in_workers(parallel, ranges)
+    else:
+        sealers = [EventSealer(key) for key in seal_keys]
+        connection = session.connection()
+        scans = (_scan(connection, sealers, start, stop) for start, stop in ranges)
     accumulator = RootAccumulator()
-    sizes = sorted(anchors)
-    next_anchor = 0
-    while next_anchor < len(sizes) and sizes[next_anchor] == 0:
-        next_anchor += 1
-    primary, *others = seal_keys
-    for seq, stored_leaf, stored_seal, event_id, fields in _events(session):
-        expected = accumulator.size
-        if seq != expected:
-            report.findings.append(_gap(seq, expected, event_id))
-            break
-        encoded = encode_event(fields)
-        leaf = leaf_hash(encoded)
-        sealed = bytes(stored_seal) if stored_seal is not None else b""
-        if not is_well_formed(encoded):
-            report.findings.append(
-                Finding(
-                    Tampering.MALFORMED,
-                    f"event {event_id} at position {seq} holds a field no recorded event can "
-                    "hold (written behind the application's back)",
-                    seq,
-                    event_id,
-                )
-            )
-            break
-        if not _sealed(primary, others, seq, leaf, sealed):
-            report.findings.append(
-                _unsealed(primary, others, seq, event_id, leaf, stored_leaf, sealed)
-            )
-            break
-        accumulator.push(leaf)
-        size = accumulator.size
-        if size % 5000 == 0 and on_progress is not None:
-            on_progress(size, total)
-        rewritten = False
-        while next_anchor < len(sizes) and sizes[next_anchor] == size:
+    sizes = sorted(size for size in anchors if size > 0)
+    next_index = 0
+    next_size = sizes[0] if sizes else -1
+    stopped = False
+    for leaves, finding in scans:
+        for offset in range(0, len(leaves), HASH_SIZE):
+            accumulator.push(leaves[offset : offset + HASH_SIZE])
+            if accumulator.size != next_size:
+                continue
+            size = next_size
+            next_index += 1
+            next_size = sizes[next_index] if next_index < len(sizes) else -1
             if not hmac.compare_digest(accumulator.root(), anchors[size].root_hash):
-                rewritten = True
                 report.findings.append(
                     Finding(
                         Tampering.ROOT,
@@ -141,51 +144,100 @@ def verify_log(
                         size - 1,
                     )
                 )
-            next_anchor += 1
-        if rewritten:
+                stopped = True
+                break
+        if on_progress is not None:
+            on_progress(accumulator.size, total)
+        if stopped:
             break
-    stopped = any(f.kind not in _LOG_LEVEL for f in report.findings)
+        if finding is not None:
+            report.findings.append(finding)
+            stopped = True
+            break
     report.events = accumulator.size
     if on_progress is not None:
         on_progress(accumulator.size, total)
     if not stopped:
         _check_tail(report, accumulator.size, sizes, state_size, session)
-    last_anchor = max(sizes, default=0)
-    report.unanchored = max(0, accumulator.size - last_anchor)
+    report.unanchored = max(0, accumulator.size - max(sizes, default=0))
     return report
 
 
-def _events(
-    session: Session,
-) -> Iterator[tuple[int, bytes | None, bytes | None, uuid.UUID, list[str]]]:
-    result = session.execute(
-        select(
-            AuditEvent.seq, AuditEvent.leaf_hash, AuditEvent.seal, AuditEvent.id, *CANONICAL_COLUMNS
-        )
-        .where(AuditEvent.seq.is_not(None))
+def _scan(
+    connection: Connection, sealers: list[EventSealer], start: int, stop: int
+) -> tuple[bytes, Finding | None]:
+    """Check the events at positions ``[start, stop)``: their leaf hashes, up to the first
+    inconsistent one, and that one as a finding."""
+    query = (
+        select(AuditEvent.seq, AuditEvent.seal, *CANONICAL_COLUMNS)
+        .where(AuditEvent.seq >= start, AuditEvent.seq < stop)
         .order_by(AuditEvent.seq)
-        .execution_options(yield_per=FETCH_SIZE)
     )
-    for row in result:
-        seq, stored_leaf, stored_seal, event_id, *fields = row
-        yield cast(int, seq), stored_leaf, stored_seal, event_id, fields
+    leaves: list[bytes] = []
+    append = leaves.append
+    primary = sealers[0]
+    expected = start
+    finding: Finding | None = None
+    header = EVENT_HEADER + "\n"
+    for row in connection.execution_options(yield_per=FETCH_SIZE).execute(query):
+        seq, stored, *fields = row
+        if seq != expected:
+            finding = _gap(seq, expected, _event_id(fields))
+            break
+        encoded = (header + "\n".join(fields)).encode("utf-8", "surrogatepass")
+        leaf = sha256(b"\x00" + encoded).digest()
+        if not is_well_formed(encoded):
+            event_id = _event_id(fields)
+            finding = Finding(
+                Tampering.MALFORMED,
+                f"event {event_id} at position {seq} holds a field no recorded event can "
+                "hold (written behind the application's back)",
+                seq,
+                event_id,
+            )
+            break
+        sealed = bytes(stored) if stored is not None else b""
+        if not hmac.compare_digest(primary(seq, leaf), sealed) and not _sealed(
+            sealers[1:], seq, leaf, sealed
+        ):
+            finding = _unsealed(connection, sealers, seq, _event_id(fields), leaf, sealed)
+            break
+        append(leaf)
+        expected += 1
+    else:
+        if expected < stop:
+            following = connection.execute(
+                select(AuditEvent.seq, AuditEvent.id)
+                .where(AuditEvent.seq >= expected)
+                .order_by(AuditEvent.seq)
+            ).first()
+            if following is not None:
+                finding = _gap(following[0], expected, following[1])
+    return b"".join(leaves), finding
 
 
-def _sealed(primary: bytes, others: list[bytes], seq: int, leaf: bytes, stored: bytes) -> bool:
-    if hmac.compare_digest(seal(primary, seq, leaf), stored):
-        return True
-    return any(hmac.compare_digest(seal(key, seq, leaf), stored) for key in others)
+def _event_id(fields: list[str]) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(fields[0])
+    except ValueError:
+        return None
+
+
+def _sealed(sealers: list[EventSealer], seq: int, leaf: bytes, stored: bytes) -> bool:
+    return any(hmac.compare_digest(sealer(seq, leaf), stored) for sealer in sealers)
 
 
 def _unsealed(
-    primary: bytes,
-    others: list[bytes],
+    connection: Connection,
+    sealers: list[EventSealer],
     seq: int,
-    event_id: uuid.UUID,
+    event_id: uuid.UUID | None,
     leaf: bytes,
-    stored_leaf: bytes | None,
     stored_seal: bytes,
 ) -> Finding:
+    stored_leaf = connection.execute(
+        select(AuditEvent.leaf_hash).where(AuditEvent.seq == seq, AuditEvent.id == event_id)
+    ).scalar()
     if stored_leaf is not None and not hmac.compare_digest(bytes(stored_leaf), leaf):
         return Finding(
             Tampering.MODIFIED,
@@ -195,7 +247,7 @@ def _unsealed(
             event_id,
         )
     for other in range(max(0, seq - RELOCATION_WINDOW), seq + RELOCATION_WINDOW + 1):
-        if other != seq and _sealed(primary, others, other, leaf, stored_seal):
+        if other != seq and _sealed(sealers, other, leaf, stored_seal):
             return Finding(
                 Tampering.REORDERED,
                 f"event {event_id} sits at position {seq} but was sealed at position {other}: "
@@ -212,8 +264,37 @@ def _unsealed(
     )
 
 
-def _gap(seq: int, expected: int, event_id: uuid.UUID) -> Finding:
-    if seq > expected:
+_worker_engine: Engine | None = None
+_worker_sealers: list[EventSealer] = []
+
+
+def _start_worker(parallel: ParallelScan) -> None:
+    global _worker_engine, _worker_sealers  # one connection pool and key set per worker
+    from labvault.core.crypto.providers import load_key_provider
+    from labvault.core.db import create_db_engine
+
+    provider = load_key_provider(parallel.provider_setting, parallel.default_key_file)
+    _worker_sealers = [EventSealer(key.reveal()) for key in provider.derive_keys(SEAL_LABEL)]
+    _worker_engine = create_db_engine(parallel.database_url)
+
+
+def _scan_range_in_worker(bounds: tuple[int, int]) -> tuple[bytes, Finding | None]:
+    assert _worker_engine is not None, "worker started without an engine"
+    with _worker_engine.connect() as connection:
+        return _scan(connection, _worker_sealers, *bounds)
+
+
+def _scan_in_workers(
+    parallel: ParallelScan, ranges: list[tuple[int, int]]
+) -> Iterator[tuple[bytes, Finding | None]]:
+    # forkserver: workers start clean, without this process's connections or keys.
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(parallel.workers, initializer=_start_worker, initargs=(parallel,)) as pool:
+        yield from pool.imap(_scan_range_in_worker, ranges)
+
+
+def _gap(seq: int | None, expected: int, event_id: uuid.UUID | None) -> Finding:
+    if seq is not None and seq > expected:
         missing = f"{expected}" if seq == expected + 1 else f"{expected} to {seq - 1}"
         return Finding(
             Tampering.DELETED,

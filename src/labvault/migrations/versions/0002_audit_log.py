@@ -41,7 +41,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_events")),
     )
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
-        batch_op.create_index("ix_audit_events_seq", ["seq"], unique=True)
+        batch_op.create_index(
+            "ix_audit_events_seq",
+            ["seq"],
+            unique=True,
+            sqlite_where=sa.text("seq IS NOT NULL"),
+            postgresql_where=sa.text("seq IS NOT NULL"),
+        )
         batch_op.create_index(
             "ix_audit_events_pending",
             ["occurred_us", "id"],
