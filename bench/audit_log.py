@@ -584,8 +584,8 @@ def bench_proofs(runtime: Runtime, results: Results, count: int, samples: int) -
         results.proof_select.append(select_seconds)
         results.proof_check.append(check)
         results.proof_signature.append(signature)
-        as_cli_writes = json.dumps(document, indent=2) + "\n"  # as `labvault audit proof`
-        compact = json.dumps(document, separators=(",", ":"))
+        as_cli_writes = json.dumps(document, separators=(",", ":")) + "\n"  # `audit proof`
+        compact = json.dumps(document, indent=2)
         path_only = json.dumps(document["audit_path"], separators=(",", ":"))
         results.proof_bytes = max(results.proof_bytes, len(as_cli_writes.encode()))
         results.proof_bytes_compact = max(results.proof_bytes_compact, len(compact.encode()))
@@ -660,7 +660,7 @@ def summary(all_results: Sequence[Results], args: argparse.Namespace) -> Table:
             check, sig = percentiles(results.proof_check), percentiles(results.proof_signature)
             table.add_row(
                 b,
-                "proof size, bytes, as `audit proof` writes it (compact JSON)",
+                "proof size, bytes, as `audit proof` writes it (indented JSON)",
                 f"{results.proof_bytes:,} ({results.proof_bytes_compact:,})",
                 f"{results.proof_path_bytes:,} (path)",
                 _ratio(results.proof_bytes, results.proof_path_bytes),

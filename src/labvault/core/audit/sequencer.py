@@ -189,7 +189,7 @@ class AuditLog:
         between two checkpoints.
         """
         report = AdvanceReport()
-        while True:
+        while not self._idle():
             with transaction(self._sessions) as session:
                 sequenced, checkpoint, size = self._advance_once(session, force_checkpoint)
             report.sequenced += sequenced
@@ -198,8 +198,20 @@ class AuditLog:
                 report.checkpoints.append(checkpoint)
             if sequenced < self._every_events:
                 break
+        if not report.sequenced and not report.checkpoints:
+            with self._sessions() as session:
+                report.tree_size = tree_size(session)
         self.sync_witness()
         return report
+
+    def _idle(self) -> bool:
+        """Nothing pending and the last checkpoint covers the tree: no need to take the lock
+        (on SQLite, the database's write lock) once a second for nothing."""
+        with self._sessions() as session:
+            if session.scalar(select(AuditEvent.id).where(AuditEvent.seq.is_(None)).limit(1)):
+                return False
+            latest = latest_checkpoint(session)
+            return tree_size(session) == (latest.tree_size if latest else 0)
 
     def _advance_once(
         self, session: Session, force_checkpoint: bool

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,7 @@ from labvault.core.audit.checkpoints import Checkpoint, CheckpointError, Trusted
 from labvault.core.audit.merkle import ProofError, verify_consistency
 
 WITNESS_FILE = "checkpoints.jsonl"
+TAIL_BLOCK = 16_384
 
 
 class WitnessError(Exception):
@@ -98,8 +100,38 @@ class FileAuditWitness:
         return found
 
     def latest(self) -> Checkpoint | None:
-        found = self.checkpoints()
-        return found[-1] if found else None
+        recent = self.recent(sys.maxsize)
+        return recent[-1] if recent else None
+
+    def recent(self, min_size: int) -> list[Checkpoint]:
+        """The checkpoints of at least ``min_size`` events, or else the latest one.
+
+        Reads the file from its end, so that the app's once-a-second look at the witness
+        costs the same after years of checkpoints as on the first day.
+        """
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return []
+        with handle:
+            end = handle.seek(0, os.SEEK_END)
+            block = TAIL_BLOCK
+            while True:
+                start = max(0, end - block)
+                handle.seek(start)
+                lines = handle.read(end - start).split(b"\n")
+                if start > 0:
+                    lines = lines[1:]  # the first line may be cut
+                found = [self._parse(line) for line in lines if line.strip()]
+                if start == 0 or (found and found[0].tree_size < min_size):
+                    return [c for c in found if c.tree_size >= min_size] or found[-1:]
+                block *= 4
+
+    def _parse(self, line: bytes) -> Checkpoint:
+        try:
+            return Checkpoint.from_json(json.loads(line))
+        except (ValueError, CheckpointError) as exc:
+            raise WitnessError(f"{self.path}: unreadable checkpoint: {exc}") from None
 
     def append(self, checkpoint: Checkpoint, consistency_proof: Sequence[bytes]) -> None:
         """Check and append under an exclusive lock on the file: several app processes may
@@ -109,7 +141,7 @@ class FileAuditWitness:
         fd = os.open(self.path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            held = self.checkpoints()
+            held = self.recent(checkpoint.tree_size)
             if checkpoint in held:
                 return
             check_extension(
