@@ -13,8 +13,6 @@ from sqlalchemy.orm import Session
 from labvault.core.audit.actions import TAG_PATTERN, AuditAction
 from labvault.core.audit.models import AuditEvent, from_micros, to_micros
 
-PREFIX_PATTERN = r"[a-z-]+(:[a-z-]+)?:\*"
-
 
 class SearchError(ValueError):
     """A filter that cannot be applied as given."""
