@@ -51,6 +51,26 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="...or every this many seconds."
     )
+    mailer: str = Field(
+        default="file:",
+        description="'file:' (.eml files under data_dir/mail), 'file:/dir', or "
+        "'smtp://user:password@host:587?tls=starttls' (tls: starttls, ssl or none).",
+    )
+    mail_from: str = Field(
+        default="labvault <no-reply@labvault.localhost>", description="Sender of every message."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL put in links sent by email."
+    )
+    ratelimit_storage: str = Field(
+        default="memory://",
+        description="Rate-limit counters: 'memory://' (one process) or 'redis://host:6379/0' "
+        "(shared by every app process).",
+    )
+    session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    session_absolute_hours: int = Field(default=12, ge=1, le=24 * 30)
+    staff_session_idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    staff_session_absolute_hours: int = Field(default=10, ge=1, le=24 * 7)
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
