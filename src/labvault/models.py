@@ -1,5 +1,12 @@
 """Every feature's models, imported so that ``Base.metadata`` is complete (migrations, tests)."""
 
+from labvault.accounts.models import (
+    Account,
+    AccountSession,
+    OneTimeCode,
+    RecoveryCode,
+    TotpCredential,
+)
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
@@ -8,6 +15,8 @@ from labvault.patients.models import Patient
 from labvault.staff.models import StaffMember, StaffSite
 
 __all__ = [
+    "Account",
+    "AccountSession",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditLogState",
@@ -15,9 +24,12 @@ __all__ = [
     "Base",
     "DataKeyRecord",
     "IndexKeyRecord",
+    "OneTimeCode",
     "Organization",
     "Patient",
+    "RecoveryCode",
     "Site",
     "StaffMember",
     "StaffSite",
+    "TotpCredential",
 ]

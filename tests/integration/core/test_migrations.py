@@ -10,7 +10,19 @@ from labvault.core.db import create_db_engine
 from labvault.core.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from labvault.models import Base
 
-TENANT_OWNED = {"data_keys", "index_keys", "sites", "patients", "staff_members", "staff_sites"}
+TENANT_OWNED = {
+    "data_keys",
+    "index_keys",
+    "sites",
+    "patients",
+    "staff_members",
+    "staff_sites",
+    "accounts",
+    "account_sessions",
+    "one_time_codes",
+    "totp_credentials",
+    "recovery_codes",
+}
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,
 they identify no person and no object outside the log."""

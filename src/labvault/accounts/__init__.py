@@ -1,0 +1,1 @@
+"""Patient and staff accounts: passwords, a mandatory second factor, server-side sessions."""
