@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = Field(
         default=5.0, gt=0, le=3600, description="...or every this many seconds."
     )
+    organization: str | None = Field(
+        default=None,
+        description="The organization the web app serves; default: the only one there is.",
+    )
     mailer: str = Field(
         default="file:",
         description="'file:' (.eml files under data_dir/mail), 'file:/dir', or "

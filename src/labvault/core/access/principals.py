@@ -16,6 +16,8 @@ class PrincipalKind(enum.StrEnum):
     STAFF = "staff"
     SERVICE = "service"
     SYSTEM = "system"
+    ANONYMOUS = "anonymous"
+    """Not authenticated yet: sign-up, login, password reset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +44,6 @@ class SystemPrincipal(Principal):
         object.__setattr__(self, "role", None)
         object.__setattr__(self, "site_id", None)
         object.__setattr__(self, "job", job)
+
+
+ANONYMOUS = Principal(PrincipalKind.ANONYMOUS, "anonymous")

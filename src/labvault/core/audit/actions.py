@@ -24,8 +24,21 @@ class AuditAction(enum.StrEnum):
     PATIENT_HISTORY_READ = "patient:history:read"
     STAFF_RECORD_CREATE = "staff:record:create"
     STAFF_RECORD_READ = "staff:record:read"
+    ACCOUNT_RECORD_READ = "account:record:read"
+    ACCOUNT_SIGNUP_REQUEST = "account:signup:request"
+    ACCOUNT_EMAIL_CONFIRM = "account:email:confirm"
+    ACCOUNT_EMAIL_FAILURE = "account:email:failure"
+    ACCOUNT_PASSWORD_SUCCESS = "account:password:success"
     ACCOUNT_LOGIN_SUCCESS = "account:login:success"
     ACCOUNT_LOGIN_FAILURE = "account:login:failure"
+    ACCOUNT_LOGIN_THROTTLED = "account:login:throttled"
+    ACCOUNT_SECOND_FACTOR_FAILURE = "account:second-factor:failure"
+    ACCOUNT_LOCK = "account:status:lock"
+    ACCOUNT_LOGOUT = "account:session:logout"
+    ACCOUNT_SESSION_REVOKE = "account:session:revoke"
+    ACCOUNT_TOTP_ENROL = "account:totp:enrol"
+    ACCOUNT_RECOVERY_CREATE = "account:recovery-codes:create"
+    ACCOUNT_RECOVERY_USE = "account:recovery-codes:use"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -56,8 +69,23 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.STAFF_RECORD_CREATE: ActionInfo("A staff member was added."),
     AuditAction.STAFF_RECORD_READ: ActionInfo("A staff member's record was decrypted and read."),
-    AuditAction.ACCOUNT_LOGIN_SUCCESS: ActionInfo("A successful login."),
-    AuditAction.ACCOUNT_LOGIN_FAILURE: ActionInfo("A failed login."),
+    AuditAction.ACCOUNT_RECORD_READ: ActionInfo("An account's sealed fields were decrypted."),
+    AuditAction.ACCOUNT_SIGNUP_REQUEST: ActionInfo("A sign-up was requested."),
+    AuditAction.ACCOUNT_EMAIL_CONFIRM: ActionInfo("An email address was proven by its code."),
+    AuditAction.ACCOUNT_EMAIL_FAILURE: ActionInfo("A wrong or expired email code."),
+    AuditAction.ACCOUNT_PASSWORD_SUCCESS: ActionInfo(
+        "The password was right; the second factor is awaited."
+    ),
+    AuditAction.ACCOUNT_LOGIN_SUCCESS: ActionInfo("A login completed with its second factor."),
+    AuditAction.ACCOUNT_LOGIN_FAILURE: ActionInfo("A failed login (unknown account or password)."),
+    AuditAction.ACCOUNT_LOGIN_THROTTLED: ActionInfo("A login refused by a rate limit."),
+    AuditAction.ACCOUNT_SECOND_FACTOR_FAILURE: ActionInfo("A wrong second-factor code."),
+    AuditAction.ACCOUNT_LOCK: ActionInfo("An account was locked."),
+    AuditAction.ACCOUNT_LOGOUT: ActionInfo("A session ended by logging out."),
+    AuditAction.ACCOUNT_SESSION_REVOKE: ActionInfo("A session was revoked."),
+    AuditAction.ACCOUNT_TOTP_ENROL: ActionInfo("An authenticator app was enrolled."),
+    AuditAction.ACCOUNT_RECOVERY_CREATE: ActionInfo("New recovery codes were issued."),
+    AuditAction.ACCOUNT_RECOVERY_USE: ActionInfo("A recovery code was used."),
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
     AuditAction.AUDIT_PROOF_CREATE: ActionInfo("An inclusion proof was issued."),
@@ -66,6 +94,7 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
 READ_ACTIONS: dict[str, AuditAction] = {
     "patient": AuditAction.PATIENT_RECORD_READ,
     "staff": AuditAction.STAFF_RECORD_READ,
+    "account": AuditAction.ACCOUNT_RECORD_READ,
 }
 """The event the decrypt choke point records for each kind of subject whose key it opens."""
 
