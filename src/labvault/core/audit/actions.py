@@ -28,7 +28,7 @@ class AuditAction(enum.StrEnum):
     ACCOUNT_SIGNUP_REQUEST = "account:signup:request"
     ACCOUNT_EMAIL_CONFIRM = "account:email:confirm"
     ACCOUNT_EMAIL_FAILURE = "account:email:failure"
-    ACCOUNT_PASSWORD_SUCCESS = "account:password:success"
+    ACCOUNT_PASSWORD_SUCCESS = "account:password:success"  # noqa: S105 - a tag, not a secret
     ACCOUNT_LOGIN_SUCCESS = "account:login:success"
     ACCOUNT_LOGIN_FAILURE = "account:login:failure"
     ACCOUNT_LOGIN_THROTTLED = "account:login:throttled"
