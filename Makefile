@@ -33,6 +33,8 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.sqlite_floor
 	$(BIN)/python -m bench.find_patient
 	$(BIN)/python -m bench.audit_log
+	$(BIN)/python -m bench.ratelimit
+	$(BIN)/python -m bench.passwords
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

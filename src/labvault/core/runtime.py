@@ -16,6 +16,8 @@ from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_keys
 from labvault.core.crypto.providers import KeyProvider, load_key_provider
 from labvault.core.db import create_db_engine, make_session_factory
+from labvault.core.mail import Mailer, load_mailer
+from labvault.core.ratelimit import LimitsRateLimiter, RateLimiter
 
 
 @dataclass
@@ -47,6 +49,17 @@ class Runtime:
             checkpoint_every_seconds=self.settings.audit_checkpoint_seconds,
         )
 
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        """Counters on LABVAULT_RATELIMIT_STORAGE (memory: this process; Redis: all of them)."""
+        return LimitsRateLimiter(self.settings.ratelimit_storage)
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        """Built on first use from LABVAULT_MAILER; a wrong setting raises a clear ValueError."""
+        settings = self.settings
+        return load_mailer(settings.mailer, settings.resolved_data_dir, settings.mail_from)
+
     def sealer_spec(self, session: Session, tenant_id: uuid.UUID) -> TenantSealerSpec:
         """What a worker process needs to seal this tenant's data: settings, wrapped keys."""
         return TenantSealerSpec(
@@ -60,3 +73,5 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+        if "rate_limiter" in self.__dict__:
+            self.rate_limiter.close()

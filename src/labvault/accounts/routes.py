@@ -1,0 +1,453 @@
+"""The authentication API under ``/api/v1/auth``: sign-up, login with a second factor,
+sessions and factors. Pages use the same services (``labvault.accounts.pages``).
+
+The session token travels only in a ``__Host-`` cookie (Secure, HttpOnly, SameSite=Strict,
+Path=/). Every unsafe method is refused from another origin, and, once there is a session,
+without the ``X-CSRF-Token`` header that ``/api/v1/auth/csrf`` and the login steps return.
+Failures are answered after their transaction commits: a failed attempt is counted and
+audited even though the request fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, TypeVar, cast
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from labvault.accounts.models import Account, AccountSession
+from labvault.accounts.services import (
+    AccountService,
+    AuthError,
+    InvalidInputError,
+    PasswordRejected,
+    ThrottledError,
+)
+from labvault.core.audit.events import AuditContext, ClientAddressHasher
+from labvault.core.crypto.passwords import PasswordHasher
+from labvault.core.crypto.secret import Secret
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.core.web.problems import problem_response
+from labvault.core.web.request_context import request_id_of
+from labvault.organizations.services import get_organization
+
+SESSION_COOKIE = "__Host-labvault-session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+router = APIRouter(prefix="/api/v1/auth", tags=["authentication"])
+T = TypeVar("T")
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/problem+json": {}}}
+    for status, description in (
+        (401, "Wrong credentials, code or session (one answer for every reason)."),
+        (403, "Cross-origin request or missing CSRF token."),
+        (422, "Invalid input, or a password refused by the policy."),
+        (429, "Too many attempts; see Retry-After."),
+    )
+}
+
+
+def _runtime(request: Request) -> Runtime:
+    return cast(Runtime, request.app.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+class Credentials(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class SignUp(Credentials):
+    security_phrase: str | None = Field(default=None, max_length=200)
+
+
+class EmailCode(BaseModel):
+    email: str = Field(max_length=320)
+    code: str = Field(max_length=32)
+
+
+class SecondFactor(BaseModel):
+    method: Literal["email", "totp", "recovery"]
+    code: str = Field(max_length=32)
+
+
+class Code(BaseModel):
+    code: str = Field(max_length=32)
+
+
+class Accepted(BaseModel):
+    detail: str
+
+
+class LoginStep(BaseModel):
+    second_factor: list[str]
+    csrf_token: str
+
+
+class SignedIn(BaseModel):
+    account_id: uuid.UUID
+    kind: str
+    csrf_token: str
+
+
+class SessionInfo(BaseModel):
+    id: uuid.UUID
+    created_at: str
+    last_seen_at: str
+    second_factor: str | None
+    current: bool
+
+
+class TotpSetup(BaseModel):
+    secret: str
+    uri: str
+
+
+class RecoveryCodes(BaseModel):
+    codes: list[str]
+
+
+class _Context:
+    """What one request needs to build the service, and its client's keyed hash."""
+
+    def __init__(self, request: Request, runtime: Runtime) -> None:
+        self.request = request
+        self.runtime = runtime
+        host = request.client.host if request.client else "unknown"
+        self.client_hash = ClientAddressHasher.from_provider(runtime.key_provider)(host)
+        self.audit = AuditContext(request_id=request_id_of(request), client_hash=self.client_hash)
+
+    def service(self, session: Session) -> AccountService:
+        runtime = self.runtime
+        return AccountService(
+            session,
+            tenant_id=get_organization(session, runtime.settings.organization).id,
+            provider=runtime.key_provider,
+            mailer=runtime.mailer,
+            limiter=runtime.rate_limiter,
+            settings=runtime.settings,
+            hasher=_hasher(),
+            context=self.audit,
+        )
+
+    @contextmanager
+    def unit(self) -> Iterator[AccountService]:
+        with transaction(self.runtime.sessions) as session:
+            yield self.service(session)
+
+
+_HASHER: PasswordHasher | None = None
+
+
+def _hasher() -> PasswordHasher:
+    global _HASHER  # one hasher (its parameters) per process
+    if _HASHER is None:
+        _HASHER = PasswordHasher()
+        # Made now, not on the first login for an unknown address (which would then take
+        # two hashes' time, and show it).
+        _HASHER.dummy_hash  # noqa: B018
+    return _HASHER
+
+
+def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Response:
+    """Run ``action`` in a transaction that commits even when the step fails as expected."""
+    failure: Exception | None = None
+    result: T | None = None
+    with context.unit() as service:
+        try:
+            result = action(service)
+        except (AuthError, InvalidInputError, PasswordRejected) as exc:
+            failure = exc
+    if failure is not None:
+        return _failure_response(failure)
+    return cast(T, result)
+
+
+def _failure_response(failure: Exception) -> Response:
+    if isinstance(failure, ThrottledError):
+        seconds = max(1, round(failure.retry_after))
+        return problem_response(
+            429, type_="throttled", detail=str(failure), headers={"Retry-After": str(seconds)}
+        )
+    if isinstance(failure, AuthError):
+        return problem_response(401, type_="authentication-failed", detail=str(failure))
+    if isinstance(failure, PasswordRejected):
+        return problem_response(
+            422, type_="password-rejected", detail=failure.message, code=failure.code
+        )
+    return problem_response(422, type_="invalid-input", detail=str(failure))
+
+
+def _same_origin(request: Request) -> bool:
+    """Browsers send Origin on unsafe requests; a foreign one is refused outright."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return False
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    host = request.headers.get("host", "")
+    return origin in {f"https://{host}", f"http://{host}"}
+
+
+def _guard(request: Request) -> Response | None:
+    if request.method not in SAFE_METHODS and not _same_origin(request):
+        return problem_response(403, type_="cross-origin", detail="Requête refusée.")
+    return None
+
+
+def _csrf_ok(context: _Context, service: AccountService) -> bool:
+    token = context.request.cookies.get(SESSION_COOKIE, "")
+    return service.sessions.check_csrf(token, context.request.headers.get(CSRF_HEADER))
+
+
+def _set_session_cookie(response: Response, token: Secret[str], context: _Context) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        token.reveal(),
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+
+
+def _clear_session_cookie(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict", path="/")
+
+
+def _accepted(detail: str, status: int = 202) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+@router.post("/signup", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+def sign_up(body: SignUp, request: Request, runtime: RuntimeDep) -> Response:
+    """Create an account; a code is emailed. The same answer whether the address is known."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    outcome = _run(
+        context,
+        lambda service: service.sign_up(
+            body.email,
+            Secret(body.password),
+            security_phrase=body.security_phrase,
+            client_id=context.client_hash,
+        ),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return _accepted("Si cette adresse peut recevoir un compte, un code vient d'y être envoyé.")
+
+
+@router.post("/signup/confirm", status_code=204, responses=_PROBLEMS)
+def confirm_email(body: EmailCode, request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _run(
+        _Context(request, runtime), lambda service: service.confirm_email(body.email, body.code)
+    )
+    return outcome if isinstance(outcome, Response) else Response(status_code=204)
+
+
+@router.post("/login", response_model=LoginStep, responses=_PROBLEMS)
+def login(body: Credentials, request: Request, runtime: RuntimeDep) -> Response:
+    """First step: the password. The cookie then opens only the second-factor step."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    with context.unit() as service:
+        try:
+            pending = service.login(
+                body.email,
+                Secret(body.password),
+                client_id=context.client_hash,
+                client_hash=context.client_hash,
+            )
+            failure: Exception | None = None
+            csrf = service.sessions.csrf_token(pending.token.reveal())
+        except AuthError as exc:
+            failure = exc
+    if failure is not None:
+        return _failure_response(failure)
+    response = JSONResponse({"second_factor": list(pending.factors), "csrf_token": csrf})
+    _set_session_cookie(response, pending.token, context)
+    return response
+
+
+@router.post("/login/email-code", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+def send_login_code(request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    token = request.cookies.get(SESSION_COOKIE, "")
+
+    def send(service: AccountService) -> None:
+        if not _csrf_ok(context, service):
+            raise AuthError("Session expirée. Reconnectez-vous.")
+        service.send_login_code(token)
+
+    outcome = _run(context, send)
+    if isinstance(outcome, Response):
+        return outcome
+    return _accepted("Un code de connexion vient d'être envoyé à votre adresse.")
+
+
+@router.post("/login/second-factor", response_model=SignedIn, responses=_PROBLEMS)
+def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> Response:
+    """Second step; answers with a NEW session cookie (the pending one is revoked)."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    token = request.cookies.get(SESSION_COOKIE, "")
+
+    def complete(service: AccountService) -> tuple[Any, str]:
+        if not _csrf_ok(context, service):
+            raise AuthError("Session expirée. Reconnectez-vous.")
+        opened = service.second_factor(token, body.method, body.code)
+        return opened, service.sessions.csrf_token(opened.token.reveal())
+
+    outcome = _run(context, complete)
+    if isinstance(outcome, Response):
+        return outcome
+    opened, csrf = outcome
+    response = JSONResponse(
+        {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
+    )
+    _set_session_cookie(response, opened.token, context)
+    return response
+
+
+def _signed_in(
+    context: _Context,
+    action: Callable[[AccountService, AccountSession, Account], T],
+    *,
+    check_csrf: bool = True,
+) -> T | Response:
+    token = context.request.cookies.get(SESSION_COOKIE, "")
+
+    def run(service: AccountService) -> T:
+        found = service.current(token)
+        if found is None:
+            raise AuthError("Vous n'êtes pas connecté.")
+        if check_csrf and not _csrf_ok(context, service):
+            raise AuthError("Vous n'êtes pas connecté.")
+        return action(service, *found)
+
+    return _run(context, run)
+
+
+@router.get("/me", response_model=SignedIn, responses=_PROBLEMS)
+def me(request: Request, runtime: RuntimeDep) -> Response:
+    context = _Context(request, runtime)
+    token = request.cookies.get(SESSION_COOKIE, "")
+    outcome = _signed_in(
+        context,
+        lambda service, record, account: {
+            "account_id": str(account.id),
+            "kind": account.kind,
+            "csrf_token": service.sessions.csrf_token(token),
+        },
+        check_csrf=False,
+    )
+    return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
+
+
+@router.post("/logout", status_code=204, responses=_PROBLEMS)
+def logout(request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    token = request.cookies.get(SESSION_COOKIE, "")
+    outcome = _signed_in(context, lambda service, record, account: service.logout(token))
+    if isinstance(outcome, Response):
+        return outcome
+    response = Response(status_code=204)
+    _clear_session_cookie(response)
+    return response
+
+
+@router.get("/sessions", response_model=list[SessionInfo], responses=_PROBLEMS)
+def list_sessions(request: Request, runtime: RuntimeDep) -> Response:
+    context = _Context(request, runtime)
+
+    def listing(
+        service: AccountService, record: AccountSession, account: Account
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": str(item.id),
+                "created_at": item.created_at.isoformat(),
+                "last_seen_at": item.last_seen_at.isoformat(),
+                "second_factor": item.second_factor,
+                "current": item.id == record.id,
+            }
+            for item in service.sessions.live(account.id)
+        ]
+
+    outcome = _signed_in(context, listing, check_csrf=False)
+    return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
+
+
+@router.delete("/sessions/{session_id}", status_code=204, responses=_PROBLEMS)
+def revoke_session(session_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    outcome = _signed_in(
+        context, lambda service, record, account: service.revoke_session(account, session_id)
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    if not outcome:
+        return problem_response(404, detail="Session inconnue.")
+    return Response(status_code=204)
+
+
+@router.post("/totp", response_model=TotpSetup, responses=_PROBLEMS)
+def begin_totp(request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _signed_in(
+        _Context(request, runtime), lambda service, record, account: service.begin_totp(account)
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return JSONResponse({"secret": outcome.secret_text, "uri": outcome.uri})
+
+
+@router.post("/totp/confirm", status_code=204, responses=_PROBLEMS)
+def confirm_totp(body: Code, request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _signed_in(
+        _Context(request, runtime),
+        lambda service, record, account: service.confirm_totp(account, body.code),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    if not outcome:
+        return problem_response(422, type_="invalid-code", detail="Code incorrect.")
+    return Response(status_code=204)
+
+
+@router.post("/recovery-codes", response_model=RecoveryCodes, responses=_PROBLEMS)
+def recovery_codes(request: Request, runtime: RuntimeDep) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _signed_in(
+        _Context(request, runtime),
+        lambda service, record, account: service.new_recovery_codes(account),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return JSONResponse({"codes": outcome}, headers={"Cache-Control": "no-store"})
