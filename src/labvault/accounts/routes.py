@@ -146,6 +146,10 @@ class _Context:
             yield self.service(session)
 
 
+class CsrfRefusedError(Exception):
+    """An unsafe request of a session without its CSRF token."""
+
+
 _HASHER: PasswordHasher | None = None
 
 
@@ -166,7 +170,7 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
     with context.unit() as service:
         try:
             result = action(service)
-        except (AuthError, InvalidInputError, PasswordRejected) as exc:
+        except (AuthError, CsrfRefusedError, InvalidInputError, PasswordRejected) as exc:
             failure = exc
     if failure is not None:
         return _failure_response(failure)
@@ -174,6 +178,8 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
 
 
 def _failure_response(failure: Exception) -> Response:
+    if isinstance(failure, CsrfRefusedError):
+        return problem_response(403, type_="csrf", detail="Requête refusée.")
     if isinstance(failure, ThrottledError):
         seconds = max(1, round(failure.retry_after))
         return problem_response(
@@ -293,7 +299,7 @@ def send_login_code(request: Request, runtime: RuntimeDep) -> Response:
 
     def send(service: AccountService) -> None:
         if not _csrf_ok(context, service):
-            raise AuthError("Session expirée. Reconnectez-vous.")
+            raise CsrfRefusedError
         service.send_login_code(token)
 
     outcome = _run(context, send)
@@ -312,7 +318,7 @@ def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> 
 
     def complete(service: AccountService) -> tuple[Any, str]:
         if not _csrf_ok(context, service):
-            raise AuthError("Session expirée. Reconnectez-vous.")
+            raise CsrfRefusedError
         opened = service.second_factor(token, body.method, body.code)
         return opened, service.sessions.csrf_token(opened.token.reveal())
 
@@ -340,7 +346,7 @@ def _signed_in(
         if found is None:
             raise AuthError("Vous n'êtes pas connecté.")
         if check_csrf and not _csrf_ok(context, service):
-            raise AuthError("Vous n'êtes pas connecté.")
+            raise CsrfRefusedError
         return action(service, *found)
 
     return _run(context, run)

@@ -168,8 +168,10 @@ class OutgoingMessage:
         # encoded words, turning "à votre espace" into "àvotre espace" for every reader.
         message.set_raw("From", email.utils.formataddr((address.display_name, address.addr_spec)))
         message["To"] = self.to
-        subject = Header(self.subject, header_name="Subject", maxlinelen=78)
-        message.set_raw("Subject", subject.encode(linesep="\r\n"))
+        subject = Header(self.subject, header_name="Subject", maxlinelen=78).encode("\r\n")
+        # An ASCII word too long for the first line is put on the next one; there, a reader
+        # would take the folding space as part of the subject.
+        message.set_raw("Subject", subject.lstrip("\r\n "))
         message["Date"] = email.utils.format_datetime(moment)
         message["Message-ID"] = f"<{secrets.token_hex(16)}@{address.domain}>"
         message["Auto-Submitted"] = "auto-generated"
