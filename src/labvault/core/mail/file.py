@@ -51,7 +51,7 @@ class FileMailer:
     """
 
     def __init__(self, directory: Path, sender: str) -> None:
-        parse_sender(sender)  # a wrong LABVAULT_MAIL_FROM fails at start-up, not at first send
+        parse_sender(sender)  # a wrong LABVAULT_MAIL_FROM fails here, not at the first send
         self.directory = directory
         self.sender = sender
 

@@ -31,7 +31,7 @@ POLICY = email.policy.SMTP.clone(cte_type="7bit", refold_source="none")
 # "account:email-code": lowercase words joined by ":", for logs and metrics.
 _CATEGORY = re.compile(r"[a-z][a-z0-9_-]*(?::[a-z][a-z0-9_-]*)*")
 _MAX_CATEGORY_LENGTH = 64
-# Line breaks and other controls in body text; tabs and line breaks themselves are fine there.
+# Control characters refused in a body; tab, LF and CR are fine there.
 _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -46,8 +46,8 @@ def _is_single_line(value: str) -> bool:
 def _has_encoded_word(value: str) -> bool:
     """Whether ``value`` holds an RFC 2047 opener. Python's e-mail package decodes encoded
     words in values it is given, so ``=?utf-8?q?=0D=0ABcc:...?=`` would become a line break
-    and a new header (CVE-2024-6923 on Python < 3.11.10, 3.12.5); refusing ``=?`` closes it
-    on every version."""
+    and a new header (CVE-2024-6923; seen on Python 3.11.7). Refusing ``=?`` closes it on
+    every version."""
     return "=?" in value
 
 
@@ -168,7 +168,7 @@ class OutgoingMessage:
         # encoded words, turning "à votre espace" into "àvotre espace" for every reader.
         message.set_raw("From", email.utils.formataddr((address.display_name, address.addr_spec)))
         message["To"] = self.to
-        subject = Header(self.subject, header_name="Subject", maxlinelen=78).encode("\r\n")
+        subject = Header(self.subject, header_name="Subject", maxlinelen=78).encode(linesep="\r\n")
         # An ASCII word too long for the first line is put on the next one; there, a reader
         # would take the folding space as part of the subject.
         message.set_raw("Subject", subject.lstrip("\r\n "))
