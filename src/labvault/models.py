@@ -1,5 +1,6 @@
 """Every feature's models, imported so that ``Base.metadata`` is complete (migrations, tests)."""
 
+from labvault.accounts.devices import KnownDevice
 from labvault.accounts.models import (
     Account,
     AccountSession,
@@ -24,6 +25,7 @@ __all__ = [
     "Base",
     "DataKeyRecord",
     "IndexKeyRecord",
+    "KnownDevice",
     "OneTimeCode",
     "Organization",
     "Patient",

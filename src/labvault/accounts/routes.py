@@ -6,10 +6,18 @@ Path=/). Every unsafe method is refused from another origin, and, once there is 
 without the ``X-CSRF-Token`` header that ``/api/v1/auth/csrf`` and the login steps return.
 Failures are answered after their transaction commits: a failed attempt is counted and
 audited even though the request fails.
+
+A browser also keeps a long-lived ``__Host-labvault-device`` cookie (same attributes), set
+when a login completes, so that a login from a new device can be told to the account's owner.
+The password-reset request delivers its message after the answer is sent, and every
+answer to it takes at least ``RESET_ANSWER_SECONDS``: it then takes the same time whether or
+not an account exists, and a failing mail server cannot show which addresses have one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +27,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
+from labvault.accounts.devices import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE
 from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.services import (
     AccountService,
     AuthError,
+    CurrentPasswordError,
     InvalidInputError,
     PasswordRejected,
     ThrottledError,
@@ -32,6 +44,8 @@ from labvault.core.audit.events import AuditContext, ClientAddressHasher
 from labvault.core.crypto.passwords import PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
+from labvault.core.logging import get_logger
+from labvault.core.mail import Mailer, MailerError, OutgoingMessage
 from labvault.core.runtime import Runtime
 from labvault.core.web.problems import problem_response
 from labvault.core.web.request_context import request_id_of
@@ -40,15 +54,19 @@ from labvault.organizations.services import get_organization
 SESSION_COOKIE = "__Host-labvault-session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RESET_ANSWER_SECONDS = 0.25
+"""The least time a reset request takes to answer: more than the work for a known address
+(a few database statements and one key unwrap), so both answers come after the same wait."""
 
 router = APIRouter(prefix="/api/v1/auth", tags=["authentication"])
 T = TypeVar("T")
+_log = get_logger("labvault.accounts")
 
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/problem+json": {}}}
     for status, description in (
         (401, "Wrong credentials, code or session (one answer for every reason)."),
-        (403, "Cross-origin request or missing CSRF token."),
+        (403, "Cross-origin request, missing CSRF token, or wrong current password."),
         (422, "Invalid input, or a password refused by the policy."),
         (429, "Too many attempts; see Retry-After."),
     )
@@ -85,8 +103,26 @@ class Code(BaseModel):
     code: str = Field(max_length=32)
 
 
+class ResetRequest(BaseModel):
+    email: str = Field(max_length=320)
+
+
+class ResetCompletion(BaseModel):
+    token: str = Field(max_length=200)
+    password: str = Field(max_length=1024)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024)
+
+
 class Accepted(BaseModel):
     detail: str
+
+
+class PasswordChanged(BaseModel):
+    csrf_token: str
 
 
 class LoginStep(BaseModel):
@@ -120,9 +156,10 @@ class RecoveryCodes(BaseModel):
 class _Context:
     """What one request needs to build the service, and its client's keyed hash."""
 
-    def __init__(self, request: Request, runtime: Runtime) -> None:
+    def __init__(self, request: Request, runtime: Runtime, mailer: Mailer | None = None) -> None:
         self.request = request
         self.runtime = runtime
+        self.mailer = mailer or runtime.mailer
         host = request.client.host if request.client else "unknown"
         self.client_hash = ClientAddressHasher.from_provider(runtime.key_provider)(host)
         self.audit = AuditContext(request_id=request_id_of(request), client_hash=self.client_hash)
@@ -133,7 +170,7 @@ class _Context:
             session,
             tenant_id=get_organization(session, runtime.settings.organization).id,
             provider=runtime.key_provider,
-            mailer=runtime.mailer,
+            mailer=self.mailer,
             limiter=runtime.rate_limiter,
             settings=runtime.settings,
             hasher=_hasher(),
@@ -148,6 +185,25 @@ class _Context:
 
 class CsrfRefusedError(Exception):
     """An unsafe request of a session without its CSRF token."""
+
+
+class _Outbox:
+    """A ``Mailer`` that keeps the messages, to deliver them once the answer is sent."""
+
+    def __init__(self, mailer: Mailer) -> None:
+        self._mailer = mailer
+        self.messages: list[OutgoingMessage] = []
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.messages.append(message)
+
+    def deliver(self) -> None:
+        for message in self.messages:
+            try:
+                self._mailer.send(message)
+            except MailerError as exc:  # its text names no recipient (see MailerError)
+                _log.error("mail.failed", category=message.category, error=str(exc))
+        self.messages.clear()
 
 
 _HASHER: PasswordHasher | None = None
@@ -180,6 +236,8 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
 def _failure_response(failure: Exception) -> Response:
     if isinstance(failure, CsrfRefusedError):
         return problem_response(403, type_="csrf", detail="Requête refusée.")
+    if isinstance(failure, CurrentPasswordError):
+        return problem_response(403, type_="wrong-password", detail=str(failure))
     if isinstance(failure, ThrottledError):
         seconds = max(1, round(failure.retry_after))
         return problem_response(
@@ -229,6 +287,19 @@ def _set_session_cookie(response: Response, token: Secret[str], context: _Contex
 
 def _clear_session_cookie(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict", path="/")
+
+
+def set_device_cookie(response: Response, token: Secret[str]) -> None:
+    """The browser's device token, kept for 400 days (pages use it too)."""
+    response.set_cookie(
+        DEVICE_COOKIE,
+        token.reveal(),
+        max_age=DEVICE_COOKIE_MAX_AGE,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
 
 
 def _accepted(detail: str, status: int = 202) -> JSONResponse:
@@ -319,7 +390,9 @@ def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> 
     def complete(service: AccountService) -> tuple[Any, str]:
         if not _csrf_ok(context, service):
             raise CsrfRefusedError
-        opened = service.second_factor(token, body.method, body.code)
+        opened = service.second_factor(
+            token, body.method, body.code, device=request.cookies.get(DEVICE_COOKIE)
+        )
         return opened, service.sessions.csrf_token(opened.token.reveal())
 
     outcome = _run(context, complete)
@@ -330,6 +403,61 @@ def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> 
         {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
     )
     _set_session_cookie(response, opened.token, context)
+    if opened.device_token is not None:
+        set_device_cookie(response, opened.device_token)
+    return response
+
+
+@router.post("/password-reset", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+async def request_password_reset(
+    body: ResetRequest, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Email a link to choose a new password. The same answer, after the same time, whether
+    the address is known or not."""
+    started = time.monotonic()
+    response = await run_in_threadpool(_request_password_reset, body, request, runtime)
+    # Waiting here holds no worker thread.
+    await asyncio.sleep(max(0.0, RESET_ANSWER_SECONDS - (time.monotonic() - started)))
+    return response
+
+
+def _request_password_reset(body: ResetRequest, request: Request, runtime: Runtime) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outbox = _Outbox(runtime.mailer)
+    context = _Context(request, runtime, mailer=outbox)
+    outcome = _run(
+        context,
+        lambda service: service.request_password_reset(body.email, client_id=context.client_hash),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    response = _accepted(
+        "Si un compte correspond à cette adresse, un lien pour choisir un nouveau mot de passe "
+        "vient d'y être envoyé. Il est valable 15 minutes."
+    )
+    response.background = BackgroundTask(outbox.deliver)
+    return response
+
+
+@router.post("/password-reset/complete", status_code=204, responses=_PROBLEMS)
+def complete_password_reset(
+    body: ResetCompletion, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Set the new password with the token of the emailed link; every session is revoked."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+    outcome = _run(
+        context,
+        lambda service: service.complete_password_reset(
+            body.token, Secret(body.password), client_id=context.client_hash
+        ),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    response = Response(status_code=204)
+    _clear_session_cookie(response)
     return response
 
 
@@ -379,6 +507,30 @@ def logout(request: Request, runtime: RuntimeDep) -> Response:
         return outcome
     response = Response(status_code=204)
     _clear_session_cookie(response)
+    return response
+
+
+@router.post("/password", response_model=PasswordChanged, responses=_PROBLEMS)
+def change_password(body: PasswordChange, request: Request, runtime: RuntimeDep) -> Response:
+    """Change the password; the other sessions are revoked, this one gets a new cookie."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+
+    def change(
+        service: AccountService, record: AccountSession, account: Account
+    ) -> tuple[Secret[str], str]:
+        token = service.change_password(
+            record, account, Secret(body.current_password), Secret(body.new_password)
+        )
+        return token, service.sessions.csrf_token(token.reveal())
+
+    outcome = _signed_in(context, change)
+    if isinstance(outcome, Response):
+        return outcome
+    token, csrf = outcome
+    response = JSONResponse({"csrf_token": csrf})
+    _set_session_cookie(response, token, context)
     return response
 
 

@@ -1,24 +1,41 @@
-"""Sign-up, email proof, login with a mandatory second factor, sessions, factors.
+"""Sign-up, email proof, login with a mandatory second factor, sessions, factors, password
+reset and change, lockout and unlock, new-device notices.
 
 Every answer that could tell whether an account exists is the same for a known and an
 unknown address (invariant I7): sign-up always says "check your mailbox", login always says
 "email or password is wrong", and a login for an unknown address still spends one password
-hash. Rate limits are checked before any hashing, and fail closed. Every step is audited.
+hash; a reset request always says "if there is an account, a link was sent" (over HTTP,
+after a fixed time, the message being delivered after the answer: see ``routes``). Rate
+limits are checked before any hashing, and fail closed. Every step is audited.
+
+Password reset links
+    A reset token is ``<selector>.<verifier>``: the selector is the random id (UUIDv4) of a
+    ``one_time_codes`` row of purpose ``password-reset``, the verifier 256 random bits; the
+    row keeps the SHA-256 of the whole token (32 bytes, in ``code_hash``), never the token.
+    The selector makes the lookup a primary-key read (the table has no index on
+    ``code_hash``), the verifier is compared in constant time. The row's ``expires_at``
+    (15 minutes) and ``used_at`` make it short-lived and single-use; a new link, a completed
+    reset or a password change retires the account's older links. The link puts the token in
+    the URL fragment, which browsers send neither to the server nor in ``Referer``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import secrets
 import uuid
+import zoneinfo
 from collections.abc import Callable
-from typing import cast
+from typing import NoReturn, cast
 
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
+from labvault.accounts.devices import DeviceRegistry, is_device_token, new_device_token
 from labvault.accounts.models import (
     SUBJECT_TYPE,
     Account,
@@ -29,7 +46,7 @@ from labvault.accounts.models import (
     RecoveryCode,
     TotpCredential,
 )
-from labvault.accounts.sessions import CSRF_LABEL, SessionPolicy, SessionStore
+from labvault.accounts.sessions import CSRF_LABEL, SessionPolicy, SessionStore, hash_token
 from labvault.core.access.principals import ANONYMOUS, Principal, PrincipalKind
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditContext, Outcome
@@ -50,6 +67,7 @@ from labvault.core.crypto.passwords import (
     PasswordHasher,
     PasswordRejected,
     check_new_password,
+    normalize_password,
 )
 from labvault.core.crypto.providers.base import KeyProvider
 from labvault.core.crypto.secret import Secret
@@ -63,8 +81,10 @@ from labvault.core.ratelimit import (
     LOGIN_CLIENT_MINUTE,
     LOGIN_GLOBAL_SECOND,
     RateLimiter,
+    RateLimiterUnavailable,
     RateRule,
 )
+from labvault.staff.models import StaffRole
 
 CODE_LABEL = "labvault/v1|accounts|code"
 EMAIL_CODE_TTL = dt.timedelta(minutes=10)
@@ -78,6 +98,38 @@ SECOND_FACTOR_PER_ACCOUNT = RateRule("second-factor-account", "10/minute")
 CODE_SENDS_PER_ACCOUNT = RateRule("email-code-account", "5/hour")
 EVERYONE = "all-clients-together"
 """The identifier of global limits (the limiter takes only hashed-looking identifiers)."""
+
+RESET_PURPOSE = "password-reset"
+RESET_TOKEN_TTL = dt.timedelta(minutes=15)
+RESET_TOKEN_BYTES = 32
+RESET_PATH = "/compte/mot-de-passe/nouveau"
+"""The page that reads the token from the link's fragment and asks for the new password."""
+RESET_PER_CLIENT = RateRule("password-reset-client", "20/hour")
+RESET_PER_ADDRESS = RateRule("password-reset-account", "5/hour")
+RESET_COMPLETE_PER_CLIENT = RateRule("password-reset-complete-client", "30/hour")
+PASSWORD_CHANGE_PER_ACCOUNT = RateRule("password-change-account", "10/hour")
+RESET_LINK_INVALID = "Ce lien n'est pas valable ou a expiré. Demandez un nouveau lien."
+RESETTABLE = frozenset(
+    {AccountStatus.ACTIVE.value, AccountStatus.LOCKED.value, AccountStatus.PENDING_EMAIL.value}
+)
+"""A reset link is sent to these accounts (a pending one proves its address by using it);
+a closing account is treated as unknown."""
+UNLOCKERS = frozenset({StaffRole.ORGANIZATION_ADMIN.value})
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+_MONTHS = (
+    "janvier",
+    "février",
+    "mars",
+    "avril",
+    "mai",
+    "juin",
+    "juillet",
+    "août",
+    "septembre",
+    "octobre",
+    "novembre",
+    "décembre",
+)
 
 _ACCOUNTS = cast(Table, Account.__table__)
 
@@ -97,8 +149,44 @@ class ThrottledError(AuthError):
         self.retry_after = retry_after
 
 
+class CurrentPasswordError(AuthError):
+    """A signed-in step that re-checks the password got a wrong one."""
+
+    def __init__(self) -> None:
+        super().__init__("Le mot de passe actuel est incorrect.")
+
+
 class InvalidInputError(ValueError):
     """Input that cannot be used as given, with a French message for the form."""
+
+
+class ForbiddenError(Exception):
+    """The principal may not do this (e.g. unlock an account without being its admin)."""
+
+    def __init__(self, message: str = "Action réservée à l'administration du laboratoire.") -> None:
+        super().__init__(message)
+
+
+def paris_time(moment: dt.datetime) -> str:
+    """``moment`` as a French reader expects it, in Paris time: "1er mars 2027 à 9 h 05"."""
+    local = moment.astimezone(PARIS)
+    day = "1er" if local.day == 1 else str(local.day)
+    return f"{day} {_MONTHS[local.month - 1]} {local.year} à {local.hour} h {local.minute:02d}"
+
+
+def _reset_token(record_id: uuid.UUID) -> Secret[str]:
+    return Secret(f"{record_id.hex}.{secrets.token_urlsafe(RESET_TOKEN_BYTES)}")
+
+
+def _reset_selector(token: str) -> uuid.UUID | None:
+    """The row id a reset token names, or None if it does not look like one of ours."""
+    selector, dot, verifier = token.partition(".")
+    if not dot or len(selector) != 32 or not 40 <= len(verifier) <= 64:
+        return None
+    try:
+        return uuid.UUID(hex=selector)
+    except ValueError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,6 +202,8 @@ class OpenedSession:
     token: Secret[str]
     account_id: uuid.UUID
     kind: AccountKind
+    device_token: Secret[str] | None = None
+    """A new device token to put in the device cookie (the browser had none, or a bad one)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,6 +241,7 @@ class AccountService:
         self._clock = clock
         self._code_key = provider.derive_key(CODE_LABEL)
         self.sessions = SessionStore(session, provider.derive_key(CSRF_LABEL), clock)
+        self.devices = DeviceRegistry(session, tenant_id, clock)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -176,11 +267,20 @@ class AccountService:
             outcome=outcome,
         )
 
-    def _check_rate(self, rule: RateRule, identifier: str) -> None:
+    def _check_rate(
+        self,
+        rule: RateRule,
+        identifier: str,
+        throttled: AuditAction = AuditAction.ACCOUNT_LOGIN_THROTTLED,
+    ) -> None:
         decision = self._limiter.hit_or_deny(rule, identifier)
         if not decision.allowed:
-            self._audit(AuditAction.ACCOUNT_LOGIN_THROTTLED, None, outcome=Outcome.DENIED)
+            self._audit(throttled, None, outcome=Outcome.DENIED)
             raise ThrottledError(decision.retry_after)
+
+    @staticmethod
+    def _principal(account: Account) -> Principal:
+        return Principal(PrincipalKind(account.kind), str(account.id), role=account.role)
 
     def _identifier(self, email_index: bytes) -> str:
         """Rate-limit keys name an account by a hash of its blind index, never its address."""
@@ -478,8 +578,15 @@ class AccountService:
             "account:login-code",
         )
 
-    def second_factor(self, token: str, method: str, code: str) -> OpenedSession:
-        """Complete the login: a NEW session token (the pending one is revoked)."""
+    def second_factor(
+        self, token: str, method: str, code: str, *, device: str | None = None
+    ) -> OpenedSession:
+        """Complete the login: a NEW session token (the pending one is revoked).
+
+        ``device`` is the browser's device cookie (``None`` if it has none). A login from a
+        device the account has not seen before is emailed to its owner; when the browser had
+        no usable cookie, the answer carries a new device token to set.
+        """
         found = self.pending(token)
         if found is None:
             raise AuthError("Session expirée. Reconnectez-vous.")
@@ -504,7 +611,27 @@ class AccountService:
             second_factor=method,
         )
         self._audit(AuditAction.ACCOUNT_LOGIN_SUCCESS, account.id, principal=principal)
-        return OpenedSession(new_token, account.id, AccountKind(account.kind))
+        device_token = None
+        if device is None or not is_device_token(device):
+            device_token = new_device_token()
+            device = device_token.reveal()
+        self._seen_from(account, device)
+        return OpenedSession(new_token, account.id, AccountKind(account.kind), device_token)
+
+    def _seen_from(self, account: Account, device: str) -> None:
+        """Remember the device; the first time, tell the owner when (and nothing else)."""
+        if not self.devices.see(account.id, device):
+            return
+        self._audit(AuditAction.ACCOUNT_DEVICE_NEW, account.id, principal=self._principal(account))
+        self._send(
+            account,
+            "Nouvelle connexion à votre compte",
+            f"Une connexion à votre compte a eu lieu le {paris_time(self._clock())} (heure de "
+            "Paris) depuis un appareil ou un navigateur qui n'avait encore jamais servi à "
+            "vous connecter.\n\nSi c'était vous, vous n'avez rien à faire. Sinon, changez "
+            "tout de suite votre mot de passe et contactez votre laboratoire.",
+            "account:new-device",
+        )
 
     def _check_factor(self, account: Account, method: str, code: str, principal: Principal) -> bool:
         if method == "email" and account.kind == AccountKind.PATIENT.value:
@@ -648,10 +775,257 @@ class AccountService:
         )
         return [code.reveal() for code in codes]
 
+    # -- password reset, change, unlock ------------------------------------------------
+
+    def request_password_reset(
+        self, email: str, *, client_id: str, kind: AccountKind = AccountKind.PATIENT
+    ) -> None:
+        """Email a single-use link to choose a new password. The same outcome for an unknown
+        address, which gets no message (the route evens out the time taken)."""
+        throttled = AuditAction.ACCOUNT_PASSWORD_RESET_THROTTLED
+        self._check_rate(RESET_PER_CLIENT, client_id, throttled)
+        try:
+            address = parse_email(email)
+        except ValueError:
+            raise InvalidInputError("Adresse e-mail invalide.") from None
+        email_index = self._email_index(address, kind)
+        self._check_rate(RESET_PER_ADDRESS, self._identifier(email_index), throttled)
+        account = self._find(email_index, kind)
+        if account is None or account.status not in RESETTABLE:
+            # The statements of the known path that need no account, matching nothing.
+            self._retire_reset_tokens(uuid.uuid4())
+            _reset_token(uuid.uuid4())
+            self._audit(
+                AuditAction.ACCOUNT_PASSWORD_RESET_REQUEST,
+                None if account is None else account.id,
+                outcome=Outcome.FAILURE,
+            )
+            return
+        token = self._new_reset_token(account)
+        self._audit(AuditAction.ACCOUNT_PASSWORD_RESET_REQUEST, account.id)
+        link = f"{self._settings.public_url.rstrip('/')}{RESET_PATH}#{token.reveal()}"
+        unlock = (
+            " Votre compte, verrouillé après trop de tentatives, sera aussi déverrouillé."
+            if account.status == AccountStatus.LOCKED.value
+            else ""
+        )
+        self._send(
+            account,
+            "Choisir un nouveau mot de passe",
+            "Pour choisir un nouveau mot de passe, ouvrez ce lien dans les 15 minutes ; il ne "
+            f"sert qu'une fois :\n{link}\n\nTous vos appareils seront déconnectés.{unlock}"
+            "\n\nSi vous n'avez rien demandé, ignorez ce message : votre mot de passe ne "
+            "change pas.",
+            "account:password-reset",
+        )
+
+    def complete_password_reset(self, token: str, password: Secret[str], *, client_id: str) -> None:
+        """Set the new password with a reset link's token: the link is used up, every session
+        revoked, failures forgotten, a lockout lifted. One error for every bad token.
+
+        A password the policy refuses leaves the link usable (``PasswordRejected``)."""
+        self._check_rate(
+            RESET_COMPLETE_PER_CLIENT, client_id, AuditAction.ACCOUNT_PASSWORD_RESET_THROTTLED
+        )
+        now = self._clock()
+        record = self._reset_record(token)
+        account = None if record is None else self._session.get(Account, record.account_id)
+        if (
+            record is None
+            or account is None
+            or account.tenant_id != self._tenant_id
+            or account.status not in RESETTABLE
+            or record.used_at is not None
+            or record.expires_at <= now
+        ):
+            self._reset_failed(account)
+        principal = self._principal(account)
+        self._check_new_password(account, password, principal)
+        claimed = self._session.execute(
+            update(OneTimeCode)
+            .where(OneTimeCode.id == record.id, OneTimeCode.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if not claimed.rowcount:  # type: ignore[attr-defined]
+            self._reset_failed(account)  # used by a concurrent request meanwhile
+        self._set_password(account, password)
+        if account.status == AccountStatus.LOCKED.value:
+            self._unlocked(account, principal)
+        elif account.status == AccountStatus.PENDING_EMAIL.value:
+            account.status = AccountStatus.ACTIVE.value  # the link proved the address
+            account.email_verified_at = now
+            self._audit(AuditAction.ACCOUNT_EMAIL_CONFIRM, account.id, principal=principal)
+        self.sessions.revoke_all(account.id)
+        self.devices.forget_all(account.id)
+        self._forget_login_failures(account)
+        self._audit(AuditAction.ACCOUNT_PASSWORD_RESET_COMPLETE, account.id, principal=principal)
+        self._send(
+            account,
+            "Votre mot de passe a été changé",
+            f"Le mot de passe de votre compte a été changé le {paris_time(now)} (heure de "
+            "Paris) avec un lien de réinitialisation. Tous vos appareils ont été déconnectés."
+            "\n\nSi ce n'était pas vous, contactez tout de suite votre laboratoire.",
+            "account:password-reset-done",
+        )
+
+    def change_password(
+        self,
+        record: AccountSession,
+        account: Account,
+        current: Secret[str],
+        new: Secret[str],
+    ) -> Secret[str]:
+        """Change the password of a signed-in account. Every other session is revoked and
+        the current one gets a new token (returned), as at every change of privilege."""
+        principal = self._principal(account)
+        self._check_rate(PASSWORD_CHANGE_PER_ACCOUNT, self._identifier(account.email_index))
+        if not self._hasher.verify(account.password_hash, current):
+            self._audit(
+                AuditAction.ACCOUNT_PASSWORD_CHANGE_FAILURE,
+                account.id,
+                principal=principal,
+                outcome=Outcome.FAILURE,
+            )
+            self._failed(account)
+            raise CurrentPasswordError
+        self._check_new_password(account, new, principal)
+        if hmac.compare_digest(
+            normalize_password(current).reveal().encode("utf-8", "surrogatepass"),
+            normalize_password(new).reveal().encode("utf-8", "surrogatepass"),
+        ):
+            raise InvalidInputError("Choisissez un mot de passe différent de l'actuel.")
+        now = self._clock()
+        self._set_password(account, new)
+        self.sessions.revoke_all(account.id)
+        token, renewed = self.sessions.create(
+            tenant_id=self._tenant_id,
+            account_id=account.id,
+            policy=self._policy(account),
+            client_hash=record.client_hash,
+            second_factor=record.second_factor,
+        )
+        # Same login, new token: the second factor and the absolute deadline carry over.
+        renewed.second_factor_at = record.second_factor_at
+        renewed.absolute_expires_at = min(renewed.absolute_expires_at, record.absolute_expires_at)
+        renewed.idle_expires_at = min(renewed.idle_expires_at, renewed.absolute_expires_at)
+        self._audit(AuditAction.ACCOUNT_PASSWORD_CHANGE, account.id, principal=principal)
+        self._send(
+            account,
+            "Votre mot de passe a été changé",
+            f"Le mot de passe de votre compte a été changé le {paris_time(now)} (heure de "
+            "Paris). Vos autres appareils ont été déconnectés.\n\nSi ce n'était pas vous, "
+            "réinitialisez tout de suite votre mot de passe et contactez votre laboratoire.",
+            "account:password-changed",
+        )
+        return token
+
+    def unlock(self, account: Account, by: Principal) -> bool:
+        """Lift a lockout, by an administrator of the organization; False if the account was
+        not locked. The owner is told by email."""
+        if (
+            by.kind is not PrincipalKind.STAFF
+            or by.role not in UNLOCKERS
+            or account.tenant_id != self._tenant_id
+        ):
+            raise ForbiddenError
+        if account.status != AccountStatus.LOCKED.value:
+            return False
+        self._unlocked(account, by)
+        self._forget_login_failures(account)
+        self._send(
+            account,
+            "Votre compte est déverrouillé",
+            "Votre laboratoire a déverrouillé votre compte : vous pouvez de nouveau vous "
+            "connecter.\n\nSi les tentatives de connexion qui l'avaient verrouillé ne venaient "
+            "pas de vous, changez votre mot de passe dès votre prochaine connexion.",
+            "account:unlocked",
+        )
+        return True
+
+    def _new_reset_token(self, account: Account) -> Secret[str]:
+        now = self._clock()
+        self._retire_reset_tokens(account.id)
+        record_id = uuid.uuid4()
+        token = _reset_token(record_id)
+        self._session.add(
+            OneTimeCode(
+                id=record_id,
+                tenant_id=self._tenant_id,
+                account_id=account.id,
+                purpose=RESET_PURPOSE,
+                code_hash=hash_token(token.reveal()),
+                expires_at=now + RESET_TOKEN_TTL,
+                attempts=0,
+            )
+        )
+        return token
+
+    def _retire_reset_tokens(self, account_id: uuid.UUID) -> None:
+        self._session.execute(
+            update(OneTimeCode)
+            .where(
+                OneTimeCode.account_id == account_id,
+                OneTimeCode.purpose == RESET_PURPOSE,
+                OneTimeCode.used_at.is_(None),
+            )
+            .values(used_at=self._clock())
+        )
+
+    def _reset_record(self, token: str) -> OneTimeCode | None:
+        """The reset row whose token this is, whatever its state; None for anything else."""
+        if not token or len(token) > 200:
+            return None
+        record_id = _reset_selector(token)
+        record = None if record_id is None else self._session.get(OneTimeCode, record_id)
+        if (
+            record is None
+            or record.purpose != RESET_PURPOSE
+            or record.tenant_id != self._tenant_id
+            or not hmac.compare_digest(record.code_hash, hash_token(token))
+        ):
+            return None
+        return record
+
+    def _reset_failed(self, account: Account | None) -> NoReturn:
+        self._audit(
+            AuditAction.ACCOUNT_PASSWORD_RESET_FAILURE,
+            None if account is None else account.id,
+            outcome=Outcome.FAILURE,
+        )
+        raise AuthError(RESET_LINK_INVALID)
+
+    def _check_new_password(
+        self, account: Account, password: Secret[str], principal: Principal
+    ) -> None:
+        address = self._open(account, principal)["email"] or ""
+        check_new_password(password, context=[address.split("@")[0]] if address else [])
+
+    def _set_password(self, account: Account, password: Secret[str]) -> None:
+        account.password_hash = self._hasher.hash(password)
+        account.password_changed_at = self._clock()
+        account.failed_logins = 0
+        self._retire_reset_tokens(account.id)
+
+    def _unlocked(self, account: Account, by: Principal) -> None:
+        account.status = AccountStatus.ACTIVE.value
+        account.locked_at = None
+        account.failed_logins = 0
+        self._audit(AuditAction.ACCOUNT_UNLOCK, account.id, principal=by)
+
+    def _forget_login_failures(self, account: Account) -> None:
+        """Clear the per-account login limits once the owner has proven themselves (an
+        attacker's guessing must not keep them out). Best effort: they expire anyway."""
+        identifier = self._identifier(account.email_index)
+        for rule in (LOGIN_ACCOUNT_MINUTE, LOGIN_ACCOUNT_HOUR):
+            with contextlib.suppress(RateLimiterUnavailable):
+                self._limiter.reset(rule, identifier)
+
 
 __all__ = [
     "AccountService",
     "AuthError",
+    "CurrentPasswordError",
+    "ForbiddenError",
     "InvalidInputError",
     "OpenedSession",
     "PasswordRejected",

@@ -22,6 +22,7 @@ TENANT_OWNED = {
     "one_time_codes",
     "totp_credentials",
     "recovery_codes",
+    "known_devices",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

@@ -39,6 +39,14 @@ class AuditAction(enum.StrEnum):
     ACCOUNT_TOTP_ENROL = "account:totp:enrol"
     ACCOUNT_RECOVERY_CREATE = "account:recovery-codes:create"
     ACCOUNT_RECOVERY_USE = "account:recovery-codes:use"
+    ACCOUNT_PASSWORD_RESET_REQUEST = "account:password-reset:request"  # noqa: S105 - a tag
+    ACCOUNT_PASSWORD_RESET_THROTTLED = "account:password-reset:throttled"  # noqa: S105 - a tag
+    ACCOUNT_PASSWORD_RESET_COMPLETE = "account:password-reset:complete"  # noqa: S105 - a tag
+    ACCOUNT_PASSWORD_RESET_FAILURE = "account:password-reset:failure"  # noqa: S105 - a tag
+    ACCOUNT_PASSWORD_CHANGE = "account:password:change"  # noqa: S105 - a tag, not a secret
+    ACCOUNT_PASSWORD_CHANGE_FAILURE = "account:password-change:failure"  # noqa: S105 - a tag
+    ACCOUNT_UNLOCK = "account:status:unlock"
+    ACCOUNT_DEVICE_NEW = "account:device:new"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -86,6 +94,28 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.ACCOUNT_TOTP_ENROL: ActionInfo("An authenticator app was enrolled."),
     AuditAction.ACCOUNT_RECOVERY_CREATE: ActionInfo("New recovery codes were issued."),
     AuditAction.ACCOUNT_RECOVERY_USE: ActionInfo("A recovery code was used."),
+    AuditAction.ACCOUNT_PASSWORD_RESET_REQUEST: ActionInfo(
+        "A password reset link was requested (for an unknown address: outcome failure)."
+    ),
+    AuditAction.ACCOUNT_PASSWORD_RESET_THROTTLED: ActionInfo(
+        "A password reset step refused by a rate limit."
+    ),
+    AuditAction.ACCOUNT_PASSWORD_RESET_COMPLETE: ActionInfo(
+        "A new password was set with a reset link; every session was revoked."
+    ),
+    AuditAction.ACCOUNT_PASSWORD_RESET_FAILURE: ActionInfo(
+        "An unknown, used or expired password reset link."
+    ),
+    AuditAction.ACCOUNT_PASSWORD_CHANGE: ActionInfo(
+        "The password was changed while signed in; the other sessions were revoked."
+    ),
+    AuditAction.ACCOUNT_PASSWORD_CHANGE_FAILURE: ActionInfo(
+        "A password change refused: the current password was wrong."
+    ),
+    AuditAction.ACCOUNT_UNLOCK: ActionInfo("A locked account was unlocked."),
+    AuditAction.ACCOUNT_DEVICE_NEW: ActionInfo(
+        "A login completed from a device not seen before for the account; its owner was told."
+    ),
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
     AuditAction.AUDIT_PROOF_CREATE: ActionInfo("An inclusion proof was issued."),
