@@ -302,7 +302,13 @@ def demo(
     serve_app: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve afterwards.")] = True,
 ) -> None:
     """Initialise if needed, seed a demo organization and serve it."""
-    from labvault.demo import DEMO_ORGANIZATION, create_demo_organization, demo_exists
+    from labvault.demo import (
+        DEMO_ACCOUNTS,
+        DEMO_ORGANIZATION,
+        create_demo_accounts,
+        create_demo_organization,
+        demo_exists,
+    )
 
     settings = load_settings()
     runtime = _ensure_initialised(settings)
@@ -310,7 +316,8 @@ def demo(
         with transaction(runtime.sessions) as session:
             fresh = not demo_exists(session)
             if fresh:
-                create_demo_organization(session, runtime.key_provider)
+                organization = create_demo_organization(session, runtime.key_provider)
+                create_demo_accounts(session, runtime, organization)
         _seal_events(runtime)
         if fresh and patients:
             _seed_patients(runtime, patients, DEMO_ORGANIZATION, seed_value=2026)
@@ -321,6 +328,12 @@ def demo(
             console.print(f"Demo organization {DEMO_ORGANIZATION!r} is ready.")
     finally:
         runtime.close()
+    console.print("\nDemo accounts (second factor: a code sent to the demo mailbox):")
+    for account in DEMO_ACCOUNTS:
+        console.print(f"  {account.kind.value}: {account.email} / {account.password}")
+    mail_dir = settings.mailer.removeprefix("file:") or str(settings.resolved_data_dir / "mail")
+    if settings.mailer.startswith("file:"):
+        console.print(f"Mail lands in {mail_dir} (one .eml file per message).")
     if serve_app:
         console.print(
             f"\n[bold green]labvault is running:[/] open http://{host}:{port}/ (Ctrl+C to stop)"

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from faker import Faker
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labvault.accounts.models import AccountKind
+from labvault.accounts.services import AccountService
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.passwords import PasswordHasher
 from labvault.core.crypto.providers import KeyProvider
+from labvault.core.crypto.secret import Secret
+from labvault.core.runtime import Runtime
 from labvault.organizations.models import Organization
 from labvault.organizations.services import add_site, create_organization
 from labvault.staff.models import StaffRole
@@ -78,3 +84,37 @@ def create_demo_organization(session: Session, provider: KeyProvider) -> Organiz
             site_ids=sites,
         )
     return organization
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAccount:
+    email: str
+    password: str
+    kind: AccountKind
+
+
+DEMO_ACCOUNTS = (
+    DemoAccount("patient.demo@example.org", "girafe orange sous la pluie", AccountKind.PATIENT),
+)
+"""Known passwords, for the demo only: `labvault demo` prints them."""
+
+
+def create_demo_accounts(session: Session, runtime: Runtime, organization: Organization) -> None:
+    """Active demo accounts; their second factor is a code sent to the demo mailbox."""
+    service = AccountService(
+        session,
+        tenant_id=organization.id,
+        provider=runtime.key_provider,
+        mailer=runtime.mailer,
+        limiter=runtime.rate_limiter,
+        settings=runtime.settings,
+        hasher=PasswordHasher(),
+    )
+    for account in DEMO_ACCOUNTS:
+        service.provision(
+            account.email,
+            Secret(account.password),
+            kind=account.kind,
+            security_phrase="tournesol du matin",
+            by=SystemPrincipal("cli:demo"),
+        )

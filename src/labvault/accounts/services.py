@@ -407,6 +407,36 @@ class AccountService:
                 "account:signup-existing",
             )
             return
+        account = self._insert_account(
+            address,
+            email_index,
+            password_hash,
+            security_phrase,
+            kind=kind,
+            status=AccountStatus.PENDING_EMAIL,
+        )
+        account_id = account.id
+        code = self._new_code(account, "email-verify")
+        self._audit(AuditAction.ACCOUNT_SIGNUP_REQUEST, account_id)
+        self._send(
+            account,
+            "Votre code de confirmation",
+            f"Votre code de confirmation : {code.reveal()}\nIl est valable 10 minutes.",
+            "account:email-code",
+        )
+
+    def _insert_account(
+        self,
+        address: str,
+        email_index: bytes,
+        password_hash: str,
+        security_phrase: str | None,
+        *,
+        kind: AccountKind,
+        status: AccountStatus,
+        role: str | None = None,
+        staff_id: uuid.UUID | None = None,
+    ) -> Account:
         account_id = uuid.uuid4()
         keyring = self._keyring(ANONYMOUS)
         (key,), key_rows = keyring.new_data_keys(SUBJECT_TYPE, [account_id])
@@ -426,26 +456,52 @@ class AccountService:
                     "tenant_id": self._tenant_id,
                     "data_key_id": key.id,
                     "kind": kind.value,
-                    "status": AccountStatus.PENDING_EMAIL.value,
+                    "status": status.value,
                     "email": sealed["email"],
                     "email_index": email_index,
                     "security_phrase": sealed["security_phrase"],
                     "password_hash": password_hash,
+                    "role": role,
+                    "staff_id": staff_id,
                     "failed_logins": 0,
+                    "email_verified_at": now if status is AccountStatus.ACTIVE else None,
                     "password_changed_at": now,
                     "created_at": now,
                 }
             ],
         )
-        account = self._session.get_one(Account, account_id)
-        code = self._new_code(account, "email-verify")
-        self._audit(AuditAction.ACCOUNT_SIGNUP_REQUEST, account_id)
-        self._send(
-            account,
-            "Votre code de confirmation",
-            f"Votre code de confirmation : {code.reveal()}\nIl est valable 10 minutes.",
-            "account:email-code",
+        return self._session.get_one(Account, account_id)
+
+    def provision(
+        self,
+        email: str,
+        password: Secret[str],
+        *,
+        kind: AccountKind,
+        security_phrase: str | None,
+        by: Principal,
+        role: str | None = None,
+        staff_id: uuid.UUID | None = None,
+    ) -> Account:
+        """An active account whose address is already proven, created by ``by`` (the demo,
+        and staff invitations once accepted). The password policy applies all the same."""
+        address = parse_email(email)
+        check_new_password(password, context=[address.split("@")[0]])
+        email_index = self._email_index(address, kind)
+        if self._find(email_index, kind) is not None:
+            raise InvalidInputError("Un compte existe déjà pour cette adresse.")
+        account = self._insert_account(
+            address,
+            email_index,
+            self._hasher.hash(password),
+            security_phrase,
+            kind=kind,
+            status=AccountStatus.ACTIVE,
+            role=role,
+            staff_id=staff_id,
         )
+        self._audit(AuditAction.ACCOUNT_SIGNUP_REQUEST, account.id, principal=by)
+        return account
 
     def confirm_email(
         self, email: str, code: str, *, kind: AccountKind = AccountKind.PATIENT
