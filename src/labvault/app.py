@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from labvault import __version__
+from labvault.accounts.pages import router as account_pages
 from labvault.accounts.routes import router as auth_router
 from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(_pages)
     app.include_router(_api)
     app.include_router(auth_router)
+    app.include_router(account_pages)
     return app
 
 

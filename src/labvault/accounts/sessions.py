@@ -163,6 +163,6 @@ class SessionStore:
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def check_csrf(self, token: str, presented: str | None) -> bool:
-        if not presented:
+        if not presented or not presented.isascii():
             return False
         return hmac.compare_digest(self.csrf_token(token), presented)

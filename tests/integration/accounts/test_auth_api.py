@@ -276,7 +276,7 @@ def test_no_code_secret_or_recovery_code_in_clear_at_rest(
     ]
     with runtime.sessions() as session:
         dump = "\n".join(
-            repr(tuple(row))
+            _printable(row)
             for table in (
                 "accounts",
                 "account_sessions",
@@ -293,3 +293,10 @@ def test_no_code_secret_or_recovery_code_in_clear_at_rest(
     secret_values.append(client.cookies.get("__Host-labvault-session") or "")
     assert leaked(dump, secret_values) == []
     assert account.status == AccountStatus.ACTIVE.value
+
+
+def _printable(row: object) -> str:
+    """A row as text, binary values in hex: random bytes shown as characters could spell a
+    short name by chance."""
+    values = tuple(value.hex() if isinstance(value, bytes) else value for value in row)  # type: ignore[attr-defined]
+    return repr(values)

@@ -131,7 +131,7 @@ def test_events_hold_no_personal_value(
         )  # fmt: skip
     with runtime.sessions() as session:
         dumped = "\n".join(
-            repr(tuple(row)) for row in session.execute(text("SELECT * FROM audit_events"))
+            _printable(row) for row in session.execute(text("SELECT * FROM audit_events"))
         )
         assert session.scalar(select(func.count()).select_from(AuditEvent)) > len(imported)
     witness = (cli_env.witness_dir / "checkpoints.jsonl").read_bytes()
@@ -274,3 +274,10 @@ def test_the_access_history_shows_role_and_site_never_the_staff_member(
     assert len(read_history) == 1, "reading the history is itself recorded"
     assert hasher("192.0.2.10") == hasher(" 192.0.2.10 ") != hasher("192.0.2.11")
     assert "192.0.2.10" not in hasher("192.0.2.10")
+
+
+def _printable(row: object) -> str:
+    """A row as text, binary values in hex: random bytes shown as characters could spell a
+    short name by chance."""
+    values = tuple(value.hex() if isinstance(value, bytes) else value for value in row)  # type: ignore[attr-defined]
+    return repr(values)
