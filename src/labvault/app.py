@@ -26,7 +26,12 @@ from starlette.types import Scope
 
 from labvault import __version__
 from labvault.accounts.pages import router as account_pages
+from labvault.accounts.password_pages import router as password_pages
 from labvault.accounts.routes import router as auth_router
+from labvault.accounts.staff_pages import router as staff_account_pages
+from labvault.accounts.staff_routes import router as staff_auth_router
+from labvault.accounts.webauthn_pages import router as passkey_pages
+from labvault.accounts.webauthn_routes import router as passkey_router
 from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
@@ -132,6 +137,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(_api)
     app.include_router(auth_router)
     app.include_router(account_pages)
+    app.include_router(password_pages)
+    app.include_router(passkey_router)
+    app.include_router(passkey_pages)
+    app.include_router(staff_auth_router)
+    app.include_router(staff_account_pages)
     return app
 
 

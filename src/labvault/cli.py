@@ -68,6 +68,7 @@ from labvault.patients.ins import InsOid
 from labvault.patients.nir import Nir, NirError
 from labvault.patients.services import PatientRecord, PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
+from labvault.staff.commands import staff_app
 
 app = typer.Typer(
     help="labvault: patient platform for medical-analysis laboratories, encrypted by default.",
@@ -82,6 +83,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 app.add_typer(import_app, name="import")
 app.add_typer(patients_app, name="patients")
+app.add_typer(staff_app, name="staff")
 
 console = Console()
 errors = Console(stderr=True)
@@ -331,6 +333,11 @@ def demo(
     console.print("\nDemo accounts (second factor: a code sent to the demo mailbox):")
     for account in DEMO_ACCOUNTS:
         console.print(f"  {account.kind.value}: {account.email} / {account.password}")
+        if account.kind.value == "staff":
+            console.print(
+                "    (organization admin: log in at /compte/connexion-professionnel; the first "
+                "login enrols an authenticator app, with a code sent to the demo mailbox)"
+            )
     mail_dir = settings.mailer.removeprefix("file:") or str(settings.resolved_data_dir / "mail")
     if settings.mailer.startswith("file:"):
         console.print(f"Mail lands in {mail_dir} (one .eml file per message).")

@@ -9,8 +9,8 @@ from faker import Faker
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labvault.accounts.invitations import StaffAccountService
 from labvault.accounts.models import AccountKind
-from labvault.accounts.services import AccountService
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.passwords import PasswordHasher
@@ -95,13 +95,19 @@ class DemoAccount:
 
 DEMO_ACCOUNTS = (
     DemoAccount("patient.demo@example.org", "girafe orange sous la pluie", AccountKind.PATIENT),
+    # The demo's organization admin (a staff member of create_demo_organization): no
+    # authenticator app yet, its first login enrols one.
+    DemoAccount(
+        "staff4.organization-admin@example.org", "pivoine bleue au marché", AccountKind.STAFF
+    ),
 )
 """Known passwords, for the demo only: `labvault demo` prints them."""
 
 
 def create_demo_accounts(session: Session, runtime: Runtime, organization: Organization) -> None:
-    """Active demo accounts; their second factor is a code sent to the demo mailbox."""
-    service = AccountService(
+    """Active demo accounts: the patient's second factor is a code sent to the demo mailbox;
+    the staff account enrols an authenticator app at its first login."""
+    service = StaffAccountService(
         session,
         tenant_id=organization.id,
         provider=runtime.key_provider,
@@ -111,6 +117,14 @@ def create_demo_accounts(session: Session, runtime: Runtime, organization: Organ
         hasher=PasswordHasher(),
     )
     for account in DEMO_ACCOUNTS:
+        if account.kind is AccountKind.STAFF:
+            service.provision_staff_account(
+                account.email,
+                Secret(account.password),
+                security_phrase="tournesol du matin",
+                by=SystemPrincipal("cli:demo"),
+            )
+            continue
         service.provision(
             account.email,
             Secret(account.password),

@@ -8,6 +8,7 @@ from labvault.accounts.models import (
     RecoveryCode,
     TotpCredential,
 )
+from labvault.accounts.webauthn import WebAuthnCredential
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
@@ -34,4 +35,5 @@ __all__ = [
     "StaffMember",
     "StaffSite",
     "TotpCredential",
+    "WebAuthnCredential",
 ]

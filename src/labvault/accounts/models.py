@@ -35,6 +35,9 @@ class AccountKind(enum.StrEnum):
 class AccountStatus(enum.StrEnum):
     PENDING_EMAIL = "pending_email"
     """Signed up; the email address is not proven yet. Cannot log in."""
+    INVITED = "invited"
+    """A staff account whose emailed invitation is not accepted yet: no password anyone
+    knows, no login, no reset link (see ``labvault.accounts.invitations``)."""
     ACTIVE = "active"
     LOCKED = "locked"
     """Too many failures or a security officer's decision: no login, no session."""

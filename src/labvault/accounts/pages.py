@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Final, cast
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -54,6 +54,7 @@ from labvault.accounts.services import (
     ThrottledError,
     TotpEnrolment,
 )
+from labvault.accounts.webauthn import PasskeyPanel
 from labvault.core.contact import parse_email
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
@@ -104,6 +105,15 @@ _NOTICES: Final = {
     "totp-active": "Votre application d'authentification est activée : elle vous sera "
     "proposée à votre prochaine connexion.",
     "session-revoquee": "La session a été fermée.",
+    "lien-envoye": "Si un compte correspond à cette adresse, un lien pour choisir un nouveau "
+    "mot de passe vient d'y être envoyé. Il est valable 15 minutes et ne sert qu'une fois.",
+    "mot-de-passe-reinitialise": "Votre mot de passe est changé et tous vos appareils ont été "
+    "déconnectés. Connectez-vous avec votre nouveau mot de passe.",
+    "mot-de-passe-change": "Votre mot de passe est changé. Vos autres appareils ont été "
+    "déconnectés.",
+    "cle-acces-ajoutee": "Votre clé d'accès est enregistrée : elle vous sera proposée à votre "
+    "prochaine connexion.",
+    "cle-acces-retiree": "La clé d'accès a été retirée de votre compte.",
 }
 
 
@@ -581,9 +591,13 @@ def _pending_state(request: Request, unit: _Unit, token: str) -> _Pending:
     record, account = found
     if record.second_factor_at is not None:
         return _Pending(redirect=_redirect(request, "/compte/securite"))
+    factors = _factors(unit.session, account)
+    if account.kind == AccountKind.STAFF.value and not unit.service._factors(account):
+        # No factor yet: a staff login enrols one first (labvault.accounts.invitations).
+        return _Pending(redirect=_redirect(request, "/compte/activation"))
     return _Pending(
         csrf_token=unit.service.sessions.csrf_token(token),
-        factors=_factors(unit.session, account),
+        factors=replace(factors, methods=unit.service.passkeys.offered(account, factors.methods)),
     )
 
 
@@ -734,6 +748,7 @@ class _Security:
     factors: _Factors | None = None
     sessions: list[_SessionRow] = field(default_factory=list)
     account: Account | None = None
+    passkeys: PasskeyPanel | None = None
 
 
 def _paris(moment: dt.datetime) -> str:
@@ -765,6 +780,7 @@ def _security_state(request: Request, unit: _Unit, token: str) -> _Security:
         factors=_factors(unit.session, account),
         sessions=rows,
         account=account,
+        passkeys=unit.service.passkeys.panel(account),
     )
 
 
@@ -804,6 +820,7 @@ def _security_page(
             "enrolment": enrolment,
             "qr_svg": _qr_svg(enrolment.uri) if enrolment is not None else None,
             "recovery_codes": recovery_codes,
+            "passkeys": state.passkeys,
         },
         errors=errors,
         status=status,

@@ -65,6 +65,7 @@ _log = get_logger("labvault.accounts")
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/problem+json": {}}}
     for status, description in (
+        (400, "A body that cannot be parsed (not JSON, or not UTF-8)."),
         (401, "Wrong credentials, code or session (one answer for every reason)."),
         (403, "Cross-origin request, missing CSRF token, or wrong current password."),
         (422, "Invalid input, or a password refused by the policy."),
@@ -556,7 +557,17 @@ def list_sessions(request: Request, runtime: RuntimeDep) -> Response:
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
 
 
-@router.delete("/sessions/{session_id}", status_code=204, responses=_PROBLEMS)
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=204,
+    responses={
+        **_PROBLEMS,
+        404: {
+            "description": "No such live session of this account.",
+            "content": {"application/problem+json": {}},
+        },
+    },
+)
 def revoke_session(session_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     if (refused := _guard(request)) is not None:
         return refused

@@ -47,6 +47,8 @@ from labvault.accounts.models import (
     TotpCredential,
 )
 from labvault.accounts.sessions import CSRF_LABEL, SessionPolicy, SessionStore, hash_token
+from labvault.accounts.webauthn import METHOD as PASSKEY
+from labvault.accounts.webauthn import Passkeys
 from labvault.core.access.principals import ANONYMOUS, Principal, PrincipalKind
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditContext, Outcome
@@ -242,6 +244,16 @@ class AccountService:
         self._code_key = provider.derive_key(CODE_LABEL)
         self.sessions = SessionStore(session, provider.derive_key(CSRF_LABEL), clock)
         self.devices = DeviceRegistry(session, tenant_id, clock)
+        self.passkeys = Passkeys(
+            session,
+            tenant_id=tenant_id,
+            public_url=settings.public_url,
+            keyring=self._keyring,
+            audit=self._audit,
+            send=self._send,
+            check_rate=self._check_rate,
+            clock=clock,
+        )
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -603,7 +615,7 @@ class AccountService:
             )
         ):
             factors.append("recovery")
-        return tuple(factors)
+        return self.passkeys.offered(account, factors)
 
     def pending(self, token: str) -> tuple[AccountSession, Account] | None:
         """The session and account behind a token that has passed the password step."""
@@ -651,7 +663,7 @@ class AccountService:
             raise AuthError("Session déjà ouverte.")
         self._check_rate(SECOND_FACTOR_PER_ACCOUNT, self._identifier(account.email_index))
         principal = Principal(PrincipalKind(account.kind), str(account.id), role=account.role)
-        if not self._check_factor(account, method, code, principal):
+        if not self._check_factor(account, method, code, principal, record.id):
             self._audit(
                 AuditAction.ACCOUNT_SECOND_FACTOR_FAILURE, account.id, outcome=Outcome.FAILURE
             )
@@ -689,7 +701,20 @@ class AccountService:
             "account:new-device",
         )
 
-    def _check_factor(self, account: Account, method: str, code: str, principal: Principal) -> bool:
+    def _check_factor(
+        self,
+        account: Account,
+        method: str,
+        code: str,
+        principal: Principal,
+        session_id: uuid.UUID | None = None,
+    ) -> bool:
+        if method not in self._factors(account):
+            return False  # e.g. a TOTP code from a role that must use its passkey
+        if method == PASSKEY:
+            return session_id is not None and self.passkeys.check_assertion(
+                account, session_id, code
+            )
         if method == "email" and account.kind == AccountKind.PATIENT.value:
             return self._use_code(account, "login", code)
         if method == "totp":

@@ -23,6 +23,7 @@ TENANT_OWNED = {
     "totp_credentials",
     "recovery_codes",
     "known_devices",
+    "webauthn_credentials",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

@@ -24,6 +24,10 @@ class AuditAction(enum.StrEnum):
     PATIENT_HISTORY_READ = "patient:history:read"
     STAFF_RECORD_CREATE = "staff:record:create"
     STAFF_RECORD_READ = "staff:record:read"
+    STAFF_INVITATION_CREATE = "staff:invitation:create"
+    STAFF_INVITATION_RENEW = "staff:invitation:renew"
+    STAFF_INVITATION_ACCEPT = "staff:invitation:accept"
+    STAFF_INVITATION_FAILURE = "staff:invitation:failure"
     ACCOUNT_RECORD_READ = "account:record:read"
     ACCOUNT_SIGNUP_REQUEST = "account:signup:request"
     ACCOUNT_EMAIL_CONFIRM = "account:email:confirm"
@@ -47,6 +51,10 @@ class AuditAction(enum.StrEnum):
     ACCOUNT_PASSWORD_CHANGE_FAILURE = "account:password-change:failure"  # noqa: S105 - a tag
     ACCOUNT_UNLOCK = "account:status:unlock"
     ACCOUNT_DEVICE_NEW = "account:device:new"
+    ACCOUNT_PASSKEY_REGISTER = "account:passkey:register"
+    ACCOUNT_PASSKEY_FAILURE = "account:passkey:failure"
+    ACCOUNT_PASSKEY_CLONE = "account:passkey:clone"
+    ACCOUNT_PASSKEY_DELETE = "account:passkey:delete"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -77,6 +85,19 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.STAFF_RECORD_CREATE: ActionInfo("A staff member was added."),
     AuditAction.STAFF_RECORD_READ: ActionInfo("A staff member's record was decrypted and read."),
+    AuditAction.STAFF_INVITATION_CREATE: ActionInfo(
+        "A staff member was invited: a pending account, a single-use link emailed (refused: "
+        "outcome denied)."
+    ),
+    AuditAction.STAFF_INVITATION_RENEW: ActionInfo(
+        "A new invitation link was emailed; the previous ones stopped working."
+    ),
+    AuditAction.STAFF_INVITATION_ACCEPT: ActionInfo(
+        "An invitation was accepted: password set, account active, second factor awaited."
+    ),
+    AuditAction.STAFF_INVITATION_FAILURE: ActionInfo(
+        "An unknown, used or expired invitation link (or one refused by a rate limit)."
+    ),
     AuditAction.ACCOUNT_RECORD_READ: ActionInfo("An account's sealed fields were decrypted."),
     AuditAction.ACCOUNT_SIGNUP_REQUEST: ActionInfo("A sign-up was requested."),
     AuditAction.ACCOUNT_EMAIL_CONFIRM: ActionInfo("An email address was proven by its code."),
@@ -115,6 +136,20 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.ACCOUNT_UNLOCK: ActionInfo("A locked account was unlocked."),
     AuditAction.ACCOUNT_DEVICE_NEW: ActionInfo(
         "A login completed from a device not seen before for the account; its owner was told."
+    ),
+    AuditAction.ACCOUNT_PASSKEY_REGISTER: ActionInfo(
+        "A passkey (WebAuthn credential) was registered; its owner was told."
+    ),
+    AuditAction.ACCOUNT_PASSKEY_FAILURE: ActionInfo(
+        "A passkey registration was refused (unknown, used or expired challenge, wrong origin "
+        "or RP, bad attestation), or a stored passkey failed to decrypt."
+    ),
+    AuditAction.ACCOUNT_PASSKEY_CLONE: ActionInfo(
+        "A validly signed passkey assertion whose sign count did not grow: a possible clone, "
+        "refused."
+    ),
+    AuditAction.ACCOUNT_PASSKEY_DELETE: ActionInfo(
+        "A passkey was removed from an account; its owner was told."
     ),
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),

@@ -1,0 +1,273 @@
+"""French pages to reset a forgotten password and to change it, on ``AccountService``.
+
+``/compte/mot-de-passe/oubli`` asks for the address and always answers the same (invariant
+I7): "if there is an account, a link was sent", after the same least time as the API
+(``routes.RESET_ANSWER_SECONDS``), the message being delivered once the answer is sent.
+
+``/compte/mot-de-passe/nouveau`` is where the emailed link leads. The link carries its token
+in the URL fragment, which browsers send neither to the server nor in ``Referer``: the
+page's own script (``static/reset.js``, no inline script under the CSP) moves it into the
+form's ``token`` field and removes it from the address bar and the history. Without
+JavaScript the same field stays visible, to paste the end of the link into. The form POSTs
+the token with the new password, typed twice; a refused password or a mismatch shows the form
+again with the token kept in it (the answer is ``no-store``, like every page).
+
+``/compte/securite/mot-de-passe`` changes the password of the signed-in account (current
+password, new password): every other session is revoked and this one gets a new token.
+
+Every form works without JavaScript (POST, then a 303 redirect to a GET page with a notice),
+carries its CSRF token and is refused from another origin, like the other account pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from labvault.accounts import routes
+from labvault.accounts.models import Account, AccountSession
+from labvault.accounts.pages import (
+    _EXPIRED_FORM,
+    _TOO_LONG,
+    GENERAL,
+    MAX_PASSWORD,
+    FormText,
+    _anonymous_page,
+    _AnonymousForm,
+    _Attempt,
+    _attempt_anonymous,
+    _check_email,
+    _headers_of,
+    _notice,
+    _redirect,
+    _refused,
+    _runtime,
+    _Shown,
+    _signed_in_post,
+    _status_of,
+    _Unit,
+    _unit,
+)
+from labvault.accounts.routes import (
+    SESSION_COOKIE,
+    _clear_session_cookie,
+    _Context,
+    _Outbox,
+    _set_session_cookie,
+)
+from labvault.accounts.services import (
+    RESET_LINK_INVALID,
+    AuthError,
+    CurrentPasswordError,
+    InvalidInputError,
+    PasswordRejected,
+    ThrottledError,
+)
+from labvault.core.crypto.secret import Secret
+
+__all__ = ["MAX_TOKEN", "router"]
+
+router = APIRouter(prefix="/compte", include_in_schema=False)
+
+FORGOT_TEMPLATE: Final = "accounts/mot_de_passe_oubli.html"
+RESET_TEMPLATE: Final = "accounts/mot_de_passe_nouveau.html"
+MAX_TOKEN: Final = 200
+"""As the API's ``ResetCompletion.token``: longer is not one of our tokens."""
+
+_INVALID_EMAIL = "Saisissez une adresse e-mail valide, par exemple nom@exemple.fr."
+_MISSING_CODE = (
+    "Saisissez le code de réinitialisation : la fin du lien reçu par e-mail, après le signe #."
+)
+
+
+# --- forgotten password ---------------------------------------------------------------------
+
+
+@router.get("/mot-de-passe/oubli", name="account_password_forgotten")
+def forgot_password_page(request: Request) -> Response:
+    return _anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": _notice(request)})
+
+
+@router.post("/mot-de-passe/oubli")
+async def forgot_password(
+    request: Request, email: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    """The same answer, after the same least time, whether the address has an account."""
+    started = time.monotonic()
+    response = await run_in_threadpool(_forgot_password, request, email, csrf_token)
+    # Waiting here holds no worker thread.
+    await asyncio.sleep(max(0.0, routes.RESET_ANSWER_SECONDS - (time.monotonic() - started)))
+    return response
+
+
+def _forgot_password(request: Request, email: str, csrf_token: str) -> Response:
+    if (refused := _refused(request)) is not None:
+        return refused
+    errors: dict[str, str] = {}
+    _check_email(email, errors)
+    outbox = _Outbox(_runtime(request).mailer)
+    context = _Context(request, _runtime(request), mailer=outbox)
+    form = _AnonymousForm.of(request)
+    outcome = _Attempt(errors=errors)
+    with _unit(request, context) as unit:
+        if not form.check(unit.service, csrf_token):
+            outcome.errors = {GENERAL: _EXPIRED_FORM}
+        elif not outcome.errors:
+            try:
+                unit.service.request_password_reset(email, client_id=context.client_hash)
+            except ThrottledError as exc:
+                outcome.throttled = exc
+                outcome.errors = {GENERAL: str(exc)}
+            except InvalidInputError:
+                outcome.errors = {"email": _INVALID_EMAIL}
+        outcome.csrf_token = form.token(unit.service)
+    if not outcome.errors:
+        response = _redirect(request, "/compte/mot-de-passe/oubli", info="lien-envoye")
+        # Delivered once the answer is sent: a slow or failing mail server shows nothing.
+        response.background = BackgroundTask(outbox.deliver)
+        return response
+    return _anonymous_page(
+        request,
+        FORGOT_TEMPLATE,
+        {"values": {"email": email}},
+        errors=outcome.errors,
+        status=_status_of(outcome, 422),
+        headers=_headers_of(outcome),
+        form=form,
+        csrf_token=outcome.csrf_token,
+    )
+
+
+# --- new password from the emailed link -----------------------------------------------------
+
+
+@router.get("/mot-de-passe/nouveau", name="account_password_reset")
+def reset_password_page(request: Request) -> Response:
+    """The token is in the link's fragment, which the server never sees: the page's script
+    puts it into the form."""
+    return _anonymous_page(request, RESET_TEMPLATE, {"values": {}})
+
+
+@router.post("/mot-de-passe/nouveau")
+def reset_password(
+    request: Request,
+    token: FormText = "",
+    password: FormText = "",
+    password_confirmation: FormText = "",
+    csrf_token: FormText = "",
+) -> Response:
+    if (refused := _refused(request)) is not None:
+        return refused
+    token = token.strip()
+    errors: dict[str, str] = {}
+    if not token:
+        errors["token"] = _MISSING_CODE
+    elif len(token) > MAX_TOKEN:
+        errors["token"] = RESET_LINK_INVALID
+    _check_new_password(password, password_confirmation, errors, "password")
+
+    def describe(failure: Exception) -> dict[str, str]:
+        if isinstance(failure, PasswordRejected):
+            return {"password": failure.message}
+        if isinstance(failure, AuthError):
+            return {"token": str(failure)}
+        return {GENERAL: str(failure)}
+
+    form = _AnonymousForm.of(request)
+    outcome = _attempt_anonymous(
+        request,
+        form,
+        csrf_token,
+        errors,
+        lambda unit: unit.service.complete_password_reset(
+            token, Secret(password), client_id=unit.context.client_hash
+        ),
+        describe,
+    )
+    wrong_link = outcome.errors.get("token") == RESET_LINK_INVALID
+    if not outcome.errors:
+        # Every session of the account was revoked: this browser's too, if it had one.
+        response = _redirect(request, "/compte/connexion", info="mot-de-passe-reinitialise")
+        if request.cookies.get(SESSION_COOKIE):
+            _clear_session_cookie(response)
+        return response
+    # A wrong link keeps its field in error; otherwise the token stays, for the next try.
+    return _anonymous_page(
+        request,
+        RESET_TEMPLATE,
+        {"values": {"token": token if len(token) <= MAX_TOKEN else ""}},
+        errors=outcome.errors,
+        status=_status_of(outcome, 401 if wrong_link else 422),
+        headers=_headers_of(outcome),
+        form=form,
+        csrf_token=outcome.csrf_token,
+    )
+
+
+def _check_new_password(
+    password: str, confirmation: str | None, errors: dict[str, str], field_name: str
+) -> None:
+    """A new password is given, not too long, and typed the same twice (if asked twice)."""
+    if not password:
+        errors[field_name] = "Choisissez un nouveau mot de passe."
+    elif len(password) > MAX_PASSWORD:
+        errors[field_name] = _TOO_LONG
+    elif confirmation is not None and confirmation != password:
+        errors[f"{field_name}-confirmation"] = (
+            "Les deux mots de passe ne sont pas identiques : saisissez-les à nouveau."
+        )
+
+
+# --- password change, signed in -------------------------------------------------------------
+
+
+@router.post("/securite/mot-de-passe")
+def change_password(
+    request: Request,
+    current_password: FormText = "",
+    new_password: FormText = "",
+    csrf_token: FormText = "",
+) -> Response:
+    errors: dict[str, str] = {}
+    if not current_password:
+        errors["current-password"] = "Saisissez votre mot de passe actuel."
+    elif len(current_password) > MAX_PASSWORD:
+        errors["current-password"] = _TOO_LONG
+    _check_new_password(new_password, None, errors, "new-password")
+    token = request.cookies.get(SESSION_COOKIE, "")
+
+    def change(unit: _Unit, account: Account) -> Response | _Shown:
+        if errors:
+            return {"errors": errors, "status": 422}
+        found = unit.service.current(token)
+        assert found is not None  # _signed_in_post has just found it
+        outcome = _change(unit, found[0], account, current_password, new_password)
+        if not isinstance(outcome, Secret):
+            return outcome
+        response = _redirect(request, "/compte/securite", info="mot-de-passe-change")
+        _set_session_cookie(response, outcome, unit.context)
+        return response
+
+    return _signed_in_post(request, csrf_token, change)
+
+
+def _change(
+    unit: _Unit, record: AccountSession, account: Account, current: str, new: str
+) -> _Shown | Secret[str]:
+    """The new session token, or what the security page must show of the failure."""
+    try:
+        return unit.service.change_password(record, account, Secret(current), Secret(new))
+    except ThrottledError as exc:
+        return {"errors": {GENERAL: str(exc)}, "status": 429}
+    except CurrentPasswordError as exc:
+        return {"errors": {"current-password": str(exc)}, "status": 403}
+    except PasswordRejected as exc:
+        return {"errors": {"new-password": exc.message}, "status": 422}
+    except InvalidInputError as exc:
+        return {"errors": {"new-password": str(exc)}, "status": 422}

@@ -1,0 +1,401 @@
+"""French pages of staff accounts under ``/compte``, on ``StaffAccountService``.
+
+The invitation (``/compte/invitation``, the emailed link: its token is in the fragment, which
+a small script moves into the form; without scripts the invitee pastes it), the staff login
+(``/compte/connexion-professionnel``) and the enrolment of an authenticator app that
+completes a first login (``/compte/activation``). The second-factor step and the security
+settings are the shared pages (``labvault.accounts.pages``), whose conventions these follow:
+POST-redirect-GET, French errors tied to their fields, CSRF tokens in every form, secrets shown
+only in the answer to a POST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from labvault.accounts.devices import DEVICE_COOKIE
+from labvault.accounts.invitations import StaffAccountService
+from labvault.accounts.pages import (
+    _EXPIRED_FORM,
+    GENERAL,
+    MAX_CSRF,
+    FormText,
+    _anonymous_page,
+    _AnonymousForm,
+    _Attempt,
+    _check_code,
+    _check_email,
+    _check_password,
+    _csrf_ok,
+    _headers_of,
+    _notice,
+    _qr_svg,
+    _redirect,
+    _refused,
+    _render,
+    _runtime,
+    _status_of,
+    _throttled_headers,
+)
+from labvault.accounts.routes import (
+    SESSION_COOKIE,
+    _clear_session_cookie,
+    _set_session_cookie,
+    set_device_cookie,
+)
+from labvault.accounts.services import (
+    AuthError,
+    InvalidInputError,
+    PasswordRejected,
+    ThrottledError,
+    TotpEnrolment,
+)
+from labvault.accounts.staff_routes import StaffContext
+from labvault.core.crypto.secret import Secret
+from labvault.core.db import transaction
+
+__all__ = ["ACTIVATION_PATH", "STAFF_LOGIN_PATH", "router"]
+
+router = APIRouter(prefix="/compte", include_in_schema=False)
+
+STAFF_LOGIN_PATH: Final = "/compte/connexion-professionnel"
+ACTIVATION_PATH: Final = "/compte/activation"
+MAX_TOKEN = 200
+TOKEN_FIELD: Final = "token"  # noqa: S105 - the name of a form field
+_NOTICES: Final = {
+    "code-activation-envoye": "Un code d'activation vient d'être envoyé à votre adresse "
+    "e-mail. Il est valable 10 minutes.",
+}
+
+
+@contextmanager
+def _staff_unit(
+    request: Request, context: StaffContext | None = None
+) -> Iterator[tuple[StaffContext, StaffAccountService]]:
+    """One transaction, committed on a normal exit (failed steps stay counted and audited)."""
+    context = context or StaffContext(request, _runtime(request))
+    with transaction(context.runtime.sessions) as session:
+        yield context, context.service(session)
+
+
+def _staff_notice(request: Request) -> str | None:
+    return _NOTICES.get(request.query_params.get("info", "")) or _notice(request)
+
+
+def _attempt(
+    request: Request,
+    form: _AnonymousForm,
+    presented: str,
+    errors: dict[str, str],
+    action: Callable[[StaffContext, StaffAccountService], None],
+    describe: Callable[[Exception], dict[str, str]],
+) -> _Attempt:
+    """As ``pages._attempt_anonymous``, with the staff service."""
+    outcome = _Attempt(errors=dict(errors))
+    with _staff_unit(request) as (context, service):
+        if not form.check(service, presented):
+            outcome.errors = {GENERAL: _EXPIRED_FORM}
+        elif not outcome.errors:
+            try:
+                action(context, service)
+            except ThrottledError as exc:
+                outcome.throttled = exc
+                outcome.errors = {GENERAL: str(exc)}
+            except (AuthError, InvalidInputError, PasswordRejected) as exc:
+                outcome.errors = describe(exc)
+        outcome.csrf_token = form.token(service)
+    return outcome
+
+
+def _after_password(
+    request: Request, token: Secret[str], context: StaffContext, enrol: bool
+) -> Response:
+    response = _redirect(request, ACTIVATION_PATH if enrol else "/compte/second-facteur")
+    _set_session_cookie(response, token, context)
+    return response
+
+
+# --- staff login ----------------------------------------------------------------------------
+
+
+@router.get("/connexion-professionnel", name="staff_login")
+def staff_login_page(request: Request) -> Response:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    form = _AnonymousForm.of(request)
+    with _staff_unit(request) as (_, service):
+        signed_in = bool(token) and service.current(token) is not None
+        csrf_token = form.token(service)
+    if signed_in:
+        return _redirect(request, "/compte/securite")
+    return _anonymous_page(
+        request,
+        "accounts/connexion_professionnel.html",
+        {"values": {}, "notice": _staff_notice(request)},
+        form=form,
+        csrf_token=csrf_token,
+    )
+
+
+@router.post("/connexion-professionnel")
+def staff_login(
+    request: Request, email: FormText = "", password: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    if (refused := _refused(request)) is not None:
+        return refused
+    errors: dict[str, str] = {}
+    _check_email(email, errors)
+    _check_password(password, errors, missing="Saisissez votre mot de passe.")
+    done: list[Response] = []
+
+    def log_in(context: StaffContext, service: StaffAccountService) -> None:
+        login = service.staff_login(
+            email, Secret(password), client_id=context.client_hash, client_hash=context.client_hash
+        )
+        done.append(_after_password(request, login.token, context, bool(login.enrol)))
+
+    form = _AnonymousForm.of(request)
+    outcome = _attempt(
+        request, form, csrf_token, errors, log_in, lambda failure: {GENERAL: str(failure)}
+    )
+    if not outcome.errors and done:
+        return done[0]
+    return _anonymous_page(
+        request,
+        "accounts/connexion_professionnel.html",
+        {"values": {"email": email}},
+        errors=outcome.errors,
+        status=_status_of(outcome, 401),
+        headers=_headers_of(outcome),
+        form=form,
+        csrf_token=outcome.csrf_token,
+    )
+
+
+# --- invitation -----------------------------------------------------------------------------
+
+
+@router.get("/invitation", name="staff_invitation")
+def invitation_page(request: Request) -> Response:
+    return _anonymous_page(request, "accounts/invitation.html", {"values": {}})
+
+
+@router.post("/invitation")
+def accept_invitation(
+    request: Request, token: FormText = "", password: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    if (refused := _refused(request)) is not None:
+        return refused
+    token = token.strip()
+    errors: dict[str, str] = {}
+    if not token:
+        errors[TOKEN_FIELD] = (
+            "Ouvrez le lien reçu par e-mail, ou collez ici ce qui suit « # » dans ce lien."
+        )
+    elif len(token) > MAX_TOKEN:
+        errors[TOKEN_FIELD] = "Ce code d'invitation est trop long : vérifiez-le."
+    _check_password(password, errors, missing="Choisissez un mot de passe.")
+    done: list[Response] = []
+
+    def accept(context: StaffContext, service: StaffAccountService) -> None:
+        login = service.accept_invitation(
+            token, Secret(password), client_id=context.client_hash, client_hash=context.client_hash
+        )
+        done.append(_after_password(request, login.token, context, bool(login.enrol)))
+
+    def describe(failure: Exception) -> dict[str, str]:
+        if isinstance(failure, PasswordRejected):
+            return {"password": failure.message}
+        return {GENERAL: str(failure)}
+
+    form = _AnonymousForm.of(request)
+    outcome = _attempt(request, form, csrf_token, errors, accept, describe)
+    if not outcome.errors and done:
+        return done[0]
+    return _anonymous_page(
+        request,
+        "accounts/invitation.html",
+        # The token is kept (in this answer only) so that a refused password can be retried.
+        {"values": {"token": token if len(token) <= MAX_TOKEN else ""}},
+        errors=outcome.errors,
+        status=_status_of(outcome, 401 if GENERAL in outcome.errors else 422),
+        headers=_headers_of(outcome),
+        form=form,
+        csrf_token=outcome.csrf_token,
+    )
+
+
+# --- enrolment of the authenticator app -----------------------------------------------------
+
+
+@dataclass
+class _Activation:
+    """The enrolment step of the request's pending login, or where to send the browser."""
+
+    redirect: Response | None = None
+    csrf_token: str = ""
+    email_code_required: bool = False
+    totp_pending: bool = False
+
+
+def _activation_state(request: Request, service: StaffAccountService, token: str) -> _Activation:
+    found = service.enrolling(token) if token else None
+    if found is None:
+        if token and service.current(token) is not None:
+            return _Activation(redirect=_redirect(request, "/compte/securite"))
+        if token and service.pending(token) is not None:
+            return _Activation(redirect=_redirect(request, "/compte/second-facteur"))
+        if not token:
+            return _Activation(redirect=_redirect(request, STAFF_LOGIN_PATH))
+        response = _redirect(request, STAFF_LOGIN_PATH, info="session-expiree")
+        _clear_session_cookie(response)
+        return _Activation(redirect=response)
+    record, account = found
+    return _Activation(
+        csrf_token=service.sessions.csrf_token(token),
+        email_code_required=service.needs_mailbox_proof(record),
+        totp_pending=service.totp_pending(account),
+    )
+
+
+def _activation_page(
+    request: Request,
+    state: _Activation,
+    *,
+    errors: Mapping[str, str] | None = None,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    notice: str | None = None,
+    enrolment: TotpEnrolment | None = None,
+) -> Response:
+    code_sent = notice == _NOTICES["code-activation-envoye"]
+    return _render(
+        request,
+        "accounts/activation.html",
+        {
+            "csrf_token": state.csrf_token,
+            "email_code_required": state.email_code_required,
+            "totp_pending": state.totp_pending,
+            "code_sent": code_sent,
+            "notice": notice,
+            "enrolment": enrolment,
+            "qr_svg": _qr_svg(enrolment.uri) if enrolment is not None else None,
+        },
+        errors=errors,
+        status=status,
+        headers=headers,
+        focus="code-email" if code_sent and state.totp_pending else None,
+    )
+
+
+@router.get("/activation", name="staff_activation")
+def activation_page(request: Request) -> Response:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    with _staff_unit(request) as (_, service):
+        state = _activation_state(request, service, token)
+    if state.redirect is not None:
+        return state.redirect
+    return _activation_page(request, state, notice=_staff_notice(request))
+
+
+_Action = Callable[[StaffContext, StaffAccountService, str], Response | dict[str, Any]]
+
+
+def _activation_post(request: Request, csrf_token: str, action: _Action) -> Response:
+    """Run ``action`` for the pending login once the origin and the CSRF token are right;
+    it answers with a response, or with what the page, shown again, must show once."""
+    if (refused := _refused(request)) is not None:
+        return refused
+    token = request.cookies.get(SESSION_COOKIE, "")
+    with _staff_unit(request) as (context, service):
+        state = _activation_state(request, service, token)
+        if state.redirect is not None:
+            return state.redirect
+        if len(csrf_token) > MAX_CSRF or not _csrf_ok(service, token, csrf_token):
+            shown: dict[str, Any] = {"errors": {GENERAL: _EXPIRED_FORM}, "status": 403}
+        else:
+            outcome = action(context, service, token)
+            if isinstance(outcome, Response):
+                return outcome
+            shown = outcome
+            # The page as it is now (a failure may have locked the account).
+            state = _activation_state(request, service, token)
+    if state.redirect is not None:
+        return state.redirect
+    return _activation_page(request, state, **shown)
+
+
+@router.post("/activation/cle")
+def begin_activation(request: Request, csrf_token: FormText = "") -> Response:
+    """A new authenticator secret, shown in this answer only (never in a URL)."""
+    return _activation_post(
+        request,
+        csrf_token,
+        lambda context, service, token: {"enrolment": service.begin_enrolment(token)},
+    )
+
+
+@router.post("/activation/envoi")
+def send_activation_code(request: Request, csrf_token: FormText = "") -> Response:
+    def send(
+        context: StaffContext, service: StaffAccountService, token: str
+    ) -> Response | dict[str, Any]:
+        try:
+            service.send_enrolment_code(token)
+        except ThrottledError as exc:
+            return {
+                "errors": {GENERAL: str(exc)},
+                "status": 429,
+                "headers": _throttled_headers(exc),
+            }
+        return _redirect(request, ACTIVATION_PATH, info="code-activation-envoye")
+
+    return _activation_post(request, csrf_token, send)
+
+
+@router.post("/activation")
+def confirm_activation(
+    request: Request, code: FormText = "", email_code: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    errors: dict[str, str] = {}
+    _check_code(code, errors, "code-totp")
+
+    def confirm(
+        context: StaffContext, service: StaffAccountService, token: str
+    ) -> Response | dict[str, Any]:
+        state = _activation_state(request, service, token)
+        if not state.totp_pending:
+            message = "Configurez d'abord l'application d'authentification."
+            return {"errors": {GENERAL: message}, "status": 422}
+        if state.email_code_required:
+            _check_code(email_code, errors, "code-email")
+        if errors:
+            return {"errors": errors, "status": 422}
+        try:
+            opened = service.confirm_enrolment(
+                token,
+                code,
+                email_code=email_code or None,
+                device=request.cookies.get(DEVICE_COOKIE),
+            )
+        except ThrottledError as exc:
+            return {
+                "errors": {GENERAL: str(exc)},
+                "status": 429,
+                "headers": _throttled_headers(exc),
+            }
+        except AuthError as exc:
+            field = "code-totp" if not state.email_code_required else GENERAL
+            return {"errors": {field: str(exc)}, "status": 401}
+        response = _redirect(request, "/compte/securite", info="totp-active")
+        _set_session_cookie(response, opened.token, context)
+        if opened.device_token is not None:
+            set_device_cookie(response, opened.device_token)
+        return response
+
+    return _activation_post(request, csrf_token, confirm)

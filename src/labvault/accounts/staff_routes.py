@@ -1,0 +1,238 @@
+"""The staff side of the authentication API under ``/api/v1/auth``: accepting an invitation,
+the staff login, and the enrolment of an authenticator app that completes a first login
+(see ``labvault.accounts.invitations``).
+
+The cookies, CSRF tokens, origin checks and error answers are those of
+``labvault.accounts.routes``; the second-factor step of a staff account that has a factor is
+the shared ``POST /api/v1/auth/login/second-factor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from labvault.accounts.devices import DEVICE_COOKIE
+from labvault.accounts.invitations import StaffAccountService, StaffLogin
+from labvault.accounts.routes import (
+    _PROBLEMS,
+    SESSION_COOKIE,
+    Accepted,
+    CsrfRefusedError,
+    RuntimeDep,
+    SignedIn,
+    TotpSetup,
+    _accepted,
+    _Context,
+    _csrf_ok,
+    _failure_response,
+    _guard,
+    _hasher,
+    _set_session_cookie,
+    set_device_cookie,
+)
+from labvault.accounts.services import AuthError, InvalidInputError, PasswordRejected
+from labvault.core.crypto.secret import Secret
+from labvault.core.db import transaction
+from labvault.organizations.services import get_organization
+
+__all__ = ["StaffContext", "router"]
+
+router = APIRouter(prefix="/api/v1/auth", tags=["authentication"])
+T = TypeVar("T")
+
+
+class InvitationAcceptance(BaseModel):
+    token: str = Field(max_length=200)
+    password: str = Field(max_length=1024)
+
+
+class StaffCredentials(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class StaffLoginStep(BaseModel):
+    second_factor: list[str]
+    """Factors that complete this login (``POST /login/second-factor``)."""
+    enrol: list[str]
+    """When there are none: the factors to enrol first (``/enrolment/...``)."""
+    email_code_required: bool
+    """Whether enrolling also takes a code emailed by ``POST /enrolment/email-code``."""
+    csrf_token: str
+
+
+class EnrolmentConfirmation(BaseModel):
+    code: str = Field(max_length=32)
+    email_code: str | None = Field(default=None, max_length=32)
+
+
+class StaffContext(_Context):
+    """The request's context, building the staff account service."""
+
+    def service(self, session: Session) -> StaffAccountService:
+        runtime = self.runtime
+        return StaffAccountService(
+            session,
+            tenant_id=get_organization(session, runtime.settings.organization).id,
+            provider=runtime.key_provider,
+            mailer=self.mailer,
+            limiter=runtime.rate_limiter,
+            settings=runtime.settings,
+            hasher=_hasher(),
+            context=self.audit,
+        )
+
+
+def _run(context: StaffContext, action: Callable[[StaffAccountService], T]) -> T | Response:
+    """Run ``action`` in a transaction that commits even when the step fails as expected."""
+    failure: Exception | None = None
+    result: T | None = None
+    with transaction(context.runtime.sessions) as session:
+        try:
+            result = action(context.service(session))
+        except (AuthError, CsrfRefusedError, InvalidInputError, PasswordRejected) as exc:
+            failure = exc
+    if failure is not None:
+        return _failure_response(failure)
+    return cast(T, result)
+
+
+def _pending_answer(service: StaffAccountService, login: StaffLogin) -> dict[str, Any]:
+    found = service.pending(login.token.reveal())
+    assert found is not None
+    return {
+        "second_factor": list(login.factors),
+        "enrol": list(login.enrol),
+        "email_code_required": bool(login.enrol) and service.needs_mailbox_proof(found[0]),
+        "csrf_token": service.sessions.csrf_token(login.token.reveal()),
+    }
+
+
+def _pending_response(context: StaffContext, outcome: Any) -> Response:
+    if isinstance(outcome, Response):
+        return outcome
+    login, answer = outcome
+    response = JSONResponse(answer)
+    _set_session_cookie(response, login.token, context)
+    return response
+
+
+@router.post("/invitation/accept", response_model=StaffLoginStep, responses=_PROBLEMS)
+def accept_invitation(
+    body: InvitationAcceptance, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Choose the password with the invitation link's token. The cookie then opens only the
+    enrolment of an authenticator app, whose confirmation completes the login."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = StaffContext(request, runtime)
+
+    def accept(service: StaffAccountService) -> tuple[StaffLogin, dict[str, Any]]:
+        login = service.accept_invitation(
+            body.token,
+            Secret(body.password),
+            client_id=context.client_hash,
+            client_hash=context.client_hash,
+        )
+        return login, _pending_answer(service, login)
+
+    return _pending_response(context, _run(context, accept))
+
+
+@router.post("/staff/login", response_model=StaffLoginStep, responses=_PROBLEMS)
+def staff_login(body: StaffCredentials, request: Request, runtime: RuntimeDep) -> Response:
+    """First step of a staff login: the password. The same answers, limits and costs as
+    ``/login``; the cookie then opens only the second-factor step (or the enrolment)."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = StaffContext(request, runtime)
+
+    def log_in(service: StaffAccountService) -> tuple[StaffLogin, dict[str, Any]]:
+        login = service.staff_login(
+            body.email,
+            Secret(body.password),
+            client_id=context.client_hash,
+            client_hash=context.client_hash,
+        )
+        return login, _pending_answer(service, login)
+
+    return _pending_response(context, _run(context, log_in))
+
+
+def _enrolling(
+    context: StaffContext, action: Callable[[StaffAccountService, str], T]
+) -> T | Response:
+    token = context.request.cookies.get(SESSION_COOKIE, "")
+
+    def run(service: StaffAccountService) -> T:
+        if not _csrf_ok(context, service):
+            raise CsrfRefusedError
+        return action(service, token)
+
+    return _run(context, run)
+
+
+@router.post("/enrolment/totp", response_model=TotpSetup, responses=_PROBLEMS)
+def begin_enrolment(request: Request, runtime: RuntimeDep) -> Response:
+    """A new authenticator secret for the pending first login (shown once)."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _enrolling(
+        StaffContext(request, runtime), lambda service, token: service.begin_enrolment(token)
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return JSONResponse(
+        {"secret": outcome.secret_text, "uri": outcome.uri}, headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.post("/enrolment/email-code", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+def send_enrolment_code(request: Request, runtime: RuntimeDep) -> Response:
+    """Email the code that an enrolment started by a login (not by the invitation) needs."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _enrolling(
+        StaffContext(request, runtime), lambda service, token: service.send_enrolment_code(token)
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return _accepted("Un code d'activation vient d'être envoyé à votre adresse.")
+
+
+@router.post("/enrolment/totp/confirm", response_model=SignedIn, responses=_PROBLEMS)
+def confirm_enrolment(
+    body: EnrolmentConfirmation, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Confirm the authenticator with one of its codes; answers with a NEW session cookie
+    (the pending one is revoked): the login is complete."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = StaffContext(request, runtime)
+
+    def confirm(service: StaffAccountService, token: str) -> tuple[Any, str]:
+        opened = service.confirm_enrolment(
+            token,
+            body.code,
+            email_code=body.email_code,
+            device=request.cookies.get(DEVICE_COOKIE),
+        )
+        return opened, service.sessions.csrf_token(opened.token.reveal())
+
+    outcome = _enrolling(context, confirm)
+    if isinstance(outcome, Response):
+        return outcome
+    opened, csrf = outcome
+    response = JSONResponse(
+        {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
+    )
+    _set_session_cookie(response, opened.token, context)
+    if opened.device_token is not None:
+        set_device_cookie(response, opened.device_token)
+    return response
