@@ -342,8 +342,10 @@ def demo(
     if settings.mailer.startswith("file:"):
         console.print(f"Mail lands in {mail_dir} (one .eml file per message).")
     if serve_app:
+        # localhost rather than 127.0.0.1: browsers allow passkeys on a name, not an address.
+        shown = "localhost" if host == "127.0.0.1" else host
         console.print(
-            f"\n[bold green]labvault is running:[/] open http://{host}:{port}/ (Ctrl+C to stop)"
+            f"\n[bold green]labvault is running:[/] open http://{shown}:{port}/ (Ctrl+C to stop)"
         )
         console.print(f"Health: http://{host}:{port}/api/v1/health")
         serve(host=host, port=port)

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         default="labvault <no-reply@labvault.localhost>", description="Sender of every message."
     )
     public_url: str = Field(
-        default="http://127.0.0.1:8000", description="Base URL put in links sent by email."
+        default="http://localhost:8000",
+        description="Base URL put in links sent by email; its host is the passkeys' relying "
+        "party (a name, not an IP address: browsers refuse WebAuthn on 127.0.0.1).",
     )
     ratelimit_storage: str = Field(
         default="memory://",

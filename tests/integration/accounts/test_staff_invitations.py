@@ -286,7 +286,7 @@ def test_an_invitation_seals_the_member_makes_a_pending_account_and_emails_a_lin
     for personal in (LAST_NAME, "Garnier", "biolog", "Centre", EMAIL):
         assert personal not in text_body, personal
     link, token = LINK.search(text_body).groups()  # type: ignore[union-attr]
-    assert link == "http://127.0.0.1:8000/compte/invitation"
+    assert link == "http://localhost:8000/compte/invitation"
     selector, _, verifier = token.partition(".")
     assert len(base64.urlsafe_b64decode(verifier + "=")) == 32, "256 random bits"
 
