@@ -36,10 +36,12 @@ from labvault.accounts.services import (
     AccountService,
     AuthError,
     CurrentPasswordError,
+    ForbiddenError,
     InvalidInputError,
     PasswordRejected,
     ThrottledError,
 )
+from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.events import AuditContext, ClientAddressHasher
 from labvault.core.crypto.passwords import PasswordHasher
 from labvault.core.crypto.secret import Secret
@@ -620,3 +622,44 @@ def recovery_codes(request: Request, runtime: RuntimeDep) -> Response:
     if isinstance(outcome, Response):
         return outcome
     return JSONResponse({"codes": outcome}, headers={"Cache-Control": "no-store"})
+
+
+class Unlocked(BaseModel):
+    unlocked: bool
+
+
+_UNLOCK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_PROBLEMS,
+    404: {
+        "description": "No such account in this organization, or not allowed (one answer).",
+        "content": {"application/problem+json": {}},
+    },
+}
+
+
+@router.post("/accounts/{account_id}/unlock", response_model=Unlocked, responses=_UNLOCK_RESPONSES)
+def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
+    """An organization admin lifts a lockout; ``unlocked`` is false if there was none.
+
+    An unknown account and a forbidden one get the same 404 (invariant I7).
+    """
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = _Context(request, runtime)
+
+    def unlock(service: AccountService, record: AccountSession, admin: Account) -> bool | None:
+        target = service.account(account_id)
+        if target is None or admin.kind != "staff":
+            return None
+        principal = Principal(PrincipalKind.STAFF, str(admin.id), role=admin.role)
+        try:
+            return service.unlock(target, principal)
+        except ForbiddenError:
+            return None
+
+    outcome = _signed_in(context, unlock)
+    if isinstance(outcome, Response):
+        return outcome
+    if outcome is None:
+        return problem_response(404, detail="Compte introuvable.")
+    return JSONResponse({"unlocked": outcome})

@@ -1000,6 +1000,11 @@ class AccountService:
         )
         return token
 
+    def account(self, account_id: uuid.UUID) -> Account | None:
+        """One of this organization's accounts, or None (another tenant's is None too)."""
+        found = self._session.get(Account, account_id)
+        return found if found is not None and found.tenant_id == self._tenant_id else None
+
     def unlock(self, account: Account, by: Principal) -> bool:
         """Lift a lockout, by an administrator of the organization; False if the account was
         not locked. The owner is told by email."""

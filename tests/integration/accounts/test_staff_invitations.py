@@ -925,3 +925,34 @@ def test_the_demo_has_an_organization_admin_who_enrols_at_first_login(
         account = session.scalars(select(Account).where(Account.kind == "staff")).one()
         member = session.get_one(StaffMember, account.staff_id)
     assert account.role == member.role == "organization_admin"
+
+
+def test_an_organization_admin_unlocks_an_account_and_nobody_else_can(
+    client: TestClient, lab: Lab, runtime: Runtime
+) -> None:
+    locked = lab.active("verrou@example.org", StaffRole.BIOLOGIST)
+    with lab.unit() as service:
+        target = service.account(locked.id)
+        assert target is not None
+        service.lock(target, reason_principal=SYSTEM)
+    unlock = f"/api/v1/auth/accounts/{locked.id}/unlock"
+
+    biologist = accept(client, lab.invite("bio2@example.org", StaffRole.BIOLOGIST))
+    enrol(client, biologist.json()["csrf_token"])
+    token = client.get("/api/v1/auth/me").json()["csrf_token"]
+    refused = client.post(unlock, headers=csrf(token))
+    unknown = client.post(f"/api/v1/auth/accounts/{uuid.uuid4()}/unlock", headers=csrf(token))
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.json()["detail"] == unknown.json()["detail"], "the same answer (I7)"
+
+    client.cookies.clear()
+    admin = accept(client, lab.invite("admin2@example.org", StaffRole.ORGANIZATION_ADMIN))
+    enrol(client, admin.json()["csrf_token"])
+    token = client.get("/api/v1/auth/me").json()["csrf_token"]
+    assert client.post(unlock).status_code == 403, "CSRF applies"
+    first = client.post(unlock, headers=csrf(token))
+    assert first.status_code == 200, first.text
+    assert first.json() == {"unlocked": True}
+    assert client.post(unlock, headers=csrf(token)).json() == {"unlocked": False}
+    assert lab.account("verrou@example.org").status == AccountStatus.ACTIVE.value
+    assert "déverrouillé" in body(messages(runtime)[-1])
