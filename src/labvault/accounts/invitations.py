@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hmac
-import secrets
 import unicodedata
 import uuid
 from collections.abc import Sequence
@@ -83,7 +81,6 @@ from labvault.accounts.services import (
     OpenedSession,
     TotpEnrolment,
 )
-from labvault.accounts.sessions import hash_token
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import Outcome
@@ -110,7 +107,6 @@ __all__ = [
 
 INVITATION_PURPOSE: Final = "staff-invitation"
 INVITATION_TTL: Final = dt.timedelta(days=7)
-INVITATION_TOKEN_BYTES: Final = 32
 INVITATION_PATH: Final = "/compte/invitation"
 """The page that reads the token from the link's fragment and asks for a password."""
 INVITATION_INVALID: Final = (
@@ -169,21 +165,6 @@ class StaffLogin:
     token: Secret[str]
     factors: tuple[str, ...]
     enrol: tuple[str, ...]
-
-
-def _invitation_token(record_id: uuid.UUID) -> Secret[str]:
-    return Secret(f"{record_id.hex}.{secrets.token_urlsafe(INVITATION_TOKEN_BYTES)}")
-
-
-def _selector(token: str) -> uuid.UUID | None:
-    """The row id an invitation token names, or None if it does not look like one."""
-    selector, dot, verifier = token.partition(".")
-    if not dot or len(selector) != 32 or not 40 <= len(verifier) <= 64:
-        return None
-    try:
-        return uuid.UUID(hex=selector)
-    except ValueError:
-        return None
 
 
 def _clean_name(value: str, label: str) -> str:
@@ -310,36 +291,7 @@ class StaffAccountService(AccountService):
         return (opened["first_name"] or b"").decode()
 
     def _new_invitation(self, account: Account) -> tuple[Secret[str], dt.datetime]:
-        now = self._clock()
-        self._retire_invitations(account.id)
-        record_id = uuid.uuid4()
-        token = _invitation_token(record_id)
-        expires_at = now + INVITATION_TTL
-        self._session.add(
-            OneTimeCode(
-                id=record_id,
-                tenant_id=self._tenant_id,
-                account_id=account.id,
-                purpose=INVITATION_PURPOSE,
-                code_hash=hash_token(token.reveal()),
-                expires_at=expires_at,
-                attempts=0,
-                created_at=now,
-            )
-        )
-        self._session.flush()
-        return token, expires_at
-
-    def _retire_invitations(self, account_id: uuid.UUID) -> None:
-        self._session.execute(
-            update(OneTimeCode)
-            .where(
-                OneTimeCode.account_id == account_id,
-                OneTimeCode.purpose == INVITATION_PURPOSE,
-                OneTimeCode.used_at.is_(None),
-            )
-            .values(used_at=self._clock())
-        )
+        return self._issue_link(account.id, INVITATION_PURPOSE, INVITATION_TTL)
 
     def _send_invitation(self, address: str, first_name: str, token: Secret[str]) -> None:
         link = f"{self._settings.public_url.rstrip('/')}{INVITATION_PATH}#{token.reveal()}"
@@ -389,7 +341,7 @@ class StaffAccountService(AccountService):
         bad token; a password the policy refuses leaves the link usable."""
         self._check_rate(ACCEPT_PER_CLIENT, client_id, AuditAction.STAFF_INVITATION_FAILURE)
         now = self._clock()
-        record = self._invitation_record(token)
+        record = self._link_record(token, INVITATION_PURPOSE)
         account = None if record is None else self._session.get(Account, record.account_id)
         member = (
             None
@@ -418,7 +370,7 @@ class StaffAccountService(AccountService):
         if not claimed.rowcount:  # type: ignore[attr-defined]
             self._invitation_failed(account)  # used by a concurrent request meanwhile
         self._set_password(account, password)
-        self._retire_invitations(account.id)
+        self._retire_links(INVITATION_PURPOSE, account.id)
         account.status = AccountStatus.ACTIVE.value
         account.email_verified_at = now
         self._record(AuditAction.STAFF_INVITATION_ACCEPT, account.id, principal)
@@ -430,20 +382,6 @@ class StaffAccountService(AccountService):
         )
         session.second_factor = INVITATION_PROOF  # still pending: second_factor_at is None
         return StaffLogin(session_token, self._factors(account), self.enrolment_needed(account))
-
-    def _invitation_record(self, token: str) -> OneTimeCode | None:
-        if not token or len(token) > 200 or not token.isascii():
-            return None
-        record_id = _selector(token)
-        record = None if record_id is None else self._session.get(OneTimeCode, record_id)
-        if (
-            record is None
-            or record.purpose != INVITATION_PURPOSE
-            or record.tenant_id != self._tenant_id
-            or not hmac.compare_digest(record.code_hash, hash_token(token))
-        ):
-            return None
-        return record
 
     def _invitation_failed(self, account: Account | None) -> NoReturn:
         self._audit(

@@ -176,12 +176,16 @@ def paris_time(moment: dt.datetime) -> str:
     return f"{day} {_MONTHS[local.month - 1]} {local.year} à {local.hour} h {local.minute:02d}"
 
 
-def _reset_token(record_id: uuid.UUID) -> Secret[str]:
+def link_token(record_id: uuid.UUID) -> Secret[str]:
+    """A token for an emailed link (reset, invitation): the row it names, then 256 random bits.
+
+    Naming the row makes the lookup a primary-key read; only the token's SHA-256 is stored.
+    """
     return Secret(f"{record_id.hex}.{secrets.token_urlsafe(RESET_TOKEN_BYTES)}")
 
 
-def _reset_selector(token: str) -> uuid.UUID | None:
-    """The row id a reset token names, or None if it does not look like one of ours."""
+def link_selector(token: str) -> uuid.UUID | None:
+    """The row id a link token names, or None if it does not look like one of ours."""
     selector, dot, verifier = token.partition(".")
     if not dot or len(selector) != 32 or not 40 <= len(verifier) <= 64:
         return None
@@ -874,8 +878,8 @@ class AccountService:
         account = self._find(email_index, kind)
         if account is None or account.status not in RESETTABLE:
             # The statements of the known path that need no account, matching nothing.
-            self._retire_reset_tokens(uuid.uuid4())
-            _reset_token(uuid.uuid4())
+            self._retire_links(RESET_PURPOSE, uuid.uuid4())
+            link_token(uuid.uuid4())
             self._audit(
                 AuditAction.ACCOUNT_PASSWORD_RESET_REQUEST,
                 None if account is None else account.id,
@@ -909,7 +913,7 @@ class AccountService:
             RESET_COMPLETE_PER_CLIENT, client_id, AuditAction.ACCOUNT_PASSWORD_RESET_THROTTLED
         )
         now = self._clock()
-        record = self._reset_record(token)
+        record = self._link_record(token, RESET_PURPOSE)
         account = None if record is None else self._session.get(Account, record.account_id)
         if (
             record is None
@@ -1029,43 +1033,52 @@ class AccountService:
         return True
 
     def _new_reset_token(self, account: Account) -> Secret[str]:
+        token, _ = self._issue_link(account.id, RESET_PURPOSE, RESET_TOKEN_TTL)
+        return token
+
+    def _issue_link(
+        self, account_id: uuid.UUID, purpose: str, ttl: dt.timedelta
+    ) -> tuple[Secret[str], dt.datetime]:
+        """A new link token for ``purpose``; the account's earlier ones stop working."""
         now = self._clock()
-        self._retire_reset_tokens(account.id)
+        self._retire_links(purpose, account_id)
         record_id = uuid.uuid4()
-        token = _reset_token(record_id)
+        token = link_token(record_id)
         self._session.add(
             OneTimeCode(
                 id=record_id,
                 tenant_id=self._tenant_id,
-                account_id=account.id,
-                purpose=RESET_PURPOSE,
+                account_id=account_id,
+                purpose=purpose,
                 code_hash=hash_token(token.reveal()),
-                expires_at=now + RESET_TOKEN_TTL,
+                expires_at=now + ttl,
                 attempts=0,
+                created_at=now,
             )
         )
-        return token
+        self._session.flush()
+        return token, now + ttl
 
-    def _retire_reset_tokens(self, account_id: uuid.UUID) -> None:
+    def _retire_links(self, purpose: str, account_id: uuid.UUID) -> None:
         self._session.execute(
             update(OneTimeCode)
             .where(
                 OneTimeCode.account_id == account_id,
-                OneTimeCode.purpose == RESET_PURPOSE,
+                OneTimeCode.purpose == purpose,
                 OneTimeCode.used_at.is_(None),
             )
             .values(used_at=self._clock())
         )
 
-    def _reset_record(self, token: str) -> OneTimeCode | None:
-        """The reset row whose token this is, whatever its state; None for anything else."""
-        if not token or len(token) > 200:
+    def _link_record(self, token: str, purpose: str) -> OneTimeCode | None:
+        """The row of ``purpose`` whose token this is, whatever its state; None otherwise."""
+        if not token or len(token) > 200 or not token.isascii():
             return None
-        record_id = _reset_selector(token)
+        record_id = link_selector(token)
         record = None if record_id is None else self._session.get(OneTimeCode, record_id)
         if (
             record is None
-            or record.purpose != RESET_PURPOSE
+            or record.purpose != purpose
             or record.tenant_id != self._tenant_id
             or not hmac.compare_digest(record.code_hash, hash_token(token))
         ):
@@ -1090,7 +1103,7 @@ class AccountService:
         account.password_hash = self._hasher.hash(password)
         account.password_changed_at = self._clock()
         account.failed_logins = 0
-        self._retire_reset_tokens(account.id)
+        self._retire_links(RESET_PURPOSE, account.id)
 
     def _unlocked(self, account: Account, by: Principal) -> None:
         account.status = AccountStatus.ACTIVE.value

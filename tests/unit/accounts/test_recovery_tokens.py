@@ -8,7 +8,9 @@ import uuid
 import pytest
 
 from labvault.accounts.devices import device_hash, is_device_token, new_device_token
-from labvault.accounts.services import _reset_selector, _reset_token, paris_time
+from labvault.accounts.services import link_selector as _reset_selector
+from labvault.accounts.services import link_token as _reset_token
+from labvault.accounts.services import paris_time
 
 
 def test_a_reset_token_names_its_row_and_carries_256_random_bits() -> None:
