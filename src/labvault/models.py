@@ -3,6 +3,7 @@
 from labvault.accounts.devices import KnownDevice
 from labvault.accounts.models import (
     Account,
+    AccountDependent,
     AccountSession,
     OneTimeCode,
     RecoveryCode,
@@ -18,6 +19,7 @@ from labvault.staff.models import StaffMember, StaffSite
 
 __all__ = [
     "Account",
+    "AccountDependent",
     "AccountSession",
     "AuditCheckpoint",
     "AuditEvent",

@@ -45,6 +45,26 @@ class AccountStatus(enum.StrEnum):
     """Deletion requested: no login; erased by the retention job."""
 
 
+class LockReason(enum.StrEnum):
+    TOO_MANY_FAILURES = "too-many-failures"
+    SECURITY_DECISION = "security-decision"
+    """A security officer or an automatic guard (exfiltration budget, honey record)."""
+
+
+class DependentRelationship(enum.StrEnum):
+    PARENT = "parent"
+    LEGAL_GUARDIAN = "legal-guardian"
+
+
+class DependentVerification(enum.StrEnum):
+    """How the guardian's right to act for the dependent was established."""
+
+    CONTACT_CODE = "contact-code"
+    """A one-time code sent to the contact on the dependent's record, entered by the guardian."""
+    LAB_DESK = "lab-desk"
+    """Documents seen at the lab desk by a staff member (the audit log names who)."""
+
+
 class Account(HasRandomId, Base):
     __tablename__ = "accounts"
     __table_args__ = (
@@ -56,6 +76,8 @@ class Account(HasRandomId, Base):
             "email_index",
             unique=True,
         ),
+        # A Patient record is linked to at most one account (NULLs are not compared).
+        Index("uq_accounts_tenant_id_patient_id", "tenant_id", "patient_id", unique=True),
         UniqueConstraint("tenant_id", "id"),
         ForeignKeyConstraint(
             ["tenant_id", "data_key_id"],
@@ -79,6 +101,10 @@ class Account(HasRandomId, Base):
     staff_id: Mapped[uuid.UUID | None]
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_at: Mapped[dt.datetime | None]
+    lock_reason: Mapped[str | None] = mapped_column(String(32))
+    """A :class:`LockReason` value: why the account is locked, for the admin who unlocks it."""
+    closing_requested_at: Mapped[dt.datetime | None]
+    """When the owner asked for deletion; the account is erased after the grace period."""
     email_verified_at: Mapped[dt.datetime | None]
     password_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -176,3 +202,32 @@ class RecoveryCode(HasRandomId, Base):
     code_hash: Mapped[bytes] = mapped_column(RawBytes(32))
     used_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AccountDependent(HasRandomId, Base):
+    """A guardian's account acting for another person's Patient record (a minor child).
+
+    The right ends at the dependent's 18th birthday: it is checked against the birth date,
+    decrypted when the guardian acts, never stored in clear here (it is personal data).
+    """
+
+    __tablename__ = "account_dependents"
+    __table_args__ = (
+        Index(
+            "uq_account_dependents_account_id_patient_id", "account_id", "patient_id", unique=True
+        ),
+        Index("ix_account_dependents_tenant_id_patient_id", "tenant_id", "patient_id"),
+        ForeignKeyConstraint(
+            ["tenant_id", "account_id"], ["accounts.tenant_id", "accounts.id"], ondelete="CASCADE"
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    account_id: Mapped[uuid.UUID]
+    patient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    relationship: Mapped[str] = mapped_column(String(16))
+    verified_by: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]

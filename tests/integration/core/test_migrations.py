@@ -18,6 +18,7 @@ TENANT_OWNED = {
     "staff_members",
     "staff_sites",
     "accounts",
+    "account_dependents",
     "account_sessions",
     "one_time_codes",
     "totp_credentials",
