@@ -10,22 +10,26 @@ from labvault.accounts.models import (
     TotpCredential,
 )
 from labvault.accounts.webauthn import WebAuthnCredential
+from labvault.appointments.models import Appointment
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
 from labvault.organizations.models import Organization, Site
 from labvault.patients.models import Patient
+from labvault.security.models import BreakGlassGrant, SecurityAlert
 from labvault.staff.models import StaffMember, StaffSite
 
 __all__ = [
     "Account",
     "AccountDependent",
     "AccountSession",
+    "Appointment",
     "AuditCheckpoint",
     "AuditEvent",
     "AuditLogState",
     "AuditTreeNode",
     "Base",
+    "BreakGlassGrant",
     "DataKeyRecord",
     "IndexKeyRecord",
     "KnownDevice",
@@ -33,6 +37,7 @@ __all__ = [
     "Organization",
     "Patient",
     "RecoveryCode",
+    "SecurityAlert",
     "Site",
     "StaffMember",
     "StaffSite",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
@@ -35,6 +35,8 @@ class Patient(HasRandomId, Base):
         Index("ix_patients_tenant_id_email_index", "tenant_id", "email_index"),
         Index("ix_patients_tenant_id_phone_index", "tenant_id", "phone_index"),
         Index("ix_patients_tenant_id_name_index", "tenant_id", "name_index"),
+        # Target of tenant-scoped foreign keys (appointments, grants): same tenant only.
+        UniqueConstraint("tenant_id", "id"),
         # The data key must be the same tenant's (I8: isolation inside the database too).
         ForeignKeyConstraint(
             ["tenant_id", "data_key_id"],

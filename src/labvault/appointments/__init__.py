@@ -1,0 +1,1 @@
+"""Sampling appointments at a lab site or at home."""

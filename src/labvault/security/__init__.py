@@ -1,0 +1,1 @@
+"""The security team's tools: break-glass grants, alerts, and their review."""
