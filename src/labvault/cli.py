@@ -32,6 +32,7 @@ from rich.table import Table
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from labvault.accounts.commands import accounts_app
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.checkpoints import CheckpointError, TrustedKeys, dumps
@@ -84,6 +85,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(import_app, name="import")
 app.add_typer(patients_app, name="patients")
 app.add_typer(staff_app, name="staff")
+app.add_typer(accounts_app, name="accounts")
 
 console = Console()
 errors = Console(stderr=True)
@@ -507,8 +509,9 @@ def _patients_table(found: list[PatientRecord]) -> Table:
         nir = p.nir.formatted() if p.nir else (p.ins_number or "")
         address = " ".join(v for v in (p.address_line, p.postal_code, p.city) if v)
         table.add_row(
-            str(p.id), p.birth_name, p.used_name or "", p.first_names, p.birth_date.isoformat(),
-            p.sex.value, nir, p.email or "", p.phone or "", address,
+            str(p.id), p.birth_name or "", p.used_name or "", p.first_names or "",
+            p.birth_date.isoformat() if p.birth_date else "", p.sex.value if p.sex else "",
+            nir, p.email or "", p.phone or "", address,
         )  # fmt: skip
     return table
 

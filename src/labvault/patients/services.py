@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Select, Table, insert, select
+from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.orm import Session
 
+from labvault.core.access.policies import Interaction
+from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.errors import DecryptionError
@@ -25,6 +27,13 @@ from labvault.patients.ins import IdentityStatus, InsOid, Sex
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
 from labvault.patients.nir import Nir
 from labvault.patients.schemas import PatientInput
+from labvault.patients.scope import (
+    SYSTEM_ACCESS,
+    AccessDeniedError,
+    AccessScope,
+    SystemAccess,
+    in_scope,
+)
 
 TABLE = Patient.__tablename__
 SUBJECT_TYPE = "patient"
@@ -36,18 +45,23 @@ DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
 
 @dataclass(frozen=True, slots=True, repr=False)
 class PatientRecord:
-    """A patient, decrypted. Its repr shows the id only, so it cannot leak into logs."""
+    """A patient, decrypted as far as the reader's policy allows.
+
+    ``fields`` names the personal fields that were revealed; the others were not even
+    decrypted and are ``None``. Its repr shows the id only, so it cannot leak into logs.
+    """
 
     id: uuid.UUID
-    birth_name: str
+    fields: frozenset[str]
+    birth_name: str | None
     used_name: str | None
-    first_names: str
-    birth_date: dt.date
-    sex: Sex
+    first_names: str | None
+    birth_date: dt.date | None
+    sex: Sex | None
     birth_place_code: str | None
     ins_number: str | None
     ins_oid: InsOid | None
-    identity_status: IdentityStatus
+    identity_status: IdentityStatus | None
     email: str | None
     phone: str | None
     address_line: str | None
@@ -117,11 +131,30 @@ def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[Pre
 
 
 class PatientRepository:
-    """Patients of one tenant, as seen by the principal bound to ``keyring``."""
+    """Patients of one tenant, as seen by the principal bound to ``keyring``.
 
-    def __init__(self, session: Session, keyring: Keyring) -> None:
+    Every read is limited by ``access``: the records in the principal's scope, and of those
+    only the fields its policy grants (see ``labvault.patients.scope``); anything else is
+    neither selected nor decrypted. A system job omits it and gets every record, which only
+    a keyring bound to a named ``SystemPrincipal`` may do.
+    """
+
+    def __init__(
+        self, session: Session, keyring: Keyring, access: AccessScope | SystemAccess | None = None
+    ) -> None:
+        if access is None:
+            if not isinstance(keyring.principal, SystemPrincipal):
+                raise AccessDeniedError(
+                    "only a named system job reads patients without an access scope"
+                )
+            access = SYSTEM_ACCESS
+        elif isinstance(access, AccessScope) and (
+            access.principal != keyring.principal or access.tenant_id != keyring.tenant_id
+        ):
+            raise AccessDeniedError("the access scope is another principal's or tenant's")
         self._session = session
         self._keyring = keyring
+        self._access = access
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -132,6 +165,8 @@ class PatientRepository:
 
         See :meth:`store_prepared` for what "already known" means.
         """
+        if isinstance(self._access, AccessScope):
+            self._access.grant(SUBJECT_TYPE, Interaction.CREATE)
         return self.store_prepared(prepare_patients(inputs, self._keyring), purpose=purpose)
 
     def store_prepared(
@@ -216,54 +251,70 @@ class PatientRepository:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, patient_id: uuid.UUID, *, purpose: str) -> PatientRecord | None:
+        """The record, or ``None`` when it does not exist *or* is out of scope (same 404)."""
+        try:
+            where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.READ)
+        except AccessDeniedError:
+            return None
         found = self._open(
             select(Patient).where(
-                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id
+                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where
             ),
             purpose,
+            fields,
         )
         return found[0] if found else None
 
     def find_by_nir(self, nir: Nir, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.nir(nir.compact)
-        self._searched(AuditAction.PATIENT_SEARCH_NIR, purpose)
-        return self._open(self._scoped().where(Patient.nir_index == index), purpose)
+        return self._search(AuditAction.PATIENT_SEARCH_NIR, Patient.nir_index == index, purpose)
 
     def find_by_email(self, email: str, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.email(email)
-        self._searched(AuditAction.PATIENT_SEARCH_EMAIL, purpose)
-        return self._open(self._scoped().where(Patient.email_index == index), purpose)
+        return self._search(AuditAction.PATIENT_SEARCH_EMAIL, Patient.email_index == index, purpose)
 
     def find_by_phone(self, phone: str, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.phone(phone)
-        self._searched(AuditAction.PATIENT_SEARCH_PHONE, purpose)
-        return self._open(self._scoped().where(Patient.phone_index == index), purpose)
+        return self._search(AuditAction.PATIENT_SEARCH_PHONE, Patient.phone_index == index, purpose)
 
     def find_by_name(
         self, birth_name: str, first_name: str, birth_date: dt.date, *, purpose: str
     ) -> list[PatientRecord]:
         index = self._keyring.indexer.name_birth_date(birth_name, first_name, birth_date)
-        self._searched(AuditAction.PATIENT_SEARCH_NAME, purpose)
-        return self._open(self._scoped().where(Patient.name_index == index), purpose)
+        return self._search(AuditAction.PATIENT_SEARCH_NAME, Patient.name_index == index, purpose)
 
-    def _searched(self, action: AuditAction, purpose: str) -> None:
-        """A search is an access even when it finds nothing: who looked for whom, not what."""
+    def _search(
+        self, action: AuditAction, match: ColumnElement[bool], purpose: str
+    ) -> list[PatientRecord]:
+        """Exact matches in scope. A search is an access even when it finds nothing (who
+        looked, not for whom), and one refused outright is recorded as a failure."""
+        try:
+            where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.SEARCH)
+        except AccessDeniedError as denied:
+            raise self._keyring.audit.refusal(
+                denied,
+                action,
+                tenant_id=self._keyring.tenant_id,
+                target_type=SUBJECT_TYPE,
+                purpose=purpose,
+            ) from None
         self._keyring.audit.record(
             action, tenant_id=self._keyring.tenant_id, target_type=SUBJECT_TYPE, purpose=purpose
         )
-
-    def _scoped(self) -> Select[Patient]:
-        return (
+        query = (
             select(Patient)
-            .where(Patient.tenant_id == self._keyring.tenant_id)
+            .where(Patient.tenant_id == self._keyring.tenant_id, match, where)
             .order_by(Patient.created_at, Patient.id)
             .limit(MAX_SEARCH_RESULTS)
         )
+        return self._open(query, purpose, fields)
 
-    def _open(self, query: Select[Patient], purpose: str) -> list[PatientRecord]:
+    def _open(
+        self, query: Select[Patient], purpose: str, fields: frozenset[str] | None
+    ) -> list[PatientRecord]:
         patients = list(self._session.scalars(query))
         keys = self._keyring.open_data_keys(SUBJECT_TYPE, [p.id for p in patients], purpose)
-        return [_open_patient(keys[p.id], p) for p in patients]
+        return [_open_patient(keys[p.id], p, fields) for p in patients]
 
 
 def _seal_patient(
@@ -288,22 +339,35 @@ def _seal_patient(
     )
 
 
-def _open_patient(key: FieldKey, patient: Patient) -> PatientRecord:
+ALL_FIELDS: frozenset[str] = frozenset(ENCRYPTED_FIELDS) | {"ins_oid", "identity_status"}
+
+
+def _open_patient(
+    key: FieldKey, patient: Patient, fields: frozenset[str] | None = None
+) -> PatientRecord:
+    """Decrypt the granted fields only (``None``: all of them)."""
     if key.id != patient.data_key_id:
         raise DecryptionError(f"{TABLE} row {patient.id}: names a data key that is not its own")
-    opened = key.open_row(TABLE, patient.id, {c: getattr(patient, c) for c in ENCRYPTED_FIELDS})
+    revealed = ALL_FIELDS if fields is None else ALL_FIELDS & fields
+    sealed = [c for c in ENCRYPTED_FIELDS if c in revealed]
+    opened = key.open_row(TABLE, patient.id, {c: getattr(patient, c) for c in sealed})
     values = {c: None if v is None else v.decode() for c, v in opened.items()}
+    values.update(dict.fromkeys(set(ENCRYPTED_FIELDS) - set(sealed)))
+    birth_date, sex = values["birth_date"], values["sex"]
     return PatientRecord(
         id=patient.id,
-        birth_name=values["birth_name"] or "",
+        fields=revealed,
+        birth_name=values["birth_name"],
         used_name=values["used_name"],
-        first_names=values["first_names"] or "",
-        birth_date=dt.date.fromisoformat(values["birth_date"] or ""),
-        sex=Sex(values["sex"] or ""),
+        first_names=values["first_names"],
+        birth_date=dt.date.fromisoformat(birth_date) if birth_date else None,
+        sex=Sex(sex) if sex else None,
         birth_place_code=values["birth_place_code"],
         ins_number=values["ins_number"],
-        ins_oid=InsOid(patient.ins_oid) if patient.ins_oid else None,
-        identity_status=IdentityStatus(patient.identity_status),
+        ins_oid=InsOid(patient.ins_oid) if patient.ins_oid and "ins_oid" in revealed else None,
+        identity_status=(
+            IdentityStatus(patient.identity_status) if "identity_status" in revealed else None
+        ),
         email=values["email"],
         phone=values["phone"],
         address_line=values["address_line"],

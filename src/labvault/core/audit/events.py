@@ -12,23 +12,26 @@ import hmac
 import ipaddress
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from typing import cast as type_cast
 
 from sqlalchemy import ColumnElement, Table, Text, cast, func, insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.core.access.principals import Principal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.models import AuditEvent, to_micros
 from labvault.core.crypto.providers.base import KeyProvider
 from labvault.core.crypto.secret import Secret
-from labvault.core.db import describe_database_error, utcnow
+from labvault.core.db import describe_database_error, transaction, utcnow
+from labvault.core.logging import get_logger
 
 _TABLE = type_cast(Table, AuditEvent.__table__)
+_log = get_logger("labvault.audit")
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._@/+-]{0,127}")
 """Actor ids, roles, purposes, request ids: no spaces, no newlines, nothing free-form."""
@@ -42,6 +45,19 @@ class Outcome(enum.StrEnum):
     DENIED = "denied"
     FAILURE = "failure"
     ERROR = "error"
+
+
+class AuditedRefusalError(Exception):
+    """A refusal whose "denied" events must outlive the transaction it rolls back.
+
+    Services attach the events with :meth:`AuditTrail.refusal` and raise; the unit of work
+    (:func:`audited_transaction`) rolls back, then records them in a transaction of their
+    own, so a refused attempt leaves a trace and nothing else.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.audit_rows: list[dict[str, Any]] = []
 
 
 class AuditError(Exception):
@@ -136,17 +152,32 @@ class AuditTrail:
             outcome=outcome,
         )[0]
 
-    def record_many(
+    def refusal(
         self,
+        error: AuditedRefusalError,
         action: AuditAction,
         *,
+        tenant_id: uuid.UUID | None,
+        target_type: str | None = None,
+        target_id: uuid.UUID | None = None,
+        purpose: str | None = None,
+    ) -> AuditedRefusalError:
+        """Attach a "denied" event to ``error`` instead of writing it in this transaction,
+        which the error will roll back: :func:`audited_transaction` writes it afterwards."""
+        error.audit_rows.extend(
+            self._rows(action, tenant_id, target_type, [target_id], purpose, Outcome.DENIED)
+        )
+        return error
+
+    def _rows(
+        self,
+        action: AuditAction,
         tenant_id: uuid.UUID | None,
         target_type: str | None,
         target_ids: Sequence[uuid.UUID | None],
         purpose: str | None,
-        outcome: Outcome = Outcome.SUCCESS,
-    ) -> list[uuid.UUID]:
-        """One event per target, all at the same instant; returns their ids."""
+        outcome: Outcome,
+    ) -> list[dict[str, Any]]:
         if not isinstance(action, AuditAction):
             raise AuditError(f"unregistered audit action {action!r}")
         _check_token("target type", target_type)
@@ -154,7 +185,7 @@ class AuditTrail:
         outcome = Outcome(outcome)
         occurred_us = to_micros(self._clock())
         principal, context = self._principal, self._context
-        rows: list[dict[str, Any]] = [
+        return [
             {
                 "id": uuid.uuid4(),
                 "occurred_us": occurred_us,
@@ -173,6 +204,19 @@ class AuditTrail:
             }
             for target_id in target_ids
         ]
+
+    def record_many(
+        self,
+        action: AuditAction,
+        *,
+        tenant_id: uuid.UUID | None,
+        target_type: str | None,
+        target_ids: Sequence[uuid.UUID | None],
+        purpose: str | None,
+        outcome: Outcome = Outcome.SUCCESS,
+    ) -> list[uuid.UUID]:
+        """One event per target, all at the same instant; returns their ids."""
+        rows = self._rows(action, tenant_id, target_type, target_ids, purpose, outcome)
         if rows:
             try:
                 self._session.execute(insert(_TABLE), rows)
@@ -244,3 +288,25 @@ def is_well_formed(encoded: bytes) -> bool:
     text from one field to the next without changing the hashed bytes.
     """
     return encoded.count(b"\n") == _NEWLINES
+
+
+@contextmanager
+def audited_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work (:func:`labvault.core.db.transaction`) that keeps refusals' events.
+
+    If the unit raises an :class:`AuditedRefusalError`, everything it did is rolled back, then
+    the refusal's events are written in a new transaction and the refusal propagates. If
+    even that write fails, the refusal still propagates (nothing was disclosed) and the
+    failure is logged.
+    """
+    try:
+        with transaction(factory) as session:
+            yield session
+    except AuditedRefusalError as refusal:
+        if refusal.audit_rows:
+            try:
+                with transaction(factory) as session:
+                    session.execute(insert(_TABLE), refusal.audit_rows)
+            except SQLAlchemyError as exc:
+                _log.error("audit.refusal-not-recorded", error=describe_database_error(exc))
+        raise

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from helpers import leaked, sensitive_values, write_csv
+from labvault.appointments.models import Appointment
 from labvault.cli import app
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
@@ -22,11 +23,12 @@ from labvault.core.audit.search import search_events
 from labvault.core.audit.verify import verify_log
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.db import transaction
+from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import add_site, get_organization
 from labvault.patients.history import access_history, actor_reference
 from labvault.patients.models import Patient
+from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
 from labvault.staff.models import StaffRole
@@ -253,7 +255,13 @@ def test_the_access_history_shows_role_and_site_never_the_staff_member(
             biologist,
             context=AuditContext(request_id="a" * 32, client_hash=hasher("192.0.2.10")),
         )
-        PatientRepository(session, keyring).get(patient_id, purpose="care")
+        session.add(
+            Appointment(
+                tenant_id=tenant.id, patient_id=patient_id, site_id=site_id, starts_at=utcnow()
+            )
+        )
+        scope = staff_scope(session, biologist, tenant.id, staff_id)
+        assert PatientRepository(session, keyring, scope).get(patient_id, purpose="care")
     with transaction(runtime.sessions) as session:
         history = access_history(
             session, _keyring(runtime, session, SystemPrincipal("t:history")), patient_id

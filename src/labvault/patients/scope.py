@@ -1,0 +1,228 @@
+"""Which patients a principal may reach: its compiled policy turned into SQL, per request.
+
+The record scopes of a policy grant (``own``, ``site-relationship``, ``site-today``) become
+``WHERE`` clauses on ``patients.id``, applied *before* any key is unwrapped, so a record out
+of scope is never decrypted, never counted against a budget, and looks exactly like one that
+does not exist.
+
+The staff relationship rule: a staff member reaches a patient who has an appointment (not
+cancelled) at one of the staff member's sites within the relationship window (by default
+30 days back and 30 days ahead), or for whom they hold a live break-glass grant. Orders
+join the rule when results arrive.
+
+System jobs are not scoped: they name themselves (``SystemPrincipal("cli:...")``) and get
+:data:`SYSTEM_ACCESS`, on purpose and greppably.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+import zoneinfo
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, and_, false, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from labvault.appointments.models import Appointment, AppointmentStatus
+from labvault.core.access.policies import (
+    CompiledPolicy,
+    Grant,
+    Interaction,
+    Policy,
+    RecordScope,
+    compile_policy,
+    default_policy,
+)
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.events import AuditedRefusalError
+from labvault.core.config import Settings
+from labvault.core.db import utcnow
+from labvault.security.models import BreakGlassGrant
+from labvault.staff.models import StaffMember, StaffSite
+
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+
+
+class AccessDeniedError(AuditedRefusalError, PermissionError):
+    """The interaction is not granted at all. Routes answer it as "not found" (404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelationshipWindow:
+    before: dt.timedelta = dt.timedelta(days=30)
+    after: dt.timedelta = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessScope:
+    """What one principal may reach in one tenant, resolved once per request.
+
+    ``own_patient_ids`` are a patient account's own record and its current dependents';
+    ``staff_id`` and ``site_ids`` a staff member's identity and sites. ``now`` fixes the
+    instant the window is measured from, so one request sees one consistent scope.
+    """
+
+    principal: Principal
+    tenant_id: uuid.UUID
+    policy: CompiledPolicy
+    now: dt.datetime
+    own_patient_ids: frozenset[uuid.UUID] = frozenset()
+    staff_id: uuid.UUID | None = None
+    site_ids: frozenset[uuid.UUID] = frozenset()
+    window: RelationshipWindow = field(default_factory=RelationshipWindow)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.principal, SystemPrincipal):
+            raise ValueError("system jobs use SYSTEM_ACCESS, not a policy scope")
+        if self.now.tzinfo is None:
+            raise ValueError("the scope's instant must be timezone-aware")
+
+    def grant(self, resource: str, interaction: Interaction) -> Grant:
+        found = self.policy.grant_for(resource, interaction)
+        if found is None:
+            raise AccessDeniedError(f"{interaction} on {resource} is not granted")
+        return found
+
+    def patients_clause(
+        self, patient_id: InstrumentedAttribute[uuid.UUID], grant: Grant
+    ) -> ColumnElement[bool]:
+        """A condition on a patient id column: true exactly for the records in scope."""
+        if grant.records is RecordScope.OWN:
+            if self.principal.kind is not PrincipalKind.PATIENT or not self.own_patient_ids:
+                return false()
+            return patient_id.in_(sorted(self.own_patient_ids))
+        if grant.records in (RecordScope.SITE_RELATIONSHIP, RecordScope.SITE_TODAY):
+            if self.principal.kind is not PrincipalKind.STAFF or self.staff_id is None:
+                return false()
+            start, end = self._window(grant.records)
+            conditions = [self._break_glass(patient_id)]
+            if self.site_ids:
+                conditions.append(
+                    patient_id.in_(
+                        select(Appointment.patient_id).where(
+                            Appointment.tenant_id == self.tenant_id,
+                            Appointment.site_id.in_(sorted(self.site_ids)),
+                            Appointment.starts_at >= start,
+                            Appointment.starts_at < end,
+                            Appointment.status != AppointmentStatus.CANCELLED.value,
+                        )
+                    )
+                )
+            return or_(*conditions)
+        # RecordScope.ALL is refused for patient data when the policy is parsed.
+        return false()
+
+    def _window(self, records: RecordScope) -> tuple[dt.datetime, dt.datetime]:
+        if records is RecordScope.SITE_TODAY:
+            day = self.now.astimezone(PARIS).date()
+            start = dt.datetime.combine(day, dt.time(), PARIS)
+            end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), PARIS)
+            return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+        return self.now - self.window.before, self.now + self.window.after
+
+    def _break_glass(self, patient_id: InstrumentedAttribute[uuid.UUID]) -> ColumnElement[bool]:
+        return patient_id.in_(
+            select(BreakGlassGrant.patient_id).where(
+                BreakGlassGrant.tenant_id == self.tenant_id,
+                BreakGlassGrant.staff_id == self.staff_id,
+                BreakGlassGrant.expires_at > self.now,
+                BreakGlassGrant.revoked_at.is_(None),
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SystemAccess:
+    """Unscoped access for a named system job: every record, every field."""
+
+    def patients_clause(self) -> ColumnElement[bool]:
+        return true()
+
+
+SYSTEM_ACCESS = SystemAccess()
+
+
+def in_scope(
+    scope: AccessScope | SystemAccess,
+    patient_id: InstrumentedAttribute[uuid.UUID],
+    resource: str,
+    interaction: Interaction,
+) -> tuple[ColumnElement[bool], frozenset[str] | None]:
+    """The WHERE condition and the revealed fields (``None``: all) for one interaction.
+
+    Raises :class:`AccessDeniedError` when the interaction is not granted at all.
+    """
+    if isinstance(scope, SystemAccess):
+        return scope.patients_clause(), None
+    grant = scope.grant(resource, interaction)
+    return and_(scope.patients_clause(patient_id, grant)), scope.policy.fields(
+        resource, interaction
+    )
+
+
+def window_from(settings: Settings) -> RelationshipWindow:
+    return RelationshipWindow(
+        before=dt.timedelta(days=settings.relationship_days_before),
+        after=dt.timedelta(days=settings.relationship_days_after),
+    )
+
+
+def staff_scope(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    staff_id: uuid.UUID,
+    *,
+    window: RelationshipWindow | None = None,
+    policy: Policy | None = None,
+    now: dt.datetime | None = None,
+) -> AccessScope:
+    """A staff member's scope: its role's policy and the sites it works at today.
+
+    An inactive or unknown staff member, or one of another tenant, gets no sites and no
+    staff id, so its relationship clauses match nothing.
+    """
+    active = session.scalar(
+        select(StaffMember.id).where(
+            StaffMember.tenant_id == tenant_id,
+            StaffMember.id == staff_id,
+            StaffMember.active.is_(True),
+        )
+    )
+    sites: frozenset[uuid.UUID] = frozenset()
+    if active is not None:
+        sites = frozenset(
+            session.scalars(
+                select(StaffSite.site_id).where(
+                    StaffSite.tenant_id == tenant_id, StaffSite.staff_id == staff_id
+                )
+            )
+        )
+    return AccessScope(
+        principal=principal,
+        tenant_id=tenant_id,
+        policy=compile_policy(policy or default_policy(), principal),
+        now=now or utcnow(),
+        staff_id=active,
+        site_ids=sites,
+        window=window or RelationshipWindow(),
+    )
+
+
+def patient_scope(
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    own_patient_ids: frozenset[uuid.UUID],
+    *,
+    policy: Policy | None = None,
+    now: dt.datetime | None = None,
+) -> AccessScope:
+    """A patient account's scope: the records it acts for (its own, its dependents')."""
+    return AccessScope(
+        principal=principal,
+        tenant_id=tenant_id,
+        policy=compile_policy(policy or default_policy(), principal),
+        now=now or utcnow(),
+        own_patient_ids=own_patient_ids,
+    )

@@ -1,0 +1,239 @@
+"""The staff relationship rule and the patient's own scope, applied before any decryption."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from access_world import IN_RELATIONSHIP, NOW, PLACEMENTS, TODAY, World, build_world
+from labvault.core.access.policies import FIELD_CLASSES
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import audited_transaction
+from labvault.core.audit.models import AuditEvent
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.patients.scope import (
+    AccessDeniedError,
+    AccessScope,
+    RelationshipWindow,
+    patient_scope,
+    staff_scope,
+)
+from labvault.patients.services import PatientRecord, PatientRepository
+
+CONTACT = set(FIELD_CLASSES["patient"]["contact"])
+INS = set(FIELD_CLASSES["patient"]["ins"])
+
+
+@pytest.fixture
+def world(runtime: Runtime) -> World:
+    return build_world(runtime)
+
+
+def _visible(
+    runtime: Runtime, world: World, role: str, *, now: dt.datetime = NOW, **kwargs: object
+) -> dict[str, PatientRecord]:
+    principal = world.principals[role]
+    with transaction(runtime.sessions) as session:
+        keyring = world.keyring(runtime, session, principal, None)
+        scope = staff_scope(
+            session,
+            principal,
+            world.tenant,
+            world.staff[role],
+            now=now,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        repository = PatientRepository(session, keyring, scope)
+        found = {
+            name: repository.get(patient_id, purpose="care")
+            for name, patient_id in world.patients.items()
+        }
+        found["foreign"] = repository.get(world.foreign_patient, purpose="care")
+    return {name: record for name, record in found.items() if record is not None}
+
+
+def _reads(runtime: Runtime) -> set[uuid.UUID]:
+    with runtime.sessions() as session:
+        return {
+            uuid.UUID(str(target))
+            for target in session.scalars(
+                select(AuditEvent.target_id).where(
+                    AuditEvent.action == AuditAction.PATIENT_RECORD_READ.value
+                )
+            )
+            if target is not None
+        }
+
+
+def test_receptionist_reaches_exactly_the_patients_in_care_at_its_sites(
+    runtime: Runtime, world: World
+) -> None:
+    before = _reads(runtime)
+    visible = _visible(runtime, world, "receptionist")
+    assert set(visible) == IN_RELATIONSHIP
+    record = visible["today"]
+    assert record.birth_name == world.inputs["today"].birth_name
+    assert record.email == world.inputs["today"].email
+    out_of_scope = {world.patients[n] for n in PLACEMENTS if n not in IN_RELATIONSHIP}
+    assert (_reads(runtime) - before).isdisjoint(out_of_scope | {world.foreign_patient}), (
+        "a record out of scope was decrypted"
+    )
+
+
+def test_the_window_is_configurable(runtime: Runtime, world: World) -> None:
+    narrow = RelationshipWindow(before=dt.timedelta(days=1), after=dt.timedelta(days=2))
+    assert set(_visible(runtime, world, "receptionist", window=narrow)) == {
+        "today",
+        "earlier_today",
+        "tomorrow",
+    }
+    wide = RelationshipWindow(before=dt.timedelta(days=60), after=dt.timedelta(days=60))
+    assert set(_visible(runtime, world, "receptionist", window=wide)) == IN_RELATIONSHIP | {
+        "45_days_ago",
+        "in_45_days",
+    }
+
+
+def test_sampler_sees_todays_patients_identity_only(runtime: Runtime, world: World) -> None:
+    visible = _visible(runtime, world, "sampler")
+    assert set(visible) == TODAY
+    record = visible["today"]
+    assert record.birth_name == world.inputs["today"].birth_name
+    assert record.fields.isdisjoint(CONTACT | INS)
+    assert record.email is None
+    assert record.ins_number is None
+    late = NOW.replace(hour=22, minute=59)  # 23:59 in Paris: still the same day
+    assert set(_visible(runtime, world, "sampler", now=late)) == TODAY
+    next_day = NOW.replace(hour=23, minute=1)  # 00:01 in Paris, the next day
+    assert set(_visible(runtime, world, "sampler", now=next_day)) == {"tomorrow"}
+
+
+def test_biologist_gets_identity_and_ins_but_no_contact(runtime: Runtime, world: World) -> None:
+    visible = _visible(runtime, world, "biologist")
+    assert set(visible) == IN_RELATIONSHIP
+    record = visible["today"]
+    assert record.ins_number == world.inputs["today"].nir.compact  # type: ignore[union-attr]
+    assert record.email is None
+    assert record.phone is None
+
+
+@pytest.mark.parametrize("role", ["organization_admin", "security_officer"])
+def test_admin_roles_reach_no_patient_and_their_searches_are_refused_and_recorded(
+    runtime: Runtime, world: World, role: str
+) -> None:
+    assert _visible(runtime, world, role) == {}
+    principal = world.principals[role]
+    nir = world.inputs["today"].nir
+    assert nir is not None
+
+    def search() -> None:
+        with audited_transaction(runtime.sessions) as session:
+            keyring = world.keyring(runtime, session, principal, None)
+            scope = staff_scope(session, principal, world.tenant, world.staff[role], now=NOW)
+            PatientRepository(session, keyring, scope).find_by_nir(nir, purpose="care")
+
+    with pytest.raises(AccessDeniedError):
+        search()
+    with runtime.sessions() as session:
+        outcomes = set(
+            session.scalars(
+                select(AuditEvent.outcome).where(
+                    AuditEvent.action == AuditAction.PATIENT_SEARCH_NIR.value,
+                    AuditEvent.actor_id == principal.id,
+                )
+            )
+        )
+    assert outcomes == {"denied"}
+
+
+def test_searches_return_only_records_in_scope(runtime: Runtime, world: World) -> None:
+    principal = world.principals["receptionist"]
+    with transaction(runtime.sessions) as session:
+        keyring = world.keyring(runtime, session, principal, None)
+        scope = staff_scope(session, principal, world.tenant, world.staff["receptionist"], now=NOW)
+        repository = PatientRepository(session, keyring, scope)
+        for name, person in world.inputs.items():
+            assert person.nir is not None
+            found = repository.find_by_nir(person.nir, purpose="care")
+            assert [r.id for r in found] == (
+                [world.patients[name]] if name in IN_RELATIONSHIP else []
+            )
+            by_name = repository.find_by_name(
+                person.birth_name, person.first_given_name, person.birth_date, purpose="care"
+            )
+            assert len(by_name) == (1 if name in IN_RELATIONSHIP else 0)
+
+
+def test_an_inactive_staff_member_reaches_nobody(runtime: Runtime, world: World) -> None:
+    from labvault.staff.models import StaffMember
+
+    with transaction(runtime.sessions) as session:
+        member = session.get(StaffMember, world.staff["receptionist"])
+        assert member is not None
+        member.active = False
+    assert _visible(runtime, world, "receptionist") == {}
+
+
+def test_a_staff_member_of_another_tenant_reaches_nobody_here(
+    runtime: Runtime, world: World
+) -> None:
+    intruder = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="receptionist")
+    with transaction(runtime.sessions) as session:
+        keyring = world.keyring(runtime, session, intruder, None)
+        scope = staff_scope(session, intruder, world.tenant, world.foreign_staff, now=NOW)
+        repository = PatientRepository(session, keyring, scope)
+        assert all(repository.get(p, purpose="care") is None for p in world.patients.values())
+        assert repository.get(world.foreign_patient, purpose="care") is None
+
+
+def test_a_patient_reaches_its_own_records_only(runtime: Runtime, world: World) -> None:
+    account = Principal(PrincipalKind.PATIENT, str(uuid.uuid4()))
+    own = frozenset({world.patients["today"], world.patients["no_appointment"]})
+    with transaction(runtime.sessions) as session:
+        keyring = world.keyring(runtime, session, account, None)
+        repository = PatientRepository(
+            session, keyring, patient_scope(account, world.tenant, own, now=NOW)
+        )
+        seen = {
+            p
+            for p in [*world.patients.values(), world.foreign_patient]
+            if repository.get(p, purpose="own")
+        }
+        assert seen == own
+        mine = repository.get(world.patients["today"], purpose="own")
+        assert mine is not None
+        assert mine.email == world.inputs["today"].email
+        nir = world.inputs["45_days_ago"].nir
+        assert nir is not None
+        with pytest.raises(AccessDeniedError):
+            repository.find_by_nir(nir, purpose="own")
+
+
+def test_scopes_cannot_be_borrowed_or_skipped(runtime: Runtime, world: World) -> None:
+    receptionist = world.principals["receptionist"]
+    with transaction(runtime.sessions) as session:
+        keyring = world.keyring(runtime, session, receptionist, None)
+        with pytest.raises(AccessDeniedError, match="only a named system job"):
+            PatientRepository(session, keyring)
+        someone_else = staff_scope(
+            session, world.principals["biologist"], world.tenant, world.staff["biologist"]
+        )
+        with pytest.raises(AccessDeniedError, match="another principal"):
+            PatientRepository(session, keyring, someone_else)
+        foreign = TenantKeyring(session, runtime.key_provider, world.other_tenant, receptionist)
+        mine = staff_scope(session, receptionist, world.tenant, world.staff["receptionist"])
+        with pytest.raises(AccessDeniedError, match="another principal"):
+            PatientRepository(session, foreign, mine)
+        with pytest.raises(ValueError, match="SYSTEM_ACCESS"):
+            AccessScope(
+                principal=SystemPrincipal("test:x"),
+                tenant_id=world.tenant,
+                policy=mine.policy,
+                now=NOW,
+            )
