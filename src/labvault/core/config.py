@@ -77,6 +77,39 @@ class Settings(BaseSettings):
     session_absolute_hours: int = Field(default=12, ge=1, le=24 * 30)
     staff_session_idle_minutes: int = Field(default=15, ge=1, le=24 * 60)
     staff_session_absolute_hours: int = Field(default=10, ge=1, le=24 * 7)
+    step_up_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="How long a re-proof of a second factor (or the login's own second factor) "
+        "opens sensitive actions in that session: factor changes, deletion request, exports.",
+    )
+    account_deletion_grace_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Days between a patient's deletion request and the erasure of the account by "
+        "`labvault accounts purge`; the emailed cancel link works until then.",
+    )
+    relationship_days_before: int = Field(
+        default=30,
+        ge=0,
+        le=366,
+        description="A staff member opens a patient with an appointment at one of their sites "
+        "up to this many days ago.",
+    )
+    relationship_days_after: int = Field(
+        default=30,
+        ge=0,
+        le=366,
+        description="...or up to this many days ahead.",
+    )
+    break_glass_hours: int = Field(
+        default=4,
+        ge=1,
+        le=12,
+        description="How long a break-glass grant opens one patient's file to one staff member.",
+    )
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"

@@ -55,6 +55,29 @@ class AuditAction(enum.StrEnum):
     ACCOUNT_PASSKEY_FAILURE = "account:passkey:failure"
     ACCOUNT_PASSKEY_CLONE = "account:passkey:clone"
     ACCOUNT_PASSKEY_DELETE = "account:passkey:delete"
+    ACCOUNT_PATIENT_LINK_REQUEST = "account:patient-link:request"
+    ACCOUNT_PATIENT_LINK_THROTTLED = "account:patient-link:throttled"
+    ACCOUNT_PATIENT_LINK_CONFIRM = "account:patient-link:confirm"
+    ACCOUNT_PATIENT_LINK_FAILURE = "account:patient-link:failure"
+    ACCOUNT_DESK_CODE_CREATE = "account:desk-code:create"
+    ACCOUNT_DEPENDENT_ADD = "account:dependent:add"
+    ACCOUNT_DEPENDENT_REVOKE = "account:dependent:revoke"
+    ACCOUNT_SECURITY_LOCK = "account:status:security-lock"
+    STAFF_ADMINISTRATION_DENIED = "staff:administration:denied"
+    ACCOUNT_STEP_UP_SUCCESS = "account:step-up:success"
+    ACCOUNT_STEP_UP_FAILURE = "account:step-up:failure"
+    ACCOUNT_STEP_UP_REQUIRED = "account:step-up:required"
+    ACCOUNT_DELETION_REQUEST = "account:deletion:request"
+    ACCOUNT_DELETION_CANCEL = "account:deletion:cancel"
+    ACCOUNT_DELETION_FAILURE = "account:deletion:failure"
+    ACCOUNT_DELETION_ERASE = "account:deletion:erase"
+    ACCESS_BREAK_GLASS_OPEN = "access:break-glass:open"
+    ACCESS_BREAK_GLASS_REFUSED = "access:break-glass:refused"
+    ACCESS_BREAK_GLASS_REVOKE = "access:break-glass:revoke"
+    ACCESS_BREAK_GLASS_REVIEW = "access:break-glass:review"
+    BREAK_GLASS_RECORD_READ = "break-glass:record:read"
+    SECURITY_ALERT_RAISE = "security:alert:raise"
+    SECURITY_ALERT_ACKNOWLEDGE = "security:alert:acknowledge"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -68,6 +91,23 @@ class ActionInfo:
 
 
 ACTIONS: dict[AuditAction, ActionInfo] = {
+    AuditAction.ACCESS_BREAK_GLASS_OPEN: ActionInfo(
+        "A staff member opened a patient's file outside the relationship rule (break-glass); "
+        "the purpose is the reason category.",
+        "Accès exceptionnel à votre dossier (bris de glace)",
+    ),
+    AuditAction.ACCESS_BREAK_GLASS_REFUSED: ActionInfo(
+        "A break-glass request was refused (no single matching patient, bad input or role)."
+    ),
+    AuditAction.ACCESS_BREAK_GLASS_REVOKE: ActionInfo("A break-glass grant was ended early."),
+    AuditAction.ACCESS_BREAK_GLASS_REVIEW: ActionInfo(
+        "A security officer reviewed a break-glass grant; the purpose is the outcome."
+    ),
+    AuditAction.BREAK_GLASS_RECORD_READ: ActionInfo(
+        "A break-glass grant's sealed justification was decrypted."
+    ),
+    AuditAction.SECURITY_ALERT_RAISE: ActionInfo("A security alert was raised."),
+    AuditAction.SECURITY_ALERT_ACKNOWLEDGE: ActionInfo("A security officer acknowledged an alert."),
     AuditAction.PATIENT_RECORD_CREATE: ActionInfo(
         "A patient record was created.", "Création de votre dossier"
     ),
@@ -151,6 +191,67 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.ACCOUNT_PASSKEY_DELETE: ActionInfo(
         "A passkey was removed from an account; its owner was told."
     ),
+    AuditAction.ACCOUNT_PATIENT_LINK_REQUEST: ActionInfo(
+        "A patient account asked to link a Patient record (its own or a minor's) by identity "
+        "traits and NIR; outcome failure when no code was sent (no record, traits not "
+        "matching, already linked, no email on the record)."
+    ),
+    AuditAction.ACCOUNT_PATIENT_LINK_THROTTLED: ActionInfo(
+        "A record-link step refused by a rate limit, before any lookup."
+    ),
+    AuditAction.ACCOUNT_PATIENT_LINK_CONFIRM: ActionInfo(
+        "A Patient record was linked to its owner's account (right code from the contact on "
+        "file, or at the lab desk: the actor says which).",
+        "Rattachement de votre dossier à votre compte en ligne",
+    ),
+    AuditAction.ACCOUNT_PATIENT_LINK_FAILURE: ActionInfo(
+        "A record link refused: wrong, used or expired code, unknown account or record, a "
+        "record no longer linkable, or a staff member without the role (outcome denied)."
+    ),
+    AuditAction.ACCOUNT_DESK_CODE_CREATE: ActionInfo(
+        "A patient account was given a short code to link a record at the lab desk."
+    ),
+    AuditAction.ACCOUNT_DEPENDENT_ADD: ActionInfo(
+        "A guardian account may now act for a minor's record (code from the contact on file, "
+        "or documents seen at the lab desk).",
+        "Rattachement de votre dossier au compte en ligne d'un parent ou représentant légal",
+    ),
+    AuditAction.ACCOUNT_DEPENDENT_REVOKE: ActionInfo(
+        "A guardian account stopped acting for a minor's record (by the guardian or the lab).",
+        "Fin du rattachement de votre dossier au compte d'un parent ou représentant légal",
+    ),
+    AuditAction.ACCOUNT_SECURITY_LOCK: ActionInfo(
+        "An account was locked by a security decision (a security officer or an automatic "
+        "guard); only an admin unlocks it (refused: outcome denied)."
+    ),
+    AuditAction.STAFF_ADMINISTRATION_DENIED: ActionInfo(
+        "A signed-in principal that is not an organization admin asked for a staff "
+        "administration page or API route (answered 404)."
+    ),
+    AuditAction.ACCOUNT_STEP_UP_SUCCESS: ActionInfo(
+        "A signed-in session re-proved a second factor (step-up) to open sensitive actions."
+    ),
+    AuditAction.ACCOUNT_STEP_UP_FAILURE: ActionInfo(
+        "A step-up re-proof was refused (wrong, replayed or expired code, method not offered, "
+        "passkey assertion not valid)."
+    ),
+    AuditAction.ACCOUNT_STEP_UP_REQUIRED: ActionInfo(
+        "A sensitive action was refused: the session had no recent step-up."
+    ),
+    AuditAction.ACCOUNT_DELETION_REQUEST: ActionInfo(
+        "A patient asked for the deletion of their account: status closing, every session "
+        "revoked, a cancel link emailed."
+    ),
+    AuditAction.ACCOUNT_DELETION_CANCEL: ActionInfo(
+        "A deletion request was cancelled with its emailed link; the account is active again."
+    ),
+    AuditAction.ACCOUNT_DELETION_FAILURE: ActionInfo(
+        "An unknown, used or expired deletion-cancel link."
+    ),
+    AuditAction.ACCOUNT_DELETION_ERASE: ActionInfo(
+        "An account whose deletion grace period ended was erased with its data key "
+        "(crypto-shredding); the Patient record is kept."
+    ),
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
     AuditAction.AUDIT_PROOF_CREATE: ActionInfo("An inclusion proof was issued."),
@@ -158,6 +259,7 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
 
 READ_ACTIONS: dict[str, AuditAction] = {
     "patient": AuditAction.PATIENT_RECORD_READ,
+    "break-glass": AuditAction.BREAK_GLASS_RECORD_READ,
     "staff": AuditAction.STAFF_RECORD_READ,
     "account": AuditAction.ACCOUNT_RECORD_READ,
 }
