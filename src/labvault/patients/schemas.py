@@ -121,6 +121,48 @@ Name = Annotated[Text, Field(min_length=1, max_length=100), AfterValidator(_chec
 OptionalName = Annotated[Name | None, BeforeValidator(_empty_to_none)]
 
 
+Email = Annotated[
+    Annotated[Text, Field(max_length=254), AfterValidator(_check_email)] | None,
+    BeforeValidator(_empty_to_none),
+]
+Phone = Annotated[
+    Annotated[Text, Field(max_length=32), AfterValidator(_check_phone)] | None,
+    BeforeValidator(_empty_to_none),
+]
+AddressLine = Annotated[
+    Annotated[Text, Field(min_length=1, max_length=300)] | None,
+    BeforeValidator(_empty_to_none),
+]
+PostalCode = Annotated[
+    Annotated[Text, AfterValidator(_check_postal_code)] | None,
+    BeforeValidator(_empty_to_none),
+]
+City = Annotated[
+    Annotated[Text, Field(min_length=1, max_length=100)] | None,
+    BeforeValidator(_empty_to_none),
+]
+
+
+class ContactUpdate(BaseModel):
+    """New contact details; a field left out keeps its value, an empty one clears it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    email: Email = None
+    phone: Phone = None
+    address_line: AddressLine = None
+    postal_code: PostalCode = None
+    city: City = None
+
+    def __repr__(self) -> str:
+        return f"ContactUpdate(fields={sorted(self.model_fields_set)})"
+
+    __str__ = __repr__
+
+    def changes(self) -> dict[str, str | None]:
+        return {name: getattr(self, name) for name in sorted(self.model_fields_set)}
+
+
 class PatientInput(BaseModel):
     """A patient as given by a file, a form or an API client, checked and normalised."""
 
@@ -138,26 +180,11 @@ class PatientInput(BaseModel):
     nir: Annotated[Nir | None, BeforeValidator(_parse_nir)] = None
     ins_oid: InsOid | None = None
     identity_status: IdentityStatus = IdentityStatus.PROV
-    email: Annotated[
-        Annotated[Text, Field(max_length=254), AfterValidator(_check_email)] | None,
-        BeforeValidator(_empty_to_none),
-    ] = None
-    phone: Annotated[
-        Annotated[Text, Field(max_length=32), AfterValidator(_check_phone)] | None,
-        BeforeValidator(_empty_to_none),
-    ] = None
-    address_line: Annotated[
-        Annotated[Text, Field(min_length=1, max_length=300)] | None,
-        BeforeValidator(_empty_to_none),
-    ] = None
-    postal_code: Annotated[
-        Annotated[Text, AfterValidator(_check_postal_code)] | None,
-        BeforeValidator(_empty_to_none),
-    ] = None
-    city: Annotated[
-        Annotated[Text, Field(min_length=1, max_length=100)] | None,
-        BeforeValidator(_empty_to_none),
-    ] = None
+    email: Email = None
+    phone: Phone = None
+    address_line: AddressLine = None
+    postal_code: PostalCode = None
+    city: City = None
 
     def __repr__(self) -> str:
         return "PatientInput(**********)"

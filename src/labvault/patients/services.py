@@ -26,7 +26,7 @@ from labvault.core.db import utcnow
 from labvault.patients.ins import IdentityStatus, InsOid, Sex
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
 from labvault.patients.nir import Nir
-from labvault.patients.schemas import PatientInput
+from labvault.patients.schemas import ContactUpdate, PatientInput
 from labvault.patients.scope import (
     SYSTEM_ACCESS,
     AccessDeniedError,
@@ -247,6 +247,53 @@ class PatientRepository:
             ):
                 by_name.setdefault(name_index, []).append((patient_id, nir_index))
         return by_nir, by_name
+
+    def update_contact(
+        self, patient_id: uuid.UUID, update: ContactUpdate, *, purpose: str
+    ) -> PatientRecord | None:
+        """Change contact details of a record in scope; ``None`` if absent or out of scope.
+
+        The fields changed must all be granted for update; their blind indexes follow.
+        """
+        try:
+            where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
+        except AccessDeniedError:
+            return None
+        changes = update.changes()
+        if fields is not None and not set(changes) <= fields:
+            return None
+        patient = self._session.scalars(
+            select(Patient).where(
+                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where
+            )
+        ).one_or_none()
+        if patient is None:
+            return None
+        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient.id], purpose)[patient.id]
+        if key.id != patient.data_key_id:
+            raise DecryptionError(f"{TABLE} row {patient.id}: names a data key that is not its own")
+        sealed = key.seal_row(
+            TABLE, patient.id, {c: None if v is None else v.encode() for c, v in changes.items()}
+        )
+        for column, blob in sealed.items():
+            setattr(patient, column, blob)
+        indexer = self._keyring.indexer
+        if "email" in changes:
+            email = changes["email"]
+            patient.email_index = indexer.email(email) if email else None
+        if "phone" in changes:
+            phone = changes["phone"]
+            patient.phone_index = indexer.phone(phone) if phone else None
+        patient.updated_at = utcnow()
+        self._session.flush()
+        self._keyring.audit.record(
+            AuditAction.PATIENT_CONTACT_UPDATE,
+            tenant_id=self._keyring.tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=patient.id,
+            purpose=purpose,
+        )
+        return _open_patient(key, patient, fields)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from access_world import IN_RELATIONSHIP, NOW, PLACEMENTS, TODAY, World, build_world
@@ -17,6 +18,7 @@ from labvault.core.audit.models import AuditEvent
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
+from labvault.patients.schemas import ContactUpdate
 from labvault.patients.scope import (
     AccessDeniedError,
     AccessScope,
@@ -237,3 +239,45 @@ def test_scopes_cannot_be_borrowed_or_skipped(runtime: Runtime, world: World) ->
                 policy=mine.policy,
                 now=NOW,
             )
+
+
+def test_contact_updates_follow_the_same_scope(runtime: Runtime, world: World) -> None:
+    update = ContactUpdate(email="nouvelle.adresse@example.org", phone="")
+    results: dict[str, PatientRecord | None] = {}
+    for role, name in [
+        ("receptionist", "today"),
+        ("receptionist", "45_days_ago"),
+        ("sampler", "earlier_today"),
+        ("biologist", "tomorrow"),
+    ]:
+        principal = world.principals[role]
+        with transaction(runtime.sessions) as session:
+            keyring = world.keyring(runtime, session, principal, None)
+            scope = staff_scope(session, principal, world.tenant, world.staff[role], now=NOW)
+            repository = PatientRepository(session, keyring, scope)
+            results[f"{role}/{name}"] = repository.update_contact(
+                world.patients[name], update, purpose="desk"
+            )
+    changed = results["receptionist/today"]
+    assert changed is not None
+    assert changed.email == "nouvelle.adresse@example.org"
+    assert changed.phone is None
+    assert [key for key, value in results.items() if value is not None] == ["receptionist/today"]
+    with transaction(runtime.sessions) as session:
+        system = world.keyring(runtime, session, SystemPrincipal("test:check"), None)
+        repository = PatientRepository(session, system)
+        found = repository.find_by_email("nouvelle.adresse@example.org", purpose="check")
+        assert [r.id for r in found] == [world.patients["today"]]
+        untouched = repository.get(world.patients["45_days_ago"], purpose="check")
+        assert untouched is not None
+        assert untouched.email == world.inputs["45_days_ago"].email
+        assert found[0].birth_name == world.inputs["today"].birth_name
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"email": "pas une adresse"}, {"phone": "12"}, {"postal_code": "7500"}, {"nir": "1"}],
+)
+def test_bad_contact_details_are_refused_before_anything(fields: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        ContactUpdate.model_validate(fields)

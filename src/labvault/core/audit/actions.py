@@ -22,6 +22,7 @@ class AuditAction(enum.StrEnum):
     PATIENT_SEARCH_PHONE = "patient:search:phone"
     PATIENT_SEARCH_NAME = "patient:search:name"
     PATIENT_HISTORY_READ = "patient:history:read"
+    PATIENT_CONTACT_UPDATE = "patient:contact:update"
     STAFF_RECORD_CREATE = "staff:record:create"
     STAFF_RECORD_READ = "staff:record:read"
     STAFF_INVITATION_CREATE = "staff:invitation:create"
@@ -113,6 +114,9 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.PATIENT_RECORD_READ: ActionInfo(
         "A patient record was decrypted and read.", "Consultation de votre dossier"
+    ),
+    AuditAction.PATIENT_CONTACT_UPDATE: ActionInfo(
+        "A patient's contact details were changed.", "Modification de vos coordonnées"
     ),
     AuditAction.PATIENT_SEARCH_NIR: ActionInfo("A search by NIR (blind index)."),
     AuditAction.PATIENT_SEARCH_EMAIL: ActionInfo("A search by email address (blind index)."),
