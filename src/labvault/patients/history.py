@@ -39,6 +39,10 @@ PURPOSE_LABELS = {
     "registration": "Enregistrement",
     "cli:patients-find": "Recherche par le laboratoire",
     "cli:import-patients": "Import de dossiers",
+    "account-link": "Rattachement à un compte en ligne",
+    "desk-link": "Rattachement à l'accueil du laboratoire",
+    "guardian-check": "Vérification de l'âge pour un parent ou représentant légal",
+    "account-patients": "Affichage dans un compte en ligne",
 }
 MAX_ENTRIES = 1000
 

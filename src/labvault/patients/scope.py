@@ -143,8 +143,25 @@ class SystemAccess:
 SYSTEM_ACCESS = SystemAccess()
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityVerification:
+    """Reading a few fields of any record of the tenant to check what someone claims about
+    it (an account proving a record is its own, a guardian's right to act for a minor).
+
+    A privileged path like break-glass, named where it is used and limited to the fields it
+    declares; each opening is audited as the caller, with the caller's purpose. It never
+    creates or changes anything.
+    """
+
+    fields: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if not self.fields:
+            raise ValueError("an identity verification names the fields it reads")
+
+
 def in_scope(
-    scope: AccessScope | SystemAccess,
+    scope: AccessScope | SystemAccess | IdentityVerification,
     patient_id: InstrumentedAttribute[uuid.UUID],
     resource: str,
     interaction: Interaction,
@@ -155,6 +172,10 @@ def in_scope(
     """
     if isinstance(scope, SystemAccess):
         return scope.patients_clause(), None
+    if isinstance(scope, IdentityVerification):
+        if interaction not in (Interaction.READ, Interaction.SEARCH):
+            raise AccessDeniedError(f"an identity verification cannot {interaction}")
+        return true(), scope.fields
     grant = scope.grant(resource, interaction)
     return and_(scope.patients_clause(patient_id, grant)), scope.policy.fields(
         resource, interaction

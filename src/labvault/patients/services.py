@@ -31,6 +31,7 @@ from labvault.patients.scope import (
     SYSTEM_ACCESS,
     AccessDeniedError,
     AccessScope,
+    IdentityVerification,
     SystemAccess,
     in_scope,
 )
@@ -140,7 +141,10 @@ class PatientRepository:
     """
 
     def __init__(
-        self, session: Session, keyring: Keyring, access: AccessScope | SystemAccess | None = None
+        self,
+        session: Session,
+        keyring: Keyring,
+        access: AccessScope | SystemAccess | IdentityVerification | None = None,
     ) -> None:
         if access is None:
             if not isinstance(keyring.principal, SystemPrincipal):
@@ -148,6 +152,10 @@ class PatientRepository:
                     "only a named system job reads patients without an access scope"
                 )
             access = SYSTEM_ACCESS
+        elif isinstance(access, SystemAccess) and not isinstance(
+            keyring.principal, SystemPrincipal
+        ):
+            raise AccessDeniedError("system access is for named system jobs")
         elif isinstance(access, AccessScope) and (
             access.principal != keyring.principal or access.tenant_id != keyring.tenant_id
         ):
@@ -311,6 +319,34 @@ class PatientRepository:
             fields,
         )
         return found[0] if found else None
+
+    def get_many(self, patient_ids: Sequence[uuid.UUID], *, purpose: str) -> list[PatientRecord]:
+        """The records of ``patient_ids`` in scope, in no particular order; others are left out."""
+        if not patient_ids:
+            return []
+        try:
+            where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.READ)
+        except AccessDeniedError:
+            return []
+        query = select(Patient).where(
+            Patient.tenant_id == self._keyring.tenant_id,
+            Patient.id.in_(sorted(set(patient_ids))),
+            where,
+        )
+        return self._open(query, purpose, fields)
+
+    def exists(self, patient_id: uuid.UUID) -> bool:
+        """Whether the record exists and is in scope, without decrypting anything."""
+        try:
+            where, _ = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.READ)
+        except AccessDeniedError:
+            return False
+        found = self._session.scalar(
+            select(Patient.id).where(
+                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where
+            )
+        )
+        return found is not None
 
     def find_by_nir(self, nir: Nir, *, purpose: str) -> list[PatientRecord]:
         index = self._keyring.indexer.nir(nir.compact)
