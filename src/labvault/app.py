@@ -25,11 +25,19 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from labvault import __version__
+from labvault.accounts.admin_pages import router as staff_admin_pages
+from labvault.accounts.admin_routes import router as staff_admin_router
+from labvault.accounts.closure_pages import router as closure_pages
+from labvault.accounts.closure_routes import router as closure_router
+from labvault.accounts.linking_pages import router as linking_pages
+from labvault.accounts.linking_routes import router as linking_router
 from labvault.accounts.pages import router as account_pages
 from labvault.accounts.password_pages import router as password_pages
 from labvault.accounts.routes import router as auth_router
 from labvault.accounts.staff_pages import router as staff_account_pages
 from labvault.accounts.staff_routes import router as staff_auth_router
+from labvault.accounts.stepup_pages import router as step_up_pages
+from labvault.accounts.stepup_routes import router as step_up_router
 from labvault.accounts.webauthn_pages import router as passkey_pages
 from labvault.accounts.webauthn_routes import router as passkey_router
 from labvault.core.audit.runner import AuditCheckpointer
@@ -140,8 +148,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(password_pages)
     app.include_router(passkey_router)
     app.include_router(passkey_pages)
+    app.include_router(step_up_router)
+    app.include_router(step_up_pages)
+    app.include_router(closure_router)
+    app.include_router(closure_pages)
     app.include_router(staff_auth_router)
     app.include_router(staff_account_pages)
+    app.include_router(linking_router)
+    app.include_router(linking_pages)
+    app.include_router(staff_admin_router)
+    app.include_router(staff_admin_pages)
     return app
 
 

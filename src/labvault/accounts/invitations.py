@@ -1,5 +1,6 @@
 """Staff accounts: invited by an organization admin, activated by the invitee, who must enrol
-an authenticator app (TOTP) before anything else; then staff log in with it.
+a second factor before anything else (a passkey for organization admins and security
+officers, an authenticator app for the other roles); then staff log in with it.
 
 Invitation
     ``invite_staff`` creates the staff member (sealed, through ``StaffRepository``) and a
@@ -14,7 +15,9 @@ Invitation
     message greets the invitee by first name and says nothing else personal (no role, site or
     address). Only an active organization admin of the same organization, checked against
     the database rather than taken from the principal, or an explicit ``SystemPrincipal``
-    (the CLI) may invite; a refusal is audited too (outcome ``denied``).
+    (the CLI) may invite; a refusal is audited too (outcome ``denied``). The administration
+    pages (``labvault.accounts.administration``) renew an invitation by account id
+    (``renew_invitation_for``).
 
 Acceptance and the first second factor
     Every staff login needs a second factor, and email codes are the patients' only: a new
@@ -38,9 +41,14 @@ Acceptance and the first second factor
     login: it completes the usual second-factor step, and adds factors once signed in.
 
 Which factors staff need
-    ``required_factors(role)`` is the seam for passkeys: today an authenticator app for
-    every role; once WebAuthn is there, organization admins and security officers
-    (``PASSKEY_ROLES``) will need a passkey, and that function is the one place to say so.
+    ``required_factors(role)`` is the one place that says it: organization admins and
+    security officers (``PASSKEY_ROLES``) enrol a passkey first
+    (``begin_passkey_enrolment``, ``confirm_passkey_enrolment``: the same pending session,
+    the same mailbox proof, the login completed with second factor ``webauthn``), and cannot
+    enrol an authenticator app instead; once they have a passkey their login accepts nothing
+    else but a recovery code (``Passkeys.offered``). The other roles enrol an authenticator
+    app. Where the service's address cannot have passkeys (an IP address), every role enrols
+    an authenticator app: a deployment there cannot activate its admins otherwise.
 
 Staff login
     ``staff_login`` is ``AccountService.login`` for ``AccountKind.STAFF`` (the same rate
@@ -54,10 +62,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import unicodedata
 import uuid
-from collections.abc import Sequence
-from typing import Final, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, NoReturn
 
 from sqlalchemy import select, update
 
@@ -73,6 +82,7 @@ from labvault.accounts.models import (
 )
 from labvault.accounts.services import (
     CODE_SENDS_PER_ACCOUNT,
+    EMAIL_CODE_ATTEMPTS,
     SECOND_FACTOR_PER_ACCOUNT,
     AccountService,
     AuthError,
@@ -81,6 +91,7 @@ from labvault.accounts.services import (
     OpenedSession,
     TotpEnrolment,
 )
+from labvault.accounts.webauthn import METHOD as PASSKEY
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import Outcome
@@ -122,19 +133,21 @@ INVITERS: Final = frozenset({StaffRole.ORGANIZATION_ADMIN.value})
 MAX_NAME: Final = 100
 
 PASSKEY_ROLES: Final = frozenset({StaffRole.ORGANIZATION_ADMIN, StaffRole.SECURITY_OFFICER})
-"""The roles that will need a passkey (WebAuthn) once passkeys can be enrolled."""
+"""The roles whose first (and only, but for recovery codes) factor is a passkey (WebAuthn)."""
 
 
-def required_factors(role: StaffRole | str) -> tuple[str, ...]:
-    """The second factors a staff account of ``role`` must have enrolled, in the order its
-    enrolment asks for them.
+def required_factors(role: StaffRole | str, *, passkeys_available: bool = True) -> tuple[str, ...]:
+    """The second factor a staff account of ``role`` must enrol first, when it has none.
 
-    Today: an authenticator app (``"totp"``) for every role (email codes are for patients).
-    Seam for passkeys: once WebAuthn enrolment exists, return ``("webauthn", "totp")`` for
-    ``PASSKEY_ROLES`` here; the login answer (``StaffLogin.enrol``) and the enrolment gate
-    read it from here.
+    A passkey (``"webauthn"``) for ``PASSKEY_ROLES``: it cannot be phished, and once there it
+    is the only factor their login accepts, but for recovery codes (``Passkeys.offered``).
+    An authenticator app (``"totp"``) for the other roles (email codes are for patients),
+    and for every role where the service's address cannot have passkeys
+    (``passkeys_available`` false: an IP address, see ``webauthn.relying_party``). The login
+    answer (``StaffLogin.enrol``) and the enrolment gate read it from here.
     """
-    StaffRole(role)  # an unknown role is a bug: ValueError
+    if StaffRole(role) in PASSKEY_ROLES and passkeys_available:  # unknown role: ValueError
+        return (PASSKEY,)
     return ("totp",)
 
 
@@ -247,6 +260,24 @@ class StaffAccountService(AccountService):
         account = self._find(self._keyring(by).indexer.staff_email(address), AccountKind.STAFF)
         if account is None or account.status != AccountStatus.INVITED.value:
             raise InvalidInputError("Aucune invitation en attente pour cette adresse.")
+        return self._renew(by, account, address)
+
+    def renew_invitation_for(self, by: Principal, account_id: uuid.UUID) -> Invitation | None:
+        """``renew_invitation`` for the staff account ``account_id`` (the administration
+        pages name accounts by id); None if this organization has no such pending invitation."""
+        self._check_inviter(by)
+        account = self._session.get(Account, account_id)
+        if (
+            account is None
+            or account.tenant_id != self._tenant_id
+            or account.kind != AccountKind.STAFF.value
+            or account.status != AccountStatus.INVITED.value
+        ):
+            return None
+        address = self._open(account, by)["email"] or ""
+        return self._renew(by, account, address)
+
+    def _renew(self, by: Principal, account: Account, address: str) -> Invitation:
         assert account.staff_id is not None
         first_name = self._first_name(account.staff_id, by)
         token, expires_at = self._new_invitation(account)
@@ -304,9 +335,10 @@ class StaffAccountService(AccountService):
                     f"Bonjour {first_name},\n\n"
                     "Votre laboratoire vous invite à créer votre compte professionnel. "
                     f"Ouvrez ce lien dans les {days} jours ; il ne sert qu'une fois :\n{link}"
-                    "\n\nVous y choisirez votre mot de passe, puis vous activerez une "
+                    "\n\nVous y choisirez votre mot de passe, puis vous configurerez ce qui "
+                    "confirmera chacune de vos connexions : une clé d'accès (passkey) ou une "
                     "application d'authentification sur votre téléphone (par exemple FreeOTP "
-                    "ou Aegis) : elle vous sera demandée à chaque connexion.\n\nSi vous "
+                    "ou Aegis), selon votre fonction.\n\nSi vous "
                     "n'attendiez pas cette invitation, ignorez ce message et prévenez votre "
                     "laboratoire."
                 ),
@@ -418,7 +450,9 @@ class StaffAccountService(AccountService):
         )
         if has_totp is not None or self._factors(account):
             return ()
-        return required_factors(account.role)
+        return required_factors(
+            account.role, passkeys_available=self.passkeys.relying_party is not None
+        )
 
     def totp_pending(self, account: Account) -> bool:
         """Whether an authenticator secret was given and awaits its first code."""
@@ -433,30 +467,41 @@ class StaffAccountService(AccountService):
         """Whether enrolling from this pending session also takes an emailed code."""
         return record.second_factor != INVITATION_PROOF
 
-    def enrolling(self, token: str) -> tuple[AccountSession, Account] | None:
-        """The pending session behind ``token`` if it may enrol an authenticator app."""
+    def enrolling(self, token: str, factor: str = "totp") -> tuple[AccountSession, Account] | None:
+        """The pending session behind ``token`` if it may enrol ``factor`` (the one its role
+        requires first: an authenticator app, or a passkey for ``PASSKEY_ROLES``)."""
         found = self.pending(token)
         if found is None:
             return None
         record, account = found
-        if record.second_factor_at is not None or "totp" not in self.enrolment_needed(account):
+        if record.second_factor_at is not None or factor not in self.enrolment_needed(account):
             return None
         return found
 
-    def _enrolling(self, token: str) -> tuple[AccountSession, Account]:
-        found = self.enrolling(token)
+    def enrolment_factor(self, token: str) -> str | None:
+        """The factor the pending login of ``token`` must enrol, or None if it enrols none."""
+        found = self.pending(token)
+        if found is None or found[0].second_factor_at is not None:
+            return None
+        needed = self.enrolment_needed(found[1])
+        return needed[0] if needed else None
+
+    def _enrolling(self, token: str, factor: str = "totp") -> tuple[AccountSession, Account]:
+        found = self.enrolling(token, factor)
         if found is None:
             raise AuthError("Session expirée. Reconnectez-vous.")
         return found
 
     def begin_enrolment(self, token: str) -> TotpEnrolment:
-        """A new authenticator secret for the pending login (replaces an unconfirmed one)."""
+        """A new authenticator secret for the pending login (replaces an unconfirmed one).
+        Not for a role whose first factor is a passkey (``AuthError``)."""
         _, account = self._enrolling(token)
         return self.begin_totp(account)
 
     def send_enrolment_code(self, token: str) -> None:
         """Email the code that proves the mailbox (see the module's documentation)."""
-        _, account = self._enrolling(token)
+        factor = self.enrolment_factor(token)
+        _, account = self._enrolling(token, factor or "totp")
         self._check_rate(CODE_SENDS_PER_ACCOUNT, self._identifier(account.email_index))
         code = self._new_code(account, ENROLMENT_CODE_PURPOSE)
         self._send(
@@ -525,6 +570,91 @@ class StaffAccountService(AccountService):
             device = device_token.reveal()
         self._seen_from(account, device)
         return OpenedSession(new_token, account.id, AccountKind.STAFF, device_token)
+
+    # -- passkey enrolment (PASSKEY_ROLES) ---------------------------------------------
+
+    def begin_passkey_enrolment(self, token: str) -> str:
+        """Options for ``navigator.credentials.create`` (JSON), for the pending login of a
+        role whose first factor is a passkey. ``PasskeyError`` where passkeys are unavailable."""
+        record, account = self._enrolling(token, PASSKEY)
+        return self.passkeys.registration_options(account, record.id)
+
+    def confirm_passkey_enrolment(
+        self,
+        token: str,
+        credential: Mapping[str, Any],
+        *,
+        label: str | None = None,
+        email_code: str | None = None,
+        device: str | None = None,
+    ) -> OpenedSession:
+        """Keep the passkey the browser created for ``begin_passkey_enrolment`` and complete
+        the login with it: a NEW session token (the pending one is revoked), second factor
+        ``webauthn``, as ``confirm_enrolment`` does for an authenticator app.
+
+        An enrolment started by a plain login (not by the invitation) also takes the code
+        emailed by ``send_enrolment_code``; it is checked first but used up only once the
+        passkey is kept, so a failed ceremony does not cost a new code. ``AuthError`` for a
+        wrong code, ``PasskeyError`` for a refused passkey (audited, nothing kept)."""
+        record, account = self._enrolling(token, PASSKEY)
+        self._check_rate(SECOND_FACTOR_PER_ACCOUNT, self._identifier(account.email_index))
+        principal = principal_of(account)
+        mailbox_code: OneTimeCode | None = None
+        if self.needs_mailbox_proof(record):
+            mailbox_code = self._matching_code(account, ENROLMENT_CODE_PURPOSE, email_code)
+            if mailbox_code is None:
+                self._audit(
+                    AuditAction.ACCOUNT_SECOND_FACTOR_FAILURE, account.id, outcome=Outcome.FAILURE
+                )
+                self._failed(account)
+                raise AuthError("Code d'activation incorrect ou expiré.")
+        self.passkeys.register(account, record.id, credential, label)
+        now = self._clock()
+        if mailbox_code is not None:
+            mailbox_code.used_at = now
+        account.failed_logins = 0
+        record.revoked_at = now
+        new_token, _ = self.sessions.create(
+            tenant_id=self._tenant_id,
+            account_id=account.id,
+            policy=self._policy(account),
+            client_hash=record.client_hash,
+            second_factor=PASSKEY,
+        )
+        self._audit(AuditAction.ACCOUNT_LOGIN_SUCCESS, account.id, principal=principal)
+        device_token = None
+        if device is None or not is_device_token(device):
+            device_token = new_device_token()
+            device = device_token.reveal()
+        self._seen_from(account, device)
+        return OpenedSession(new_token, account.id, AccountKind.STAFF, device_token)
+
+    def _matching_code(
+        self, account: Account, purpose: str, code: str | None
+    ) -> OneTimeCode | None:
+        """The live emailed code of ``purpose`` if ``code`` is it (the attempt is counted);
+        it is not used up here."""
+        record = self._session.scalar(
+            select(OneTimeCode)
+            .where(
+                OneTimeCode.account_id == account.id,
+                OneTimeCode.purpose == purpose,
+                OneTimeCode.used_at.is_(None),
+            )
+            .order_by(OneTimeCode.created_at.desc())
+            .limit(1)
+        )
+        if (
+            not code
+            or record is None
+            or record.expires_at <= self._clock()
+            or record.attempts >= EMAIL_CODE_ATTEMPTS
+        ):
+            return None
+        record.attempts += 1
+        if not hmac.compare_digest(record.code_hash, self._code_hash(account.id, purpose, code)):
+            return None
+        return record
 
     # -- provisioning (the demo) -------------------------------------------------------
 

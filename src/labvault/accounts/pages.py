@@ -20,6 +20,7 @@ same HMAC of a random value kept in a ``__Host-`` form cookie (login CSRF).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import secrets
 import uuid
@@ -54,6 +55,7 @@ from labvault.accounts.services import (
     ThrottledError,
     TotpEnrolment,
 )
+from labvault.accounts.stepup import StepUp, StepUpRequired
 from labvault.accounts.webauthn import PasskeyPanel
 from labvault.core.contact import parse_email
 from labvault.core.crypto.secret import Secret
@@ -114,6 +116,16 @@ _NOTICES: Final = {
     "cle-acces-ajoutee": "Votre clé d'accès est enregistrée : elle vous sera proposée à votre "
     "prochaine connexion.",
     "cle-acces-retiree": "La clé d'accès a été retirée de votre compte.",
+    "confirmation-requise": "Pour des raisons de sécurité, confirmez votre identité avant "
+    "cette action. Vous pourrez ensuite la faire pendant quelques minutes.",
+    "code-confirmation-envoye": "Un code de confirmation vient d'être envoyé à votre adresse "
+    "e-mail. Il est valable 10 minutes.",
+    "identite-confirmee": "Votre identité est confirmée : vous pouvez faire les actions "
+    "sensibles pendant quelques minutes.",
+    "suppression-demandee": "La suppression de votre compte est demandée et vous avez été "
+    "déconnecté de tous vos appareils. Un e-mail vous le confirme, avec un lien pour annuler.",
+    "suppression-annulee": "La suppression de votre compte est annulée. Vous pouvez vous "
+    "connecter.",
 }
 
 
@@ -216,7 +228,8 @@ def _render(
 
 
 def _throttled_headers(failure: ThrottledError) -> dict[str, str]:
-    return {"Retry-After": str(max(1, round(failure.retry_after)))}
+    # Rounded up: a browser that waits exactly this long is not refused again.
+    return {"Retry-After": str(max(1, math.ceil(failure.retry_after)))}
 
 
 def _csrf_ok(service: AccountService, bound_to: str, presented: str) -> bool:
@@ -749,6 +762,7 @@ class _Security:
     sessions: list[_SessionRow] = field(default_factory=list)
     account: Account | None = None
     passkeys: PasskeyPanel | None = None
+    stepped_up: bool = False
 
 
 def _paris(moment: dt.datetime) -> str:
@@ -781,6 +795,7 @@ def _security_state(request: Request, unit: _Unit, token: str) -> _Security:
         sessions=rows,
         account=account,
         passkeys=unit.service.passkeys.panel(account),
+        stepped_up=StepUp(unit.service).is_fresh(record),
     )
 
 
@@ -821,6 +836,9 @@ def _security_page(
             "qr_svg": _qr_svg(enrolment.uri) if enrolment is not None else None,
             "recovery_codes": recovery_codes,
             "passkeys": state.passkeys,
+            "stepped_up": state.stepped_up,
+            "is_patient": state.account is not None
+            and state.account.kind == AccountKind.PATIENT.value,
         },
         errors=errors,
         status=status,
@@ -870,13 +888,40 @@ def security_page(request: Request) -> Response:
     return _security_page(request, state, notice=_notice(request))
 
 
+STEP_UP_PAGE: Final = "/compte/confirmer-identite"
+"""The page that re-proves a second factor (``labvault.accounts.stepup_pages``)."""
+
+
+def _step_up_redirect(request: Request, unit: _Unit, suite: str) -> Response | None:
+    """``None`` if the request's session has a recent step-up; else a redirect to the page
+    that asks for one, then comes back to ``suite`` (a local path). The refusal is audited."""
+    found = unit.service.current(request.cookies.get(SESSION_COOKIE, ""))
+    if found is None:
+        return _back_to_login(request, request.cookies.get(SESSION_COOKIE, ""))
+    try:
+        StepUp(unit.service).require(*found)
+    except StepUpRequired:
+        return _redirect(request, STEP_UP_PAGE, suite=suite, info="confirmation-requise")
+    return None
+
+
+def _stepped_up(action: _SignedInAction, suite: str = "/compte/securite") -> _SignedInAction:
+    """``action``, once the session has a recent step-up (else the step-up page)."""
+
+    def run(unit: _Unit, account: Account) -> Response | _Shown:
+        return _step_up_redirect(unit.context.request, unit, suite) or action(unit, account)
+
+    return run
+
+
 @router.post("/securite/totp")
 def begin_totp(request: Request, csrf_token: FormText = "") -> Response:
-    """A new authenticator secret, shown in this answer only (never in a URL)."""
+    """A new authenticator secret, shown in this answer only (never in a URL); needs a
+    recent step-up."""
     return _signed_in_post(
         request,
         csrf_token,
-        lambda unit, account: {"enrolment": unit.service.begin_totp(account)},
+        _stepped_up(lambda unit, account: {"enrolment": unit.service.begin_totp(account)}),
     )
 
 
@@ -902,11 +947,13 @@ def confirm_totp(request: Request, code: FormText = "", csrf_token: FormText = "
 
 @router.post("/securite/codes-de-secours")
 def new_recovery_codes(request: Request, csrf_token: FormText = "") -> Response:
-    """Ten new recovery codes, shown in this answer only."""
+    """Ten new recovery codes, shown in this answer only; needs a recent step-up."""
     return _signed_in_post(
         request,
         csrf_token,
-        lambda unit, account: {"recovery_codes": unit.service.new_recovery_codes(account)},
+        _stepped_up(
+            lambda unit, account: {"recovery_codes": unit.service.new_recovery_codes(account)}
+        ),
     )
 
 

@@ -12,8 +12,9 @@ JavaScript the same field stays visible, to paste the end of the link into. The 
 the token with the new password, typed twice; a refused password or a mismatch shows the form
 again with the token kept in it (the answer is ``no-store``, like every page).
 
-``/compte/securite/mot-de-passe`` changes the password of the signed-in account (current
-password, new password): every other session is revoked and this one gets a new token.
+``/compte/securite/mot-de-passe`` changes the password of the signed-in account (a recent
+step-up, then current password and new password): every other session is revoked and this
+one gets a new token.
 
 Every form works without JavaScript (POST, then a 303 redirect to a GET page with a notice),
 carries its CSRF token and is refused from another origin, like the other account pages.
@@ -51,6 +52,7 @@ from labvault.accounts.pages import (
     _Shown,
     _signed_in_post,
     _status_of,
+    _stepped_up,
     _Unit,
     _unit,
 )
@@ -254,7 +256,7 @@ def change_password(
         _set_session_cookie(response, outcome, unit.context)
         return response
 
-    return _signed_in_post(request, csrf_token, change)
+    return _signed_in_post(request, csrf_token, _stepped_up(change))
 
 
 def _change(

@@ -17,6 +17,7 @@ not an account exists, and a failing mail server cannot show which addresses hav
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from labvault.accounts.services import (
     PasswordRejected,
     ThrottledError,
 )
+from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUp, StepUpRequired
 from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.events import AuditContext, ClientAddressHasher
 from labvault.core.crypto.passwords import PasswordHasher
@@ -74,6 +76,18 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
         (429, "Too many attempts; see Retry-After."),
     )
 }
+STEP_UP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_PROBLEMS,
+    403: {
+        "description": "Cross-origin request or missing CSRF token; or, with "
+        f'`"reason": "{STEP_UP_REQUIRED}"` (type `.../step-up-required`), a sensitive action '
+        "without a recent second-factor proof in this session: re-prove one with "
+        "`POST /api/v1/auth/step-up` (or the passkey step-up), then retry. The session itself "
+        "is still valid (not 401).",
+        "content": {"application/problem+json": {}},
+    },
+}
+"""The responses of the routes that need a recent step-up (``labvault.accounts.stepup``)."""
 
 
 def _runtime(request: Request) -> Runtime:
@@ -229,7 +243,13 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
     with context.unit() as service:
         try:
             result = action(service)
-        except (AuthError, CsrfRefusedError, InvalidInputError, PasswordRejected) as exc:
+        except (
+            AuthError,
+            CsrfRefusedError,
+            InvalidInputError,
+            PasswordRejected,
+            StepUpRequired,
+        ) as exc:
             failure = exc
     if failure is not None:
         return _failure_response(failure)
@@ -239,10 +259,15 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
 def _failure_response(failure: Exception) -> Response:
     if isinstance(failure, CsrfRefusedError):
         return problem_response(403, type_="csrf", detail="Requête refusée.")
+    if isinstance(failure, StepUpRequired):
+        return problem_response(
+            403, type_="step-up-required", detail=str(failure), reason=STEP_UP_REQUIRED
+        )
     if isinstance(failure, CurrentPasswordError):
         return problem_response(403, type_="wrong-password", detail=str(failure))
     if isinstance(failure, ThrottledError):
-        seconds = max(1, round(failure.retry_after))
+        # Rounded up: a client that waits exactly this long is not refused again.
+        seconds = max(1, math.ceil(failure.retry_after))
         return problem_response(
             429, type_="throttled", detail=str(failure), headers={"Retry-After": str(seconds)}
         )
@@ -513,9 +538,10 @@ def logout(request: Request, runtime: RuntimeDep) -> Response:
     return response
 
 
-@router.post("/password", response_model=PasswordChanged, responses=_PROBLEMS)
+@router.post("/password", response_model=PasswordChanged, responses=STEP_UP_RESPONSES)
 def change_password(body: PasswordChange, request: Request, runtime: RuntimeDep) -> Response:
-    """Change the password; the other sessions are revoked, this one gets a new cookie."""
+    """Change the password (needs a recent step-up, and the current password); the other
+    sessions are revoked, this one gets a new cookie."""
     if (refused := _guard(request)) is not None:
         return refused
     context = _Context(request, runtime)
@@ -523,6 +549,7 @@ def change_password(body: PasswordChange, request: Request, runtime: RuntimeDep)
     def change(
         service: AccountService, record: AccountSession, account: Account
     ) -> tuple[Secret[str], str]:
+        StepUp(service).require(record, account)
         token = service.change_password(
             record, account, Secret(body.current_password), Secret(body.new_password)
         )
@@ -584,12 +611,26 @@ def revoke_session(session_id: uuid.UUID, request: Request, runtime: RuntimeDep)
     return Response(status_code=204)
 
 
-@router.post("/totp", response_model=TotpSetup, responses=_PROBLEMS)
+def _stepped_up(
+    action: Callable[[AccountService, AccountSession, Account], T],
+) -> Callable[[AccountService, AccountSession, Account], T]:
+    """``action``, once the session has a recent step-up (else 403 ``step_up_required``)."""
+
+    def run(service: AccountService, record: AccountSession, account: Account) -> T:
+        StepUp(service).require(record, account)
+        return action(service, record, account)
+
+    return run
+
+
+@router.post("/totp", response_model=TotpSetup, responses=STEP_UP_RESPONSES)
 def begin_totp(request: Request, runtime: RuntimeDep) -> Response:
+    """A new authenticator secret (enrol, or replace the current app): needs a step-up."""
     if (refused := _guard(request)) is not None:
         return refused
     outcome = _signed_in(
-        _Context(request, runtime), lambda service, record, account: service.begin_totp(account)
+        _Context(request, runtime),
+        _stepped_up(lambda service, record, account: service.begin_totp(account)),
     )
     if isinstance(outcome, Response):
         return outcome
@@ -611,13 +652,14 @@ def confirm_totp(body: Code, request: Request, runtime: RuntimeDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/recovery-codes", response_model=RecoveryCodes, responses=_PROBLEMS)
+@router.post("/recovery-codes", response_model=RecoveryCodes, responses=STEP_UP_RESPONSES)
 def recovery_codes(request: Request, runtime: RuntimeDep) -> Response:
+    """Ten new recovery codes (the previous ones stop working): needs a step-up."""
     if (refused := _guard(request)) is not None:
         return refused
     outcome = _signed_in(
         _Context(request, runtime),
-        lambda service, record, account: service.new_recovery_codes(account),
+        _stepped_up(lambda service, record, account: service.new_recovery_codes(account)),
     )
     if isinstance(outcome, Response):
         return outcome

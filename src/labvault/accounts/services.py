@@ -36,12 +36,14 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from labvault.accounts.devices import DeviceRegistry, is_device_token, new_device_token
+from labvault.accounts.login_delay import LoginDelay
 from labvault.accounts.models import (
     SUBJECT_TYPE,
     Account,
     AccountKind,
     AccountSession,
     AccountStatus,
+    LockReason,
     OneTimeCode,
     RecoveryCode,
     TotpCredential,
@@ -49,7 +51,7 @@ from labvault.accounts.models import (
 from labvault.accounts.sessions import CSRF_LABEL, SessionPolicy, SessionStore, hash_token
 from labvault.accounts.webauthn import METHOD as PASSKEY
 from labvault.accounts.webauthn import Passkeys
-from labvault.core.access.principals import ANONYMOUS, Principal, PrincipalKind
+from labvault.core.access.principals import ANONYMOUS, Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditContext, Outcome
 from labvault.core.config import Settings
@@ -117,6 +119,8 @@ RESETTABLE = frozenset(
 """A reset link is sent to these accounts (a pending one proves its address by using it);
 a closing account is treated as unknown."""
 UNLOCKERS = frozenset({StaffRole.ORGANIZATION_ADMIN.value})
+LOCKERS = frozenset({StaffRole.SECURITY_OFFICER.value})
+"""Staff roles that may lock an account by a security decision (``lock_for_security``)."""
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 _MONTHS = (
     "janvier",
@@ -559,19 +563,31 @@ class AccountService:
             self._hasher.verify_dummy(password)
             raise AuthError() from None
         email_index = self._email_index(address, kind)
-        self._check_rate(LOGIN_ACCOUNT_MINUTE, self._identifier(email_index))
-        self._check_rate(LOGIN_ACCOUNT_HOUR, self._identifier(email_index))
+        # The progressive delay, keyed by the submitted login whether or not it has an
+        # account (labvault.accounts.login_delay): checked before any hashing.
+        identifier = self._identifier(email_index)
+        delay = LoginDelay(self._limiter)
+        wait = delay.wait(identifier)
+        if wait > 0:
+            self._audit(AuditAction.ACCOUNT_LOGIN_THROTTLED, None, outcome=Outcome.DENIED)
+            raise ThrottledError(wait)
+        self._check_rate(LOGIN_ACCOUNT_MINUTE, identifier)
+        self._check_rate(LOGIN_ACCOUNT_HOUR, identifier)
         account = self._find(email_index, kind)
         if account is None:
             self._hasher.verify_dummy(password)
             self._audit(AuditAction.ACCOUNT_LOGIN_FAILURE, None, outcome=Outcome.FAILURE)
+            delay.failed(identifier)
             raise AuthError()
         right = self._hasher.verify(account.password_hash, password)
         if not right or account.status != AccountStatus.ACTIVE.value:
+            # A closing, locked or pending account answers exactly as a wrong password.
             if not right and account.status == AccountStatus.ACTIVE.value:
                 self._failed(account)
             self._audit(AuditAction.ACCOUNT_LOGIN_FAILURE, account.id, outcome=Outcome.FAILURE)
+            delay.failed(identifier)
             raise AuthError()
+        delay.succeeded(identifier)
         account.failed_logins = 0
         if self._hasher.needs_rehash(account.password_hash):
             account.password_hash = self._hasher.hash(password)
@@ -589,10 +605,39 @@ class AccountService:
         if account.failed_logins >= LOCKOUT_AFTER_FAILURES:
             self.lock(account, reason_principal=Principal(PrincipalKind.SYSTEM, "system:lockout"))
 
-    def lock(self, account: Account, *, reason_principal: Principal) -> None:
+    def lock(
+        self,
+        account: Account,
+        *,
+        reason_principal: Principal,
+        reason: LockReason = LockReason.TOO_MANY_FAILURES,
+    ) -> None:
+        """Lock the account for ``reason``: no login, every session revoked, the owner told.
+
+        A too-many-failures lock is lifted by a password reset or an admin; a
+        security-decision lock only by an admin (``lock_for_security`` sets it). A security
+        decision on an account locked for failures replaces that reason, never the reverse.
+        """
+        if (
+            account.status == AccountStatus.LOCKED.value
+            and account.lock_reason == LockReason.SECURITY_DECISION.value
+        ):
+            reason = LockReason.SECURITY_DECISION
         account.status = AccountStatus.LOCKED.value
         account.locked_at = self._clock()
+        account.lock_reason = reason.value
         self.sessions.revoke_all(account.id)
+        if reason is LockReason.SECURITY_DECISION:
+            self._audit(AuditAction.ACCOUNT_SECURITY_LOCK, account.id, principal=reason_principal)
+            self._send(
+                account,
+                "Votre compte est verrouillé",
+                "Votre laboratoire a verrouillé votre compte par mesure de sécurité. Tous vos "
+                "appareils ont été déconnectés. Pour le déverrouiller, contactez votre "
+                "laboratoire : un nouveau mot de passe ne suffit pas.",
+                "account:locked",
+            )
+            return
         self._audit(AuditAction.ACCOUNT_LOCK, account.id, principal=reason_principal)
         self._send(
             account,
@@ -601,6 +646,37 @@ class AccountService:
             "verrouillé. Pour le déverrouiller, réinitialisez votre mot de passe ou contactez "
             "votre laboratoire.",
             "account:locked",
+        )
+
+    def lock_for_security(self, account: Account, by: Principal) -> None:
+        """Lock an account by a security decision: a security officer of this organization,
+        or an automatic guard acting as an explicit ``SystemPrincipal`` (exfiltration budget,
+        honey record). Only an admin's unlock lifts it, never a password reset."""
+        if account.tenant_id != self._tenant_id or not (
+            isinstance(by, SystemPrincipal) or self._is_active_staff(by, LOCKERS)
+        ):
+            self._audit(
+                AuditAction.ACCOUNT_SECURITY_LOCK, account.id, principal=by, outcome=Outcome.DENIED
+            )
+            raise ForbiddenError
+        self.lock(account, reason_principal=by, reason=LockReason.SECURITY_DECISION)
+
+    def _is_active_staff(self, by: Principal, roles: frozenset[str]) -> bool:
+        """Whether ``by`` is an active staff account of this organization with one of
+        ``roles``, checked against the database (not taken from the principal)."""
+        if by.kind is not PrincipalKind.STAFF or by.role not in roles:
+            return False
+        try:
+            account_id = uuid.UUID(by.id)
+        except ValueError:
+            return False
+        account = self._session.get(Account, account_id)
+        return (
+            account is not None
+            and account.tenant_id == self._tenant_id
+            and account.kind == AccountKind.STAFF.value
+            and account.role in roles
+            and account.status == AccountStatus.ACTIVE.value
         )
 
     def _policy(self, account: Account) -> SessionPolicy:
@@ -876,6 +952,23 @@ class AccountService:
         email_index = self._email_index(address, kind)
         self._check_rate(RESET_PER_ADDRESS, self._identifier(email_index), throttled)
         account = self._find(email_index, kind)
+        if account is not None and self._security_locked(account):
+            # A link could not lift this lock: the owner is told whom to ask instead.
+            self._retire_links(RESET_PURPOSE, account.id)
+            link_token(uuid.uuid4())
+            self._audit(
+                AuditAction.ACCOUNT_PASSWORD_RESET_REQUEST, account.id, outcome=Outcome.DENIED
+            )
+            self._send(
+                account,
+                "Choisir un nouveau mot de passe",
+                "Une demande de nouveau mot de passe a été faite pour votre compte, mais votre "
+                "laboratoire l'a verrouillé par mesure de sécurité : seul votre laboratoire peut "
+                "le déverrouiller. Contactez-le.\n\nSi vous n'avez rien demandé, ignorez ce "
+                "message.",
+                "account:password-reset",
+            )
+            return
         if account is None or account.status not in RESETTABLE:
             # The statements of the known path that need no account, matching nothing.
             self._retire_links(RESET_PURPOSE, uuid.uuid4())
@@ -906,7 +999,9 @@ class AccountService:
 
     def complete_password_reset(self, token: str, password: Secret[str], *, client_id: str) -> None:
         """Set the new password with a reset link's token: the link is used up, every session
-        revoked, failures forgotten, a lockout lifted. One error for every bad token.
+        revoked, failures forgotten, a too-many-failures lockout lifted (a lock by a security
+        decision makes the link invalid: only an admin lifts it). One error for every bad
+        token.
 
         A password the policy refuses leaves the link usable (``PasswordRejected``)."""
         self._check_rate(
@@ -920,6 +1015,7 @@ class AccountService:
             or account is None
             or account.tenant_id != self._tenant_id
             or account.status not in RESETTABLE
+            or self._security_locked(account)
             or record.used_at is not None
             or record.expires_at <= now
         ):
@@ -989,8 +1085,10 @@ class AccountService:
             client_hash=record.client_hash,
             second_factor=record.second_factor,
         )
-        # Same login, new token: the second factor and the absolute deadline carry over.
+        # Same login, new token: the second factor, the step-up and the absolute deadline
+        # carry over.
         renewed.second_factor_at = record.second_factor_at
+        renewed.step_up_at = record.step_up_at
         renewed.absolute_expires_at = min(renewed.absolute_expires_at, record.absolute_expires_at)
         renewed.idle_expires_at = min(renewed.idle_expires_at, renewed.absolute_expires_at)
         self._audit(AuditAction.ACCOUNT_PASSWORD_CHANGE, account.id, principal=principal)
@@ -1010,13 +1108,10 @@ class AccountService:
         return found if found is not None and found.tenant_id == self._tenant_id else None
 
     def unlock(self, account: Account, by: Principal) -> bool:
-        """Lift a lockout, by an administrator of the organization; False if the account was
-        not locked. The owner is told by email."""
-        if (
-            by.kind is not PrincipalKind.STAFF
-            or by.role not in UNLOCKERS
-            or account.tenant_id != self._tenant_id
-        ):
+        """Lift a lockout, whatever its reason, by an active administrator of the organization
+        (checked against the database); False if the account was not locked. The reason is
+        cleared; the owner is told by email."""
+        if account.tenant_id != self._tenant_id or not self._is_active_staff(by, UNLOCKERS):
             raise ForbiddenError
         if account.status != AccountStatus.LOCKED.value:
             return False
@@ -1105,9 +1200,21 @@ class AccountService:
         account.failed_logins = 0
         self._retire_links(RESET_PURPOSE, account.id)
 
+    @staticmethod
+    def _security_locked(account: Account) -> bool:
+        """Locked by anything but the automatic lockout: a reset link does not lift it.
+
+        A lock without a reason (made before reasons were recorded) counts as one: then the
+        automatic lockout was the only way to lock, and a reset link lifted it."""
+        return account.status == AccountStatus.LOCKED.value and account.lock_reason not in (
+            None,
+            LockReason.TOO_MANY_FAILURES.value,
+        )
+
     def _unlocked(self, account: Account, by: Principal) -> None:
         account.status = AccountStatus.ACTIVE.value
         account.locked_at = None
+        account.lock_reason = None
         account.failed_logins = 0
         self._audit(AuditAction.ACCOUNT_UNLOCK, account.id, principal=by)
 

@@ -2,25 +2,35 @@
 
 The invitation (``/compte/invitation``, the emailed link: its token is in the fragment, which
 a small script moves into the form; without scripts the invitee pastes it), the staff login
-(``/compte/connexion-professionnel``) and the enrolment of an authenticator app that
-completes a first login (``/compte/activation``). The second-factor step and the security
-settings are the shared pages (``labvault.accounts.pages``), whose conventions these follow:
-POST-redirect-GET, French errors tied to their fields, CSRF tokens in every form, secrets shown
-only in the answer to a POST.
+(``/compte/connexion-professionnel``), its forgotten-password request
+(``/compte/connexion-professionnel/mot-de-passe-oublie``: the patients' guarantees, for staff
+addresses; the emailed link leads to the shared ``/compte/mot-de-passe/nouveau``) and the
+enrolment of the first factor that completes a first login (``/compte/activation``): an
+authenticator app, or, for organization admins and security officers, a passkey created by
+the browser's WebAuthn API (``/static/webauthn.js``, through the enrolment API of
+``staff_routes``; without JavaScript the page says it is needed). The second-factor step
+and the security settings are the shared pages (``labvault.accounts.pages``), whose
+conventions these follow: POST-redirect-GET, French errors tied to their fields, CSRF tokens
+in every form, secrets shown only in the answer to a POST.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from labvault.accounts.devices import DEVICE_COOKIE
 from labvault.accounts.invitations import StaffAccountService
+from labvault.accounts.models import AccountKind
 from labvault.accounts.pages import (
     _EXPIRED_FORM,
     GENERAL,
@@ -44,8 +54,10 @@ from labvault.accounts.pages import (
     _throttled_headers,
 )
 from labvault.accounts.routes import (
+    RESET_ANSWER_SECONDS,
     SESSION_COOKIE,
     _clear_session_cookie,
+    _Outbox,
     _set_session_cookie,
     set_device_cookie,
 )
@@ -59,6 +71,7 @@ from labvault.accounts.services import (
 from labvault.accounts.staff_routes import StaffContext
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
+from labvault.staff.models import StaffRole
 
 __all__ = ["ACTIVATION_PATH", "STAFF_LOGIN_PATH", "router"]
 
@@ -241,10 +254,15 @@ class _Activation:
     csrf_token: str = ""
     email_code_required: bool = False
     totp_pending: bool = False
+    factor: str = "totp"
+    """What this login must enrol: ``totp``, or ``webauthn`` (a passkey)."""
+    next_url: str = "/compte/securite"
+    passkeys_available: bool = False
 
 
 def _activation_state(request: Request, service: StaffAccountService, token: str) -> _Activation:
-    found = service.enrolling(token) if token else None
+    factor = (service.enrolment_factor(token) if token else None) or "totp"
+    found = service.enrolling(token, factor) if token else None
     if found is None:
         if token and service.current(token) is not None:
             return _Activation(redirect=_redirect(request, "/compte/securite"))
@@ -256,10 +274,16 @@ def _activation_state(request: Request, service: StaffAccountService, token: str
         _clear_session_cookie(response)
         return _Activation(redirect=response)
     record, account = found
+    admin = account.role == StaffRole.ORGANIZATION_ADMIN.value
     return _Activation(
         csrf_token=service.sessions.csrf_token(token),
         email_code_required=service.needs_mailbox_proof(record),
-        totp_pending=service.totp_pending(account),
+        totp_pending=factor == "totp" and service.totp_pending(account),
+        factor=factor,
+        next_url="/administration/personnel"
+        if admin
+        else "/compte/securite?info=cle-acces-ajoutee",
+        passkeys_available=service.passkeys.relying_party is not None,
     )
 
 
@@ -281,6 +305,8 @@ def _activation_page(
             "csrf_token": state.csrf_token,
             "email_code_required": state.email_code_required,
             "totp_pending": state.totp_pending,
+            "factor": state.factor,
+            "next_url": state.next_url.lstrip("/"),
             "code_sent": code_sent,
             "notice": notice,
             "enrolment": enrolment,
@@ -289,7 +315,9 @@ def _activation_page(
         errors=errors,
         status=status,
         headers=headers,
-        focus="code-email" if code_sent and state.totp_pending else None,
+        focus=(
+            "code-email" if code_sent and (state.totp_pending or state.factor != "totp") else None
+        ),
     )
 
 
@@ -330,13 +358,36 @@ def _activation_post(request: Request, csrf_token: str, action: _Action) -> Resp
     return _activation_page(request, state, **shown)
 
 
+_PASSKEY_FIRST = (
+    "Votre fonction exige une clé d'accès : créez-la avec le bouton « Créer ma clé d'accès »."
+)
+_NEEDS_SCRIPT = (
+    "Votre navigateur doit exécuter JavaScript pour créer une clé d'accès. Activez-le pour ce "
+    "site, puis réessayez."
+)
+
+
 @router.post("/activation/cle")
 def begin_activation(request: Request, csrf_token: FormText = "") -> Response:
     """A new authenticator secret, shown in this answer only (never in a URL)."""
+
+    def begin(
+        context: StaffContext, service: StaffAccountService, token: str
+    ) -> Response | dict[str, Any]:
+        if _activation_state(request, service, token).factor != "totp":
+            return {"errors": {GENERAL: _PASSKEY_FIRST}, "status": 422}
+        return {"enrolment": service.begin_enrolment(token)}
+
+    return _activation_post(request, csrf_token, begin)
+
+
+@router.post("/activation/cle-d-acces")
+def passkey_activation(request: Request, csrf_token: FormText = "") -> Response:
+    """Reached only without the script, which creates the passkey through the API."""
     return _activation_post(
         request,
         csrf_token,
-        lambda context, service, token: {"enrolment": service.begin_enrolment(token)},
+        lambda context, service, token: {"errors": {GENERAL: _NEEDS_SCRIPT}, "status": 422},
     )
 
 
@@ -369,6 +420,8 @@ def confirm_activation(
         context: StaffContext, service: StaffAccountService, token: str
     ) -> Response | dict[str, Any]:
         state = _activation_state(request, service, token)
+        if state.factor != "totp":
+            return {"errors": {GENERAL: _PASSKEY_FIRST}, "status": 422}
         if not state.totp_pending:
             message = "Configurez d'abord l'application d'authentification."
             return {"errors": {GENERAL: message}, "status": 422}
@@ -399,3 +452,68 @@ def confirm_activation(
         return response
 
     return _activation_post(request, csrf_token, confirm)
+
+
+# --- forgotten password ---------------------------------------------------------------------
+
+FORGOT_PATH: Final = "/compte/connexion-professionnel/mot-de-passe-oublie"
+FORGOT_TEMPLATE: Final = "accounts/mot_de_passe_oubli_professionnel.html"
+
+
+@router.get("/connexion-professionnel/mot-de-passe-oublie", name="staff_password_forgotten")
+def staff_forgot_password_page(request: Request) -> Response:
+    return _anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": _notice(request)})
+
+
+@router.post("/connexion-professionnel/mot-de-passe-oublie")
+async def staff_forgot_password(
+    request: Request, email: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    """The same answer, after the same least time, whether the address has a staff account
+    (an invitation not accepted yet gets no link: it must use its invitation)."""
+    started = time.monotonic()
+    response = await run_in_threadpool(_staff_forgot_password, request, email, csrf_token)
+    await asyncio.sleep(max(0.0, RESET_ANSWER_SECONDS - (time.monotonic() - started)))
+    return response
+
+
+def _staff_forgot_password(request: Request, email: str, csrf_token: str) -> Response:
+    if (refused := _refused(request)) is not None:
+        return refused
+    errors: dict[str, str] = {}
+    _check_email(email, errors)
+    outbox = _Outbox(_runtime(request).mailer)
+    context = StaffContext(request, _runtime(request), mailer=outbox)
+    form = _AnonymousForm.of(request)
+    outcome = _Attempt(errors=errors)
+    with _staff_unit(request, context) as (_, service):
+        if not form.check(service, csrf_token):
+            outcome.errors = {GENERAL: _EXPIRED_FORM}
+        elif not outcome.errors:
+            try:
+                service.request_password_reset(
+                    email, client_id=context.client_hash, kind=AccountKind.STAFF
+                )
+            except ThrottledError as exc:
+                outcome.throttled = exc
+                outcome.errors = {GENERAL: str(exc)}
+            except InvalidInputError:
+                outcome.errors = {
+                    "email": "Saisissez une adresse e-mail valide, par exemple nom@exemple.fr."
+                }
+        outcome.csrf_token = form.token(service)
+    if not outcome.errors:
+        response = _redirect(request, FORGOT_PATH, info="lien-envoye")
+        # Delivered once the answer is sent: a slow or failing mail server shows nothing.
+        response.background = BackgroundTask(outbox.deliver)
+        return response
+    return _anonymous_page(
+        request,
+        FORGOT_TEMPLATE,
+        {"values": {"email": email}},
+        errors=outcome.errors,
+        status=_status_of(outcome, 422),
+        headers=_headers_of(outcome),
+        form=form,
+        csrf_token=outcome.csrf_token,
+    )

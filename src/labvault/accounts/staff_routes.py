@@ -1,6 +1,7 @@
 """The staff side of the authentication API under ``/api/v1/auth``: accepting an invitation,
-the staff login, and the enrolment of an authenticator app that completes a first login
-(see ``labvault.accounts.invitations``).
+the staff login, the enrolment of the first factor that completes a first login (an
+authenticator app, or a passkey for organization admins and security officers: see
+``labvault.accounts.invitations``), and the staff password reset request.
 
 The cookies, CSRF tokens, origin checks and error answers are those of
 ``labvault.accounts.routes``; the second-factor step of a staff account that has a factor is
@@ -9,6 +10,8 @@ the shared ``POST /api/v1/auth/login/second-factor``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -16,14 +19,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from labvault.accounts.devices import DEVICE_COOKIE
 from labvault.accounts.invitations import StaffAccountService, StaffLogin
+from labvault.accounts.models import AccountKind
 from labvault.accounts.routes import (
     _PROBLEMS,
+    RESET_ANSWER_SECONDS,
     SESSION_COOKIE,
     Accepted,
     CsrfRefusedError,
+    ResetRequest,
     RuntimeDep,
     SignedIn,
     TotpSetup,
@@ -33,12 +41,16 @@ from labvault.accounts.routes import (
     _failure_response,
     _guard,
     _hasher,
+    _Outbox,
     _set_session_cookie,
     set_device_cookie,
 )
 from labvault.accounts.services import AuthError, InvalidInputError, PasswordRejected
+from labvault.accounts.webauthn import PasskeyError
+from labvault.accounts.webauthn_routes import RegistrationCredential
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
 from labvault.organizations.services import get_organization
 
 __all__ = ["StaffContext", "router"]
@@ -72,6 +84,13 @@ class EnrolmentConfirmation(BaseModel):
     email_code: str | None = Field(default=None, max_length=32)
 
 
+class PasskeyEnrolment(BaseModel):
+    credential: RegistrationCredential
+    label: str | None = Field(default=None, max_length=200)
+    email_code: str | None = Field(default=None, max_length=32)
+    """Required when ``email_code_required`` was true (an enrolment started by a login)."""
+
+
 class StaffContext(_Context):
     """The request's context, building the staff account service."""
 
@@ -96,6 +115,8 @@ def _run(context: StaffContext, action: Callable[[StaffAccountService], T]) -> T
     with transaction(context.runtime.sessions) as session:
         try:
             result = action(context.service(session))
+        except PasskeyError as exc:  # a refused passkey: the API's invalid input (422)
+            failure = InvalidInputError(str(exc))
         except (AuthError, CsrfRefusedError, InvalidInputError, PasswordRejected) as exc:
             failure = exc
     if failure is not None:
@@ -235,4 +256,103 @@ def confirm_enrolment(
     _set_session_cookie(response, opened.token, context)
     if opened.device_token is not None:
         set_device_cookie(response, opened.device_token)
+    return response
+
+
+def _opened_response(context: StaffContext, outcome: Any) -> Response:
+    if isinstance(outcome, Response):
+        return outcome
+    opened, csrf = outcome
+    response = JSONResponse(
+        {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
+    )
+    _set_session_cookie(response, opened.token, context)
+    if opened.device_token is not None:
+        set_device_cookie(response, opened.device_token)
+    return response
+
+
+_PASSKEY_OPTIONS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "PublicKeyCredentialCreationOptions as JSON (py_webauthn "
+        "``options_to_json``), to decode and pass to ``navigator.credentials.create``.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **_PROBLEMS,
+}
+
+
+@router.post("/enrolment/passkey/options", responses=_PASSKEY_OPTIONS)
+def begin_passkey_enrolment(request: Request, runtime: RuntimeDep) -> Response:
+    """Options to create the passkey that completes the pending first login of an
+    organization admin or a security officer (401 for any other pending login)."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    outcome = _enrolling(
+        StaffContext(request, runtime),
+        lambda service, token: service.begin_passkey_enrolment(token),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    return Response(outcome, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+@router.post("/enrolment/passkey", response_model=SignedIn, responses=_PROBLEMS)
+def confirm_passkey_enrolment(
+    body: PasskeyEnrolment, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Keep the passkey the browser created for the last options and complete the login:
+    a NEW session cookie (the pending one is revoked). A refused passkey is a 422, a wrong
+    emailed code a 401; neither keeps anything."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    context = StaffContext(request, runtime)
+    credential = body.credential.model_dump(by_alias=True, exclude_none=True)
+
+    def confirm(service: StaffAccountService, token: str) -> tuple[Any, str]:
+        opened = service.confirm_passkey_enrolment(
+            token,
+            credential,
+            label=body.label,
+            email_code=body.email_code,
+            device=request.cookies.get(DEVICE_COOKIE),
+        )
+        return opened, service.sessions.csrf_token(opened.token.reveal())
+
+    return _opened_response(context, _enrolling(context, confirm))
+
+
+@router.post("/staff/password-reset", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+async def request_staff_password_reset(
+    body: ResetRequest, request: Request, runtime: RuntimeDep
+) -> Response:
+    """Email a link to choose a new password to a staff account (``/password-reset`` for
+    staff addresses): the same answer, after the same time, whether the address is known,
+    unknown or an invitation not accepted yet (which must use its invitation link)."""
+    started = time.monotonic()
+    response = await run_in_threadpool(_request_staff_password_reset, body, request, runtime)
+    await asyncio.sleep(max(0.0, RESET_ANSWER_SECONDS - (time.monotonic() - started)))
+    return response
+
+
+def _request_staff_password_reset(
+    body: ResetRequest, request: Request, runtime: Runtime
+) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    outbox = _Outbox(runtime.mailer)
+    context = StaffContext(request, runtime, mailer=outbox)
+    outcome = _run(
+        context,
+        lambda service: service.request_password_reset(
+            body.email, client_id=context.client_hash, kind=AccountKind.STAFF
+        ),
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    response = _accepted(
+        "Si un compte professionnel correspond à cette adresse, un lien pour choisir un "
+        "nouveau mot de passe vient d'y être envoyé. Il est valable 15 minutes."
+    )
+    response.background = BackgroundTask(outbox.deliver)
     return response

@@ -38,8 +38,9 @@ Clone detection
 
 Roles that require a passkey
     Organization administrators and security officers (``PASSKEY_ROLES``): once they have
-    a passkey, it is the only second factor offered and accepted (no TOTP, no recovery
-    code: both can be phished); their last passkey cannot be removed. Until they register
+    a passkey, it is the only second factor offered and accepted, but for a recovery code
+    (no TOTP, which can be phished; the single-use recovery codes stay the way back in when
+    every passkey is lost); their last passkey cannot be removed. Until they register
     one, ``enrolment_required`` says so (the security page warns; staff areas gate on it).
 """
 
@@ -92,6 +93,7 @@ __all__ = [
     "METHOD",
     "PASSKEY_ROLES",
     "REGISTRATION",
+    "STEP_UP",
     "PasskeyError",
     "PasskeyInfo",
     "PasskeyPanel",
@@ -106,6 +108,8 @@ METHOD = "webauthn"
 TABLE = "webauthn_credentials"
 REGISTRATION = "webauthn-registration"
 AUTHENTICATION = "webauthn-authentication"
+STEP_UP = "webauthn-step-up"
+"""The challenge purpose of a signed-in session re-proving its passkey (step-up)."""
 CHALLENGE_BYTES = 32
 CHALLENGE_TTL = dt.timedelta(minutes=3)
 CEREMONY_TIMEOUT_MS = 120_000
@@ -357,7 +361,9 @@ class Passkeys:
         if self.relying_party is None or not self.has_any(account.id):
             return others
         if self.required(account):
-            return (METHOD,)
+            # No TOTP (phishable, and the role's factor is the passkey); a recovery code
+            # stays the way back in when every passkey is lost.
+            return (METHOD, *(method for method in others if method == "recovery"))
         return (METHOD, *others)
 
     # -- challenges --------------------------------------------------------------------
@@ -553,14 +559,16 @@ class Passkeys:
 
     # -- authentication (second factor) ------------------------------------------------
 
-    def authentication_options(self, account: Account, session_id: uuid.UUID) -> str:
+    def authentication_options(
+        self, account: Account, session_id: uuid.UUID, purpose: str = AUTHENTICATION
+    ) -> str:
         """The options for ``navigator.credentials.get``, as JSON, for the pending login
-        of ``session_id``."""
+        of ``session_id`` (or, with ``purpose=STEP_UP``, its signed-in step-up)."""
         rp = self._rp()
         credentials = self._credentials(account.id)
         if not credentials:
             raise PasskeyError("Aucune clé d'accès n'est enregistrée pour ce compte.")
-        challenge = self._new_challenge(account, session_id, AUTHENTICATION)
+        challenge = self._new_challenge(account, session_id, purpose)
         options = generate_authentication_options(
             rp_id=rp.id,
             challenge=challenge,
@@ -570,7 +578,13 @@ class Passkeys:
         )
         return options_to_json(options)
 
-    def check_assertion(self, account: Account, session_id: uuid.UUID, presented: str) -> bool:
+    def check_assertion(
+        self,
+        account: Account,
+        session_id: uuid.UUID,
+        presented: str,
+        purpose: str = AUTHENTICATION,
+    ) -> bool:
         """Whether ``presented`` (the browser's answer to the authentication options, as
         JSON) proves the passkey. A regressed sign count is refused and audited."""
         rp = self.relying_party
@@ -582,7 +596,7 @@ class Passkeys:
             return False
         if not isinstance(credential, dict):
             return False
-        challenge = self._claim_challenge(account, session_id, AUTHENTICATION, credential)
+        challenge = self._claim_challenge(account, session_id, purpose, credential)
         raw_id = _bytes_of(credential.get("rawId"))
         if challenge is None or raw_id is None:
             return False

@@ -23,6 +23,7 @@ from labvault.accounts.pages import (
     _second_factor_page,
     _Shown,
     _signed_in_post,
+    _stepped_up,
     _Unit,
     _unit,
 )
@@ -66,7 +67,7 @@ def delete_passkey(
         message = "Cette clé d'accès n'existe pas ou a déjà été retirée."
         return {"errors": {GENERAL: message}, "status": 404}
 
-    return _signed_in_post(request, csrf_token, delete)
+    return _signed_in_post(request, csrf_token, _stepped_up(delete))
 
 
 @router.post("/second-facteur/cle-d-acces")

@@ -24,6 +24,7 @@ from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.routes import (
     _PROBLEMS,
     SESSION_COOKIE,
+    STEP_UP_RESPONSES,
     CsrfRefusedError,
     RuntimeDep,
     SignedIn,
@@ -33,6 +34,7 @@ from labvault.accounts.routes import (
     _run,
     _set_session_cookie,
     _signed_in,
+    _stepped_up,
     set_device_cookie,
 )
 from labvault.accounts.services import AccountService, AuthError, InvalidInputError
@@ -60,6 +62,7 @@ _OPTIONS: dict[int | str, dict[str, Any]] = {
     **_PROBLEMS,
     **_UNAVAILABLE,
 }
+_STEPPED_UP_OPTIONS: dict[int | str, dict[str, Any]] = {**_OPTIONS, 403: STEP_UP_RESPONSES[403]}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such passkey of this account.", "content": _PROBLEM}
 }
@@ -162,16 +165,17 @@ def _options(outcome: str | Response) -> Response:
     return Response(outcome, media_type="application/json")
 
 
-@router.post("/registration/options", responses=_OPTIONS)
+@router.post("/registration/options", responses=_STEPPED_UP_OPTIONS)
 def registration_options(request: Request, runtime: RuntimeDep) -> Response:
-    """Options to create a passkey for the signed-in account (its passkeys excluded)."""
+    """Options to create a passkey for the signed-in account (its passkeys excluded); needs
+    a recent step-up (the registration itself is bound to these options' challenge)."""
     if (refused := _refused_or_unavailable(request, runtime)) is not None:
         return refused
 
     def begin(service: AccountService, record: AccountSession, account: Account) -> str:
         return _step(lambda: service.passkeys.registration_options(account, record.id))
 
-    return _options(_signed_in(_Context(request, runtime), begin))
+    return _options(_signed_in(_Context(request, runtime), _stepped_up(begin)))
 
 
 @router.post(
@@ -207,15 +211,20 @@ def list_passkeys(request: Request, runtime: RuntimeDep) -> Response:
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
 
 
-@router.delete("/credentials/{passkey_id}", status_code=204, responses={**_PROBLEMS, **_NOT_FOUND})
+@router.delete(
+    "/credentials/{passkey_id}", status_code=204, responses={**STEP_UP_RESPONSES, **_NOT_FOUND}
+)
 def delete_passkey(passkey_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
-    """Remove a passkey (not the last one of a role that requires a passkey: 422)."""
+    """Remove a passkey (not the last one of a role that requires a passkey: 422); needs a
+    recent step-up."""
     if (refused := _guard(request)) is not None:
         return refused
     outcome = _signed_in(
         _Context(request, runtime),
-        lambda service, record, account: _step(
-            lambda: service.passkeys.delete(account, passkey_id)
+        _stepped_up(
+            lambda service, record, account: _step(
+                lambda: service.passkeys.delete(account, passkey_id)
+            )
         ),
     )
     if isinstance(outcome, Response):

@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 from helpers import leaked
 from labvault.accounts import routes
 from labvault.accounts.devices import DEVICE_COOKIE, KnownDevice
-from labvault.accounts.models import Account, AccountSession, AccountStatus
+from labvault.accounts.models import Account, AccountKind, AccountSession, AccountStatus
 from labvault.accounts.services import (
     RESET_LINK_INVALID,
     AccountService,
@@ -636,6 +636,11 @@ def test_lockout_after_100_consecutive_failures(services: Services) -> None:
     assert "account:status:lock" in _actions(services.runtime)
 
 
+def _account(services: Services, account_id: uuid.UUID) -> Account:
+    with services.runtime.sessions() as session:
+        return session.get_one(Account, account_id)
+
+
 def test_an_organization_admin_unlocks_an_account(services: Services) -> None:
     account = services.sign_up()
     with services.unit() as service:
@@ -643,19 +648,31 @@ def test_an_organization_admin_unlocks_an_account(services: Services) -> None:
             services.session.get_one(Account, account.id),
             reason_principal=Principal(PrincipalKind.SYSTEM, "system:tests"),
         )
-    admin = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="organization_admin")
+    with services.unit() as service:
+        admin_account = service.provision(
+            "admin@example.org",
+            Secret(PASSWORD),
+            kind=AccountKind.STAFF,
+            security_phrase=None,
+            by=Principal(PrincipalKind.SYSTEM, "system:tests"),
+            role="organization_admin",
+        )
+    admin = Principal(PrincipalKind.STAFF, str(admin_account.id), role="organization_admin")
     for intruder in (
         Principal(PrincipalKind.PATIENT, str(account.id)),
         Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="receptionist"),
         Principal(PrincipalKind.ANONYMOUS, "anonymous"),
+        # A role claimed by a principal whose account does not have it (or does not exist).
+        Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="organization_admin"),
+        Principal(PrincipalKind.STAFF, str(account.id), role="organization_admin"),
     ):
         with services.unit() as service, pytest.raises(ForbiddenError):
             service.unlock(services.session.get_one(Account, account.id), intruder)
-    assert services.account().status == AccountStatus.LOCKED.value
+    assert _account(services, account.id).status == AccountStatus.LOCKED.value
 
     with services.unit() as service:
         assert service.unlock(services.session.get_one(Account, account.id), admin) is True
-    unlocked = services.account()
+    unlocked = _account(services, account.id)
     assert unlocked.status == AccountStatus.ACTIVE.value
     assert unlocked.failed_logins == 0
     assert _messages(services.runtime)[-1]["Subject"] == "Votre compte est déverrouillé"

@@ -62,12 +62,15 @@ from labvault.core.runtime import Runtime
 from labvault.organizations.models import Site
 from labvault.organizations.services import add_site, create_organization, get_organization
 from labvault.staff.models import StaffMember, StaffRole, StaffSite
+from passkey_authenticator import SoftAuthenticator, SoftPasskey
 
 EMAIL = "helene.garnier@example.org"
 FIRST_NAME = "Hélène"
 LAST_NAME = "Garnier-Lefèvre"
 PASSWORD = "une phrase de passe assez longue"
 ORIGIN = "https://testserver"
+PUBLIC_URL = "http://localhost:8000"
+"""The default public URL: the passkeys' relying party (localhost) and origin."""
 SESSION_COOKIE = "__Host-labvault-session"
 CLIENT = "c" * 32
 SYSTEM = SystemPrincipal("test:staff-invite")
@@ -268,6 +271,23 @@ def enrol(client: TestClient, csrf_token: str, email_code: str | None = None) ->
     return secret
 
 
+def enrol_passkey(
+    client: TestClient, csrf_token: str, email_code: str | None = None
+) -> SoftPasskey:
+    """Enrol a passkey (a software authenticator at the default public URL) from the pending
+    session of an organization admin or a security officer; the login completes."""
+    options = client.post("/api/v1/auth/enrolment/passkey/options", headers=csrf(csrf_token))
+    assert options.status_code == 200, options.text
+    credential, passkey = SoftAuthenticator(PUBLIC_URL).create(options.text)
+    done = client.post(
+        "/api/v1/auth/enrolment/passkey",
+        json={"credential": credential, "email_code": email_code},
+        headers=csrf(csrf_token),
+    )
+    assert done.status_code == 200, done.text
+    return passkey
+
+
 # --------------------------------------------------------------------------- invitation
 
 
@@ -441,7 +461,7 @@ def test_an_invitation_expires_after_7_days(lab: Lab) -> None:
 def test_acceptance_sets_the_password_and_opens_nothing_but_the_enrolment(
     client: TestClient, lab: Lab, runtime: Runtime
 ) -> None:
-    token = lab.invite(role=StaffRole.ORGANIZATION_ADMIN)
+    token = lab.invite(role=StaffRole.BIOLOGIST)
     step = accept(client, token)
     assert step.status_code == 200, step.text
     assert step.json()["second_factor"] == []
@@ -496,9 +516,9 @@ def test_acceptance_sets_the_password_and_opens_nothing_but_the_enrolment(
     # The staff principal: its role, no site.
     (success,) = audit_events(runtime, "account:login:success")
     assert (success.actor_kind, success.actor_id) == ("staff", str(account.id))
-    assert (success.actor_role, success.actor_site_id) == ("organization_admin", None)
+    assert (success.actor_role, success.actor_site_id) == ("biologist", None)
     assert principal_of(account) == Principal(
-        PrincipalKind.STAFF, str(account.id), role="organization_admin", site_id=None
+        PrincipalKind.STAFF, str(account.id), role="biologist", site_id=None
     )
     assert audit_events(runtime, "staff:invitation:accept")
     assert audit_events(runtime, "account:totp:enrol")
@@ -847,9 +867,13 @@ def test_the_activation_page_asks_for_an_emailed_code_after_a_plain_login(
 # --------------------------------------------------------------------------- factors
 
 
-def test_every_staff_role_requires_an_authenticator_app_for_now() -> None:
-    assert {required_factors(role) for role in StaffRole} == {("totp",)}
+def test_privileged_roles_enrol_a_passkey_first_and_the_others_an_authenticator_app() -> None:
     assert {StaffRole.ORGANIZATION_ADMIN, StaffRole.SECURITY_OFFICER} == PASSKEY_ROLES
+    for role in StaffRole:
+        expected = ("webauthn",) if role in PASSKEY_ROLES else ("totp",)
+        assert required_factors(role) == expected, role
+        # Where the address cannot have passkeys (an IP address), an authenticator app.
+        assert required_factors(role, passkeys_available=False) == ("totp",)
     with pytest.raises(ValueError, match="chief"):
         required_factors("chief")
 
@@ -919,7 +943,7 @@ def test_the_demo_has_an_organization_admin_who_enrols_at_first_login(
             "/api/v1/auth/staff/login", json={"email": staff.email, "password": staff.password}
         )
     assert step.status_code == 200, step.text
-    assert step.json()["enrol"] == ["totp"]
+    assert step.json()["enrol"] == ["webauthn"], "an organization admin: a passkey first"
     assert step.json()["email_code_required"] is True
     with runtime.sessions() as session:
         account = session.scalars(select(Account).where(Account.kind == "staff")).one()
@@ -947,7 +971,7 @@ def test_an_organization_admin_unlocks_an_account_and_nobody_else_can(
 
     client.cookies.clear()
     admin = accept(client, lab.invite("admin2@example.org", StaffRole.ORGANIZATION_ADMIN))
-    enrol(client, admin.json()["csrf_token"])
+    enrol_passkey(client, admin.json()["csrf_token"])
     token = client.get("/api/v1/auth/me").json()["csrf_token"]
     assert client.post(unlock).status_code == 403, "CSRF applies"
     first = client.post(unlock, headers=csrf(token))

@@ -123,10 +123,13 @@
         publicKey: creationOptions(options),
       });
       const label = form.querySelector('input[name="label"]');
-      await post(form.dataset.complete, csrf, {
-        credential: credentialJson(credential),
-        label: label ? label.value : null,
-      });
+      const body = { credential: credentialJson(credential), label: label ? label.value : null };
+      // The code that proves the mailbox, when a first-login enrolment asks for one.
+      const emailCode = form.querySelector('input[name="email_code"]');
+      if (emailCode) {
+        body.email_code = emailCode.value;
+      }
+      await post(form.dataset.complete, csrf, body);
     },
     "cle-acces-connexion": async (form, csrf) => {
       const options = await post(form.dataset.options, csrf, {});
