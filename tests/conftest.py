@@ -14,20 +14,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from helpers import APP_ROLE, PG_ADMIN_URL, app_url, owner_url
 from labvault.core.config import Settings
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.db_roles import grant_app_role
 from labvault.core.migrate import upgrade
 from labvault.core.runtime import Runtime
 
-PG_ADMIN_URL = os.environ.get(
-    "LABVAULT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 IN_CI = os.environ.get("CI", "").lower() == "true"
-APP_ROLE = "labvault_test_app"
-"""The application's role in PostgreSQL tests: LOGIN, not superuser, not BYPASSRLS, not the
-owner. Runtimes connect as it (so the whole suite runs under row-level security) and
-migrate as the server's admin user (the owner of the test databases)."""
 
 
 def require_component(reason: str) -> None:
@@ -121,25 +115,6 @@ def postgres() -> Iterator[PostgresServer]:
     server.create_app_role()
     yield server
     server.close()
-
-
-def app_url(url: str) -> str:
-    """The same PostgreSQL database, reached as the application role (SQLite: unchanged)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        return url
-    return parsed.set(username=APP_ROLE, password=None).render_as_string(hide_password=False)
-
-
-def owner_url(url: str) -> str:
-    """The same PostgreSQL database, reached as its owner (SQLite: unchanged)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        return url
-    admin = make_url(PG_ADMIN_URL)
-    return parsed.set(username=admin.username, password=admin.password).render_as_string(
-        hide_password=False
-    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])

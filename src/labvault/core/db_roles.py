@@ -23,8 +23,11 @@ from sqlalchemy import Connection, text
 
 TENANT_TABLE_PRIVILEGES: Final = ("SELECT", "INSERT", "UPDATE", "DELETE")
 APP_TABLE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {
-    # The tenant list: read to find the deployment's organization; created by the owner.
-    "organizations": ("SELECT",),
+    # The tenant list: read to find the deployment's organization. Inserting one is
+    # harmless (an empty tenant holds nothing, and the policies compare ids, not names);
+    # UPDATE and DELETE are not: deleting an organization would cascade through every
+    # tenant table, and foreign-key cascades are not subject to row-level security.
+    "organizations": ("SELECT", "INSERT"),
     # `labvault` checks that the schema is up to date before it serves.
     "alembic_version": ("SELECT",),
     # Append-only for the application: insert events, number pending ones (the policies
