@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.appointments.models import Appointment, AppointmentStatus
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
@@ -46,6 +46,8 @@ TODAY = {"today", "earlier_today"}
 class World:
     tenant: uuid.UUID
     other_tenant: uuid.UUID
+    sessions: sessionmaker[Session]
+    """Sessions bound to tenant A (row-level security on PostgreSQL)."""
     sites: dict[str, uuid.UUID]
     staff: dict[str, uuid.UUID]
     """Staff ids by role value, all working at the main site."""
@@ -77,18 +79,18 @@ def _site(session: Session, organization: object, name: str) -> uuid.UUID:
 
 
 def build_world(runtime: Runtime) -> World:
+    """Tenant A in one transaction, tenant B in another: on PostgreSQL each transaction is
+    bound to the tenant it creates (row-level security)."""
     people = list(synthetic_patients(len(PLACEMENTS) + 1, seed=505))
     with transaction(runtime.sessions) as session:
         tenant = create_organization(session, runtime.key_provider, "Labo Alpha")
-        other = create_organization(session, runtime.key_provider, "Labo Beta")
-        session.flush()
+        tenant_id = tenant.id
         sites = {
             "main": _site(session, tenant, "Alpha Centre"),
             "annex": _site(session, tenant, "Alpha Nord"),
         }
-        other_site = _site(session, other, "Beta Centre")
         setup = TenantKeyring(
-            session, runtime.key_provider, tenant.id, SystemPrincipal("test:world")
+            session, runtime.key_provider, tenant_id, SystemPrincipal("test:world")
         )
         staff_repository = StaffRepository(session, setup)
         staff: dict[str, uuid.UUID] = {}
@@ -113,13 +115,16 @@ def build_world(runtime: Runtime) -> World:
             site, offset, status = placement
             session.add(
                 Appointment(
-                    tenant_id=tenant.id,
+                    tenant_id=tenant_id,
                     patient_id=patients[name],
                     site_id=sites[site],
                     starts_at=NOW + offset,
                     status=status.value,
                 )
             )
+    with transaction(runtime.sessions) as session:
+        other = create_organization(session, runtime.key_provider, "Labo Beta")
+        other_site = _site(session, other, "Beta Centre")
         beta = TenantKeyring(session, runtime.key_provider, other.id, SystemPrincipal("test:world"))
         foreign = PatientRepository(session, beta).register_many(people[len(PLACEMENTS) :])
         foreign_patient = foreign.created[0]
@@ -138,14 +143,16 @@ def build_world(runtime: Runtime) -> World:
             role=StaffRole.RECEPTIONIST,
             site_ids=[other_site],
         )
-        return World(
-            tenant=tenant.id,
-            other_tenant=other.id,
-            sites=sites,
-            staff=staff,
-            principals=principals,
-            patients=patients,
-            inputs=inputs,
-            foreign_patient=foreign_patient,
-            foreign_staff=foreign_staff,
-        )
+        other_id = other.id
+    return World(
+        tenant=tenant_id,
+        other_tenant=other_id,
+        sessions=runtime.tenant_sessions(tenant_id),
+        sites=sites,
+        staff=staff,
+        principals=principals,
+        patients=patients,
+        inputs=inputs,
+        foreign_patient=foreign_patient,
+        foreign_staff=foreign_staff,
+    )

@@ -14,14 +14,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from helpers import APP_ROLE, PG_ADMIN_URL, app_url, owner_url
 from labvault.core.config import Settings
 from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.db_roles import grant_app_role
 from labvault.core.migrate import upgrade
 from labvault.core.runtime import Runtime
 
-PG_ADMIN_URL = os.environ.get(
-    "LABVAULT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -33,7 +32,11 @@ def require_component(reason: str) -> None:
 
 
 class PostgresServer:
-    """Creates throw-away databases on the local server, from a migrated template."""
+    """Creates throw-away databases on the local server, from a migrated template.
+
+    Their owner is the admin user of ``admin_url``; the template grants :data:`APP_ROLE`
+    the application's privileges (copied into every database made from it).
+    """
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = admin_url
@@ -44,6 +47,19 @@ class PostgresServer:
 
     def url_for(self, database: str) -> str:
         return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
+
+    def create_app_role(self) -> None:
+        """The cluster-wide application role (trust authentication on loopback); idempotent,
+        also when test runs in other processes create it at the same moment."""
+        with self.engine.connect() as connection:
+            connection.execute(
+                text(
+                    "DO $$ BEGIN "
+                    f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB "
+                    "NOCREATEROLE; "
+                    "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                )
+            )
 
     def _create(self, name: str, template: str | None = None) -> None:
         with self.engine.connect() as connection:
@@ -61,10 +77,21 @@ class PostgresServer:
             self._create(template)
             engine = create_engine(self.url_for(template))
             upgrade(engine)
+            with engine.begin() as connection:
+                grant_app_role(connection, APP_ROLE)
             engine.dispose()
             self.template = template
         self._create(name, self.template)
         return self.url_for(name)
+
+    def grant(self, url: str) -> None:
+        """Grant the application role its privileges on a database migrated afterwards."""
+        engine = create_engine(owner_url(url))
+        try:
+            with engine.begin() as connection:
+                grant_app_role(connection, APP_ROLE)
+        finally:
+            engine.dispose()
 
     def drop(self, name: str) -> None:
         with self.engine.connect() as connection:
@@ -85,6 +112,7 @@ def postgres() -> Iterator[PostgresServer]:
     except Exception as exc:
         server.engine.dispose()
         require_component(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+    server.create_app_role()
     yield server
     server.close()
 
@@ -96,7 +124,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """An empty, migrated database on the requested backend."""
+    """An empty, migrated database on the requested backend; PostgreSQL: as the app role."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'var' / 'db' / 'labvault.sqlite3'}"
         settings = Settings(data_dir=tmp_path / "var", database_url=url)
@@ -105,13 +133,22 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
         runtime.close()
         return url
     server: PostgresServer = request.getfixturevalue("postgres")
-    return server.new_database()
+    return app_url(server.new_database())
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def admin_database_url(database_url: str) -> str:
+    """The same database as its owner: for migrations, and for tests that act as an
+    attacker with full database access (or dump it)."""
+    return owner_url(database_url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, admin_database_url: str) -> Settings:
     data_dir = tmp_path / "var"
-    settings = Settings(data_dir=data_dir, database_url=database_url)
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, admin_database_url=admin_database_url
+    )
     FileKeyProvider.create(settings.key_file)
     return settings
 
@@ -128,5 +165,6 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Point the CLI (which reads the environment) at the test's database and key file."""
     monkeypatch.setenv("LABVAULT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("LABVAULT_DATABASE_URL", settings.sqlalchemy_url)
+    monkeypatch.setenv("LABVAULT_ADMIN_DATABASE_URL", settings.sqlalchemy_admin_url)
     monkeypatch.delenv("LABVAULT_KEY_PROVIDER", raising=False)
     return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 from collections.abc import Iterable
@@ -11,6 +12,34 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from labvault.patients.importer import COLUMNS
+
+PG_ADMIN_URL = os.environ.get(
+    "LABVAULT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+APP_ROLE = "labvault_test_app"
+"""The application's role in PostgreSQL tests: LOGIN, not superuser, not BYPASSRLS, not the
+owner. Runtimes connect as it (so the whole suite runs under row-level security) and
+migrate as the server's admin user (the owner of the test databases)."""
+
+
+def app_url(url: str) -> str:
+    """The same PostgreSQL database, reached as the application role (SQLite: unchanged)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    return parsed.set(username=APP_ROLE, password=None).render_as_string(hide_password=False)
+
+
+def owner_url(url: str) -> str:
+    """The same PostgreSQL database, reached as its owner (SQLite: unchanged)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    admin = make_url(PG_ADMIN_URL)
+    return parsed.set(username=admin.username, password=admin.password).render_as_string(
+        hide_password=False
+    )
+
 
 # Short digit or lowercase-hex strings occur by chance in ids stored as hex text (SQLite
 # keeps UUIDs as 32 hex characters): "2a422", a birth place in lowercase, is one of them.
@@ -71,8 +100,16 @@ def sqlite_files(database_url: str) -> list[Path]:
 
 
 def pg_dump(database_url: str) -> bytes:
-    """The plain-SQL dump of a database, plus every bytea value in it decoded from hex."""
-    url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The plain-SQL dump of a database, plus every bytea value in it decoded from hex.
+
+    Taken as the owner, as a backup would be (as the application role, pg_dump refuses
+    tables under row-level security rather than dump part of them).
+    """
+    url = (
+        make_url(owner_url(database_url))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
     dump = subprocess.run(
         ["pg_dump", "--no-owner", "--dbname", url], check=True, capture_output=True
     ).stdout

@@ -51,17 +51,19 @@ from labvault.core.config import ConfigurationError, Settings, load_settings
 from labvault.core.contact import parse_email, parse_phone
 from labvault.core.crypto.errors import CryptoError
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.models import IndexKeyRecord
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.db import describe_database_error, transaction
+from labvault.core.db_roles import RoleError, current_role_problems, grant_app_role
 from labvault.core.migrate import is_up_to_date, upgrade
 from labvault.core.runtime import Runtime
+from labvault.core.tenancy import AUDIT_LOG_SCOPE
 from labvault.core.web.request_context import new_request_id
+from labvault.organizations.models import Organization
 from labvault.organizations.services import (
     InvalidOrganizationNameError,
     OrganizationNotFoundError,
     create_organization,
-    get_organization,
+    use_organization,
 )
 from labvault.patients.bulk import BatchConflictError, register_records
 from labvault.patients.importer import CsvFileError, import_patients, write_rejects
@@ -125,6 +127,7 @@ def main() -> None:
         InvalidOrganizationNameError,
         OrganizationNotFoundError,
         ProofUnavailableError,
+        RoleError,
         SearchError,
         WitnessError,
     ) as exc:
@@ -162,8 +165,27 @@ def _ensure_initialised(settings: Settings) -> Runtime:
         )
     runtime = Runtime(settings)
     runtime.key_provider  # noqa: B018 - fail now if the key file is missing or exposed
-    upgrade(runtime.engine)
+    _upgrade_schema(runtime)
     return runtime
+
+
+def _upgrade_schema(runtime: Runtime) -> str | None:
+    """Migrate as the schema owner; then, if the app connects as another role, keep that
+    role's privileges in step with the schema. Returns the role granted, if any."""
+    upgrade(runtime.admin_engine)
+    role = _app_role(runtime)
+    if role is not None:
+        with runtime.admin_engine.begin() as connection:
+            grant_app_role(connection, role)
+    return role
+
+
+def _app_role(runtime: Runtime) -> str | None:
+    """The application's own role on PostgreSQL, when it differs from the owner's."""
+    app_url, admin_url = runtime.engine.url, runtime.admin_engine.url
+    if app_url.get_backend_name() != "postgresql" or app_url.username == admin_url.username:
+        return None
+    return app_url.username
 
 
 def _refuse_new_key_over_existing_data(settings: Settings) -> None:
@@ -171,10 +193,12 @@ def _refuse_new_key_over_existing_data(settings: Settings) -> None:
     not a fresh install: a new key would not open that data, and would mix two roots."""
     runtime = Runtime(settings)
     try:
-        if not inspect(runtime.engine).has_table(IndexKeyRecord.__tablename__):
+        if not inspect(runtime.admin_engine).has_table(Organization.__tablename__):
             return
-        with runtime.sessions() as session:
-            holds_keys = session.scalar(select(IndexKeyRecord.id).limit(1)) is not None
+        # The tenant list, not the keys: it is visible to every role, row-level security or
+        # not, and every organization holds wrapped keys from its creation on.
+        with runtime.admin_sessions() as session:
+            holds_keys = session.scalar(select(Organization.id).limit(1)) is not None
     finally:
         runtime.close()
     if holds_keys:
@@ -205,10 +229,10 @@ def init(
     settings = load_settings()
     runtime = _ensure_initialised(settings)
     try:
-        with transaction(runtime.sessions) as session:
+        with transaction(runtime.admin_sessions) as session:
             if organization is not None:
                 try:
-                    get_organization(session, organization)
+                    use_organization(session, organization)
                     console.print(f"Organization {organization!r} already exists.")
                 except OrganizationNotFoundError:
                     create_organization(session, runtime.key_provider, organization)
@@ -220,13 +244,56 @@ def init(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations (as LABVAULT_ADMIN_DATABASE_URL's role, the owner)."""
     runtime = Runtime(load_settings())
     try:
-        upgrade(runtime.engine)
+        role = _upgrade_schema(runtime)
     finally:
         runtime.close()
     console.print("The database schema is up to date.")
+    if role is not None:
+        console.print(f"The application role {role} holds exactly its privileges.")
+
+
+@db_app.command("grant")
+def db_grant(
+    role: Annotated[
+        str | None,
+        typer.Option(help="The application's role; default: LABVAULT_DATABASE_URL's user."),
+    ] = None,
+) -> None:
+    """Give the application's PostgreSQL role exactly its privileges (see docs/deployment.md).
+
+    Runs as the owner (LABVAULT_ADMIN_DATABASE_URL). Refuses a role that is superuser,
+    BYPASSRLS or the owner: row-level security would not apply to it.
+    """
+    with _runtime() as runtime:
+        if runtime.admin_engine.url.get_backend_name() != "postgresql":
+            raise CliError("database roles exist on PostgreSQL only; SQLite needs no grant")
+        role = role or _app_role(runtime)
+        if role is None:
+            raise CliError(
+                "LABVAULT_DATABASE_URL connects as the owner: name the application's role "
+                "with --role, and point LABVAULT_DATABASE_URL at it"
+            )
+        with runtime.admin_engine.begin() as connection:
+            grants = grant_app_role(connection, role)
+    console.print(f"Granted {role} its privileges on {len(grants)} tables.")
+
+
+@db_app.command("check-role")
+def db_check_role() -> None:
+    """Check that LABVAULT_DATABASE_URL's role is subject to row-level security (exit 1 if not)."""
+    with _runtime() as runtime, runtime.engine.connect() as connection:
+        problems = current_role_problems(connection)
+    if runtime.engine.url.get_backend_name() != "postgresql":
+        console.print("SQLite: one deployment per database file; no row-level security.")
+        return
+    for problem in problems:
+        console.print(f"[bold red]problem:[/] {escape(problem)}")
+    if problems:
+        raise typer.Exit(1)
+    console.print("[bold green]The application role is subject to row-level security.[/]")
 
 
 @app.command()
@@ -242,6 +309,17 @@ def serve(
     settings = load_settings()
     with _runtime() as runtime:
         runtime.key_provider  # noqa: B018 - refuse to start without a usable key
+        with runtime.engine.connect() as connection:
+            problems = current_role_problems(connection)
+    if problems:
+        message = (
+            "the database role escapes row-level security ("
+            + "; ".join(problems)
+            + "): connect LABVAULT_DATABASE_URL as the application role (docs/deployment.md)"
+        )
+        if settings.environment == "production":
+            raise CliError(message)
+        errors.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
 
 
@@ -262,7 +340,7 @@ def _seed_patients(
     runtime: Runtime, count: int, organization: str | None, seed_value: int, workers: int = -1
 ) -> int:
     with transaction(runtime.sessions) as session:
-        tenant_id = get_organization(session, organization).id
+        tenant_id = use_organization(session, organization).id
         sealer = runtime.sealer_spec(session, tenant_id)
     principal = SystemPrincipal("cli:seed")
     rows = synthetic_patient_rows(count, seed=seed_value)
@@ -270,7 +348,7 @@ def _seed_patients(
         task = progress.add_task("Synthetic patients", total=count)
         report = register_records(
             ((number + 2, row) for number, row in enumerate(rows)),
-            sessions=runtime.sessions,
+            sessions=runtime.tenant_sessions(tenant_id),
             open_keyring=lambda session: TenantKeyring(
                 session, runtime.key_provider, tenant_id, principal, context=_audit_context()
             ),
@@ -317,7 +395,7 @@ def demo(
     settings = load_settings()
     runtime = _ensure_initialised(settings)
     try:
-        with transaction(runtime.sessions) as session:
+        with transaction(runtime.admin_sessions) as session:
             fresh = not demo_exists(session)
             if fresh:
                 organization = create_demo_organization(session, runtime.key_provider)
@@ -378,14 +456,14 @@ def import_patients_command(
     principal = SystemPrincipal("cli:import-patients")
     with _runtime() as runtime:
         with transaction(runtime.sessions) as session:
-            tenant_id = get_organization(session, organization).id
+            tenant_id = use_organization(session, organization).id
             sealer = runtime.sealer_spec(session, tenant_id)
         estimated_rows = file.stat().st_size // 150
         with _progress(transfer=True) as progress:
             task = progress.add_task(f"Importing {file.name}", total=file.stat().st_size)
             report = import_patients(
                 file,
-                sessions=runtime.sessions,
+                sessions=runtime.tenant_sessions(tenant_id),
                 open_keyring=lambda session: TenantKeyring(
                     session, runtime.key_provider, tenant_id, principal, context=_audit_context()
                 ),
@@ -432,7 +510,7 @@ def patients_find(
     search = _patient_search(nir, email, phone, name, first_name, birth_date)
     with _runtime() as runtime:
         with transaction(runtime.sessions) as session:
-            tenant_id = get_organization(session, organization).id
+            tenant_id = use_organization(session, organization).id
             keyring = TenantKeyring(
                 session,
                 runtime.key_provider,
@@ -528,7 +606,7 @@ def patients_history(
     subject = _parse_uuid(patient_id, "PATIENT_ID")
     with _runtime() as runtime:
         with transaction(runtime.sessions) as session:
-            tenant_id = get_organization(session, organization).id
+            tenant_id = use_organization(session, organization).id
             keyring = TenantKeyring(
                 session,
                 runtime.key_provider,
@@ -581,7 +659,7 @@ def _parse_time(value: str | None, name: str) -> dt.datetime | None:
 
 
 def _record_investigation(runtime: Runtime, action: AuditAction, purpose: str) -> None:
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.audit_sessions) as session:
         AuditTrail(session, SystemPrincipal(purpose), _audit_context()).record(
             action, tenant_id=None, target_type="audit-log", purpose=purpose
         )
@@ -599,7 +677,7 @@ def audit_verify(
     with _runtime() as runtime:
         audit_log = runtime.audit_log
         # On stderr, so that --json output on stdout stays a clean document.
-        with runtime.sessions() as session, _progress(on=errors) as progress:
+        with runtime.audit_sessions() as session, _progress(on=errors) as progress:
             task = progress.add_task("Verifying the audit log", total=None)
             report = verify_log(
                 session,
@@ -609,6 +687,7 @@ def audit_verify(
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
                 parallel=ParallelScan(
                     database_url=runtime.settings.sqlalchemy_url,
+                    scope=AUDIT_LOG_SCOPE,
                     provider_setting=runtime.settings.key_provider,
                     default_key_file=str(runtime.settings.key_file),
                     workers=workers if workers >= 0 else (os.cpu_count() or 1),
@@ -668,7 +747,7 @@ def audit_proof(
     subject = _parse_uuid(event_id, "EVENT_ID")
     with _runtime() as runtime:
         runtime.audit_log.advance(force_checkpoint=True)
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             document = inclusion_proof(session, subject)
         _record_investigation(runtime, AuditAction.AUDIT_PROOF_CREATE, "cli:audit-proof")
     # Compact: a proof at 100 million events still fits in 2 KB.
@@ -740,7 +819,7 @@ def audit_search(
     patient_id = _parse_uuid(patient, "--patient") if patient is not None else None
     start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
     with _runtime() as runtime:
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             for document in search_events(
                 session,
                 actor=actor,

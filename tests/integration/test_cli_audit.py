@@ -35,7 +35,7 @@ def test_verify_passes_then_names_an_edited_event(cli_env: Settings, runtime: Ru
     assert result.exit_code == 0, result.output
     assert "The audit log is intact." in result.output
 
-    with runtime.engine.begin() as connection:
+    with runtime.admin_engine.begin() as connection:  # an attacker with the owner's rights
         connection.execute(text("UPDATE audit_events SET purpose = 'other' WHERE seq = 7"))
         event_id = connection.execute(text("SELECT id FROM audit_events WHERE seq = 7")).scalar()
     result = runner.invoke(app, ["audit", "verify", "--json"])

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: a SQLite file under data_dir/db."
     )
+    admin_database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL: the schema owner's URL, for migrations, `labvault db grant` "
+        "and creating organizations; default: database_url. The app's own URL should be a "
+        "role that is neither owner nor BYPASSRLS (see docs/deployment.md).",
+    )
     key_provider: str = Field(
         default="file:",
         description="'file:' (key file under data_dir/keys), 'file:/path/to/root.key'.",
@@ -115,15 +121,13 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     behind_tls: bool = Field(default=False, description="Set when served over HTTPS: enables HSTS.")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "admin_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
         if not (value.startswith("sqlite") or value.startswith("postgresql")):
-            raise ValueError(
-                "LABVAULT_DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL"
-            )
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         if value.startswith("postgresql") and value.split("://", 1)[0] != "postgresql+psycopg":
             raise ValueError(
                 "PostgreSQL URLs must use the psycopg 3 driver: postgresql+psycopg://..."
@@ -139,6 +143,18 @@ class Settings(BaseSettings):
                 "LABVAULT_KEY_PROVIDER must look like 'file:' or 'file:/path/to/root.key'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_admin_database_backend(self) -> Self:
+        if self.admin_database_url and (
+            self.admin_database_url.split(":", 1)[0] != self.sqlalchemy_url.split(":", 1)[0]
+        ):
+            raise PydanticCustomError(
+                "admin_database_backend",
+                "LABVAULT_ADMIN_DATABASE_URL must reach the same database as "
+                "LABVAULT_DATABASE_URL, as the schema owner (same backend, another role)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_key_file_outside_data_dir(self) -> Self:
@@ -161,6 +177,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir / 'db' / 'labvault.sqlite3'}"
+
+    @cached_property
+    def sqlalchemy_admin_url(self) -> str:
+        """The schema owner's URL: migrations, grants, new organizations."""
+        return self.admin_database_url or self.sqlalchemy_url
 
     @cached_property
     def key_file(self) -> Path:

@@ -9,6 +9,7 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from labvault.core import tenancy
 from labvault.core.audit.checkpoints import TrustedKeys
 from labvault.core.audit.sequencer import AuditLog
 from labvault.core.audit.witness import FileAuditWitness
@@ -18,19 +19,49 @@ from labvault.core.crypto.providers import KeyProvider, load_key_provider
 from labvault.core.db import create_db_engine, make_session_factory
 from labvault.core.mail import Mailer, load_mailer
 from labvault.core.ratelimit import LimitsRateLimiter, RateLimiter
+from labvault.core.tenancy import DeploymentTenant
 
 
 @dataclass
 class Runtime:
-    """One process's handles on storage and keys. Built once at start-up, shared by requests."""
+    """One process's handles on storage and keys. Built once at start-up, shared by requests.
+
+    Sessions are bound for PostgreSQL row-level security (see ``labvault.core.tenancy``):
+    ``sessions`` to the organization the deployment serves, ``tenant_sessions(id)`` to one
+    named tenant, ``audit_sessions`` to the audit log's cross-tenant maintenance, and
+    ``admin_sessions`` connect as the schema owner (``LABVAULT_ADMIN_DATABASE_URL``).
+    """
 
     settings: Settings
     engine: Engine = field(init=False)
     sessions: sessionmaker[Session] = field(init=False)
+    audit_sessions: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
         self.engine = create_db_engine(self.settings.sqlalchemy_url)
-        self.sessions = make_session_factory(self.engine)
+        self.sessions = make_session_factory(
+            self.engine, tenancy.session_info(DeploymentTenant(self.settings.organization))
+        )
+        self.audit_sessions = make_session_factory(
+            self.engine, tenancy.session_info(scope=tenancy.AUDIT_LOG_SCOPE)
+        )
+
+    def tenant_sessions(self, tenant_id: uuid.UUID) -> sessionmaker[Session]:
+        """Sessions whose every transaction acts for ``tenant_id`` only."""
+        return make_session_factory(self.engine, tenancy.session_info(tenant_id))
+
+    @cached_property
+    def admin_engine(self) -> Engine:
+        """The schema owner's connections (migrations, grants, new organizations): the main
+        engine itself unless LABVAULT_ADMIN_DATABASE_URL names another role."""
+        if self.settings.sqlalchemy_admin_url == self.settings.sqlalchemy_url:
+            return self.engine
+        return create_db_engine(self.settings.sqlalchemy_admin_url)
+
+    @cached_property
+    def admin_sessions(self) -> sessionmaker[Session]:
+        """Unbound sessions as the owner, which row-level security does not restrict."""
+        return make_session_factory(self.admin_engine)
 
     @cached_property
     def key_provider(self) -> KeyProvider:
@@ -42,7 +73,7 @@ class Runtime:
         """Sequencing, checkpoints and the witness, configured from the settings."""
         provider = self.key_provider
         return AuditLog(
-            self.sessions,
+            self.audit_sessions,
             provider,
             FileAuditWitness(self.settings.witness_dir, TrustedKeys.from_provider(provider)),
             checkpoint_every_events=self.settings.audit_checkpoint_events,
@@ -73,5 +104,7 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+        if "admin_engine" in self.__dict__:
+            self.admin_engine.dispose()
         if "rate_limiter" in self.__dict__:
             self.rate_limiter.close()

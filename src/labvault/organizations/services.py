@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from labvault.core.crypto.keyring import create_index_keys
 from labvault.core.crypto.providers import KeyProvider
+from labvault.core.tenancy import bind_tenant
 from labvault.organizations.models import Organization, Site
 
 
@@ -30,11 +31,16 @@ def normalize_organization_name(name: str) -> str:
 
 
 def create_organization(session: Session, provider: KeyProvider, name: str) -> Organization:
-    """A new tenant with its own blind-index keys."""
+    """A new tenant with its own blind-index keys; ``session`` is bound to it from now on.
+
+    Inserting into the tenant list takes the schema owner's session on PostgreSQL
+    (``Runtime.admin_sessions``): the application's role only reads it.
+    """
     name = normalize_organization_name(name)
     organization = Organization(id=uuid.uuid4(), name=name)
     session.add(organization)
     session.flush()
+    bind_tenant(session, organization.id)
     create_index_keys(session, provider, organization.id)
     session.flush()
     return organization
@@ -56,6 +62,17 @@ def get_organization(session: Session, name: str | None = None) -> Organization:
             else "there are several organizations; name one with --organization"
         )
     return organizations[0]
+
+
+def use_organization(session: Session, name: str | None = None) -> Organization:
+    """:func:`get_organization`, binding ``session`` to it (row-level security) from now on.
+
+    For jobs that learn their tenant from an option (the CLI's ``--organization``); the web
+    app's sessions are bound to the deployment's organization already.
+    """
+    organization = get_organization(session, name)
+    bind_tenant(session, organization.id)
+    return organization
 
 
 def add_site(

@@ -23,7 +23,7 @@ from labvault.core.db import transaction
 from labvault.core.mail import FileMailer, Mailer, MailerError, SmtpMailer
 from labvault.core.runtime import Runtime
 from labvault.organizations.models import Site
-from labvault.organizations.services import get_organization
+from labvault.organizations.services import use_organization
 from labvault.staff.models import StaffRole
 
 __all__ = ["staff_app"]
@@ -74,7 +74,7 @@ def _invite(
     from labvault.cli import _audit_context  # the run's request id (labvault.cli imports us)
 
     with transaction(runtime.sessions) as session:
-        tenant_id = get_organization(session, organization).id
+        tenant_id = use_organization(session, organization).id
         service = StaffAccountService(
             session,
             tenant_id=tenant_id,

@@ -146,7 +146,7 @@ class Lab:
 
     @contextmanager
     def unit(self) -> Iterator[StaffAccountService]:
-        with transaction(self.runtime.sessions) as session:
+        with transaction(self.runtime.tenant_sessions(self.tenant_id)) as session:
             yield StaffAccountService(
                 session,
                 tenant_id=self.tenant_id,
@@ -247,7 +247,8 @@ def csrf(token: str) -> dict[str, str]:
 
 
 def audit_events(runtime: Runtime, action: str) -> list[AuditEvent]:
-    with runtime.sessions() as session:
+    """Every lab's events: the audit log's scope reads across tenants."""
+    with runtime.audit_sessions() as session:
         return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
 
 

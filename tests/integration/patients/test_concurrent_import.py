@@ -15,6 +15,7 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import create_db_engine, transaction
 from labvault.core.runtime import Runtime
+from labvault.core.tenancy import bind_tenant
 from labvault.organizations.services import create_organization
 from labvault.patients.bulk import BatchConflictError, to_input
 from labvault.patients.importer import ImportReport, import_patients
@@ -62,6 +63,7 @@ def _register_elsewhere(runtime: Runtime, tenant: uuid.UUID, rows: list[dict[str
     engine = create_db_engine(runtime.settings.sqlalchemy_url)  # not the importer's engine
     try:
         with Session(engine) as session, session.begin():
+            bind_tenant(session, tenant)
             keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("t:o"))
             people = [person for person in inputs if not isinstance(person, list)]
             PatientRepository(session, keyring).register_many(people)

@@ -41,7 +41,7 @@ def _visible(
     runtime: Runtime, world: World, role: str, *, now: dt.datetime = NOW, **kwargs: object
 ) -> dict[str, PatientRecord]:
     principal = world.principals[role]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, principal, None)
         scope = staff_scope(
             session,
@@ -61,7 +61,8 @@ def _visible(
 
 
 def _reads(runtime: Runtime) -> set[uuid.UUID]:
-    with runtime.sessions() as session:
+    """Patient reads of every tenant (the audit log's cross-tenant scope)."""
+    with runtime.audit_sessions() as session:
         return {
             uuid.UUID(str(target))
             for target in session.scalars(
@@ -135,14 +136,14 @@ def test_admin_roles_reach_no_patient_and_their_searches_are_refused_and_recorde
     assert nir is not None
 
     def search() -> None:
-        with audited_transaction(runtime.sessions) as session:
+        with audited_transaction(world.sessions) as session:
             keyring = world.keyring(runtime, session, principal, None)
             scope = staff_scope(session, principal, world.tenant, world.staff[role], now=NOW)
             PatientRepository(session, keyring, scope).find_by_nir(nir, purpose="care")
 
     with pytest.raises(AccessDeniedError):
         search()
-    with runtime.sessions() as session:
+    with world.sessions() as session:
         outcomes = set(
             session.scalars(
                 select(AuditEvent.outcome).where(
@@ -156,7 +157,7 @@ def test_admin_roles_reach_no_patient_and_their_searches_are_refused_and_recorde
 
 def test_searches_return_only_records_in_scope(runtime: Runtime, world: World) -> None:
     principal = world.principals["receptionist"]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, principal, None)
         scope = staff_scope(session, principal, world.tenant, world.staff["receptionist"], now=NOW)
         repository = PatientRepository(session, keyring, scope)
@@ -175,7 +176,7 @@ def test_searches_return_only_records_in_scope(runtime: Runtime, world: World) -
 def test_an_inactive_staff_member_reaches_nobody(runtime: Runtime, world: World) -> None:
     from labvault.staff.models import StaffMember
 
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         member = session.get(StaffMember, world.staff["receptionist"])
         assert member is not None
         member.active = False
@@ -186,7 +187,7 @@ def test_a_staff_member_of_another_tenant_reaches_nobody_here(
     runtime: Runtime, world: World
 ) -> None:
     intruder = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="receptionist")
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, intruder, None)
         scope = staff_scope(session, intruder, world.tenant, world.foreign_staff, now=NOW)
         repository = PatientRepository(session, keyring, scope)
@@ -197,7 +198,7 @@ def test_a_staff_member_of_another_tenant_reaches_nobody_here(
 def test_a_patient_reaches_its_own_records_only(runtime: Runtime, world: World) -> None:
     account = Principal(PrincipalKind.PATIENT, str(uuid.uuid4()))
     own = frozenset({world.patients["today"], world.patients["no_appointment"]})
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, account, None)
         repository = PatientRepository(
             session, keyring, patient_scope(account, world.tenant, own, now=NOW)
@@ -219,7 +220,7 @@ def test_a_patient_reaches_its_own_records_only(runtime: Runtime, world: World) 
 
 def test_scopes_cannot_be_borrowed_or_skipped(runtime: Runtime, world: World) -> None:
     receptionist = world.principals["receptionist"]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, receptionist, None)
         with pytest.raises(AccessDeniedError, match="only a named system job"):
             PatientRepository(session, keyring)
@@ -251,7 +252,7 @@ def test_contact_updates_follow_the_same_scope(runtime: Runtime, world: World) -
         ("biologist", "tomorrow"),
     ]:
         principal = world.principals[role]
-        with transaction(runtime.sessions) as session:
+        with transaction(world.sessions) as session:
             keyring = world.keyring(runtime, session, principal, None)
             scope = staff_scope(session, principal, world.tenant, world.staff[role], now=NOW)
             repository = PatientRepository(session, keyring, scope)
@@ -263,7 +264,7 @@ def test_contact_updates_follow_the_same_scope(runtime: Runtime, world: World) -
     assert changed.email == "nouvelle.adresse@example.org"
     assert changed.phone is None
     assert [key for key, value in results.items() if value is not None] == ["receptionist/today"]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         system = world.keyring(runtime, session, SystemPrincipal("test:check"), None)
         repository = PatientRepository(session, system)
         found = repository.find_by_email("nouvelle.adresse@example.org", purpose="check")

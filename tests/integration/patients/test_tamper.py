@@ -33,18 +33,19 @@ def _setup(runtime: Runtime, name: str = "Labo") -> tuple[uuid.UUID, list[uuid.U
 
 
 def _get(runtime: Runtime, tenant: uuid.UUID, patient_id: uuid.UUID) -> object:
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.tenant_sessions(tenant)) as session:
         keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("test:read"))
         return PatientRepository(session, keyring).get(patient_id, purpose="test")
 
 
 def _set(runtime: Runtime, patient_id: uuid.UUID, **values: object) -> None:
-    with transaction(runtime.sessions) as session:
+    """As an attacker with the owner's rights (row-level security does not stop them)."""
+    with transaction(runtime.admin_sessions) as session:
         session.execute(update(Patient).where(Patient.id == patient_id).values(**values))
 
 
 def _column(runtime: Runtime, patient_id: uuid.UUID, column: str) -> bytes:
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.admin_sessions) as session:
         return bytes(
             session.scalar(select(getattr(Patient, column)).where(Patient.id == patient_id))
         )
@@ -73,7 +74,7 @@ def test_value_moved_to_another_patient_fails(runtime: Runtime) -> None:
 def test_whole_row_swapped_with_its_key_still_fails(runtime: Runtime) -> None:
     """Even when the data key follows, the row id in the associated data does not match."""
     tenant, (first, second) = _setup(runtime)
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.admin_sessions) as session:
         source = session.get(Patient, first)
         assert source is not None
         copied = {c: getattr(source, c) for c in ("birth_name", "first_names", "data_key_id")}
@@ -93,7 +94,7 @@ def test_flipped_bit_fails(runtime: Runtime) -> None:
 
 def test_wrapped_key_moved_between_subjects_fails(runtime: Runtime) -> None:
     tenant, (first, second) = _setup(runtime)
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.admin_sessions) as session:
         keys = {
             p.id: p.data_key_id
             for p in session.scalars(select(Patient).where(Patient.id.in_([first, second])))
@@ -115,11 +116,11 @@ def test_another_tenant_cannot_open_a_patient(runtime: Runtime) -> None:
     other, (theirs, _) = _setup(runtime, "Labo B")
     assert _get(runtime, other, first) is None
     # The schema refuses to move a patient to another tenant away from its data key.
-    with pytest.raises(IntegrityError), transaction(runtime.sessions) as session:
+    with pytest.raises(IntegrityError), transaction(runtime.admin_sessions) as session:
         session.execute(update(Patient).where(Patient.id == first).values(tenant_id=other))
     # A wrapped key copied into another tenant's row does not unwrap there: the wrapping
     # context names the tenant and the subject.
-    with transaction(runtime.sessions) as session:
+    with transaction(runtime.admin_sessions) as session:
         stolen = session.scalar(
             select(DataKeyRecord.wrapped_key).where(DataKeyRecord.subject_id == first)
         )

@@ -69,7 +69,7 @@ def _open(
     runtime: Runtime, world: World, role: str, mailer: FileMailer, **kwargs: object
 ) -> uuid.UUID:
     nir = world.inputs["no_appointment"].nir
-    with audited_transaction(runtime.sessions) as session:
+    with audited_transaction(world.sessions) as session:
         return _service(runtime, session, world, role, mailer).open(
             PatientDesignation(nir=nir),
             kwargs.get("reason", BreakGlassReason.EMERGENCY),  # type: ignore[arg-type]
@@ -81,7 +81,7 @@ def _visible(
     runtime: Runtime, world: World, role: str, patient: uuid.UUID, now: dt.datetime
 ) -> bool:
     principal = world.principals[role]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, principal, None)
         scope = staff_scope(session, principal, world.tenant, world.staff[role], now=now)
         return PatientRepository(session, keyring, scope).get(patient, purpose="care") is not None
@@ -102,7 +102,7 @@ def test_a_grant_opens_one_patient_for_a_few_hours_with_alert_and_audit(
     assert not _visible(runtime, world, "receptionist", target, NOW + dt.timedelta(hours=4))
     assert not _visible(runtime, world, "biologist", target, NOW), "the grant is personal"
     assert not _visible(runtime, world, "receptionist", world.patients["45_days_ago"], NOW)
-    with runtime.sessions() as session:
+    with world.sessions() as session:
         events = session.execute(
             select(AuditEvent.actor_id, AuditEvent.target_id, AuditEvent.purpose).where(
                 AuditEvent.action == AuditAction.ACCESS_BREAK_GLASS_OPEN.value
@@ -145,14 +145,14 @@ def test_refusals_grant_nothing_and_are_recorded(
 ) -> None:
     with pytest.raises(BreakGlassRefusedError, match=message):
         _open(runtime, world, role, mailer, **kwargs)
-    _assert_refused_once(runtime, world.principals[role])
+    _assert_refused_once(world, world.principals[role])
 
 
 def test_a_designation_must_match_exactly_one_patient(
     runtime: Runtime, world: World, mailer: FileMailer
 ) -> None:
     person = world.inputs["no_appointment"]
-    with pytest.raises(BreakGlassRefusedError), audited_transaction(runtime.sessions) as session:
+    with pytest.raises(BreakGlassRefusedError), audited_transaction(world.sessions) as session:
         _service(runtime, session, world, "receptionist", mailer).open(
             PatientDesignation(
                 birth_name=person.birth_name,
@@ -162,10 +162,10 @@ def test_a_designation_must_match_exactly_one_patient(
             BreakGlassReason.WALK_IN,
             JUSTIFICATION,
         )
-    _assert_refused_once(runtime, world.principals["receptionist"])
+    _assert_refused_once(world, world.principals["receptionist"])
     with pytest.raises(BreakGlassRefusedError, match="NIR"):
         PatientDesignation(birth_name=person.birth_name, first_name=" ")
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         granted = _service(runtime, session, world, "receptionist", mailer).open(
             PatientDesignation(
                 birth_name=person.birth_name.upper(),
@@ -178,8 +178,8 @@ def test_a_designation_must_match_exactly_one_patient(
     assert granted == world.patients["no_appointment"]
 
 
-def _assert_refused_once(runtime: Runtime, principal: Principal) -> None:
-    with runtime.sessions() as session:
+def _assert_refused_once(world: World, principal: Principal) -> None:
+    with world.sessions() as session:
         assert session.scalar(select(func.count()).select_from(BreakGlassGrant)) == 0
         assert session.scalar(select(func.count()).select_from(SecurityAlert)) == 0
         refused = session.scalars(
@@ -196,7 +196,7 @@ def test_security_officers_review_grants_and_read_the_sealed_justification(
 ) -> None:
     _open(runtime, world, "receptionist", mailer)
     officer = world.principals["security_officer"]
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, officer, None)
         review = BreakGlassReview(
             session, keyring, officer_id=world.staff["security_officer"], clock=lambda: NOW
@@ -209,7 +209,7 @@ def test_security_officers_review_grants_and_read_the_sealed_justification(
         assert not review.review(grant.id, ReviewOutcome.UNJUSTIFIED), "reviewed once"
         assert review.grants() == []
         assert review.justification(uuid.uuid4()) is None
-    with runtime.sessions() as session:
+    with world.sessions() as session:
         actions = set(
             session.scalars(select(AuditEvent.action).where(AuditEvent.actor_id == officer.id))
         )
@@ -226,7 +226,7 @@ def test_security_officers_review_grants_and_read_the_sealed_justification(
 
 
 def test_other_roles_cannot_review(runtime: Runtime, world: World) -> None:
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         keyring = world.keyring(runtime, session, world.principals["organization_admin"], None)
         with pytest.raises(PermissionError):
             BreakGlassReview(session, keyring, officer_id=world.staff["organization_admin"])
@@ -236,9 +236,9 @@ def test_a_staff_member_ends_its_own_grant_early(
     runtime: Runtime, world: World, mailer: FileMailer
 ) -> None:
     target = _open(runtime, world, "receptionist", mailer)
-    with runtime.sessions() as session:
+    with world.sessions() as session:
         grant_id = session.scalars(select(BreakGlassGrant.id)).one()
-    with transaction(runtime.sessions) as session:
+    with transaction(world.sessions) as session:
         assert not _service(runtime, session, world, "biologist", mailer).end(grant_id)
         assert _service(runtime, session, world, "receptionist", mailer).end(grant_id)
     assert not _visible(runtime, world, "receptionist", target, NOW + dt.timedelta(minutes=1))

@@ -166,6 +166,27 @@ def test_bad_database_url_is_a_configuration_error(
     assert caught.value.__suppress_context__
 
 
+def test_admin_database_url_defaults_to_the_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = "postgresql+psycopg://labvault_app@db:5432/labvault"
+    monkeypatch.setenv("LABVAULT_DATABASE_URL", app)
+    assert load_settings().sqlalchemy_admin_url == app
+    owner = "postgresql+psycopg://labvault_owner@db:5432/labvault"
+    monkeypatch.setenv("LABVAULT_ADMIN_DATABASE_URL", owner)
+    settings = load_settings()
+    assert (settings.sqlalchemy_url, settings.sqlalchemy_admin_url) == (app, owner)
+
+
+def test_admin_database_url_must_reach_the_same_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABVAULT_ADMIN_DATABASE_URL", "postgresql+psycopg://owner@db/labvault")
+    with pytest.raises(ConfigurationError, match="LABVAULT_ADMIN_DATABASE_URL must reach"):
+        load_settings()
+    monkeypatch.setenv("LABVAULT_ADMIN_DATABASE_URL", "postgresql://owner@db/labvault")
+    with pytest.raises(ConfigurationError, match=r"LABVAULT_ADMIN_DATABASE_URL: .*psycopg 3"):
+        load_settings()
+
+
 def test_postgresql_without_psycopg_names_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABVAULT_DATABASE_URL", "postgresql://labvault@127.0.0.1/labvault")
     with pytest.raises(ConfigurationError, match="psycopg 3"):

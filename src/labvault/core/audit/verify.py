@@ -25,6 +25,7 @@ from hashlib import sha256
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
+from labvault.core import tenancy
 from labvault.core.audit.checkpoints import Checkpoint, CheckpointError, TrustedKeys
 from labvault.core.audit.events import CANONICAL_COLUMNS, EVENT_HEADER, is_well_formed
 from labvault.core.audit.merkle import HASH_SIZE, RootAccumulator
@@ -88,6 +89,8 @@ class ParallelScan:
     provider_setting: str
     default_key_file: str
     workers: int
+    scope: str | None = None
+    """The row-level security scope its connections take (``tenancy.AUDIT_LOG_SCOPE``)."""
 
 
 def verify_log(
@@ -266,21 +269,25 @@ def _unsealed(
 
 _worker_engine: Engine | None = None
 _worker_sealers: list[EventSealer] = []
+_worker_scope: str | None = None
 
 
 def _start_worker(parallel: ParallelScan) -> None:
-    global _worker_engine, _worker_sealers  # one connection pool and key set per worker
+    global _worker_engine, _worker_sealers, _worker_scope  # one pool and key set per worker
     from labvault.core.crypto.providers import load_key_provider
     from labvault.core.db import create_db_engine
 
     provider = load_key_provider(parallel.provider_setting, parallel.default_key_file)
     _worker_sealers = [EventSealer(key.reveal()) for key in provider.derive_keys(SEAL_LABEL)]
     _worker_engine = create_db_engine(parallel.database_url)
+    _worker_scope = parallel.scope
 
 
 def _scan_range_in_worker(bounds: tuple[int, int]) -> tuple[bytes, Finding | None]:
     assert _worker_engine is not None, "worker started without an engine"
     with _worker_engine.connect() as connection:
+        if _worker_scope is not None:
+            tenancy.apply(connection, None, _worker_scope)
         return _scan(connection, _worker_sealers, *bounds)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from helpers import app_url, owner_url
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import CANONICAL_COLUMNS, AuditTrail, Outcome, encode_event
@@ -59,7 +60,8 @@ def make_settings(
 ) -> Settings:
     settings = Settings(
         data_dir=data_dir,
-        database_url=database_url,
+        database_url=app_url(database_url),
+        admin_database_url=owner_url(database_url),
         audit_checkpoint_events=checkpoint_every,
         audit_checkpoint_seconds=3600,
     )
@@ -74,7 +76,7 @@ def record(runtime: Runtime, count: int, *, batch: int = 50) -> list[uuid.UUID]:
     for number, start in enumerate(range(0, count, batch)):
         actor, action, purpose, outcome = _KINDS[number % len(_KINDS)]
         size = min(batch, count - start)
-        with transaction(runtime.sessions) as session:
+        with transaction(runtime.tenant_sessions(TENANT)) as session:
             recorded += AuditTrail(session, SystemPrincipal(actor)).record_many(
                 action,
                 tenant_id=TENANT,
@@ -93,7 +95,7 @@ def build(runtime: Runtime, count: int) -> None:
 
 
 def events_by_position(runtime: Runtime) -> list[uuid.UUID]:
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         rows = session.execute(
             select(AuditEvent.seq, AuditEvent.id)
             .where(AuditEvent.seq.is_not(None))
@@ -103,14 +105,14 @@ def events_by_position(runtime: Runtime) -> list[uuid.UUID]:
 
 
 def checkpoint_sizes(runtime: Runtime) -> list[int]:
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         return list(
             session.scalars(select(AuditCheckpoint.tree_size).order_by(AuditCheckpoint.tree_size))
         )
 
 
 def state_size(runtime: Runtime) -> int:
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         size = session.scalar(select(AuditLogState.tree_size).where(AuditLogState.id == STATE_ID))
     assert size is not None
     return size
@@ -118,7 +120,7 @@ def state_size(runtime: Runtime) -> int:
 
 def verify(runtime: Runtime) -> VerifyReport:
     audit_log = runtime.audit_log
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         return verify_log(session, audit_log.trusted_keys, audit_log.seal_keys(), audit_log.witness)
 
 
@@ -132,12 +134,12 @@ def event_findings(report: VerifyReport) -> list[Finding]:
 
 @dataclass
 class Attacker:
-    """Full write access to the database, nothing else."""
+    """Full write access to the database (the owner's), nothing else."""
 
     runtime: Runtime
 
     def session(self) -> AbstractContextManager[Session]:
-        return transaction(self.runtime.sessions)
+        return transaction(self.runtime.admin_sessions)
 
     def set_event(self, position: int, /, **values: Any) -> None:
         with self.session() as session:
@@ -280,7 +282,7 @@ def new_database(backend: str, directory: Path, server: DatabaseServer | None) -
 
 
 def snapshot(runtime: Runtime) -> dict[str, list[dict[str, Any]]]:
-    with runtime.engine.connect() as connection:
+    with runtime.admin_engine.connect() as connection:
         return {
             table.name: [
                 {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
@@ -306,7 +308,7 @@ def build_log(backend: str, directory: Path, server: DatabaseServer | None, coun
 def restore_log(built: BuiltLog, data_dir: Path) -> Settings:
     """The built log as it was, with a key file and witness of its own under ``data_dir``."""
     shutil.copytree(built.data_dir, data_dir, symlinks=True)
-    engine = create_db_engine(built.database_url)
+    engine = create_db_engine(owner_url(built.database_url))
     try:
         with engine.begin() as connection:
             for table in reversed(AUDIT_TABLES):

@@ -163,7 +163,7 @@ def test_the_event_commits_or_rolls_back_with_the_read(imported: object, runtime
 
 
 def _break_the_audit_store(runtime: Runtime, backend: str) -> None:
-    with runtime.engine.begin() as connection:
+    with runtime.admin_engine.begin() as connection:
         if backend == "sqlite":
             connection.execute(
                 text(

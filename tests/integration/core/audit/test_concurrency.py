@@ -117,7 +117,7 @@ def test_concurrent_writers_and_sequencers_give_each_event_one_position(
 
         n = len(recorded)
         assert n == len(set(recorded)) > WRITERS * TRANSACTIONS_PER_WRITER
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             positions = dict(session.execute(select(AuditEvent.id, AuditEvent.seq)).all())
             state = session.scalar(
                 select(AuditLogState.tree_size).where(AuditLogState.id == STATE_ID)
@@ -134,7 +134,7 @@ def test_concurrent_writers_and_sequencers_give_each_event_one_position(
         assert (report.events, report.pending, report.unanchored) == (n, 0, 0)
         assert report.checkpoints >= 2
         stored = {c.tree_size for c in runtime.audit_log.witness.checkpoints()}
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             assert stored == set(session.scalars(select(AuditCheckpoint.tree_size)))
         latest = runtime.audit_log.witness.latest()
         assert latest is not None
@@ -193,7 +193,7 @@ def test_two_sequencers_bringing_the_witness_up_to_date_at_once_do_not_fail(
 
         def sequencer(witness: AuditWitness) -> AuditLog:
             return AuditLog(
-                runtime.sessions,
+                runtime.audit_sessions,
                 runtime.key_provider,
                 witness,
                 checkpoint_every_events=CHECKPOINT_EVERY,

@@ -102,7 +102,7 @@ def proofs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             assert report.tree_size == stage
             size = stage
             ids = events_by_position(runtime)
-            with runtime.sessions() as session:
+            with runtime.audit_sessions() as session:
                 for index in _indices(size):
                     document = inclusion_proof(session, ids[index])
                     documents[(size, index)] = json.loads(json.dumps(document))
@@ -650,18 +650,21 @@ def test_no_proof_for_an_event_not_sequenced_or_not_checkpointed(
         runtime.audit_log.advance(force_checkpoint=True)
         (pending,) = record(runtime, 1)
         with (
-            runtime.sessions() as session,
+            runtime.audit_sessions() as session,
             pytest.raises(ProofUnavailableError, match="not sequenced"),
         ):
             inclusion_proof(session, pending)
-        with runtime.sessions() as session, pytest.raises(ProofUnavailableError):
+        with runtime.audit_sessions() as session, pytest.raises(ProofUnavailableError):
             inclusion_proof(session, uuid.uuid4())
         report = runtime.audit_log.advance()  # sequenced, not checkpointed yet
         assert (report.sequenced, report.checkpoints) == (1, [])
-        with runtime.sessions() as session, pytest.raises(ProofUnavailableError, match="covers"):
+        with (
+            runtime.audit_sessions() as session,
+            pytest.raises(ProofUnavailableError, match="covers"),
+        ):
             inclusion_proof(session, pending)
         runtime.audit_log.advance(force_checkpoint=True)
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             document = inclusion_proof(session, pending)
         verified = verify_inclusion_proof(document, runtime.audit_log.trusted_keys)
         assert (verified.leaf_index, verified.checkpoint.tree_size) == (3, 4)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import select
 
@@ -11,15 +9,16 @@ from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditedRefusalError, AuditTrail, audited_transaction
 from labvault.core.audit.models import AuditEvent
+from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
-from labvault.organizations.models import Organization
-from labvault.organizations.services import create_organization
+from labvault.organizations.models import Organization, Site
+from labvault.organizations.services import add_site, create_organization
 
 PRINCIPAL = Principal(PrincipalKind.STAFF, "a1b2c3d4e5f6", role="receptionist")
 
 
 def _events(runtime: Runtime) -> list[tuple[str, str, str | None]]:
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         return [
             (row.action, row.outcome, row.purpose)
             for row in session.execute(
@@ -29,15 +28,28 @@ def _events(runtime: Runtime) -> list[tuple[str, str, str | None]]:
 
 
 def test_the_refusal_event_outlives_the_rolled_back_work(runtime: Runtime) -> None:
+    with transaction(runtime.sessions) as session:
+        tenant_id = create_organization(session, runtime.key_provider, "Labo Refus").id
+    sessions = runtime.tenant_sessions(tenant_id)
+
     def refused() -> None:
-        with audited_transaction(runtime.sessions) as session:
-            tenant = create_organization(session, runtime.key_provider, "Labo Refus")
+        with audited_transaction(sessions) as session:
+            add_site(
+                session,
+                session.get_one(Organization, tenant_id),
+                name="Annexe",
+                address_line="2 rue Haute",
+                postal_code="33000",
+                city="Bordeaux",
+                opening_hours={},
+                sampling_capacity_per_hour=1,
+            )
             trail = AuditTrail(session, PRINCIPAL)
-            trail.record(AuditAction.PATIENT_SEARCH_NIR, tenant_id=tenant.id, purpose="work")
+            trail.record(AuditAction.PATIENT_SEARCH_NIR, tenant_id=tenant_id, purpose="work")
             raise trail.refusal(
                 AuditedRefusalError("no"),
                 AuditAction.PATIENT_SEARCH_NAME,
-                tenant_id=tenant.id,
+                tenant_id=tenant_id,
                 target_type="patient",
                 purpose="care",
             )
@@ -45,16 +57,18 @@ def test_the_refusal_event_outlives_the_rolled_back_work(runtime: Runtime) -> No
     with pytest.raises(AuditedRefusalError):
         refused()
     assert _events(runtime) == [(AuditAction.PATIENT_SEARCH_NAME.value, "denied", "care")]
-    with runtime.sessions() as session:
-        tenant_id = session.scalar(select(AuditEvent.tenant_id))
-        assert tenant_id is not None
-        assert session.get(Organization, uuid.UUID(str(tenant_id))) is None, "rolled back"
+    with sessions() as session:
+        assert session.scalars(select(Site.id)).all() == [], "the work was rolled back"
 
 
 def test_other_errors_keep_nothing(runtime: Runtime) -> None:
+    with transaction(runtime.sessions) as session:
+        tenant_id = create_organization(session, runtime.key_provider, "Labo Erreur").id
+
     def failing() -> None:
-        with audited_transaction(runtime.sessions) as session:
-            AuditTrail(session, PRINCIPAL).record(AuditAction.PATIENT_SEARCH_NIR, tenant_id=None)
+        with audited_transaction(runtime.tenant_sessions(tenant_id)) as session:
+            trail = AuditTrail(session, PRINCIPAL)
+            trail.record(AuditAction.PATIENT_SEARCH_NIR, tenant_id=tenant_id)
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):

@@ -281,7 +281,7 @@ def test_an_event_inserted_at_the_tail_is_named(
     if seal_from == "random":
         forged_seal = os.urandom(32)
     else:
-        with runtime.sessions() as session:
+        with runtime.audit_sessions() as session:
             stored = session.scalar(select(_EVENTS.c.seal).where(_EVENTS.c.seq == SIZE - 1))
             assert stored is not None
             forged_seal = bytes(stored)
@@ -447,7 +447,7 @@ def _set_checkpoint(runtime: Runtime, size: int, **values: Any) -> None:
 
 
 def _checkpoint_row(runtime: Runtime, size: int) -> dict[str, Any]:
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         row = session.get(AuditCheckpoint, size)
         assert row is not None
         return {

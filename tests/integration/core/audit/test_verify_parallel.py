@@ -10,6 +10,7 @@ from logbuilder import Attacker, build, make_settings
 from labvault.core.audit import verify as verify_module
 from labvault.core.audit.verify import ParallelScan, Tampering, VerifyReport, verify_log
 from labvault.core.runtime import Runtime
+from labvault.core.tenancy import AUDIT_LOG_SCOPE
 
 
 def _verify(runtime: Runtime, workers: int) -> VerifyReport:
@@ -19,8 +20,9 @@ def _verify(runtime: Runtime, workers: int) -> VerifyReport:
         provider_setting=runtime.settings.key_provider,
         default_key_file=str(runtime.settings.key_file),
         workers=workers,
+        scope=AUDIT_LOG_SCOPE,
     )
-    with runtime.sessions() as session:
+    with runtime.audit_sessions() as session:
         return verify_log(
             session, audit_log.trusted_keys, audit_log.seal_keys(), audit_log.witness,
             parallel=parallel,
