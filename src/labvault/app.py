@@ -53,6 +53,10 @@ from labvault.core.web.problems import (
 )
 from labvault.core.web.request_context import RequestContextMiddleware, request_id_of
 from labvault.core.web.templating import create_templates
+from labvault.patients.pages import router as patient_pages
+from labvault.patients.routes import router as patient_router
+from labvault.security.pages import router as security_pages
+from labvault.security.routes import router as security_router
 
 __all__ = ["STATIC_DIR", "TEMPLATES_DIR", "create_app", "get_runtime", "get_templates"]
 
@@ -158,6 +162,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(linking_pages)
     app.include_router(staff_admin_router)
     app.include_router(staff_admin_pages)
+    app.include_router(patient_router)
+    app.include_router(patient_pages)
+    app.include_router(security_router)
+    app.include_router(security_pages)
     return app
 
 

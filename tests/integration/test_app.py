@@ -233,12 +233,12 @@ def test_unhandled_error_is_logged_scrubbed_with_request_id(tmp_path: Path, key_
     stream = io.StringIO()
     configure_logging(make_settings(tmp_path), stream=stream)
 
-    @app.get("/api/v1/patients/{patient_id}")
+    @app.get("/api/v1/test-records/{patient_id}")
     def read(patient_id: str) -> None:
         raise RuntimeError("cannot reach jeanne@example.fr")
 
     with TestClient(app) as client:
-        response = client.get("/api/v1/patients/0f6c?email=jeanne%40example.fr&token=abc")
+        response = client.get("/api/v1/test-records/0f6c?email=jeanne%40example.fr&token=abc")
     request_id = response.headers["x-request-id"]
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     errors = [line for line in lines if line["event"] == "http.unhandled_error"]
@@ -254,7 +254,7 @@ def test_unhandled_error_is_logged_scrubbed_with_request_id(tmp_path: Path, key_
             "timestamp": access[0]["timestamp"],
             "request_id": request_id,
             "method": "GET",
-            "route": "/api/v1/patients/{patient_id}",
+            "route": "/api/v1/test-records/{patient_id}",
             "status": 500,
             "duration_ms": access[0]["duration_ms"],
         }
