@@ -1,0 +1,407 @@
+"""Every route of the application and who may use it: the table reviewers read.
+
+One entry per ``"<METHOD> <path template>"`` exactly as FastAPI lists it in ``app.routes``
+(``HEAD`` is folded into ``GET``; a mounted app is ``"MOUNT <path>"``). The entry says what
+the route requires before it answers anything but its refusal:
+
+- :func:`public`: anonymous flows (sign-up, login and its second factor, password reset,
+  invitations, static files). Their protections are rate limits and uniform answers, not
+  access control.
+- :func:`account`: a fully signed-in account acting on itself (its sessions, factors,
+  links, its own closure), optionally only accounts of some kinds (``patient``/``staff``).
+- :func:`roles`: staff of the named roles only (e.g. ``organization_admin`` for the
+  staff administration); everybody else gets the route's refusal (404 by default: the
+  answer of an address that does not exist, I7).
+- :func:`policy`: an interaction of the access policy (``core/access/data/policy.toml``)
+  on a resource, e.g. ``patient:read``, on the object named by ``object_from``
+  (``"path:<name>"``, ``"body:<name>"`` or ``"query:<name>"``). The caller gets 2xx
+  exactly when its compiled policy grants the interaction *and* the object is in its
+  record scope (own records, the relationship with its sites, break-glass), else 404.
+
+``tests/integration/test_authorization_matrix.py`` is generated from this table and the
+application's routes: a route without an entry fails the suite, an entry without a route
+too, and every ``policy`` and ``roles`` entry is exercised for every role. Adding a route
+means adding its line here, in the same change.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from labvault.core.access.policies import RESOURCES, STAFF_SUBJECTS, Interaction
+
+__all__ = [
+    "ROUTES",
+    "Requirement",
+    "RouteAccess",
+    "account",
+    "policy",
+    "public",
+    "roles",
+    "route_keys",
+]
+
+
+class Requirement(enum.StrEnum):
+    PUBLIC = "public"
+    ACCOUNT = "account"
+    ROLES = "roles"
+    POLICY = "policy"
+
+
+ACCOUNT_KINDS = frozenset({"patient", "staff"})
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAccess:
+    requirement: Requirement
+    account_kinds: frozenset[str] = ACCOUNT_KINDS
+    """Which kinds of signed-in accounts may call it (``account`` and ``policy`` entries)."""
+    roles: frozenset[str] = frozenset()
+    """``roles``: the staff roles allowed. ``policy``: an extra restriction to these roles
+    (empty: whoever the policy grants)."""
+    resource: str | None = None
+    interaction: Interaction | None = None
+    object_from: str | None = None
+    """Where the object's id comes from: ``path:<name>``, ``body:<name>`` or ``query:<name>``."""
+    refusal: int = 404
+    """What a signed-in caller without the requirement gets."""
+    needs_fields: frozenset[str] = frozenset()
+    """``policy``: fields the interaction must reveal to the caller (e.g. the NIR's)."""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.account_kinds <= ACCOUNT_KINDS:
+            raise ValueError(f"unknown account kinds {sorted(self.account_kinds)}")
+        if not self.roles <= STAFF_SUBJECTS:
+            raise ValueError(f"unknown roles {sorted(self.roles - STAFF_SUBJECTS)}")
+        if self.requirement is Requirement.ROLES and not self.roles:
+            raise ValueError("a roles entry names its roles")
+        if self.requirement is Requirement.POLICY and (
+            self.resource not in RESOURCES or self.interaction is None
+        ):
+            raise ValueError(f"a policy entry names a known resource, not {self.resource!r}")
+        if self.object_from is not None:
+            where, _, name = self.object_from.partition(":")
+            if where not in ("path", "body", "query") or not name:
+                raise ValueError(
+                    f"object_from is path:/body:/query:<name>, not {self.object_from!r}"
+                )
+
+    @property
+    def object_param(self) -> str | None:
+        """The name of the parameter carrying the object's id, if any."""
+        return None if self.object_from is None else self.object_from.partition(":")[2]
+
+    def __str__(self) -> str:
+        match self.requirement:
+            case Requirement.PUBLIC:
+                return "public"
+            case Requirement.ACCOUNT:
+                return f"account({'/'.join(sorted(self.account_kinds))})"
+            case Requirement.ROLES:
+                return f"roles({', '.join(sorted(self.roles))})"
+            case Requirement.POLICY:
+                return f"{self.resource}:{self.interaction} on {self.object_from or '-'}"
+
+
+def public(note: str = "") -> RouteAccess:
+    return RouteAccess(Requirement.PUBLIC, account_kinds=frozenset(), note=note)
+
+
+def account(
+    *kinds: str, object_from: str | None = None, refusal: int = 404, note: str = ""
+) -> RouteAccess:
+    return RouteAccess(
+        Requirement.ACCOUNT,
+        account_kinds=frozenset(kinds) or ACCOUNT_KINDS,
+        object_from=object_from,
+        refusal=refusal,
+        note=note,
+    )
+
+
+def roles(
+    *names: str, object_from: str | None = None, refusal: int = 404, note: str = ""
+) -> RouteAccess:
+    return RouteAccess(
+        Requirement.ROLES,
+        account_kinds=frozenset({"staff"}),
+        roles=frozenset(names),
+        object_from=object_from,
+        refusal=refusal,
+        note=note,
+    )
+
+
+def policy(
+    requirement: str,
+    *,
+    object_from: str | None = None,
+    kinds: Iterable[str] = ACCOUNT_KINDS,
+    only_roles: Iterable[str] = (),
+    needs_fields: Iterable[str] = (),
+    note: str = "",
+) -> RouteAccess:
+    """``policy("patient:read", object_from="path:patient_id")``."""
+    resource, _, interaction = requirement.partition(":")
+    return RouteAccess(
+        Requirement.POLICY,
+        account_kinds=frozenset(kinds),
+        roles=frozenset(only_roles),
+        resource=resource,
+        interaction=Interaction(interaction),
+        object_from=object_from,
+        needs_fields=frozenset(needs_fields),
+        note=note,
+    )
+
+
+_SIGN_IN = public("login steps: the pending session, rate limits, one answer for all")
+_RESET = public("password reset: one answer whatever the address")
+_PASSKEY_LOGIN = public("passkey login: one answer for unknown credentials")
+_INVITATION = public("staff invitation: the token is the credential")
+_ENROLMENT = public("first factor of an invited staff member: its pending enrolment")
+_SELF = account()
+_PATIENT_SELF = account("patient")
+_PATIENT_SELF_API = account("patient", refusal=403, note="other kinds: 403, not a patient account")
+_ADMIN = roles("organization_admin", note="staff administration")
+# Mirrors labvault.security.breakglass.BREAK_GLASS_ROLES (the matrix test checks they agree).
+BREAK_GLASS_ROLES = ("receptionist", "sampler", "biologist")
+_BREAK_GLASS = roles(
+    *BREAK_GLASS_ROLES,
+    object_from="body:nir",
+    note="outside the relationship rule: reason, justification, alert, review",
+)
+_OFFICER = roles("security_officer", note="the security review: no health data")
+_DESK = roles(
+    "receptionist",
+    object_from="body:patient_id",
+    note="the lab desk: also needs the patient in the receptionist's relationship scope",
+)
+
+ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
+    {
+        # --- operations and static files ------------------------------------------------
+        "GET /": public("home page"),
+        "GET /api/v1/health": public("liveness: no data"),
+        "GET /api/v1/openapi.json": public("the API's schema"),
+        "MOUNT /static": public("CSS, images, the passkey script"),
+        # --- patient sign-up and login (API) --------------------------------------------
+        "POST /api/v1/auth/signup": public("sign-up: one answer whatever the address"),
+        "POST /api/v1/auth/signup/confirm": public("address proof by code"),
+        "POST /api/v1/auth/login": _SIGN_IN,
+        "POST /api/v1/auth/login/email-code": _SIGN_IN,
+        "POST /api/v1/auth/login/second-factor": _SIGN_IN,
+        "POST /api/v1/auth/password-reset": _RESET,
+        "POST /api/v1/auth/password-reset/complete": _RESET,
+        "POST /api/v1/auth/webauthn/authentication/options": _PASSKEY_LOGIN,
+        "POST /api/v1/auth/webauthn/authentication": _PASSKEY_LOGIN,
+        # --- an account on itself (API) -------------------------------------------------
+        "GET /api/v1/auth/me": _SELF,
+        "POST /api/v1/auth/logout": _SELF,
+        "POST /api/v1/auth/password": _SELF,
+        "GET /api/v1/auth/sessions": _SELF,
+        "DELETE /api/v1/auth/sessions/{session_id}": account(
+            object_from="path:session_id", note="only the account's own sessions"
+        ),
+        "POST /api/v1/auth/totp": _SELF,
+        "POST /api/v1/auth/totp/confirm": _SELF,
+        "POST /api/v1/auth/recovery-codes": _SELF,
+        "POST /api/v1/auth/webauthn/registration/options": _SELF,
+        "POST /api/v1/auth/webauthn/registration": _SELF,
+        "GET /api/v1/auth/webauthn/credentials": _SELF,
+        "DELETE /api/v1/auth/webauthn/credentials/{passkey_id}": account(
+            object_from="path:passkey_id", note="only the account's own passkeys"
+        ),
+        "GET /api/v1/auth/step-up": _SELF,
+        "POST /api/v1/auth/step-up/email-code": _SELF,
+        "POST /api/v1/auth/step-up": _SELF,
+        "POST /api/v1/auth/step-up/passkey/options": _SELF,
+        "POST /api/v1/auth/step-up/passkey": _SELF,
+        "POST /api/v1/auth/account/deletion": account(
+            "patient", refusal=403, note="staff get 403 staff-account: closed by their admin"
+        ),
+        "POST /api/v1/auth/account/deletion/cancel": public("the emailed token is the credential"),
+        # --- staff login and enrolment (API) --------------------------------------------
+        "POST /api/v1/auth/invitation/accept": _INVITATION,
+        "POST /api/v1/auth/staff/login": _SIGN_IN,
+        "POST /api/v1/auth/enrolment/totp": _ENROLMENT,
+        "POST /api/v1/auth/enrolment/email-code": _ENROLMENT,
+        "POST /api/v1/auth/enrolment/totp/confirm": _ENROLMENT,
+        "POST /api/v1/auth/enrolment/passkey/options": _ENROLMENT,
+        "POST /api/v1/auth/enrolment/passkey": _ENROLMENT,
+        "POST /api/v1/auth/staff/password-reset": _RESET,
+        # --- linking a patient account to its records (API) -----------------------------
+        "POST /api/v1/account/patient-links": _PATIENT_SELF_API,
+        "POST /api/v1/account/patient-links/confirm": _PATIENT_SELF_API,
+        "POST /api/v1/account/desk-code": _PATIENT_SELF_API,
+        "GET /api/v1/account/patients": _PATIENT_SELF_API,
+        "DELETE /api/v1/account/dependents/{patient_id}": account(
+            "patient", object_from="path:patient_id", note="only the account's own dependents"
+        ),
+        "POST /api/v1/staff/patient-links": _DESK,
+        "POST /api/v1/staff/dependents/revoke": _DESK,
+        # --- staff administration (API) -------------------------------------------------
+        "GET /api/v1/admin/staff": _ADMIN,
+        "GET /api/v1/admin/sites": _ADMIN,
+        "POST /api/v1/admin/staff": _ADMIN,
+        "POST /api/v1/admin/staff/{account_id}/invitation": roles(
+            "organization_admin", object_from="path:account_id", note="staff of its organization"
+        ),
+        "POST /api/v1/admin/staff/{account_id}/unlock": roles(
+            "organization_admin", object_from="path:account_id", note="staff of its organization"
+        ),
+        "POST /api/v1/auth/accounts/{account_id}/unlock": roles(
+            "organization_admin", object_from="path:account_id", note="accounts of its organization"
+        ),
+        # --- patients (API) --------------------------------------------------------------
+        "POST /api/v1/patients/search": policy(
+            "patient:search",
+            object_from="body:nir",
+            note="one complete criterion; only records in scope; capped",
+        ),
+        "GET /api/v1/patients/{patient_id}": policy(
+            "patient:read", object_from="path:patient_id", note="only the granted fields"
+        ),
+        "GET /api/v1/patients/{patient_id}/nir": policy(
+            "patient:read",
+            object_from="path:patient_id",
+            needs_fields=("ins_number",),
+            note="the full NIR: also needs a fresh step-up (403 step_up_required)",
+        ),
+        "PATCH /api/v1/patients/{patient_id}/contact": policy(
+            "patient:update",
+            object_from="path:patient_id",
+            note="also needs a fresh step-up (403 step_up_required)",
+        ),
+        "GET /api/v1/patients/{patient_id}/access-history": policy(
+            "patient:read",
+            object_from="path:patient_id",
+            kinds=("patient",),
+            note="who opened my record: the patient account acting for it only",
+        ),
+        # --- break-glass and the security review (API) -------------------------------------
+        "POST /api/v1/break-glass": _BREAK_GLASS,
+        "DELETE /api/v1/break-glass/{grant_id}": roles(
+            *BREAK_GLASS_ROLES, object_from="path:grant_id", note="the caller's own live grants"
+        ),
+        "GET /api/v1/security/break-glass": _OFFICER,
+        "GET /api/v1/security/break-glass/{grant_id}/justification": roles(
+            "security_officer", object_from="path:grant_id", note="the read is audited"
+        ),
+        "POST /api/v1/security/break-glass/{grant_id}/review": roles(
+            "security_officer", object_from="path:grant_id"
+        ),
+        "GET /api/v1/security/alerts": _OFFICER,
+        "POST /api/v1/security/alerts/{alert_id}/acknowledge": roles(
+            "security_officer", object_from="path:alert_id"
+        ),
+        # --- pages: patients, break-glass, the security review -----------------------------
+        "GET /patients/recherche": policy("patient:search", note="the search form"),
+        "POST /patients/recherche": policy("patient:search", object_from="body:nir"),
+        "POST /patients/bris-de-glace": roles(
+            "receptionist",
+            "biologist",
+            object_from="body:nir",
+            note="from the search page: break-glass roles that may also search (not samplers)",
+        ),
+        "GET /patients/{patient_id}": policy(
+            "patient:read", object_from="path:patient_id", note="only the granted fields"
+        ),
+        "GET /securite/acces-exceptionnels": _OFFICER,
+        "GET /securite/acces-exceptionnels/{grant_id}": roles(
+            "security_officer", object_from="path:grant_id"
+        ),
+        "POST /securite/acces-exceptionnels/{grant_id}/avis": roles(
+            "security_officer", object_from="path:grant_id"
+        ),
+        "GET /securite/alertes": _OFFICER,
+        "POST /securite/alertes/{alert_id}/prise-en-compte": roles(
+            "security_officer", object_from="path:alert_id"
+        ),
+        # --- pages: sign-up, login, password ---------------------------------------------
+        "GET /compte/inscription": public(),
+        "POST /compte/inscription": public("sign-up: one answer whatever the address"),
+        "GET /compte/confirmation": public(),
+        "POST /compte/confirmation": public("address proof by code"),
+        "GET /compte/connexion": public(),
+        "POST /compte/connexion": _SIGN_IN,
+        "GET /compte/second-facteur": _SIGN_IN,
+        "POST /compte/second-facteur/envoi": _SIGN_IN,
+        "POST /compte/second-facteur": _SIGN_IN,
+        "POST /compte/second-facteur/cle-d-acces": _PASSKEY_LOGIN,
+        "GET /compte/mot-de-passe/oubli": public(),
+        "POST /compte/mot-de-passe/oubli": _RESET,
+        "GET /compte/mot-de-passe/nouveau": _RESET,
+        "POST /compte/mot-de-passe/nouveau": _RESET,
+        "GET /compte/suppression/annulation": public("the emailed token is the credential"),
+        "POST /compte/suppression/annulation": public("the emailed token is the credential"),
+        "GET /compte/connexion-professionnel": public(),
+        "POST /compte/connexion-professionnel": _SIGN_IN,
+        "GET /compte/connexion-professionnel/mot-de-passe-oublie": public(),
+        "POST /compte/connexion-professionnel/mot-de-passe-oublie": _RESET,
+        "GET /compte/invitation": _INVITATION,
+        "POST /compte/invitation": _INVITATION,
+        "GET /compte/activation": _ENROLMENT,
+        "POST /compte/activation/cle": _ENROLMENT,
+        "POST /compte/activation/cle-d-acces": _ENROLMENT,
+        "POST /compte/activation/envoi": _ENROLMENT,
+        "POST /compte/activation": _ENROLMENT,
+        # --- pages: an account on itself ------------------------------------------------
+        "GET /compte/securite": _SELF,
+        "POST /compte/securite/totp": _SELF,
+        "POST /compte/securite/totp/confirmation": _SELF,
+        "POST /compte/securite/codes-de-secours": _SELF,
+        "POST /compte/securite/sessions/revocation": account(
+            object_from="body:session_id", note="only the account's own sessions"
+        ),
+        "POST /compte/securite/mot-de-passe": _SELF,
+        "POST /compte/securite/cles-d-acces": _SELF,
+        "POST /compte/securite/cles-d-acces/suppression": account(
+            object_from="body:passkey_id", note="only the account's own passkeys"
+        ),
+        "POST /compte/deconnexion": _SELF,
+        "GET /compte/confirmer-identite": _SELF,
+        "POST /compte/confirmer-identite/envoi": _SELF,
+        "POST /compte/confirmer-identite": _SELF,
+        "GET /compte/suppression": account("patient", refusal=403),
+        "POST /compte/suppression": account("patient", refusal=403),
+        "GET /compte/dossiers": _PATIENT_SELF,
+        "POST /compte/dossiers/rattachement": _PATIENT_SELF,
+        "POST /compte/dossiers/rattachement/code": _PATIENT_SELF,
+        "POST /compte/dossiers/code-guichet": _PATIENT_SELF,
+        "POST /compte/dossiers/enfants/retrait": account(
+            "patient", object_from="body:patient_id", note="only the account's own dependents"
+        ),
+        "GET /compte/guichet": roles("receptionist", note="the lab desk form"),
+        "POST /compte/guichet": _DESK,
+        # --- pages: staff administration -------------------------------------------------
+        "GET /administration/personnel": _ADMIN,
+        "POST /administration/personnel/renouvellement": _ADMIN,
+        "POST /administration/personnel/deverrouillage": _ADMIN,
+        "GET /administration/personnel/invitation": _ADMIN,
+        "POST /administration/personnel/invitation": _ADMIN,
+    }
+)
+"""``"<METHOD> <path>"`` -> what it requires. Keep it sorted by feature, one line a route."""
+
+
+def route_keys(routes: Iterable[object]) -> Iterator[str]:
+    """``"<METHOD> <path>"`` for each route FastAPI serves (``app.routes``), mounts included."""
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import Mount
+
+    for context in iter_route_contexts(list(routes)):  # type: ignore[arg-type]
+        path = context.path
+        if isinstance(context.original_route, Mount):
+            yield f"MOUNT {path}"
+            continue
+        methods = set(context.methods or ())
+        if "GET" in methods:
+            methods.discard("HEAD")
+        for method in sorted(methods):
+            yield f"{method} {path}"
