@@ -7,6 +7,9 @@ account; ``/administration/personnel/invitation`` invites a staff member. Anyone
 signed-in organization admin of the organization gets the application's own "page not
 found" (the 404 of an address that does not exist, I7), whatever the method; an admin
 whose role requires a passkey and who has none yet is sent to the security page to add one.
+The actions (the invitation form, renewing, unlocking) need a recent step-up: without one
+the admin is sent to "Confirmez votre identité" (``/compte/confirmer-identite``), which
+comes back to the list or the form (``suite=``).
 
 The conventions of ``labvault.accounts.pages``: POST-redirect-GET with a notice named by a
 keyword, French errors tied to their fields, the session's CSRF token in every form, POSTs
@@ -38,6 +41,7 @@ from labvault.accounts.pages import (
     _EXPIRED_FORM,
     GENERAL,
     MAX_CSRF,
+    STEP_UP_PAGE,
     FormText,
     _csrf_ok,
     _error_page,
@@ -48,6 +52,7 @@ from labvault.accounts.pages import (
 )
 from labvault.accounts.routes import SESSION_COOKIE
 from labvault.accounts.services import ForbiddenError, InvalidInputError, ThrottledError
+from labvault.accounts.stepup import StepUpRequired
 from labvault.core.contact import parse_email
 from labvault.core.db import transaction
 from labvault.core.mail import MailerError
@@ -70,6 +75,8 @@ _NOTICES: Final = {
     "fonctionnent plus.",
     "compte-deverrouille": "Le compte est déverrouillé ; son titulaire a été prévenu par e-mail.",
     "compte-deja-deverrouille": "Ce compte n'était pas verrouillé.",
+    "identite-confirmee": "Votre identité est confirmée : vous pouvez administrer le personnel "
+    "pendant quelques minutes.",
 }
 _STATUS_NAMES: Final = {
     StaffStatus.INVITED: "Invitation envoyée",
@@ -147,10 +154,18 @@ class _Admin:
 _Body = Callable[[_Admin], Response]
 
 
-def _as_admin(request: Request, body: _Body, *, csrf_token: str | None = None) -> Response:
+def _as_admin(
+    request: Request,
+    body: _Body,
+    *,
+    csrf_token: str | None = None,
+    step_up_suite: str | None = None,
+) -> Response:
     """Run ``body`` for the request's organization admin, in one transaction that commits
     (refusals stay audited); anyone else gets the application's 404 page. With
-    ``csrf_token`` (a POST), a wrong token shows the list again with an error."""
+    ``csrf_token`` (a POST), a wrong token shows the list again with an error. With
+    ``step_up_suite`` (the actions), a session without a recent step-up is sent to
+    "Confirmez votre identité", which then comes back to that page; nothing is done."""
     token = request.cookies.get(SESSION_COOKIE, "")
     context = AdminContext(request, request.app.state.runtime)
     with transaction(context.runtime.sessions) as session:
@@ -167,6 +182,10 @@ def _as_admin(request: Request, body: _Body, *, csrf_token: str | None = None) -
                 len(csrf_token) > MAX_CSRF or not _csrf_ok(service, token, csrf_token)
             ):
                 response = _list_page(request, unit, errors={GENERAL: _EXPIRED_FORM}, status=403)
+            elif step_up_suite is not None and _needs_step_up(service, admin):
+                response = _redirect(
+                    request, STEP_UP_PAGE, suite=step_up_suite, info="confirmation-requise"
+                )
             else:
                 try:
                     response = body(unit)
@@ -175,6 +194,14 @@ def _as_admin(request: Request, body: _Body, *, csrf_token: str | None = None) -
     if response is None:
         raise StarletteHTTPException(404)
     return response
+
+
+def _needs_step_up(service: StaffAdministration, admin: Administrator) -> bool:
+    try:
+        service.require_step_up(admin)  # a refusal is audited
+    except StepUpRequired:
+        return True
+    return False
 
 
 def _list_page(
@@ -254,7 +281,10 @@ def renew_invitation(
             return _list_page(request, unit, errors={GENERAL: message}, status=404)
         return _redirect(request, STAFF_PATH, info="invitation-renouvelee")
 
-    return _mail_guard(request, lambda: _as_admin(request, renew, csrf_token=csrf_token))
+    return _mail_guard(
+        request,
+        lambda: _as_admin(request, renew, csrf_token=csrf_token, step_up_suite=STAFF_PATH),
+    )
 
 
 @router.post("/personnel/deverrouillage")
@@ -273,7 +303,7 @@ def unlock_account(
         info = "compte-deverrouille" if unlocked else "compte-deja-deverrouille"
         return _redirect(request, STAFF_PATH, info=info)
 
-    return _as_admin(request, unlock, csrf_token=csrf_token)
+    return _as_admin(request, unlock, csrf_token=csrf_token, step_up_suite=STAFF_PATH)
 
 
 # --- invitation -----------------------------------------------------------------------------
@@ -281,7 +311,12 @@ def unlock_account(
 
 @router.get("/personnel/invitation", name="staff_administration_invite")
 def invite_page(request: Request) -> Response:
-    return _as_admin(request, lambda unit: _invite_page(request, unit, {"sites": []}))
+    # Confirmed before the form is filled in, so that its answer is not lost to a step-up.
+    return _as_admin(
+        request,
+        lambda unit: _invite_page(request, unit, {"sites": []}),
+        step_up_suite=INVITE_PATH,
+    )
 
 
 def _field_of(message: str) -> str:
@@ -347,7 +382,10 @@ def invite(
             )
         return _redirect(request, STAFF_PATH, info="invitation-envoyee")
 
-    return _mail_guard(request, lambda: _as_admin(request, attempt, csrf_token=csrf_token))
+    return _mail_guard(
+        request,
+        lambda: _as_admin(request, attempt, csrf_token=csrf_token, step_up_suite=INVITE_PATH),
+    )
 
 
 def _invalid_email(value: str) -> bool:

@@ -6,6 +6,8 @@ the 404 of a route that does not exist, before anything else is looked at (I7). 
 session cookie, the origin check and the ``X-CSRF-Token`` of unsafe requests are those of
 ``labvault.accounts.routes``. An admin whose role requires a passkey and who has none yet
 gets 403 ``passkey-required`` until one is added (``/api/v1/auth/webauthn/registration``).
+The actions (invite, renew an invitation, unlock) need a recent step-up in the session
+(``labvault.accounts.stepup``): without one, 403 with ``"reason": "step_up_required"``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from labvault.accounts.routes import (
     _hasher,
 )
 from labvault.accounts.services import AuthError, ForbiddenError, InvalidInputError
+from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUpRequired
 from labvault.core.db import transaction
 from labvault.core.logging import get_logger
 from labvault.core.mail import MailerError
@@ -54,6 +57,10 @@ _log = get_logger("labvault.accounts.administration")
 
 _PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "A body that cannot be parsed (not JSON, or not UTF-8).",
+        "content": _PROBLEM,
+    },
     403: {
         "description": "Cross-origin request, missing CSRF token, or an admin who must add a "
         "passkey first (type passkey-required).",
@@ -66,8 +73,20 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     429: {"description": "Too many attempts; see Retry-After.", "content": _PROBLEM},
 }
-_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+_ACTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_RESPONSES,
+    403: {
+        "description": "Cross-origin request, missing CSRF token, an admin who must add a "
+        "passkey first (type passkey-required), or, with "
+        f'`"reason": "{STEP_UP_REQUIRED}"` (type step-up-required), no recent second-factor '
+        "proof in this session: re-prove one with `POST /api/v1/auth/step-up/passkey` (or "
+        "`POST /api/v1/auth/step-up`), then retry. Nothing was done.",
+        "content": _PROBLEM,
+    },
+}
+"""The responses of the admin's actions, which need a recent step-up."""
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ACTION_RESPONSES,
     422: {"description": "Invalid input: the form's French message.", "content": _PROBLEM},
     503: {
         "description": "The invitation email could not be sent; nothing changed.",
@@ -103,6 +122,7 @@ class AdminContext(_Context):
             settings=runtime.settings,
             hasher=_hasher(),
             context=self.audit,
+            derived=runtime.derived_keys,
         )
 
 
@@ -188,9 +208,12 @@ def _as_admin(
     action: Callable[[StaffAdministration, Administrator], T],
     *,
     check_csrf: bool = True,
+    step_up: bool = False,
 ) -> T | Response:
     """Run ``action`` for the request's admin, in a transaction that commits even when the
-    step fails as expected (a refusal stays audited); every other caller gets 404."""
+    step fails as expected (a refusal stays audited); every other caller gets 404. With
+    ``step_up`` (the actions), a session without a recent step-up gets 403
+    ``step_up_required`` and nothing is done."""
     context = AdminContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
     failure: Exception | None = None
@@ -206,6 +229,8 @@ def _as_admin(
                     raise CsrfRefusedError
                 if admin.passkey_missing:
                     raise PasskeyRequiredError
+                if step_up:
+                    service.require_step_up(admin)
                 result = action(service, admin)
             except (
                 AuthError,
@@ -214,6 +239,7 @@ def _as_admin(
                 InvalidInputError,
                 NotAdministratorError,
                 PasskeyRequiredError,
+                StepUpRequired,
             ) as exc:
                 failure = exc
     except MailerError as exc:  # raised inside: everything was rolled back
@@ -279,7 +305,7 @@ def invite_staff(body: StaffInvitationIn, request: Request, runtime: RuntimeDep)
             )
         )
 
-    outcome = _as_admin(request, runtime, invite)
+    outcome = _as_admin(request, runtime, invite, step_up=True)
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome, status_code=201)
 
 
@@ -298,11 +324,11 @@ def renew_invitation(account_id: uuid.UUID, request: Request, runtime: RuntimeDe
             raise NotAdministratorError
         return _invitation(invitation)
 
-    outcome = _as_admin(request, runtime, renew)
+    outcome = _as_admin(request, runtime, renew, step_up=True)
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
 
 
-@router.post("/staff/{account_id}/unlock", response_model=UnlockOut, responses=_RESPONSES)
+@router.post("/staff/{account_id}/unlock", response_model=UnlockOut, responses=_ACTION_RESPONSES)
 def unlock_staff(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     """Lift the lock of a staff account, whatever its reason; ``unlocked`` is false if it
     was not locked. The owner is told by email."""
@@ -315,5 +341,5 @@ def unlock_staff(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -
             raise NotAdministratorError
         return {"unlocked": unlocked}
 
-    outcome = _as_admin(request, runtime, unlock)
+    outcome = _as_admin(request, runtime, unlock, step_up=True)
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)

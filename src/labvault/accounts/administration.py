@@ -17,8 +17,9 @@ What it shows
     address). Roles, sites, account statuses and lock reasons are plaintext (not personal).
 
 Each action is one service method (``staff_directory``, ``invite_staff_member``,
-``renew_staff_invitation``, ``unlock_staff_account``), so that a further check (a step-up
-re-authentication) can be put in front of each in one place.
+``renew_staff_invitation``, ``unlock_staff_account``); the routes and pages put the step-up
+re-authentication (``require_step_up``) in front of each: a recent second-factor proof in
+the admin's own session.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from labvault.accounts.models import (
     OneTimeCode,
 )
 from labvault.accounts.services import ForbiddenError, InvalidInputError
+from labvault.accounts.stepup import StepUp
 from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import Outcome
@@ -161,6 +163,12 @@ class StaffAdministration(StaffAccountService):
             )
             return None
         return Administrator(record, account, self.passkeys.enrolment_required(account))
+
+    def require_step_up(self, admin: Administrator) -> None:
+        """Raise ``StepUpRequired`` (the refusal audited) unless the admin's session proved a
+        second factor within ``LABVAULT_STEP_UP_MINUTES``: the check in front of every action
+        (inviting, renewing an invitation, unlocking)."""
+        StepUp(self).require(admin.record, admin.account)
 
     def _check_administrator(self, by: Principal) -> None:
         if not self._is_active_staff(by, ADMINISTRATORS):

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from typing import Final, NoReturn
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from labvault.accounts.devices import KnownDevice
 from labvault.accounts.models import (
     SUBJECT_TYPE,
     Account,
@@ -226,6 +228,55 @@ def purge_closed_accounts(
             purpose="retention",
         )
     return PurgeReport(accounts, keys)
+
+
+def forget_stale_devices(
+    session: Session,
+    *,
+    retention_days: int,
+    context: AuditContext | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> int:
+    """Forget the known devices (of every organization the session sees) whose last login is
+    more than ``retention_days`` old, the lifetime of their cookie; idempotent, the caller
+    commits. Returns how many were forgotten.
+
+    Acts as ``cli:accounts-purge``; one ``account:device:expire`` event per account that
+    lost devices (its random id; nothing about the devices)."""
+    cutoff = clock() - dt.timedelta(days=retention_days)
+    stale = session.execute(
+        select(KnownDevice.id, KnownDevice.tenant_id, KnownDevice.account_id).where(
+            KnownDevice.last_seen_at <= cutoff
+        )
+    ).all()
+    if not stale:
+        return 0
+    forgotten = 0
+    for start in range(0, len(stale), _BATCH):
+        ids = [device_id for device_id, _, _ in stale[start : start + _BATCH]]
+        forgotten += _rowcount(
+            session.execute(
+                delete(KnownDevice).where(
+                    KnownDevice.id.in_(ids), KnownDevice.last_seen_at <= cutoff
+                )
+            )
+        )
+    trail = AuditTrail(session, SystemPrincipal(PURGE_JOB), context)
+    by_tenant: dict[uuid.UUID, set[uuid.UUID]] = {}
+    for _, tenant_id, account_id in stale:
+        by_tenant.setdefault(tenant_id, set()).add(account_id)
+    for tenant_id, account_ids in by_tenant.items():
+        trail.record_many(
+            AuditAction.ACCOUNT_DEVICE_EXPIRE,
+            tenant_id=tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_ids=sorted(account_ids),
+            purpose="retention",
+        )
+    return forgotten
+
+
+_BATCH: Final = 500
 
 
 def _rowcount(result: object) -> int:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -164,11 +165,27 @@ class OneTimeCode(HasRandomId, Base):
 
 
 class TotpCredential(HasRandomId, Base):
-    """An authenticator app's shared secret, sealed; the last step used, to refuse replays."""
+    """An authenticator app's shared secret, sealed; the last step used, to refuse replays.
+
+    An account has at most one confirmed credential and one pending (not confirmed yet): a
+    new app replaces the old one only once one of its codes is confirmed."""
 
     __tablename__ = "totp_credentials"
     __table_args__ = (
-        Index("uq_totp_credentials_account_id", "account_id", unique=True),
+        Index(
+            "uq_totp_credentials_account_id_confirmed",
+            "account_id",
+            unique=True,
+            sqlite_where=text("confirmed_at IS NOT NULL"),
+            postgresql_where=text("confirmed_at IS NOT NULL"),
+        ),
+        Index(
+            "uq_totp_credentials_account_id_pending",
+            "account_id",
+            unique=True,
+            sqlite_where=text("confirmed_at IS NULL"),
+            postgresql_where=text("confirmed_at IS NULL"),
+        ),
         ForeignKeyConstraint(
             ["tenant_id", "account_id"], ["accounts.tenant_id", "accounts.id"], ondelete="CASCADE"
         ),

@@ -551,11 +551,16 @@ class _Factors:
 
 def _factors(session: Session, account: Account) -> _Factors:
     """Read-only: which factors the account has (nothing decrypted, nothing personal)."""
+    # A confirmed app and a new one waiting for its first code may both exist.
     totp_confirmed = session.scalar(
-        select(TotpCredential.confirmed_at).where(TotpCredential.account_id == account.id)
+        select(TotpCredential.confirmed_at).where(
+            TotpCredential.account_id == account.id, TotpCredential.confirmed_at.is_not(None)
+        )
     )
-    totp_exists = session.scalar(
-        select(TotpCredential.id).where(TotpCredential.account_id == account.id)
+    totp_pending = session.scalar(
+        select(TotpCredential.id).where(
+            TotpCredential.account_id == account.id, TotpCredential.confirmed_at.is_(None)
+        )
     )
     recovery_left = (
         session.scalar(
@@ -574,7 +579,7 @@ def _factors(session: Session, account: Account) -> _Factors:
         methods.append("recovery")
     return _Factors(
         tuple(methods),
-        totp_pending=totp_exists is not None and totp_confirmed is None,
+        totp_pending=totp_pending is not None,
         recovery_left=int(recovery_left),
     )
 

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from labvault.accounts import routes
-from labvault.accounts.models import Account, AccountSession
+from labvault.accounts.models import Account, AccountKind, AccountSession
 from labvault.accounts.pages import (
     _EXPIRED_FORM,
     _TOO_LONG,
@@ -71,6 +71,7 @@ from labvault.accounts.services import (
     PasswordRejected,
     ThrottledError,
 )
+from labvault.accounts.staff_pages import STAFF_LOGIN_PATH
 from labvault.core.crypto.secret import Secret
 
 __all__ = ["MAX_TOKEN", "router"]
@@ -80,6 +81,7 @@ router = APIRouter(prefix="/compte", include_in_schema=False)
 FORGOT_TEMPLATE: Final = "accounts/mot_de_passe_oubli.html"
 RESET_TEMPLATE: Final = "accounts/mot_de_passe_nouveau.html"
 MAX_TOKEN: Final = 200
+LOGIN_PATH: Final = "/compte/connexion"
 """As the API's ``ResetCompletion.token``: longer is not one of our tokens."""
 
 _INVALID_EMAIL = "Saisissez une adresse e-mail valide, par exemple nom@exemple.fr."
@@ -181,21 +183,23 @@ def reset_password(
             return {"token": str(failure)}
         return {GENERAL: str(failure)}
 
+    kinds: list[AccountKind] = []
+
+    def complete(unit: _Unit) -> None:
+        kinds.append(
+            unit.service.complete_password_reset(
+                token, Secret(password), client_id=unit.context.client_hash
+            )
+        )
+
     form = _AnonymousForm.of(request)
-    outcome = _attempt_anonymous(
-        request,
-        form,
-        csrf_token,
-        errors,
-        lambda unit: unit.service.complete_password_reset(
-            token, Secret(password), client_id=unit.context.client_hash
-        ),
-        describe,
-    )
+    outcome = _attempt_anonymous(request, form, csrf_token, errors, complete, describe)
     wrong_link = outcome.errors.get("token") == RESET_LINK_INVALID
     if not outcome.errors:
+        # The link's account decides where to log in next (only a valid link gets here).
+        login = STAFF_LOGIN_PATH if kinds and kinds[0] is AccountKind.STAFF else LOGIN_PATH
         # Every session of the account was revoked: this browser's too, if it had one.
-        response = _redirect(request, "/compte/connexion", info="mot-de-passe-reinitialise")
+        response = _redirect(request, login, info="mot-de-passe-reinitialise")
         if request.cookies.get(SESSION_COOKIE):
             _clear_session_cookie(response)
         return response

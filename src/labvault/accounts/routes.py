@@ -44,7 +44,7 @@ from labvault.accounts.services import (
 )
 from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUp, StepUpRequired
 from labvault.core.access.principals import Principal, PrincipalKind
-from labvault.core.audit.events import AuditContext, ClientAddressHasher
+from labvault.core.audit.events import AuditContext
 from labvault.core.crypto.passwords import PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
@@ -178,7 +178,7 @@ class _Context:
         self.runtime = runtime
         self.mailer = mailer or runtime.mailer
         host = request.client.host if request.client else "unknown"
-        self.client_hash = ClientAddressHasher.from_provider(runtime.key_provider)(host)
+        self.client_hash = runtime.client_address_hasher(host)
         self.audit = AuditContext(request_id=request_id_of(request), client_hash=self.client_hash)
 
     def service(self, session: Session) -> AccountService:
@@ -192,6 +192,7 @@ class _Context:
             settings=runtime.settings,
             hasher=_hasher(),
             context=self.audit,
+            derived=runtime.derived_keys,
         )
 
     @contextmanager
@@ -671,7 +672,7 @@ class Unlocked(BaseModel):
 
 
 _UNLOCK_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **STEP_UP_RESPONSES,
     404: {
         "description": "No such account in this organization, or not allowed (one answer).",
         "content": {"application/problem+json": {}},
@@ -681,7 +682,8 @@ _UNLOCK_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/accounts/{account_id}/unlock", response_model=Unlocked, responses=_UNLOCK_RESPONSES)
 def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
-    """An organization admin lifts a lockout; ``unlocked`` is false if there was none.
+    """An organization admin lifts a lockout; ``unlocked`` is false if there was none. Needs
+    a recent step-up of the staff session (403 ``step_up_required``).
 
     An unknown account and a forbidden one get the same 404 (invariant I7).
     """
@@ -690,8 +692,11 @@ def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep)
     context = _Context(request, runtime)
 
     def unlock(service: AccountService, record: AccountSession, admin: Account) -> bool | None:
+        if admin.kind != "staff":
+            return None
+        StepUp(service).require(record, admin)  # before looking at the target (I7)
         target = service.account(account_id)
-        if target is None or admin.kind != "staff":
+        if target is None:
             return None
         principal = Principal(PrincipalKind.STAFF, str(admin.id), role=admin.role)
         try:

@@ -32,7 +32,7 @@ import zoneinfo
 from collections.abc import Callable
 from typing import NoReturn, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from labvault.accounts.devices import DeviceRegistry, is_device_token, new_device_token
@@ -56,6 +56,7 @@ from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditContext, Outcome
 from labvault.core.config import Settings
 from labvault.core.contact import parse_email
+from labvault.core.crypto.derived import DerivedKeys
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.otp import (
@@ -238,7 +239,10 @@ class AccountService:
         context: AuditContext | None = None,
         issuer: str = "labvault",
         clock: Callable[[], dt.datetime] = utcnow,
+        derived: DerivedKeys | None = None,
     ) -> None:
+        """``derived``: the process's cache of the provider's derivations
+        (``Runtime.derived_keys``); without it they are derived for this service."""
         self._session = session
         self._tenant_id = tenant_id
         self._provider = provider
@@ -249,8 +253,9 @@ class AccountService:
         self._context = context or AuditContext()
         self._issuer = issuer
         self._clock = clock
-        self._code_key = provider.derive_key(CODE_LABEL)
-        self.sessions = SessionStore(session, provider.derive_key(CSRF_LABEL), clock)
+        keys = derived or DerivedKeys(provider)
+        self._code_key = keys.get(CODE_LABEL)
+        self.sessions = SessionStore(session, keys.get(CSRF_LABEL), clock)
         self.devices = DeviceRegistry(session, tenant_id, clock)
         self.passkeys = Passkeys(
             session,
@@ -685,9 +690,11 @@ class AccountService:
     def _factors(self, account: Account) -> tuple[str, ...]:
         factors = ["email"] if account.kind == AccountKind.PATIENT.value else []
         totp = self._session.scalar(
-            select(TotpCredential).where(TotpCredential.account_id == account.id)
+            select(TotpCredential.id).where(
+                TotpCredential.account_id == account.id, TotpCredential.confirmed_at.is_not(None)
+            )
         )
-        if totp is not None and totp.confirmed_at is not None:
+        if totp is not None:
             factors.insert(0, "totp")
         if self._session.scalar(
             select(RecoveryCode.id).where(
@@ -873,12 +880,13 @@ class AccountService:
             account.id
         ]
         secret = new_totp_secret()
-        existing = self._session.scalar(
-            select(TotpCredential).where(TotpCredential.account_id == account.id)
+        # Only a pending secret is replaced: a confirmed app keeps working until the new
+        # one is confirmed (``confirm_totp``).
+        self._session.execute(
+            delete(TotpCredential).where(
+                TotpCredential.account_id == account.id, TotpCredential.confirmed_at.is_(None)
+            )
         )
-        if existing is not None:
-            self._session.delete(existing)
-            self._session.flush()
         credential_id = uuid.uuid4()
         self._session.add(
             TotpCredential(
@@ -896,9 +904,13 @@ class AccountService:
         )
 
     def confirm_totp(self, account: Account, code: str) -> bool:
+        """Confirm the pending authenticator with one of its codes; it then replaces the
+        confirmed one, if any, in this transaction (never two apps, never none)."""
         principal = Principal(PrincipalKind(account.kind), str(account.id))
         credential = self._session.scalar(
-            select(TotpCredential).where(TotpCredential.account_id == account.id)
+            select(TotpCredential).where(
+                TotpCredential.account_id == account.id, TotpCredential.confirmed_at.is_(None)
+            )
         )
         if credential is None:
             return False
@@ -907,6 +919,13 @@ class AccountService:
         )
         if step is None:
             return False
+        self._session.execute(
+            delete(TotpCredential).where(
+                TotpCredential.account_id == account.id,
+                TotpCredential.confirmed_at.is_not(None),
+                TotpCredential.id != credential.id,
+            )
+        )
         credential.last_step = step
         credential.confirmed_at = self._clock()
         self._audit(AuditAction.ACCOUNT_TOTP_ENROL, account.id, principal=principal)
@@ -997,11 +1016,14 @@ class AccountService:
             "account:password-reset",
         )
 
-    def complete_password_reset(self, token: str, password: Secret[str], *, client_id: str) -> None:
+    def complete_password_reset(
+        self, token: str, password: Secret[str], *, client_id: str
+    ) -> AccountKind:
         """Set the new password with a reset link's token: the link is used up, every session
         revoked, failures forgotten, a too-many-failures lockout lifted (a lock by a security
         decision makes the link invalid: only an admin lifts it). One error for every bad
-        token.
+        token. Returns the account's kind (which login page to go to next: the holder of a
+        valid link learns nothing it did not know).
 
         A password the policy refuses leaves the link usable (``PasswordRejected``)."""
         self._check_rate(
@@ -1048,6 +1070,7 @@ class AccountService:
             "\n\nSi ce n'était pas vous, contactez tout de suite votre laboratoire.",
             "account:password-reset-done",
         )
+        return AccountKind(account.kind)
 
     def change_password(
         self,

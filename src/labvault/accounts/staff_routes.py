@@ -105,6 +105,7 @@ class StaffContext(_Context):
             settings=runtime.settings,
             hasher=_hasher(),
             context=self.audit,
+            derived=runtime.derived_keys,
         )
 
 

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         description="Days between a patient's deletion request and the erasure of the account by "
         "`labvault accounts purge`; the emailed cancel link works until then.",
     )
+    known_device_retention_days: int = Field(
+        default=400,
+        ge=1,
+        le=3650,
+        description="Days a known device (a browser that completed a login) is remembered after "
+        "its last login, as long as its cookie lives; `labvault accounts purge` forgets older "
+        "ones, and the next login from such a device is announced as a new one.",
+    )
     relationship_days_before: int = Field(
         default=30,
         ge=0,

@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.core import tenancy
 from labvault.core.audit.checkpoints import TrustedKeys
+from labvault.core.audit.events import CLIENT_ADDRESS_LABEL, ClientAddressHasher
 from labvault.core.audit.sequencer import AuditLog
 from labvault.core.audit.witness import FileAuditWitness
 from labvault.core.config import Settings
+from labvault.core.crypto.derived import DerivedKeys
 from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_keys
 from labvault.core.crypto.providers import KeyProvider, load_key_provider
 from labvault.core.db import create_db_engine, make_session_factory
@@ -67,6 +69,16 @@ class Runtime:
     def key_provider(self) -> KeyProvider:
         """Loaded on first use; raises a clear KeyProviderError if the key is missing or exposed."""
         return load_key_provider(self.settings.key_provider, str(self.settings.key_file))
+
+    @cached_property
+    def derived_keys(self) -> DerivedKeys:
+        """The provider's HKDF derivations, each made once in this process."""
+        return DerivedKeys(self.key_provider)
+
+    @cached_property
+    def client_address_hasher(self) -> ClientAddressHasher:
+        """The keyed hash of client addresses in audit events (its key derived once)."""
+        return ClientAddressHasher(self.derived_keys.get(CLIENT_ADDRESS_LABEL))
 
     @cached_property
     def audit_log(self) -> AuditLog:

@@ -18,6 +18,7 @@ from test_staff_invitations import (
     FIRST_NAME,
     LAST_NAME,
     PASSWORD,
+    PUBLIC_URL,
     SESSION_COOKIE,
     SYSTEM,
     Lab,
@@ -31,6 +32,7 @@ from test_staff_invitations import (
     lab,
     messages,
 )
+from test_step_up import age_proofs
 
 from helpers import leaked, pg_dump, sqlite_files
 from labvault.accounts.administration import StaffStatus
@@ -38,6 +40,7 @@ from labvault.accounts.models import Account, AccountKind, AccountStatus, LockRe
 from labvault.core.crypto.secret import Secret
 from labvault.core.runtime import Runtime
 from labvault.staff.models import StaffMember, StaffRole
+from passkey_authenticator import SoftAuthenticator
 
 __all__ = ["client", "lab"]  # fixtures, shared as they are
 
@@ -443,3 +446,127 @@ def test_names_invited_through_the_admin_api_are_not_in_clear_at_rest(
     else:
         raw = pg_dump(runtime.settings.sqlalchemy_url)
     assert leaked(raw, values) == []
+
+
+# --------------------------------------------------------------------------- step-up
+
+
+def _step_up_with_passkey(client: TestClient, token: str, passkey: Any) -> None:
+    options = client.post("/api/v1/auth/step-up/passkey/options", headers=csrf(token))
+    assert options.status_code == 200, options.text
+    assertion = SoftAuthenticator(PUBLIC_URL).get(options.json(), passkey)
+    proved = client.post(
+        "/api/v1/auth/step-up/passkey", json={"credential": assertion}, headers=csrf(token)
+    )
+    assert proved.status_code == 204, proved.text
+
+
+def _sign_in_admin_with_passkey(client: TestClient, lab: Lab) -> tuple[str, Any]:
+    with lab.unit() as service:
+        service.invite_staff(
+            SYSTEM, ADMIN, ADMIN_FIRST, ADMIN_LAST, StaffRole.ORGANIZATION_ADMIN, [lab.site_id]
+        )
+    step = accept(client, invitation_token(lab.runtime, ADMIN))
+    passkey = enrol_passkey(client, step.json()["csrf_token"])
+    return str(client.get("/api/v1/auth/me").json()["csrf_token"]), passkey
+
+
+def _locked_member_and_admin(
+    client: TestClient, lab: Lab, runtime: Runtime
+) -> tuple[Account, str, Any]:
+    """A locked biologist, and an admin signed in with a passkey whose login's proof is now
+    older than LABVAULT_STEP_UP_MINUTES; the admin's CSRF token and passkey."""
+    locked = lab.active("verrou@example.org", StaffRole.BIOLOGIST)
+    with lab.unit() as service:
+        target = service.account(locked.id)
+        assert target is not None
+        service.lock(target, reason_principal=SYSTEM)
+    token, passkey = _sign_in_admin_with_passkey(client, lab)
+    age_proofs(runtime)
+    return locked, token, passkey
+
+
+def test_the_admin_s_api_actions_need_a_recent_step_up(
+    client: TestClient, lab: Lab, runtime: Runtime
+) -> None:
+    locked, token, passkey = _locked_member_and_admin(client, lab, runtime)
+    before = counts(runtime)
+    actions = (
+        ("/api/v1/admin/staff", {**NEW, "site_ids": []}),
+        (f"/api/v1/admin/staff/{uuid.uuid4()}/invitation", None),
+        (f"/api/v1/admin/staff/{locked.id}/unlock", None),
+        (f"/api/v1/auth/accounts/{locked.id}/unlock", None),
+    )
+    for path, payload in actions:
+        refused = client.post(path, json=payload, headers=csrf(token))
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["reason"] == "step_up_required", path
+    assert counts(runtime) == before, "nothing invited, nothing sent"
+    assert lab.account("verrou@example.org").status == AccountStatus.LOCKED.value
+    assert len(audit_events(runtime, "account:step-up:required")) == len(actions)
+    # Reading is not an action: the list still answers.
+    assert client.get("/api/v1/admin/staff").status_code == 200
+    _step_up_with_passkey(client, token, passkey)
+    invited = client.post("/api/v1/admin/staff", json={**NEW, "site_ids": []}, headers=csrf(token))
+    assert invited.status_code == 201, invited.text
+    renewed = client.post(
+        f"/api/v1/admin/staff/{invited.json()['account_id']}/invitation", headers=csrf(token)
+    )
+    assert renewed.status_code == 200, renewed.text
+    done = client.post(f"/api/v1/admin/staff/{locked.id}/unlock", headers=csrf(token))
+    assert done.json() == {"unlocked": True}
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    for path in (
+        "/api/v1/admin/staff",
+        "/api/v1/admin/staff/{account_id}/invitation",
+        "/api/v1/admin/staff/{account_id}/unlock",
+        "/api/v1/auth/accounts/{account_id}/unlock",
+    ):
+        assert "step_up_required" in paths[path]["post"]["responses"]["403"]["description"]
+
+
+def test_the_admin_pages_send_to_the_step_up_page_and_come_back(
+    client: TestClient, lab: Lab, runtime: Runtime
+) -> None:
+    locked, token, passkey = _locked_member_and_admin(client, lab, runtime)
+    listing = client.get("/administration/personnel")
+    assert listing.status_code == 200, "the list is not an action"
+    refused = client.post(
+        "/administration/personnel/deverrouillage",
+        data={"account_id": str(locked.id), "csrf_token": _csrf_field(listing.text)},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 303
+    assert refused.headers["location"] == (
+        "/compte/confirmer-identite?suite=%2Fadministration%2Fpersonnel&info=confirmation-requise"
+    )
+    assert lab.account("verrou@example.org").status == AccountStatus.LOCKED.value
+    form = client.get("/administration/personnel/invitation", follow_redirects=False)
+    assert form.status_code == 303
+    assert form.headers["location"].startswith(
+        "/compte/confirmer-identite?suite=%2Fadministration%2Fpersonnel%2Finvitation"
+    )
+    before = counts(runtime)
+    posted = client.post(
+        "/administration/personnel/invitation",
+        data={**NEW, "csrf_token": _csrf_field(listing.text)},
+        follow_redirects=False,
+    )
+    assert posted.status_code == 303
+    assert posted.headers["location"].startswith("/compte/confirmer-identite?")
+    assert counts(runtime) == before
+    page = client.get(refused.headers["location"])
+    assert page.status_code == 200
+    assert 'value="/administration/personnel"' in page.text
+
+    _step_up_with_passkey(client, token, passkey)  # what the page's script does
+    back = client.get("/administration/personnel?info=identite-confirmee")
+    assert "Votre identité est confirmée" in back.text
+    unlocked = client.post(
+        "/administration/personnel/deverrouillage",
+        data={"account_id": str(locked.id), "csrf_token": _csrf_field(back.text)},
+        follow_redirects=False,
+    )
+    assert unlocked.headers["location"] == "/administration/personnel?info=compte-deverrouille"
+    assert lab.account("verrou@example.org").status == AccountStatus.ACTIVE.value
+    assert client.get("/administration/personnel/invitation").status_code == 200

@@ -218,7 +218,10 @@ def _aim_at_the_account(case: schemathesis.Case, mailer: LastResetLink) -> None:
             body[name] = value
 
 
-schema = schemathesis.pytest.from_fixture("auth_api_schema").include(path_regex=r"^/api/v1/auth/")
+COVERED = r"^/api/v1/(auth|account|admin)/"
+"""The authentication, account (links to lab records, dependents) and staff administration
+APIs."""
+schema = schemathesis.pytest.from_fixture("auth_api_schema").include(path_regex=COVERED)
 
 
 @schema.parametrize()

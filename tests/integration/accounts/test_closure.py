@@ -321,3 +321,36 @@ def test_the_deletion_pages(client: TestClient, runtime: Runtime) -> None:
     assert cancelled.status_code == 303
     assert cancelled.headers["location"] == "/compte/connexion?info=suppression-annulee"
     assert _account(runtime).status == AccountStatus.ACTIVE.value  # type: ignore[union-attr]
+
+
+def test_the_purge_reaches_the_accounts_of_every_organization(
+    cli_env: Settings, runtime: Runtime
+) -> None:
+    """On PostgreSQL each organization's rows are behind row-level security: the job must
+    bind one transaction per organization, or it would erase nobody's account."""
+    from labvault.organizations.services import create_organization
+
+    erased: list[uuid.UUID] = []
+    for name, email in (("Labo Nord", "nord@example.org"), ("Labo Sud", "sud@example.org")):
+        with transaction(runtime.sessions) as session:
+            tenant_id = create_organization(session, runtime.key_provider, name).id
+            service = AccountService(
+                session,
+                tenant_id=tenant_id,
+                provider=runtime.key_provider,
+                mailer=runtime.mailer,
+                limiter=runtime.rate_limiter,
+                settings=runtime.settings,
+                hasher=CHEAP_HASHER,
+            )
+            account = service.provision(
+                email, Secret(PASSWORD), kind=AccountKind.PATIENT, security_phrase=None, by=SYSTEM
+            )
+            account.status = AccountStatus.CLOSING.value
+            account.closing_requested_at = utcnow() - dt.timedelta(days=31)
+            erased.append(account.id)
+    purged = runner.invoke(cli, ["accounts", "purge"])
+    assert purged.exit_code == 0, purged.output
+    assert "2 account(s) erased, 2 data key(s) destroyed" in purged.output
+    with runtime.admin_sessions() as session:
+        assert session.scalars(select(Account.id).where(Account.id.in_(erased))).all() == []

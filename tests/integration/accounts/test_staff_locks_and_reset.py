@@ -315,3 +315,49 @@ def test_a_locked_staff_account_gets_its_link_and_the_reset_lifts_the_lockout(
     )
     assert done.status_code == 204
     assert lab.account(EMAIL).status == AccountStatus.ACTIVE.value
+
+
+def _reset_by_page(client: TestClient, token: str) -> str:
+    """Complete a reset through the page the emailed link opens; where it redirects."""
+    page = client.get("/compte/mot-de-passe/nouveau")
+    csrf_token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf_token is not None
+    done = client.post(
+        "/compte/mot-de-passe/nouveau",
+        data={
+            "token": token,
+            "password": NEW_PASSWORD,
+            "password_confirmation": NEW_PASSWORD,
+            "csrf_token": csrf_token.group(1),
+        },
+        follow_redirects=False,
+    )
+    assert done.status_code == 303, done.text
+    return done.headers["location"]
+
+
+def test_after_a_reset_the_page_sends_staff_to_the_staff_login_and_patients_to_theirs(
+    client: TestClient, lab: Lab, runtime: Runtime
+) -> None:
+    lab.active(EMAIL, StaffRole.SAMPLER)
+    request_reset(lab)
+    assert (
+        _reset_by_page(client, reset_token(runtime))
+        == "/compte/connexion-professionnel?info=mot-de-passe-reinitialise"
+    )
+    login = client.get("/compte/connexion-professionnel?info=mot-de-passe-reinitialise")
+    assert "Votre mot de passe est changé" in login.text
+
+    with lab.unit() as service:
+        service.provision(
+            "patient@example.org",
+            Secret(PASSWORD),
+            kind=AccountKind.PATIENT,
+            security_phrase=None,
+            by=SYSTEM,
+        )
+        service.request_password_reset("patient@example.org", client_id=CLIENT)
+    assert (
+        _reset_by_page(client, reset_token(runtime, "patient@example.org"))
+        == "/compte/connexion?info=mot-de-passe-reinitialise"
+    )

@@ -72,6 +72,7 @@ class AuditAction(enum.StrEnum):
     ACCOUNT_DELETION_CANCEL = "account:deletion:cancel"
     ACCOUNT_DELETION_FAILURE = "account:deletion:failure"
     ACCOUNT_DELETION_ERASE = "account:deletion:erase"
+    ACCOUNT_DEVICE_EXPIRE = "account:device:expire"
     ACCESS_BREAK_GLASS_OPEN = "access:break-glass:open"
     ACCESS_BREAK_GLASS_REFUSED = "access:break-glass:refused"
     ACCESS_BREAK_GLASS_REVOKE = "access:break-glass:revoke"
@@ -255,6 +256,10 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.ACCOUNT_DELETION_ERASE: ActionInfo(
         "An account whose deletion grace period ended was erased with its data key "
         "(crypto-shredding); the Patient record is kept."
+    ),
+    AuditAction.ACCOUNT_DEVICE_EXPIRE: ActionInfo(
+        "Devices of an account not seen for LABVAULT_KNOWN_DEVICE_RETENTION_DAYS were forgotten "
+        "by the retention job (one event per account, whatever the number of devices)."
     ),
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
