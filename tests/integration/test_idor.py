@@ -34,8 +34,8 @@ RANDOM_IDS = 10_000
 FOREIGN_IDS = 10_000
 HTTP_SAMPLE = 500
 """Per kind (random, foreign of this tenant, foreign of the other tenant) through HTTP."""
-BULK_PER_TENANT = 2_500
-"""Extra patients in each tenant, so that foreign ids are many and real."""
+BULK_PER_TENANT = 5_000
+"""Extra patients in each tenant, so that 10,000 distinct foreign ids are real."""
 READ_PURPOSE = "patient-record"  # the route's (labvault.patients.routes.READ_PURPOSE)
 RNG = random.Random(20261129)
 
@@ -48,9 +48,8 @@ class Fuzz:
     other_tenant: list[uuid.UUID]
 
     def foreign(self, count: int) -> list[uuid.UUID]:
-        """``count`` real foreign ids, half of each tenant (repeated if need be)."""
-        pool = self.same_tenant + self.other_tenant
-        return [pool[i % len(pool)] for i in RNG.sample(range(count * 2), count)]
+        """``count`` distinct real foreign ids, drawn from both tenants."""
+        return RNG.sample(self.same_tenant + self.other_tenant, count)
 
 
 def _bulk(matrix: Matrix, tenant: uuid.UUID, seed: int) -> None:

@@ -43,6 +43,15 @@ PURPOSE_LABELS = {
     "desk-link": "Rattachement à l'accueil du laboratoire",
     "guardian-check": "Vérification de l'âge pour un parent ou représentant légal",
     "account-patients": "Affichage dans un compte en ligne",
+    "patient-record": "Consultation du dossier",
+    "nir-display": "Affichage du numéro de sécurité sociale",
+    "patient-search": "Recherche par le laboratoire",
+    "contact-update": "Mise à jour des coordonnées",
+    "access-history": "Consultation de l'historique des accès",
+    "break-glass:emergency": "Accès exceptionnel : urgence",
+    "break-glass:walk-in": "Accès exceptionnel : patient à l'accueil sans rendez-vous",
+    "break-glass:continuity": "Accès exceptionnel : continuité des soins entre sites",
+    "break-glass:patient-request": "Accès exceptionnel : à la demande du patient",
 }
 MAX_ENTRIES = 1000
 
