@@ -8,7 +8,7 @@ the security officers and waits in their review list. The justification is seale
 the grant's own data key; reading it is itself audited.
 
 Roles without patient data (organization admin, security officer) cannot break the glass:
-their ceiling is not a matter of relationship.
+their ceiling is not a matter of relationship; nor can samplers (see BREAK_GLASS_ROLES).
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from labvault.staff.models import StaffMember, StaffRole
 
 TABLE = BreakGlassGrant.__tablename__
 DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
-BREAK_GLASS_ROLES = frozenset(
-    {StaffRole.RECEPTIONIST.value, StaffRole.SAMPLER.value, StaffRole.BIOLOGIST.value}
-)
+BREAK_GLASS_ROLES = frozenset({StaffRole.RECEPTIONIST.value, StaffRole.BIOLOGIST.value})
+"""Roles that search patients and so may name one outside their scope. A sampler works from
+the day's schedule: a patient missing from it goes through the reception desk."""
 JUSTIFICATION_MIN = 15
 JUSTIFICATION_MAX = 500
 

@@ -170,7 +170,7 @@ _PATIENT_SELF = account("patient")
 _PATIENT_SELF_API = account("patient", refusal=403, note="other kinds: 403, not a patient account")
 _ADMIN = roles("organization_admin", note="staff administration")
 # Mirrors labvault.security.breakglass.BREAK_GLASS_ROLES (the matrix test checks they agree).
-BREAK_GLASS_ROLES = ("receptionist", "sampler", "biologist")
+BREAK_GLASS_ROLES = ("receptionist", "biologist")
 _BREAK_GLASS = roles(
     *BREAK_GLASS_ROLES,
     object_from="body:nir",
@@ -303,12 +303,7 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         # --- pages: patients, break-glass, the security review -----------------------------
         "GET /patients/recherche": policy("patient:search", note="the search form"),
         "POST /patients/recherche": policy("patient:search", object_from="body:nir"),
-        "POST /patients/bris-de-glace": roles(
-            "receptionist",
-            "biologist",
-            object_from="body:nir",
-            note="from the search page: break-glass roles that may also search (not samplers)",
-        ),
+        "POST /patients/bris-de-glace": _BREAK_GLASS,
         "GET /patients/{patient_id}": policy(
             "patient:read", object_from="path:patient_id", note="only the granted fields"
         ),
