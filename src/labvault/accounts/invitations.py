@@ -563,7 +563,7 @@ class StaffAccountService(AccountService):
             client_hash=record.client_hash,
             second_factor="totp",
         )
-        self._audit(AuditAction.ACCOUNT_LOGIN_SUCCESS, account.id, principal=principal)
+        self._logged_in(account, principal)
         device_token = None
         if device is None or not is_device_token(device):
             device_token = new_device_token()
@@ -621,7 +621,7 @@ class StaffAccountService(AccountService):
             client_hash=record.client_hash,
             second_factor=PASSKEY,
         )
-        self._audit(AuditAction.ACCOUNT_LOGIN_SUCCESS, account.id, principal=principal)
+        self._logged_in(account, principal)
         device_token = None
         if device is None or not is_device_token(device):
             device_token = new_device_token()

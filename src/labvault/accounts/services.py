@@ -51,6 +51,7 @@ from labvault.accounts.models import (
 from labvault.accounts.sessions import CSRF_LABEL, SessionPolicy, SessionStore, hash_token
 from labvault.accounts.webauthn import METHOD as PASSKEY
 from labvault.accounts.webauthn import Passkeys
+from labvault.core.access.policies import default_policy
 from labvault.core.access.principals import ANONYMOUS, Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditContext, Outcome
@@ -282,14 +283,25 @@ class AccountService:
         *,
         principal: Principal = ANONYMOUS,
         outcome: Outcome = Outcome.SUCCESS,
+        purpose: str = "authentication",
     ) -> None:
         self._keyring(principal).audit.record(
             action,
             tenant_id=self._tenant_id,
             target_type=SUBJECT_TYPE,
             target_id=account_id,
-            purpose="authentication",
+            purpose=purpose,
             outcome=outcome,
+        )
+
+    def _logged_in(self, account: Account, principal: Principal) -> None:
+        """The login's event names the access policy its session runs under (the policy is
+        compiled once per subject and cached; a new policy file gets a new tag)."""
+        self._audit(
+            AuditAction.ACCOUNT_LOGIN_SUCCESS,
+            account.id,
+            principal=principal,
+            purpose=default_policy().tag,
         )
 
     def _check_rate(
@@ -765,7 +777,7 @@ class AccountService:
             client_hash=record.client_hash,
             second_factor=method,
         )
-        self._audit(AuditAction.ACCOUNT_LOGIN_SUCCESS, account.id, principal=principal)
+        self._logged_in(account, principal)
         device_token = None
         if device is None or not is_device_token(device):
             device_token = new_device_token()

@@ -44,6 +44,7 @@ from labvault.accounts.services import AuthError, ForbiddenError, InvalidInputEr
 from labvault.accounts.sessions import SessionPolicy
 from labvault.app import create_app
 from labvault.cli import CliError, app
+from labvault.core.access.policies import default_policy
 from labvault.core.access.principals import (
     ANONYMOUS,
     Principal,
@@ -518,6 +519,7 @@ def test_acceptance_sets_the_password_and_opens_nothing_but_the_enrolment(
     (success,) = audit_events(runtime, "account:login:success")
     assert (success.actor_kind, success.actor_id) == ("staff", str(account.id))
     assert (success.actor_role, success.actor_site_id) == ("biologist", None)
+    assert success.purpose == default_policy().tag, "the login names the policy it runs under"
     assert principal_of(account) == Principal(
         PrincipalKind.STAFF, str(account.id), role="biologist", site_id=None
     )

@@ -164,6 +164,11 @@ class Policy:
     """SHA-256 of the document's canonical JSON: names exactly what was in force."""
     subjects: Mapping[str, SubjectPolicy]
 
+    @property
+    def tag(self) -> str:
+        """Names this exact policy in an audit event (recorded as every login's purpose)."""
+        return f"policy:{self.name}:v{self.version}:{self.digest[:16]}"
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:

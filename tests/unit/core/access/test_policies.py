@@ -186,3 +186,11 @@ def test_no_document_gives_admin_roles_patient_data(
         assert granted.isdisjoint(PATIENT_DATA)
     if subject == "patient":
         assert all(g.records is RecordScope.OWN for g in policy.subjects[subject].grants)
+
+
+def test_the_tag_names_the_policy_and_fits_an_audit_event() -> None:
+    from labvault.core.audit.events import TOKEN_PATTERN
+
+    policy = default_policy()
+    assert policy.tag == f"policy:labvault-default:v{policy.version}:{policy.digest[:16]}"
+    assert TOKEN_PATTERN.fullmatch(policy.tag)
