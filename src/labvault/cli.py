@@ -63,6 +63,7 @@ from labvault.organizations.services import (
     InvalidOrganizationNameError,
     OrganizationNotFoundError,
     create_organization,
+    get_organization,
     use_organization,
 )
 from labvault.patients.bulk import BatchConflictError, register_records
@@ -388,6 +389,7 @@ def demo(
         DEMO_ACCOUNTS,
         DEMO_ORGANIZATION,
         create_demo_accounts,
+        create_demo_care,
         create_demo_organization,
         demo_exists,
     )
@@ -403,21 +405,22 @@ def demo(
         _seal_events(runtime)
         if fresh and patients:
             _seed_patients(runtime, patients, DEMO_ORGANIZATION, seed_value=2026)
+            with runtime.admin_sessions() as session:
+                demo_id = get_organization(session, DEMO_ORGANIZATION).id
+            with transaction(runtime.tenant_sessions(demo_id)) as session:
+                booked = create_demo_care(session, demo_id)
             console.print(
-                f"Demo organization {DEMO_ORGANIZATION!r} created with {patients} patients."
+                f"Demo organization {DEMO_ORGANIZATION!r} created with {patients} patients "
+                f"({booked} booked this week)."
             )
         else:
             console.print(f"Demo organization {DEMO_ORGANIZATION!r} is ready.")
     finally:
         runtime.close()
-    console.print("\nDemo accounts (second factor: a code sent to the demo mailbox):")
+    console.print("\nDemo accounts:")
     for account in DEMO_ACCOUNTS:
         console.print(f"  {account.kind.value}: {account.email} / {account.password}")
-        if account.kind.value == "staff":
-            console.print(
-                "    (organization admin: log in at /compte/connexion-professionnel; the first "
-                "login enrols an authenticator app, with a code sent to the demo mailbox)"
-            )
+        console.print(f"    ({account.note})", highlight=False)
     mail_dir = settings.mailer.removeprefix("file:") or str(settings.resolved_data_dir / "mail")
     if settings.mailer.startswith("file:"):
         console.print(f"Mail lands in {mail_dir} (one .eml file per message).")

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from helpers import leaked, sqlite_files
+from labvault.accounts.models import Account
 from labvault.cli import app
-from labvault.core.access.principals import SystemPrincipal
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction
@@ -23,6 +24,8 @@ from labvault.demo import DEMO_ORGANIZATION
 from labvault.organizations.models import Site
 from labvault.organizations.services import get_organization
 from labvault.patients.models import Patient
+from labvault.patients.scope import staff_scope
+from labvault.patients.services import PatientRepository
 from labvault.staff.models import StaffRole
 from labvault.staff.services import StaffRepository
 
@@ -103,6 +106,17 @@ def test_demo_seeds_an_encrypted_organization(cli_env: Settings, runtime: Runtim
         )
         staff = StaffRepository(session, keyring).list(purpose="test")
     assert {member.role for member in staff} == set(StaffRole)
+    assert "(24 booked this week)" in " ".join(result.output.split())
+    with transaction(runtime.sessions) as session:
+        linked = session.scalar(select(Account.patient_id).where(Account.kind == "patient"))
+        desk = session.scalars(select(Account).where(Account.role == "receptionist")).one()
+        assert linked is not None
+        assert desk.staff_id is not None
+        principal = Principal(PrincipalKind.STAFF, str(desk.id), role="receptionist")
+        keyring = TenantKeyring(session, runtime.key_provider, organization.id, principal)
+        scope = staff_scope(session, principal, organization.id, desk.staff_id)
+        booked = PatientRepository(session, keyring, scope).get(linked, purpose="test")
+        assert booked is not None, "the demo receptionist reaches the demo patient's record"
     if cli_env.is_sqlite:
         runtime.engine.dispose()
         values = {m.last_name for m in staff if len(m.last_name) >= 5} | {m.email for m in staff}
