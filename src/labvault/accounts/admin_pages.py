@@ -36,20 +36,19 @@ from labvault.accounts.administration import (
     StaffStatus,
     parse_site_ids,
 )
-from labvault.accounts.models import LockReason
-from labvault.accounts.pages import (
-    _EXPIRED_FORM,
+from labvault.accounts.forms import (
+    EXPIRED_FORM,
     GENERAL,
     MAX_CSRF,
-    STEP_UP_PAGE,
     FormText,
-    _csrf_ok,
-    _error_page,
-    _paris,
-    _redirect,
-    _refused,
-    _render,
+    error_page,
+    form_csrf_ok,
+    redirect_to,
+    refuse_cross_site,
+    render_page,
 )
+from labvault.accounts.models import LockReason
+from labvault.accounts.pages import STEP_UP_PAGE, paris_moment
 from labvault.accounts.routes import SESSION_COOKIE
 from labvault.accounts.services import ForbiddenError, InvalidInputError, ThrottledError
 from labvault.accounts.stepup import StepUpRequired
@@ -68,7 +67,7 @@ LIST_TEMPLATE: Final = "administration/personnel.html"
 INVITE_TEMPLATE: Final = "administration/invitation.html"
 MAX_FIELD = 320
 
-_NOTICES: Final = {
+NOTICES: Final = {
     "invitation-envoyee": "L'invitation a été envoyée. Le lien est valable 7 jours et ne sert "
     "qu'une fois.",
     "invitation-renouvelee": "Une nouvelle invitation a été envoyée ; les liens précédents ne "
@@ -120,9 +119,9 @@ def _row(entry: StaffEntry) -> _Row:
     if entry.status is StaffStatus.LOCKED and entry.lock_reason is not None:
         detail = f"Motif : {_LOCK_REASONS[entry.lock_reason]}"
         if entry.locked_at is not None:
-            detail += f", {_paris(entry.locked_at)}"
+            detail += f", {paris_moment(entry.locked_at)}"
     elif entry.status is StaffStatus.INVITED and entry.invitation_expires_at is not None:
-        detail = f"Lien valable jusqu'au {_paris(entry.invitation_expires_at)[3:]}"
+        detail = f"Lien valable jusqu'au {paris_moment(entry.invitation_expires_at)[3:]}"
     return _Row(
         account_id=None if entry.account_id is None else str(entry.account_id),
         name=f"{entry.first_name} {entry.last_name}",
@@ -175,15 +174,15 @@ def _as_admin(
         if admin is None:
             response = None
         elif admin.passkey_missing:
-            response = _redirect(request, "/compte/securite")
+            response = redirect_to(request, "/compte/securite")
         else:
             unit = _Admin(context, service, admin, token)
             if csrf_token is not None and (
-                len(csrf_token) > MAX_CSRF or not _csrf_ok(service, token, csrf_token)
+                len(csrf_token) > MAX_CSRF or not form_csrf_ok(service, token, csrf_token)
             ):
-                response = _list_page(request, unit, errors={GENERAL: _EXPIRED_FORM}, status=403)
+                response = _list_page(request, unit, errors={GENERAL: EXPIRED_FORM}, status=403)
             elif step_up_suite is not None and _needs_step_up(service, admin):
-                response = _redirect(
+                response = redirect_to(
                     request, STEP_UP_PAGE, suite=step_up_suite, info="confirmation-requise"
                 )
             else:
@@ -213,7 +212,7 @@ def _list_page(
     notice: str | None = None,
 ) -> Response:
     rows = [_row(entry) for entry in unit.service.staff_directory(unit.admin.principal)]
-    return _render(
+    return render_page(
         request,
         LIST_TEMPLATE,
         {"csrf_token": unit.csrf_token, "rows": rows, "notice": notice},
@@ -231,7 +230,7 @@ def _invite_page(
     status: int = 200,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _render(
+    return render_page(
         request,
         INVITE_TEMPLATE,
         {
@@ -252,7 +251,7 @@ def _invite_page(
 
 @router.get("/personnel", name="staff_administration")
 def staff_page(request: Request) -> Response:
-    notice = _NOTICES.get(request.query_params.get("info", ""))
+    notice = NOTICES.get(request.query_params.get("info", ""))
     return _as_admin(request, lambda unit: _list_page(request, unit, notice=notice))
 
 
@@ -267,7 +266,7 @@ def _account_id(value: str) -> uuid.UUID:
 def renew_invitation(
     request: Request, account_id: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
 
     def renew(unit: _Admin) -> Response:
@@ -279,7 +278,7 @@ def renew_invitation(
         if invitation is None:
             message = "Ce compte n'a pas d'invitation en attente."
             return _list_page(request, unit, errors={GENERAL: message}, status=404)
-        return _redirect(request, STAFF_PATH, info="invitation-renouvelee")
+        return redirect_to(request, STAFF_PATH, info="invitation-renouvelee")
 
     return _mail_guard(
         request,
@@ -291,7 +290,7 @@ def renew_invitation(
 def unlock_account(
     request: Request, account_id: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
 
     def unlock(unit: _Admin) -> Response:
@@ -301,7 +300,7 @@ def unlock_account(
             message = "Ce compte n'existe pas ou n'est pas un compte du personnel."
             return _list_page(request, unit, errors={GENERAL: message}, status=404)
         info = "compte-deverrouille" if unlocked else "compte-deja-deverrouille"
-        return _redirect(request, STAFF_PATH, info=info)
+        return redirect_to(request, STAFF_PATH, info=info)
 
     return _as_admin(request, unlock, csrf_token=csrf_token, step_up_suite=STAFF_PATH)
 
@@ -342,7 +341,7 @@ def invite(
     site_ids: FormList = [],  # noqa: B006 - FastAPI copies form defaults
     csrf_token: FormText = "",
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     values = {
         "email": email[:MAX_FIELD],
@@ -380,7 +379,7 @@ def invite(
             return _invite_page(
                 request, unit, values, errors={_field_of(message): message}, status=422
             )
-        return _redirect(request, STAFF_PATH, info="invitation-envoyee")
+        return redirect_to(request, STAFF_PATH, info="invitation-envoyee")
 
     return _mail_guard(
         request,
@@ -402,7 +401,7 @@ def _mail_guard(request: Request, run: Callable[[], Response]) -> Response:
     try:
         return run()
     except MailerError:
-        return _error_page(
+        return error_page(
             request,
             503,
             "Message non envoyé",

@@ -32,12 +32,12 @@ from labvault.accounts.invitations import Invitation
 from labvault.accounts.routes import (
     SESSION_COOKIE,
     CsrfRefusedError,
+    RequestContext,
     RuntimeDep,
-    _Context,
-    _csrf_ok,
-    _failure_response,
-    _guard,
     _hasher,
+    csrf_header_ok,
+    failure_response,
+    guard,
 )
 from labvault.accounts.services import AuthError, ForbiddenError, InvalidInputError
 from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUpRequired
@@ -108,7 +108,7 @@ class PasskeyRequiredError(Exception):
     pass
 
 
-class AdminContext(_Context):
+class AdminContext(RequestContext):
     """The request's context, building the administration service."""
 
     def administration(self, session: Session) -> StaffAdministration:
@@ -225,7 +225,7 @@ def _as_admin(
                 admin = service.administrator(token)
                 if admin is None:
                     raise NotAdministratorError
-                if check_csrf and not _csrf_ok(context, service):
+                if check_csrf and not csrf_header_ok(context, service):
                     raise CsrfRefusedError
                 if admin.passkey_missing:
                     raise PasskeyRequiredError
@@ -254,7 +254,7 @@ def _as_admin(
     if isinstance(failure, PasskeyRequiredError):
         return problem_response(403, type_="passkey-required", detail=PASSKEY_REQUIRED)
     if failure is not None:
-        return _failure_response(failure)
+        return failure_response(failure)
     return cast(T, result)
 
 
@@ -290,7 +290,7 @@ def invite_staff(body: StaffInvitationIn, request: Request, runtime: RuntimeDep)
     """Invite a staff member: a pending account, and a single-use link emailed (7 days).
     Invalid input (address, names, role, sites, an address already known) is a 422 and
     changes nothing."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def invite(service: StaffAdministration, admin: Administrator) -> dict[str, Any]:
@@ -315,7 +315,7 @@ def invite_staff(body: StaffInvitationIn, request: Request, runtime: RuntimeDep)
 def renew_invitation(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     """Email a new invitation link to a staff account not activated yet; the previous links
     stop working. 404 for any other account."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def renew(service: StaffAdministration, admin: Administrator) -> dict[str, Any]:
@@ -332,7 +332,7 @@ def renew_invitation(account_id: uuid.UUID, request: Request, runtime: RuntimeDe
 def unlock_staff(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     """Lift the lock of a staff account, whatever its reason; ``unlocked`` is false if it
     was not locked. The owner is told by email."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def unlock(service: StaffAdministration, admin: Administrator) -> dict[str, bool]:

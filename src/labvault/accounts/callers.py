@@ -29,20 +29,25 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labvault.accounts.forms import (
+    error_page,
+    form_csrf_ok,
+    redirect_to,
+    refuse_cross_site,
+    runtime_of,
+)
 from labvault.accounts.linking import account_acts_for, paris_today
 from labvault.accounts.models import Account, AccountDependent, AccountKind, AccountSession
-from labvault.accounts.pages import _back_to_login, _error_page, _redirect, _refused
-from labvault.accounts.pages import _csrf_ok as _form_csrf_ok
+from labvault.accounts.pages import back_to_login
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     SESSION_COOKIE,
     STEP_UP_RESPONSES,
     CsrfRefusedError,
-    _Context,
-    _csrf_ok,
-    _failure_response,
-    _guard,
-    _runtime,
+    RequestContext,
+    csrf_header_ok,
+    failure_response,
+    guard,
 )
 from labvault.accounts.services import AccountService, AuthError, InvalidInputError
 from labvault.accounts.stepup import StepUp, StepUpRequired
@@ -80,7 +85,7 @@ def problem(description: str) -> dict[str, Any]:
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     401: problem("Not signed in (or the second factor is not done)."),
     403: problem("Cross-origin request or missing CSRF token."),
 }
@@ -125,7 +130,7 @@ class Caller:
     tenant_id: uuid.UUID
     session: Session
     service: AccountService
-    context: _Context
+    context: RequestContext
     now: dt.datetime = field(default_factory=utcnow)
     _scope: AccessScope | None = field(default=None, repr=False)
 
@@ -232,11 +237,11 @@ def run_as_caller(
     A service's audited refusal is rolled back with its events kept, then answered by
     ``on_refusal`` (default: the uniform 404).
     """
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     if check_csrf is None:
         check_csrf = request.method not in {"GET", "HEAD", "OPTIONS"}
-    context = _Context(request, _runtime(request))
+    context = RequestContext(request, runtime_of(request))
     token = request.cookies.get(SESSION_COOKIE, "")
     failure: Exception | None = None
     result: T | None = None
@@ -247,7 +252,7 @@ def run_as_caller(
                 found = service.current(token) if token else None
                 if found is None:
                     raise AuthError("Vous n'êtes pas connecté.")
-                if check_csrf and not _csrf_ok(context, service):
+                if check_csrf and not csrf_header_ok(context, service):
                     raise CsrfRefusedError
                 record, account = found
                 if AccountKind(account.kind) not in kinds:
@@ -283,7 +288,7 @@ def _answer(failure: Exception, *, object_route: bool) -> Response:
         return not_found()
     if object_route and isinstance(failure, AuthError) and not isinstance(failure, StepUpRequired):
         return not_found()
-    return _failure_response(failure)
+    return failure_response(failure)
 
 
 # --- pages ------------------------------------------------------------------------------------
@@ -305,9 +310,9 @@ def run_page_as_caller(
     missing step-up sends the browser to ``/compte/confirmer-identite`` and back to
     ``step_up_return`` (a local path; default: the current path, for GET pages)."""
     unsafe = request.method not in {"GET", "HEAD", "OPTIONS"}
-    if unsafe and (refused := _refused(request)) is not None:
+    if unsafe and (refused := refuse_cross_site(request)) is not None:
         return refused
-    context = _Context(request, _runtime(request))
+    context = RequestContext(request, runtime_of(request))
     token = request.cookies.get(SESSION_COOKIE, "")
     failure: Exception | None = None
     result: Response | None = None
@@ -319,11 +324,11 @@ def run_page_as_caller(
                 found = service.current(token) if token else None
                 if found is None:
                     if token and service.pending(token) is not None:
-                        login = _redirect(request, "/compte/second-facteur")
+                        login = redirect_to(request, "/compte/second-facteur")
                     else:
-                        login = _back_to_login(request, token)
+                        login = back_to_login(request, token)
                     raise AuthError("Vous n'êtes pas connecté.")
-                if unsafe and not _form_csrf_ok(service, token, csrf_token or ""):
+                if unsafe and not form_csrf_ok(service, token, csrf_token or ""):
                     raise CsrfRefusedError
                 record, account = found
                 caller = Caller(
@@ -350,12 +355,12 @@ def run_page_as_caller(
     if isinstance(failure, CallerRefusedError):
         return failure.response
     if isinstance(failure, StepUpRequired):
-        return _redirect(request, STEP_UP_PAGE, suite=step_up_return or request.url.path)
+        return redirect_to(request, STEP_UP_PAGE, suite=step_up_return or request.url.path)
     if isinstance(failure, CsrfRefusedError):
-        return _error_page(
+        return error_page(
             request,
             403,
             "Formulaire expiré",
             "Ce formulaire a expiré. Rechargez la page, puis envoyez-le à nouveau.",
         )
-    return _error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")
+    return error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")

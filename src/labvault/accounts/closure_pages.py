@@ -18,26 +18,24 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from labvault.accounts.closure import LINK_INVALID, AccountClosure, StaffSelfDeletionError
-from labvault.accounts.models import Account, AccountKind
-from labvault.accounts.pages import (
+from labvault.accounts.forms import (
     GENERAL,
+    AnonymousForm,
     FormText,
-    _anonymous_page,
-    _AnonymousForm,
-    _attempt_anonymous,
-    _error_page,
-    _headers_of,
-    _redirect,
-    _refused,
-    _render,
-    _Shown,
-    _signed_in_post,
-    _status_of,
-    _step_up_redirect,
-    _Unit,
-    _unit,
+    Unit,
+    anonymous_page,
+    attempt_anonymous,
+    error_page,
+    headers_of,
+    open_unit,
+    redirect_to,
+    refuse_cross_site,
+    render_page,
+    status_of,
 )
-from labvault.accounts.routes import SESSION_COOKIE, _clear_session_cookie
+from labvault.accounts.models import Account, AccountKind
+from labvault.accounts.pages import Shown, signed_in_post, step_up_redirect
+from labvault.accounts.routes import SESSION_COOKIE, clear_session_cookie
 from labvault.accounts.services import AuthError
 from labvault.accounts.stepup import StepUp
 
@@ -56,50 +54,50 @@ _MISSING_CODE = "Saisissez le code d'annulation : la fin du lien reçu par e-mai
 @router.get("/suppression", name="account_deletion")
 def deletion_page(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         found = unit.service.current(token)
         if found is None:
-            return _redirect(request, "/compte/connexion")
+            return redirect_to(request, "/compte/connexion")
         record, account = found
         if account.kind != AccountKind.PATIENT.value:
-            return _error_page(request, 403, _STAFF_TITLE, str(StaffSelfDeletionError()))
+            return error_page(request, 403, _STAFF_TITLE, str(StaffSelfDeletionError()))
         values = {
             "csrf_token": unit.service.sessions.csrf_token(token),
             "fresh": StepUp(unit.service).is_fresh(record),
             "grace_days": unit.context.runtime.settings.account_deletion_grace_days,
             "notice": None,
         }
-    return _render(request, TEMPLATE, values)
+    return render_page(request, TEMPLATE, values)
 
 
 @router.post("/suppression")
 def request_deletion(request: Request, csrf_token: FormText = "") -> Response:
     """Ask for the deletion of the signed-in patient account (needs a recent step-up)."""
 
-    def ask(unit: _Unit, account: Account) -> Response | _Shown:
+    def ask(unit: Unit, account: Account) -> Response | Shown:
         if account.kind != AccountKind.PATIENT.value:
-            return _error_page(request, 403, _STAFF_TITLE, str(StaffSelfDeletionError()))
-        if (step_up := _step_up_redirect(request, unit, PAGE)) is not None:
+            return error_page(request, 403, _STAFF_TITLE, str(StaffSelfDeletionError()))
+        if (step_up := step_up_redirect(request, unit, PAGE)) is not None:
             return step_up
         found = unit.service.current(request.cookies.get(SESSION_COOKIE, ""))
-        assert found is not None  # _signed_in_post has just found it
+        assert found is not None  # signed_in_post has just found it
         AccountClosure(unit.service).request(*found)
-        response = _redirect(request, "/compte/connexion", info="suppression-demandee")
-        _clear_session_cookie(response)
+        response = redirect_to(request, "/compte/connexion", info="suppression-demandee")
+        clear_session_cookie(response)
         return response
 
-    return _signed_in_post(request, csrf_token, ask)
+    return signed_in_post(request, csrf_token, ask)
 
 
 @router.get("/suppression/annulation", name="account_deletion_cancel")
 def cancel_page(request: Request) -> Response:
     """The token is in the link's fragment, which the server never sees."""
-    return _anonymous_page(request, CANCEL_TEMPLATE, {"values": {}})
+    return anonymous_page(request, CANCEL_TEMPLATE, {"values": {}})
 
 
 @router.post("/suppression/annulation")
 def cancel(request: Request, token: FormText = "", csrf_token: FormText = "") -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = token.strip()
     errors: dict[str, str] = {}
@@ -113,8 +111,8 @@ def cancel(request: Request, token: FormText = "", csrf_token: FormText = "") ->
             return {"token": str(failure)}
         return {GENERAL: str(failure)}
 
-    form = _AnonymousForm.of(request)
-    outcome = _attempt_anonymous(
+    form = AnonymousForm.of(request)
+    outcome = attempt_anonymous(
         request,
         form,
         csrf_token,
@@ -123,15 +121,15 @@ def cancel(request: Request, token: FormText = "", csrf_token: FormText = "") ->
         describe,
     )
     if not outcome.errors:
-        return _redirect(request, "/compte/connexion", info="suppression-annulee")
+        return redirect_to(request, "/compte/connexion", info="suppression-annulee")
     wrong_link = outcome.errors.get("token") == LINK_INVALID
-    return _anonymous_page(
+    return anonymous_page(
         request,
         CANCEL_TEMPLATE,
         {"values": {"token": token if len(token) <= MAX_TOKEN else ""}},
         errors=outcome.errors,
-        status=_status_of(outcome, 401 if wrong_link else 422),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 401 if wrong_link else 422),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )

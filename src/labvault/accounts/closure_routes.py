@@ -20,14 +20,14 @@ from pydantic import BaseModel, Field
 from labvault.accounts.closure import AccountClosure, StaffSelfDeletionError
 from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     STEP_UP_RESPONSES,
+    RequestContext,
     RuntimeDep,
-    _clear_session_cookie,
-    _Context,
-    _guard,
     _run,
     _signed_in,
+    clear_session_cookie,
+    guard,
 )
 from labvault.accounts.services import AccountService
 from labvault.core.web.problems import problem_response
@@ -62,7 +62,7 @@ def request_deletion(request: Request, runtime: RuntimeDep) -> Response:
     """Ask for the deletion of this patient account (needs a recent step-up). The Patient
     record held by the laboratory is kept (legal retention); only the account is erased,
     after the grace period."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def ask(service: AccountService, record: AccountSession, account: Account) -> str | None:
@@ -71,22 +71,22 @@ def request_deletion(request: Request, runtime: RuntimeDep) -> Response:
         except StaffSelfDeletionError:
             return None
 
-    outcome = _signed_in(_Context(request, runtime), ask)
+    outcome = _signed_in(RequestContext(request, runtime), ask)
     if isinstance(outcome, Response):
         return outcome
     if outcome is None:
         return problem_response(403, type_="staff-account", detail=str(StaffSelfDeletionError()))
     response = JSONResponse({"erase_after": outcome}, status_code=202)
-    _clear_session_cookie(response)
+    clear_session_cookie(response)
     return response
 
 
-@router.post("/cancel", status_code=204, responses=_PROBLEMS)
+@router.post("/cancel", status_code=204, responses=AUTH_PROBLEMS)
 def cancel_deletion(body: DeletionCancel, request: Request, runtime: RuntimeDep) -> Response:
     """Cancel a deletion request with the token of the emailed link."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     outcome = _run(
         context,
         lambda service: AccountClosure(service).cancel(body.token, client_id=context.client_hash),

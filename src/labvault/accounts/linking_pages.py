@@ -24,6 +24,22 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from labvault.accounts.forms import (
+    EXPIRED_FORM,
+    GENERAL,
+    FormText,
+    Unit,
+    check_code,
+    check_email,
+    error_page,
+    form_csrf_ok,
+    open_unit,
+    redirect_to,
+    refuse_cross_site,
+    render_page,
+    runtime_of,
+    throttled_headers,
+)
 from labvault.accounts.linking import (
     LinkCodeError,
     LinkConflictError,
@@ -36,24 +52,8 @@ from labvault.accounts.linking import (
 )
 from labvault.accounts.linking_routes import LINK_ANSWER_SECONDS, LINK_REQUESTED
 from labvault.accounts.models import Account, AccountKind
-from labvault.accounts.pages import (
-    _EXPIRED_FORM,
-    GENERAL,
-    FormText,
-    _back_to_login,
-    _check_code,
-    _check_email,
-    _csrf_ok,
-    _error_page,
-    _redirect,
-    _refused,
-    _render,
-    _runtime,
-    _throttled_headers,
-    _Unit,
-    _unit,
-)
-from labvault.accounts.routes import SESSION_COOKIE, _Context, _Outbox
+from labvault.accounts.pages import back_to_login
+from labvault.accounts.routes import SESSION_COOKIE, Outbox, RequestContext
 from labvault.accounts.services import AuthError, InvalidInputError, ThrottledError
 
 __all__ = ["DESK_PATH", "RECORDS_PATH", "router"]
@@ -64,7 +64,7 @@ RECORDS_PATH: Final = "/compte/dossiers"
 DESK_PATH: Final = "/compte/guichet"
 CHILD: Final = "enfant-"
 """Prefix of the ids of the minor's form fields (the page has both forms)."""
-_NOTICES: Final = {
+NOTICES: Final = {
     "code-rattachement": LINK_REQUESTED,
     "dossier-rattache": "Le dossier est rattaché à votre compte.",
     "enfant-retire": "Le dossier d'enfant a été retiré de votre compte.",
@@ -97,17 +97,17 @@ class _State:
     csrf_token: str = ""
 
 
-def _state(request: Request, unit: _Unit, token: str) -> _State:
+def _state(request: Request, unit: Unit, token: str) -> _State:
     found = unit.service.current(token)
     if found is None:
         if token and unit.service.pending(token) is not None:
-            return _State(redirect=_redirect(request, "/compte/second-facteur"))
-        return _State(redirect=_back_to_login(request, token))
+            return _State(redirect=redirect_to(request, "/compte/second-facteur"))
+        return _State(redirect=back_to_login(request, token))
     return _State(account=found[1], csrf_token=unit.service.sessions.csrf_token(token))
 
 
 @dataclass
-class _Shown:
+class Shown:
     """What the records page shows once after a POST."""
 
     errors: dict[str, str] = field(default_factory=dict)
@@ -118,11 +118,11 @@ class _Shown:
 
 
 def _records_page(
-    request: Request, unit: _Unit, state: _State, shown: _Shown, notice: str | None = None
+    request: Request, unit: Unit, state: _State, shown: Shown, notice: str | None = None
 ) -> Response:
     assert state.account is not None
     links = PatientLinks(unit.service)
-    return _render(
+    return render_page(
         request,
         "accounts/dossiers.html",
         {
@@ -142,7 +142,7 @@ def _records_page(
 
 
 def _not_for_staff(request: Request) -> Response:
-    return _error_page(
+    return error_page(
         request, 404, "Page introuvable", "Cette page est réservée aux comptes patients."
     )
 
@@ -150,48 +150,48 @@ def _not_for_staff(request: Request) -> Response:
 @router.get("/dossiers", name="account_records")
 def records_page(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         state = _state(request, unit, token)
         if state.redirect is not None:
             return state.redirect
         assert state.account is not None
         if state.account.kind != AccountKind.PATIENT.value:
             return _not_for_staff(request)
-        notice = _NOTICES.get(request.query_params.get("info", ""))
-        return _records_page(request, unit, state, _Shown(), notice)
+        notice = NOTICES.get(request.query_params.get("info", ""))
+        return _records_page(request, unit, state, Shown(), notice)
 
 
-_Action = Callable[[_Unit, PatientLinks, Account], Response | _Shown]
+_Action = Callable[[Unit, PatientLinks, Account], Response | Shown]
 
 
 def _records_post(
     request: Request,
     csrf_token: str,
     action: _Action,
-    context: _Context | None = None,
+    context: RequestContext | None = None,
 ) -> Response:
     """Run ``action`` for the signed-in patient account once the origin and CSRF token are
     right; it answers with a redirect, or with what the page shows once. The transaction
     commits either way (a wrong code stays counted)."""
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = request.cookies.get(SESSION_COOKIE, "")
-    with _unit(request, context) as unit:
+    with open_unit(request, context) as unit:
         state = _state(request, unit, token)
         if state.redirect is not None:
             return state.redirect
         assert state.account is not None
         if state.account.kind != AccountKind.PATIENT.value:
             return _not_for_staff(request)
-        if not _csrf_ok(unit.service, token, csrf_token):
-            shown = _Shown(errors={GENERAL: _EXPIRED_FORM}, status=403)
+        if not form_csrf_ok(unit.service, token, csrf_token):
+            shown = Shown(errors={GENERAL: EXPIRED_FORM}, status=403)
         else:
             links = PatientLinks(unit.service)
             try:
                 outcome = action(unit, links, state.account)
             except ThrottledError as exc:
-                outcome = _Shown(
-                    errors={GENERAL: str(exc)}, status=429, headers=_throttled_headers(exc)
+                outcome = Shown(
+                    errors={GENERAL: str(exc)}, status=429, headers=throttled_headers(exc)
                 )
             except LinkForbiddenError:
                 return _not_for_staff(request)
@@ -239,23 +239,23 @@ def _request_link(
         prefix, birth_name=birth_name, first_names=first_names, birth_date=birth_date, nir=nir
     )
     values[f"{CHILD}relationship"] = relationship
-    outbox = _Outbox(_runtime(request).mailer)
-    context = _Context(request, _runtime(request), mailer=outbox)
+    outbox = Outbox(runtime_of(request).mailer)
+    context = RequestContext(request, runtime_of(request), mailer=outbox)
 
-    def ask(unit: _Unit, links: PatientLinks, account: Account) -> Response | _Shown:
+    def ask(unit: Unit, links: PatientLinks, account: Account) -> Response | Shown:
         if chosen is None:
-            return _Shown({f"{CHILD}relationship": "Choisissez votre lien avec l'enfant."}, 422)
+            return Shown({f"{CHILD}relationship": "Choisissez votre lien avec l'enfant."}, 422)
         if any(len(v) > _MAX_TRAIT for v in (birth_name, first_names, birth_date, nir)):
-            return _Shown({GENERAL: "Un des champs est trop long."}, 422, values)
+            return Shown({GENERAL: "Un des champs est trop long."}, 422, values)
         try:
             traits = parse_traits(birth_name, first_names, birth_date, nir, today=links.today())
             links.request_link(account, traits, chosen, client_id=unit.context.client_hash)
         except TraitsError as exc:
             errors = {f"{prefix}{name}": message for name, message in exc.errors.items()}
-            return _Shown(errors, 422, values)
+            return Shown(errors, 422, values)
         except LinkConflictError as exc:
-            return _Shown({GENERAL: str(exc)}, 409, values)
-        return _redirect(request, RECORDS_PATH, info="code-rattachement")
+            return Shown({GENERAL: str(exc)}, 409, values)
+        return redirect_to(request, RECORDS_PATH, info="code-rattachement")
 
     response = _records_post(request, csrf_token, ask, context)
     if response.status_code == 303:
@@ -266,18 +266,18 @@ def _request_link(
 @router.post("/dossiers/rattachement/code")
 def confirm_link(request: Request, code: FormText = "", csrf_token: FormText = "") -> Response:
     errors: dict[str, str] = {}
-    _check_code(code, errors)
+    check_code(code, errors)
 
-    def confirm(unit: _Unit, links: PatientLinks, account: Account) -> Response | _Shown:
+    def confirm(unit: Unit, links: PatientLinks, account: Account) -> Response | Shown:
         if errors:
-            return _Shown(errors, 422)
+            return Shown(errors, 422)
         try:
             links.confirm_link(account, code)
         except LinkCodeError as exc:
-            return _Shown({"code": str(exc)}, 422)
+            return Shown({"code": str(exc)}, 422)
         except LinkConflictError as exc:
-            return _Shown({GENERAL: str(exc)}, 409)
-        return _redirect(request, RECORDS_PATH, info="dossier-rattache")
+            return Shown({GENERAL: str(exc)}, 409)
+        return redirect_to(request, RECORDS_PATH, info="dossier-rattache")
 
     return _records_post(request, csrf_token, confirm)
 
@@ -288,7 +288,7 @@ def new_desk_code(request: Request, csrf_token: FormText = "") -> Response:
     return _records_post(
         request,
         csrf_token,
-        lambda unit, links, account: _Shown(
+        lambda unit, links, account: Shown(
             desk_code=links.new_desk_code(account).code.reveal(),
             headers={"Cache-Control": "no-store"},
         ),
@@ -299,14 +299,14 @@ def new_desk_code(request: Request, csrf_token: FormText = "") -> Response:
 def remove_dependent(
     request: Request, patient_id: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    def remove(unit: _Unit, links: PatientLinks, account: Account) -> Response | _Shown:
+    def remove(unit: Unit, links: PatientLinks, account: Account) -> Response | Shown:
         try:
             target: uuid.UUID | None = uuid.UUID(patient_id)
         except ValueError:
             target = None
         if target is not None and links.remove_dependent(account, target):
-            return _redirect(request, RECORDS_PATH, info="enfant-retire")
-        return _Shown({GENERAL: "Ce dossier n'est pas ou plus rattaché à votre compte."}, 404)
+            return redirect_to(request, RECORDS_PATH, info="enfant-retire")
+        return Shown({GENERAL: "Ce dossier n'est pas ou plus rattaché à votre compte."}, 404)
 
     return _records_post(request, csrf_token, remove)
 
@@ -324,7 +324,7 @@ def _desk_page(
     notice: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _render(
+    return render_page(
         request,
         "accounts/guichet.html",
         {"csrf_token": csrf_token, "values": dict(values or {}), "notice": notice},
@@ -341,14 +341,14 @@ def _is_receptionist(account: Account) -> bool:
 @router.get("/guichet", name="desk_link")
 def desk_page(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         state = _state(request, unit, token)
     if state.redirect is not None:
         return state.redirect
     assert state.account is not None
     if not _is_receptionist(state.account):
-        return _error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")
-    notice = _NOTICES.get(request.query_params.get("info", ""))
+        return error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")
+    notice = NOTICES.get(request.query_params.get("info", ""))
     return _desk_page(request, state.csrf_token, notice=notice)
 
 
@@ -361,7 +361,7 @@ def desk_link(
     relationship: FormText = "self",
     csrf_token: FormText = "",
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = request.cookies.get(SESSION_COOKIE, "")
     values = {"patient_id": patient_id, "email": email, "relationship": relationship}
@@ -371,13 +371,13 @@ def desk_link(
         target = uuid.UUID(patient_id.strip())
     except ValueError:
         errors["patient_id"] = "Saisissez l'identifiant du dossier, tel que le donne la recherche."
-    _check_email(email, errors)
-    _check_code(code, errors)
+    check_email(email, errors)
+    check_code(code, errors)
     if relationship not in set(Relationship):
         errors["relationship"] = "Choisissez le lien du titulaire du compte avec le patient."
     status = 422
     headers: dict[str, str] | None = None
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         state = _state(request, unit, token)
         if state.redirect is not None:
             return state.redirect
@@ -386,9 +386,9 @@ def desk_link(
             # Audited as refused by the service; the same page as for an unknown path.
             with contextlib.suppress(LinkNotFoundError):
                 PatientLinks(unit.service).desk_principal(state.account)
-            return _error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")
-        if not _csrf_ok(unit.service, token, csrf_token):
-            errors, status = {GENERAL: _EXPIRED_FORM}, 403
+            return error_page(request, 404, "Page introuvable", "Cette page n'existe pas.")
+        if not form_csrf_ok(unit.service, token, csrf_token):
+            errors, status = {GENERAL: EXPIRED_FORM}, 403
         elif not errors and target is not None:
             try:
                 PatientLinks(unit.service).desk_link(
@@ -408,10 +408,10 @@ def desk_link(
                 )
             except ThrottledError as exc:
                 errors, status = {GENERAL: str(exc)}, 429
-                headers = _throttled_headers(exc)
+                headers = throttled_headers(exc)
             except (LinkConflictError, InvalidInputError, AuthError) as exc:
                 errors, status = {GENERAL: str(exc)}, 409
             else:
-                return _redirect(request, DESK_PATH, info="rattache")
+                return redirect_to(request, DESK_PATH, info="rattache")
         csrf = state.csrf_token
     return _desk_page(request, csrf, values=values, errors=errors, status=status, headers=headers)

@@ -36,17 +36,17 @@ from labvault.accounts.linking import (
 )
 from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     SESSION_COOKIE,
     Accepted,
     CsrfRefusedError,
+    Outbox,
+    RequestContext,
     RuntimeDep,
     _accepted,
-    _Context,
-    _csrf_ok,
-    _failure_response,
-    _guard,
-    _Outbox,
+    csrf_header_ok,
+    failure_response,
+    guard,
 )
 from labvault.accounts.services import AuthError, InvalidInputError, PasswordRejected
 from labvault.core.runtime import Runtime
@@ -72,7 +72,7 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 _PATIENT_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     401: _problem("Not signed in (or the second factor is not done)."),
     403: _problem("Cross-origin request, missing CSRF token, or not a patient account."),
 }
@@ -95,7 +95,7 @@ _CONFIRM_PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: _problem("Wrong, used or expired code (type `invalid-code`, one answer for all)."),
 }
 _STAFF_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     401: _problem("Not signed in (or the second factor is not done)."),
     404: _problem(
         "Unknown account or record, wrong or expired code, or a staff role that may not link "
@@ -164,7 +164,7 @@ def link_failure_response(failure: Exception) -> Response:
         )
     if isinstance(failure, LinkNotFoundError):
         return problem_response(404, detail="Aucun rattachement possible avec ces informations.")
-    return _failure_response(failure)
+    return failure_response(failure)
 
 
 _EXPECTED = (
@@ -178,7 +178,7 @@ _EXPECTED = (
 
 
 def _linking(
-    context: _Context,
+    context: RequestContext,
     action: Callable[[PatientLinks, AccountSession, Account], T],
     *,
     check_csrf: bool = True,
@@ -193,7 +193,7 @@ def _linking(
             found = service.current(token)
             if found is None:
                 raise AuthError("Vous n'êtes pas connecté.")
-            if check_csrf and not _csrf_ok(context, service):
+            if check_csrf and not csrf_header_ok(context, service):
                 raise CsrfRefusedError
             result = action(PatientLinks(service), *found)
         except _EXPECTED as exc:
@@ -223,10 +223,10 @@ async def request_link(body: LinkRequest, request: Request, runtime: RuntimeDep)
 
 
 def _request_link(body: LinkRequest, request: Request, runtime: Runtime) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    outbox = _Outbox(runtime.mailer)
-    context = _Context(request, runtime, mailer=outbox)
+    outbox = Outbox(runtime.mailer)
+    context = RequestContext(request, runtime, mailer=outbox)
 
     def ask(links: PatientLinks, record: AccountSession, account: Account) -> None:
         traits = parse_traits(
@@ -255,10 +255,10 @@ def _request_link(body: LinkRequest, request: Request, runtime: Runtime) -> Resp
 )
 def confirm_link(body: LinkCode, request: Request, runtime: RuntimeDep) -> Response:
     """Enter the code sent to the record's contact: the link is made."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, account: links.confirm_link(account, body.code),
     )
     if isinstance(outcome, Response):
@@ -276,10 +276,10 @@ def confirm_link(body: LinkCode, request: Request, runtime: RuntimeDep) -> Respo
 )
 def new_desk_code(request: Request, runtime: RuntimeDep) -> Response:
     """A short code to give at the lab desk (30 minutes); the previous one stops working."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, account: links.new_desk_code(account),
     )
     if isinstance(outcome, Response):
@@ -295,7 +295,7 @@ def new_desk_code(request: Request, runtime: RuntimeDep) -> Response:
 def acting_records(request: Request, runtime: RuntimeDep) -> Response:
     """The records this account acts for: its own, then its dependents under 18."""
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, account: links.records(account),
         check_csrf=False,
     )
@@ -322,10 +322,10 @@ def acting_records(request: Request, runtime: RuntimeDep) -> Response:
 )
 def remove_dependent(patient_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     """Stop acting for a minor's record."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, account: links.remove_dependent(account, patient_id),
     )
     if isinstance(outcome, Response):
@@ -348,10 +348,10 @@ def desk_link(body: DeskLink, request: Request, runtime: RuntimeDep) -> Response
     """A receptionist links a record to the account of ``email``, whose owner is at the desk
     with an identity document (for a minor: the livret de famille or a court decision) and
     gives the desk code shown in their account."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, staff: links.desk_link(
             staff,
             patient_id=body.patient_id,
@@ -371,10 +371,10 @@ def desk_link(body: DeskLink, request: Request, runtime: RuntimeDep) -> Response
 @router.post("/staff/dependents/revoke", status_code=204, responses=_STAFF_PROBLEMS)
 def staff_revoke_dependent(body: DeskRevocation, request: Request, runtime: RuntimeDep) -> Response:
     """A receptionist ends the right of the account of ``email`` to act for a minor's record."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _linking(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda links, record, staff: links.staff_revoke_dependent(
             staff, patient_id=body.patient_id, email=body.email
         ),

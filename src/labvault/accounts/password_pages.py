@@ -32,36 +32,34 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from labvault.accounts import routes
-from labvault.accounts.models import Account, AccountKind, AccountSession
-from labvault.accounts.pages import (
-    _EXPIRED_FORM,
-    _TOO_LONG,
+from labvault.accounts.forms import (
+    EXPIRED_FORM,
     GENERAL,
     MAX_PASSWORD,
+    TOO_LONG,
+    AnonymousForm,
+    Attempt,
     FormText,
-    _anonymous_page,
-    _AnonymousForm,
-    _Attempt,
-    _attempt_anonymous,
-    _check_email,
-    _headers_of,
-    _notice,
-    _redirect,
-    _refused,
-    _runtime,
-    _Shown,
-    _signed_in_post,
-    _status_of,
-    _stepped_up,
-    _Unit,
-    _unit,
+    Unit,
+    anonymous_page,
+    attempt_anonymous,
+    check_email,
+    headers_of,
+    notice_of,
+    open_unit,
+    redirect_to,
+    refuse_cross_site,
+    runtime_of,
+    status_of,
 )
+from labvault.accounts.models import Account, AccountKind, AccountSession
+from labvault.accounts.pages import Shown, signed_in_post, stepped_up
 from labvault.accounts.routes import (
     SESSION_COOKIE,
-    _clear_session_cookie,
-    _Context,
-    _Outbox,
-    _set_session_cookie,
+    Outbox,
+    RequestContext,
+    clear_session_cookie,
+    set_session_cookie,
 )
 from labvault.accounts.services import (
     RESET_LINK_INVALID,
@@ -95,7 +93,7 @@ _MISSING_CODE = (
 
 @router.get("/mot-de-passe/oubli", name="account_password_forgotten")
 def forgot_password_page(request: Request) -> Response:
-    return _anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": _notice(request)})
+    return anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": notice_of(request)})
 
 
 @router.post("/mot-de-passe/oubli")
@@ -111,17 +109,17 @@ async def forgot_password(
 
 
 def _forgot_password(request: Request, email: str, csrf_token: str) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     errors: dict[str, str] = {}
-    _check_email(email, errors)
-    outbox = _Outbox(_runtime(request).mailer)
-    context = _Context(request, _runtime(request), mailer=outbox)
-    form = _AnonymousForm.of(request)
-    outcome = _Attempt(errors=errors)
-    with _unit(request, context) as unit:
+    check_email(email, errors)
+    outbox = Outbox(runtime_of(request).mailer)
+    context = RequestContext(request, runtime_of(request), mailer=outbox)
+    form = AnonymousForm.of(request)
+    outcome = Attempt(errors=errors)
+    with open_unit(request, context) as unit:
         if not form.check(unit.service, csrf_token):
-            outcome.errors = {GENERAL: _EXPIRED_FORM}
+            outcome.errors = {GENERAL: EXPIRED_FORM}
         elif not outcome.errors:
             try:
                 unit.service.request_password_reset(email, client_id=context.client_hash)
@@ -132,17 +130,17 @@ def _forgot_password(request: Request, email: str, csrf_token: str) -> Response:
                 outcome.errors = {"email": _INVALID_EMAIL}
         outcome.csrf_token = form.token(unit.service)
     if not outcome.errors:
-        response = _redirect(request, "/compte/mot-de-passe/oubli", info="lien-envoye")
+        response = redirect_to(request, "/compte/mot-de-passe/oubli", info="lien-envoye")
         # Delivered once the answer is sent: a slow or failing mail server shows nothing.
         response.background = BackgroundTask(outbox.deliver)
         return response
-    return _anonymous_page(
+    return anonymous_page(
         request,
         FORGOT_TEMPLATE,
         {"values": {"email": email}},
         errors=outcome.errors,
-        status=_status_of(outcome, 422),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 422),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )
@@ -155,7 +153,7 @@ def _forgot_password(request: Request, email: str, csrf_token: str) -> Response:
 def reset_password_page(request: Request) -> Response:
     """The token is in the link's fragment, which the server never sees: the page's script
     puts it into the form."""
-    return _anonymous_page(request, RESET_TEMPLATE, {"values": {}})
+    return anonymous_page(request, RESET_TEMPLATE, {"values": {}})
 
 
 @router.post("/mot-de-passe/nouveau")
@@ -166,7 +164,7 @@ def reset_password(
     password_confirmation: FormText = "",
     csrf_token: FormText = "",
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = token.strip()
     errors: dict[str, str] = {}
@@ -185,32 +183,32 @@ def reset_password(
 
     kinds: list[AccountKind] = []
 
-    def complete(unit: _Unit) -> None:
+    def complete(unit: Unit) -> None:
         kinds.append(
             unit.service.complete_password_reset(
                 token, Secret(password), client_id=unit.context.client_hash
             )
         )
 
-    form = _AnonymousForm.of(request)
-    outcome = _attempt_anonymous(request, form, csrf_token, errors, complete, describe)
+    form = AnonymousForm.of(request)
+    outcome = attempt_anonymous(request, form, csrf_token, errors, complete, describe)
     wrong_link = outcome.errors.get("token") == RESET_LINK_INVALID
     if not outcome.errors:
         # The link's account decides where to log in next (only a valid link gets here).
         login = STAFF_LOGIN_PATH if kinds and kinds[0] is AccountKind.STAFF else LOGIN_PATH
         # Every session of the account was revoked: this browser's too, if it had one.
-        response = _redirect(request, login, info="mot-de-passe-reinitialise")
+        response = redirect_to(request, login, info="mot-de-passe-reinitialise")
         if request.cookies.get(SESSION_COOKIE):
-            _clear_session_cookie(response)
+            clear_session_cookie(response)
         return response
     # A wrong link keeps its field in error; otherwise the token stays, for the next try.
-    return _anonymous_page(
+    return anonymous_page(
         request,
         RESET_TEMPLATE,
         {"values": {"token": token if len(token) <= MAX_TOKEN else ""}},
         errors=outcome.errors,
-        status=_status_of(outcome, 401 if wrong_link else 422),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 401 if wrong_link else 422),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )
@@ -223,7 +221,7 @@ def _check_new_password(
     if not password:
         errors[field_name] = "Choisissez un nouveau mot de passe."
     elif len(password) > MAX_PASSWORD:
-        errors[field_name] = _TOO_LONG
+        errors[field_name] = TOO_LONG
     elif confirmation is not None and confirmation != password:
         errors[f"{field_name}-confirmation"] = (
             "Les deux mots de passe ne sont pas identiques : saisissez-les à nouveau."
@@ -244,28 +242,28 @@ def change_password(
     if not current_password:
         errors["current-password"] = "Saisissez votre mot de passe actuel."
     elif len(current_password) > MAX_PASSWORD:
-        errors["current-password"] = _TOO_LONG
+        errors["current-password"] = TOO_LONG
     _check_new_password(new_password, None, errors, "new-password")
     token = request.cookies.get(SESSION_COOKIE, "")
 
-    def change(unit: _Unit, account: Account) -> Response | _Shown:
+    def change(unit: Unit, account: Account) -> Response | Shown:
         if errors:
             return {"errors": errors, "status": 422}
         found = unit.service.current(token)
-        assert found is not None  # _signed_in_post has just found it
+        assert found is not None  # signed_in_post has just found it
         outcome = _change(unit, found[0], account, current_password, new_password)
         if not isinstance(outcome, Secret):
             return outcome
-        response = _redirect(request, "/compte/securite", info="mot-de-passe-change")
-        _set_session_cookie(response, outcome, unit.context)
+        response = redirect_to(request, "/compte/securite", info="mot-de-passe-change")
+        set_session_cookie(response, outcome, unit.context)
         return response
 
-    return _signed_in_post(request, csrf_token, _stepped_up(change))
+    return signed_in_post(request, csrf_token, stepped_up(change))
 
 
 def _change(
-    unit: _Unit, record: AccountSession, account: Account, current: str, new: str
-) -> _Shown | Secret[str]:
+    unit: Unit, record: AccountSession, account: Account, current: str, new: str
+) -> Shown | Secret[str]:
     """The new session token, or what the security page must show of the failure."""
     try:
         return unit.service.change_password(record, account, Secret(current), Secret(new))

@@ -66,7 +66,7 @@ router = APIRouter(prefix="/api/v1/auth", tags=["authentication"])
 T = TypeVar("T")
 _log = get_logger("labvault.accounts")
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
+AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
     status: {"description": description, "content": {"application/problem+json": {}}}
     for status, description in (
         (400, "A body that cannot be parsed (not JSON, or not UTF-8)."),
@@ -77,7 +77,7 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     )
 }
 STEP_UP_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     403: {
         "description": "Cross-origin request or missing CSRF token; or, with "
         f'`"reason": "{STEP_UP_REQUIRED}"` (type `.../step-up-required`), a sensitive action '
@@ -170,7 +170,7 @@ class RecoveryCodes(BaseModel):
     codes: list[str]
 
 
-class _Context:
+class RequestContext:
     """What one request needs to build the service, and its client's keyed hash."""
 
     def __init__(self, request: Request, runtime: Runtime, mailer: Mailer | None = None) -> None:
@@ -205,7 +205,7 @@ class CsrfRefusedError(Exception):
     """An unsafe request of a session without its CSRF token."""
 
 
-class _Outbox:
+class Outbox:
     """A ``Mailer`` that keeps the messages, to deliver them once the answer is sent."""
 
     def __init__(self, mailer: Mailer) -> None:
@@ -237,7 +237,7 @@ def _hasher() -> PasswordHasher:
     return _HASHER
 
 
-def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Response:
+def _run(context: RequestContext, action: Callable[[AccountService], T]) -> T | Response:
     """Run ``action`` in a transaction that commits even when the step fails as expected."""
     failure: Exception | None = None
     result: T | None = None
@@ -253,11 +253,11 @@ def _run(context: _Context, action: Callable[[AccountService], T]) -> T | Respon
         ) as exc:
             failure = exc
     if failure is not None:
-        return _failure_response(failure)
+        return failure_response(failure)
     return cast(T, result)
 
 
-def _failure_response(failure: Exception) -> Response:
+def failure_response(failure: Exception) -> Response:
     if isinstance(failure, CsrfRefusedError):
         return problem_response(403, type_="csrf", detail="Requête refusée.")
     if isinstance(failure, StepUpRequired):
@@ -281,7 +281,7 @@ def _failure_response(failure: Exception) -> Response:
     return problem_response(422, type_="invalid-input", detail=str(failure))
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
     """Browsers send Origin on unsafe requests; a foreign one is refused outright."""
     if request.headers.get("sec-fetch-site") == "cross-site":
         return False
@@ -292,18 +292,18 @@ def _same_origin(request: Request) -> bool:
     return origin in {f"https://{host}", f"http://{host}"}
 
 
-def _guard(request: Request) -> Response | None:
-    if request.method not in SAFE_METHODS and not _same_origin(request):
+def guard(request: Request) -> Response | None:
+    if request.method not in SAFE_METHODS and not same_origin(request):
         return problem_response(403, type_="cross-origin", detail="Requête refusée.")
     return None
 
 
-def _csrf_ok(context: _Context, service: AccountService) -> bool:
+def csrf_header_ok(context: RequestContext, service: AccountService) -> bool:
     token = context.request.cookies.get(SESSION_COOKIE, "")
     return service.sessions.check_csrf(token, context.request.headers.get(CSRF_HEADER))
 
 
-def _set_session_cookie(response: Response, token: Secret[str], context: _Context) -> None:
+def set_session_cookie(response: Response, token: Secret[str], context: RequestContext) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token.reveal(),
@@ -314,7 +314,7 @@ def _set_session_cookie(response: Response, token: Secret[str], context: _Contex
     )
 
 
-def _clear_session_cookie(response: Response) -> None:
+def clear_session_cookie(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, secure=True, httponly=True, samesite="strict", path="/")
 
 
@@ -335,12 +335,12 @@ def _accepted(detail: str, status: int = 202) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-@router.post("/signup", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+@router.post("/signup", status_code=202, response_model=Accepted, responses=AUTH_PROBLEMS)
 def sign_up(body: SignUp, request: Request, runtime: RuntimeDep) -> Response:
     """Create an account; a code is emailed. The same answer whether the address is known."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     outcome = _run(
         context,
         lambda service: service.sign_up(
@@ -355,22 +355,23 @@ def sign_up(body: SignUp, request: Request, runtime: RuntimeDep) -> Response:
     return _accepted("Si cette adresse peut recevoir un compte, un code vient d'y être envoyé.")
 
 
-@router.post("/signup/confirm", status_code=204, responses=_PROBLEMS)
+@router.post("/signup/confirm", status_code=204, responses=AUTH_PROBLEMS)
 def confirm_email(body: EmailCode, request: Request, runtime: RuntimeDep) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _run(
-        _Context(request, runtime), lambda service: service.confirm_email(body.email, body.code)
+        RequestContext(request, runtime),
+        lambda service: service.confirm_email(body.email, body.code),
     )
     return outcome if isinstance(outcome, Response) else Response(status_code=204)
 
 
-@router.post("/login", response_model=LoginStep, responses=_PROBLEMS)
+@router.post("/login", response_model=LoginStep, responses=AUTH_PROBLEMS)
 def login(body: Credentials, request: Request, runtime: RuntimeDep) -> Response:
     """First step: the password. The cookie then opens only the second-factor step."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     with context.unit() as service:
         try:
             pending = service.login(
@@ -384,21 +385,21 @@ def login(body: Credentials, request: Request, runtime: RuntimeDep) -> Response:
         except AuthError as exc:
             failure = exc
     if failure is not None:
-        return _failure_response(failure)
+        return failure_response(failure)
     response = JSONResponse({"second_factor": list(pending.factors), "csrf_token": csrf})
-    _set_session_cookie(response, pending.token, context)
+    set_session_cookie(response, pending.token, context)
     return response
 
 
-@router.post("/login/email-code", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+@router.post("/login/email-code", status_code=202, response_model=Accepted, responses=AUTH_PROBLEMS)
 def send_login_code(request: Request, runtime: RuntimeDep) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
 
     def send(service: AccountService) -> None:
-        if not _csrf_ok(context, service):
+        if not csrf_header_ok(context, service):
             raise CsrfRefusedError
         service.send_login_code(token)
 
@@ -408,16 +409,16 @@ def send_login_code(request: Request, runtime: RuntimeDep) -> Response:
     return _accepted("Un code de connexion vient d'être envoyé à votre adresse.")
 
 
-@router.post("/login/second-factor", response_model=SignedIn, responses=_PROBLEMS)
+@router.post("/login/second-factor", response_model=SignedIn, responses=AUTH_PROBLEMS)
 def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> Response:
     """Second step; answers with a NEW session cookie (the pending one is revoked)."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
 
     def complete(service: AccountService) -> tuple[Any, str]:
-        if not _csrf_ok(context, service):
+        if not csrf_header_ok(context, service):
             raise CsrfRefusedError
         opened = service.second_factor(
             token, body.method, body.code, device=request.cookies.get(DEVICE_COOKIE)
@@ -431,13 +432,13 @@ def second_factor(body: SecondFactor, request: Request, runtime: RuntimeDep) -> 
     response = JSONResponse(
         {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
     )
-    _set_session_cookie(response, opened.token, context)
+    set_session_cookie(response, opened.token, context)
     if opened.device_token is not None:
         set_device_cookie(response, opened.device_token)
     return response
 
 
-@router.post("/password-reset", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+@router.post("/password-reset", status_code=202, response_model=Accepted, responses=AUTH_PROBLEMS)
 async def request_password_reset(
     body: ResetRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
@@ -451,10 +452,10 @@ async def request_password_reset(
 
 
 def _request_password_reset(body: ResetRequest, request: Request, runtime: Runtime) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    outbox = _Outbox(runtime.mailer)
-    context = _Context(request, runtime, mailer=outbox)
+    outbox = Outbox(runtime.mailer)
+    context = RequestContext(request, runtime, mailer=outbox)
     outcome = _run(
         context,
         lambda service: service.request_password_reset(body.email, client_id=context.client_hash),
@@ -469,14 +470,14 @@ def _request_password_reset(body: ResetRequest, request: Request, runtime: Runti
     return response
 
 
-@router.post("/password-reset/complete", status_code=204, responses=_PROBLEMS)
+@router.post("/password-reset/complete", status_code=204, responses=AUTH_PROBLEMS)
 def complete_password_reset(
     body: ResetCompletion, request: Request, runtime: RuntimeDep
 ) -> Response:
     """Set the new password with the token of the emailed link; every session is revoked."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     outcome = _run(
         context,
         lambda service: service.complete_password_reset(
@@ -486,12 +487,12 @@ def complete_password_reset(
     if isinstance(outcome, Response):
         return outcome
     response = Response(status_code=204)
-    _clear_session_cookie(response)
+    clear_session_cookie(response)
     return response
 
 
 def _signed_in(
-    context: _Context,
+    context: RequestContext,
     action: Callable[[AccountService, AccountSession, Account], T],
     *,
     check_csrf: bool = True,
@@ -502,16 +503,16 @@ def _signed_in(
         found = service.current(token)
         if found is None:
             raise AuthError("Vous n'êtes pas connecté.")
-        if check_csrf and not _csrf_ok(context, service):
+        if check_csrf and not csrf_header_ok(context, service):
             raise CsrfRefusedError
         return action(service, *found)
 
     return _run(context, run)
 
 
-@router.get("/me", response_model=SignedIn, responses=_PROBLEMS)
+@router.get("/me", response_model=SignedIn, responses=AUTH_PROBLEMS)
 def me(request: Request, runtime: RuntimeDep) -> Response:
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
     outcome = _signed_in(
         context,
@@ -525,17 +526,17 @@ def me(request: Request, runtime: RuntimeDep) -> Response:
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
 
 
-@router.post("/logout", status_code=204, responses=_PROBLEMS)
+@router.post("/logout", status_code=204, responses=AUTH_PROBLEMS)
 def logout(request: Request, runtime: RuntimeDep) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
     outcome = _signed_in(context, lambda service, record, account: service.logout(token))
     if isinstance(outcome, Response):
         return outcome
     response = Response(status_code=204)
-    _clear_session_cookie(response)
+    clear_session_cookie(response)
     return response
 
 
@@ -543,9 +544,9 @@ def logout(request: Request, runtime: RuntimeDep) -> Response:
 def change_password(body: PasswordChange, request: Request, runtime: RuntimeDep) -> Response:
     """Change the password (needs a recent step-up, and the current password); the other
     sessions are revoked, this one gets a new cookie."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
 
     def change(
         service: AccountService, record: AccountSession, account: Account
@@ -561,13 +562,13 @@ def change_password(body: PasswordChange, request: Request, runtime: RuntimeDep)
         return outcome
     token, csrf = outcome
     response = JSONResponse({"csrf_token": csrf})
-    _set_session_cookie(response, token, context)
+    set_session_cookie(response, token, context)
     return response
 
 
-@router.get("/sessions", response_model=list[SessionInfo], responses=_PROBLEMS)
+@router.get("/sessions", response_model=list[SessionInfo], responses=AUTH_PROBLEMS)
 def list_sessions(request: Request, runtime: RuntimeDep) -> Response:
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
 
     def listing(
         service: AccountService, record: AccountSession, account: Account
@@ -591,7 +592,7 @@ def list_sessions(request: Request, runtime: RuntimeDep) -> Response:
     "/sessions/{session_id}",
     status_code=204,
     responses={
-        **_PROBLEMS,
+        **AUTH_PROBLEMS,
         404: {
             "description": "No such live session of this account.",
             "content": {"application/problem+json": {}},
@@ -599,9 +600,9 @@ def list_sessions(request: Request, runtime: RuntimeDep) -> Response:
     },
 )
 def revoke_session(session_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     outcome = _signed_in(
         context, lambda service, record, account: service.revoke_session(account, session_id)
     )
@@ -627,10 +628,10 @@ def _stepped_up(
 @router.post("/totp", response_model=TotpSetup, responses=STEP_UP_RESPONSES)
 def begin_totp(request: Request, runtime: RuntimeDep) -> Response:
     """A new authenticator secret (enrol, or replace the current app): needs a step-up."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _signed_in(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         _stepped_up(lambda service, record, account: service.begin_totp(account)),
     )
     if isinstance(outcome, Response):
@@ -638,12 +639,12 @@ def begin_totp(request: Request, runtime: RuntimeDep) -> Response:
     return JSONResponse({"secret": outcome.secret_text, "uri": outcome.uri})
 
 
-@router.post("/totp/confirm", status_code=204, responses=_PROBLEMS)
+@router.post("/totp/confirm", status_code=204, responses=AUTH_PROBLEMS)
 def confirm_totp(body: Code, request: Request, runtime: RuntimeDep) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _signed_in(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda service, record, account: service.confirm_totp(account, body.code),
     )
     if isinstance(outcome, Response):
@@ -656,10 +657,10 @@ def confirm_totp(body: Code, request: Request, runtime: RuntimeDep) -> Response:
 @router.post("/recovery-codes", response_model=RecoveryCodes, responses=STEP_UP_RESPONSES)
 def recovery_codes(request: Request, runtime: RuntimeDep) -> Response:
     """Ten new recovery codes (the previous ones stop working): needs a step-up."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _signed_in(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         _stepped_up(lambda service, record, account: service.new_recovery_codes(account)),
     )
     if isinstance(outcome, Response):
@@ -687,9 +688,9 @@ def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep)
 
     An unknown account and a forbidden one get the same 404 (invariant I7).
     """
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
 
     def unlock(service: AccountService, record: AccountSession, admin: Account) -> bool | None:
         if admin.kind != "staff":

@@ -29,37 +29,37 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from labvault.accounts.devices import DEVICE_COOKIE
-from labvault.accounts.invitations import StaffAccountService
-from labvault.accounts.models import AccountKind
-from labvault.accounts.pages import (
-    _EXPIRED_FORM,
+from labvault.accounts.forms import (
+    EXPIRED_FORM,
     GENERAL,
     MAX_CSRF,
+    AnonymousForm,
+    Attempt,
     FormText,
-    _anonymous_page,
-    _AnonymousForm,
-    _Attempt,
-    _check_code,
-    _check_email,
-    _check_password,
-    _csrf_ok,
-    _headers_of,
-    _notice,
-    _qr_svg,
-    _redirect,
-    _refused,
-    _render,
-    _runtime,
-    _status_of,
-    _throttled_headers,
+    anonymous_page,
+    check_code,
+    check_email,
+    check_password,
+    form_csrf_ok,
+    headers_of,
+    notice_of,
+    redirect_to,
+    refuse_cross_site,
+    render_page,
+    runtime_of,
+    status_of,
+    throttled_headers,
 )
+from labvault.accounts.invitations import StaffAccountService
+from labvault.accounts.models import AccountKind
+from labvault.accounts.pages import qr_svg
 from labvault.accounts.routes import (
     RESET_ANSWER_SECONDS,
     SESSION_COOKIE,
-    _clear_session_cookie,
-    _Outbox,
-    _set_session_cookie,
+    Outbox,
+    clear_session_cookie,
     set_device_cookie,
+    set_session_cookie,
 )
 from labvault.accounts.services import (
     AuthError,
@@ -81,7 +81,7 @@ STAFF_LOGIN_PATH: Final = "/compte/connexion-professionnel"
 ACTIVATION_PATH: Final = "/compte/activation"
 MAX_TOKEN = 200
 TOKEN_FIELD: Final = "token"  # noqa: S105 - the name of a form field
-_NOTICES: Final = {
+NOTICES: Final = {
     "code-activation-envoye": "Un code d'activation vient d'être envoyé à votre adresse "
     "e-mail. Il est valable 10 minutes.",
 }
@@ -92,28 +92,28 @@ def _staff_unit(
     request: Request, context: StaffContext | None = None
 ) -> Iterator[tuple[StaffContext, StaffAccountService]]:
     """One transaction, committed on a normal exit (failed steps stay counted and audited)."""
-    context = context or StaffContext(request, _runtime(request))
+    context = context or StaffContext(request, runtime_of(request))
     with transaction(context.runtime.sessions) as session:
         yield context, context.service(session)
 
 
 def _staff_notice(request: Request) -> str | None:
-    return _NOTICES.get(request.query_params.get("info", "")) or _notice(request)
+    return NOTICES.get(request.query_params.get("info", "")) or notice_of(request)
 
 
 def _attempt(
     request: Request,
-    form: _AnonymousForm,
+    form: AnonymousForm,
     presented: str,
     errors: dict[str, str],
     action: Callable[[StaffContext, StaffAccountService], None],
     describe: Callable[[Exception], dict[str, str]],
-) -> _Attempt:
+) -> Attempt:
     """As ``pages._attempt_anonymous``, with the staff service."""
-    outcome = _Attempt(errors=dict(errors))
+    outcome = Attempt(errors=dict(errors))
     with _staff_unit(request) as (context, service):
         if not form.check(service, presented):
-            outcome.errors = {GENERAL: _EXPIRED_FORM}
+            outcome.errors = {GENERAL: EXPIRED_FORM}
         elif not outcome.errors:
             try:
                 action(context, service)
@@ -129,8 +129,8 @@ def _attempt(
 def _after_password(
     request: Request, token: Secret[str], context: StaffContext, enrol: bool
 ) -> Response:
-    response = _redirect(request, ACTIVATION_PATH if enrol else "/compte/second-facteur")
-    _set_session_cookie(response, token, context)
+    response = redirect_to(request, ACTIVATION_PATH if enrol else "/compte/second-facteur")
+    set_session_cookie(response, token, context)
     return response
 
 
@@ -140,13 +140,13 @@ def _after_password(
 @router.get("/connexion-professionnel", name="staff_login")
 def staff_login_page(request: Request) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    form = _AnonymousForm.of(request)
+    form = AnonymousForm.of(request)
     with _staff_unit(request) as (_, service):
         signed_in = bool(token) and service.current(token) is not None
         csrf_token = form.token(service)
     if signed_in:
-        return _redirect(request, "/compte/securite")
-    return _anonymous_page(
+        return redirect_to(request, "/compte/securite")
+    return anonymous_page(
         request,
         "accounts/connexion_professionnel.html",
         {"values": {}, "notice": _staff_notice(request)},
@@ -159,11 +159,11 @@ def staff_login_page(request: Request) -> Response:
 def staff_login(
     request: Request, email: FormText = "", password: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     errors: dict[str, str] = {}
-    _check_email(email, errors)
-    _check_password(password, errors, missing="Saisissez votre mot de passe.")
+    check_email(email, errors)
+    check_password(password, errors, missing="Saisissez votre mot de passe.")
     done: list[Response] = []
 
     def log_in(context: StaffContext, service: StaffAccountService) -> None:
@@ -172,19 +172,19 @@ def staff_login(
         )
         done.append(_after_password(request, login.token, context, bool(login.enrol)))
 
-    form = _AnonymousForm.of(request)
+    form = AnonymousForm.of(request)
     outcome = _attempt(
         request, form, csrf_token, errors, log_in, lambda failure: {GENERAL: str(failure)}
     )
     if not outcome.errors and done:
         return done[0]
-    return _anonymous_page(
+    return anonymous_page(
         request,
         "accounts/connexion_professionnel.html",
         {"values": {"email": email}},
         errors=outcome.errors,
-        status=_status_of(outcome, 401),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 401),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )
@@ -195,14 +195,14 @@ def staff_login(
 
 @router.get("/invitation", name="staff_invitation")
 def invitation_page(request: Request) -> Response:
-    return _anonymous_page(request, "accounts/invitation.html", {"values": {}})
+    return anonymous_page(request, "accounts/invitation.html", {"values": {}})
 
 
 @router.post("/invitation")
 def accept_invitation(
     request: Request, token: FormText = "", password: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = token.strip()
     errors: dict[str, str] = {}
@@ -212,7 +212,7 @@ def accept_invitation(
         )
     elif len(token) > MAX_TOKEN:
         errors[TOKEN_FIELD] = "Ce code d'invitation est trop long : vérifiez-le."
-    _check_password(password, errors, missing="Choisissez un mot de passe.")
+    check_password(password, errors, missing="Choisissez un mot de passe.")
     done: list[Response] = []
 
     def accept(context: StaffContext, service: StaffAccountService) -> None:
@@ -226,18 +226,18 @@ def accept_invitation(
             return {"password": failure.message}
         return {GENERAL: str(failure)}
 
-    form = _AnonymousForm.of(request)
+    form = AnonymousForm.of(request)
     outcome = _attempt(request, form, csrf_token, errors, accept, describe)
     if not outcome.errors and done:
         return done[0]
-    return _anonymous_page(
+    return anonymous_page(
         request,
         "accounts/invitation.html",
         # The token is kept (in this answer only) so that a refused password can be retried.
         {"values": {"token": token if len(token) <= MAX_TOKEN else ""}},
         errors=outcome.errors,
-        status=_status_of(outcome, 401 if GENERAL in outcome.errors else 422),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 401 if GENERAL in outcome.errors else 422),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )
@@ -265,13 +265,13 @@ def _activation_state(request: Request, service: StaffAccountService, token: str
     found = service.enrolling(token, factor) if token else None
     if found is None:
         if token and service.current(token) is not None:
-            return _Activation(redirect=_redirect(request, "/compte/securite"))
+            return _Activation(redirect=redirect_to(request, "/compte/securite"))
         if token and service.pending(token) is not None:
-            return _Activation(redirect=_redirect(request, "/compte/second-facteur"))
+            return _Activation(redirect=redirect_to(request, "/compte/second-facteur"))
         if not token:
-            return _Activation(redirect=_redirect(request, STAFF_LOGIN_PATH))
-        response = _redirect(request, STAFF_LOGIN_PATH, info="session-expiree")
-        _clear_session_cookie(response)
+            return _Activation(redirect=redirect_to(request, STAFF_LOGIN_PATH))
+        response = redirect_to(request, STAFF_LOGIN_PATH, info="session-expiree")
+        clear_session_cookie(response)
         return _Activation(redirect=response)
     record, account = found
     admin = account.role == StaffRole.ORGANIZATION_ADMIN.value
@@ -297,8 +297,8 @@ def _activation_page(
     notice: str | None = None,
     enrolment: TotpEnrolment | None = None,
 ) -> Response:
-    code_sent = notice == _NOTICES["code-activation-envoye"]
-    return _render(
+    code_sent = notice == NOTICES["code-activation-envoye"]
+    return render_page(
         request,
         "accounts/activation.html",
         {
@@ -310,7 +310,7 @@ def _activation_page(
             "code_sent": code_sent,
             "notice": notice,
             "enrolment": enrolment,
-            "qr_svg": _qr_svg(enrolment.uri) if enrolment is not None else None,
+            "qr_svg": qr_svg(enrolment.uri) if enrolment is not None else None,
         },
         errors=errors,
         status=status,
@@ -337,15 +337,15 @@ _Action = Callable[[StaffContext, StaffAccountService, str], Response | dict[str
 def _activation_post(request: Request, csrf_token: str, action: _Action) -> Response:
     """Run ``action`` for the pending login once the origin and the CSRF token are right;
     it answers with a response, or with what the page, shown again, must show once."""
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = request.cookies.get(SESSION_COOKIE, "")
     with _staff_unit(request) as (context, service):
         state = _activation_state(request, service, token)
         if state.redirect is not None:
             return state.redirect
-        if len(csrf_token) > MAX_CSRF or not _csrf_ok(service, token, csrf_token):
-            shown: dict[str, Any] = {"errors": {GENERAL: _EXPIRED_FORM}, "status": 403}
+        if len(csrf_token) > MAX_CSRF or not form_csrf_ok(service, token, csrf_token):
+            shown: dict[str, Any] = {"errors": {GENERAL: EXPIRED_FORM}, "status": 403}
         else:
             outcome = action(context, service, token)
             if isinstance(outcome, Response):
@@ -402,9 +402,9 @@ def send_activation_code(request: Request, csrf_token: FormText = "") -> Respons
             return {
                 "errors": {GENERAL: str(exc)},
                 "status": 429,
-                "headers": _throttled_headers(exc),
+                "headers": throttled_headers(exc),
             }
-        return _redirect(request, ACTIVATION_PATH, info="code-activation-envoye")
+        return redirect_to(request, ACTIVATION_PATH, info="code-activation-envoye")
 
     return _activation_post(request, csrf_token, send)
 
@@ -414,7 +414,7 @@ def confirm_activation(
     request: Request, code: FormText = "", email_code: FormText = "", csrf_token: FormText = ""
 ) -> Response:
     errors: dict[str, str] = {}
-    _check_code(code, errors, "code-totp")
+    check_code(code, errors, "code-totp")
 
     def confirm(
         context: StaffContext, service: StaffAccountService, token: str
@@ -426,7 +426,7 @@ def confirm_activation(
             message = "Configurez d'abord l'application d'authentification."
             return {"errors": {GENERAL: message}, "status": 422}
         if state.email_code_required:
-            _check_code(email_code, errors, "code-email")
+            check_code(email_code, errors, "code-email")
         if errors:
             return {"errors": errors, "status": 422}
         try:
@@ -440,13 +440,13 @@ def confirm_activation(
             return {
                 "errors": {GENERAL: str(exc)},
                 "status": 429,
-                "headers": _throttled_headers(exc),
+                "headers": throttled_headers(exc),
             }
         except AuthError as exc:
             field = "code-totp" if not state.email_code_required else GENERAL
             return {"errors": {field: str(exc)}, "status": 401}
-        response = _redirect(request, "/compte/securite", info="totp-active")
-        _set_session_cookie(response, opened.token, context)
+        response = redirect_to(request, "/compte/securite", info="totp-active")
+        set_session_cookie(response, opened.token, context)
         if opened.device_token is not None:
             set_device_cookie(response, opened.device_token)
         return response
@@ -462,7 +462,7 @@ FORGOT_TEMPLATE: Final = "accounts/mot_de_passe_oubli_professionnel.html"
 
 @router.get("/connexion-professionnel/mot-de-passe-oublie", name="staff_password_forgotten")
 def staff_forgot_password_page(request: Request) -> Response:
-    return _anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": _notice(request)})
+    return anonymous_page(request, FORGOT_TEMPLATE, {"values": {}, "notice": notice_of(request)})
 
 
 @router.post("/connexion-professionnel/mot-de-passe-oublie")
@@ -478,17 +478,17 @@ async def staff_forgot_password(
 
 
 def _staff_forgot_password(request: Request, email: str, csrf_token: str) -> Response:
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     errors: dict[str, str] = {}
-    _check_email(email, errors)
-    outbox = _Outbox(_runtime(request).mailer)
-    context = StaffContext(request, _runtime(request), mailer=outbox)
-    form = _AnonymousForm.of(request)
-    outcome = _Attempt(errors=errors)
+    check_email(email, errors)
+    outbox = Outbox(runtime_of(request).mailer)
+    context = StaffContext(request, runtime_of(request), mailer=outbox)
+    form = AnonymousForm.of(request)
+    outcome = Attempt(errors=errors)
     with _staff_unit(request, context) as (_, service):
         if not form.check(service, csrf_token):
-            outcome.errors = {GENERAL: _EXPIRED_FORM}
+            outcome.errors = {GENERAL: EXPIRED_FORM}
         elif not outcome.errors:
             try:
                 service.request_password_reset(
@@ -503,17 +503,17 @@ def _staff_forgot_password(request: Request, email: str, csrf_token: str) -> Res
                 }
         outcome.csrf_token = form.token(service)
     if not outcome.errors:
-        response = _redirect(request, FORGOT_PATH, info="lien-envoye")
+        response = redirect_to(request, FORGOT_PATH, info="lien-envoye")
         # Delivered once the answer is sent: a slow or failing mail server shows nothing.
         response.background = BackgroundTask(outbox.deliver)
         return response
-    return _anonymous_page(
+    return anonymous_page(
         request,
         FORGOT_TEMPLATE,
         {"values": {"email": email}},
         errors=outcome.errors,
-        status=_status_of(outcome, 422),
-        headers=_headers_of(outcome),
+        status=status_of(outcome, 422),
+        headers=headers_of(outcome),
         form=form,
         csrf_token=outcome.csrf_token,
     )

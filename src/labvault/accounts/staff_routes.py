@@ -26,24 +26,24 @@ from labvault.accounts.devices import DEVICE_COOKIE
 from labvault.accounts.invitations import StaffAccountService, StaffLogin
 from labvault.accounts.models import AccountKind
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     RESET_ANSWER_SECONDS,
     SESSION_COOKIE,
     Accepted,
     CsrfRefusedError,
+    Outbox,
+    RequestContext,
     ResetRequest,
     RuntimeDep,
     SignedIn,
     TotpSetup,
     _accepted,
-    _Context,
-    _csrf_ok,
-    _failure_response,
-    _guard,
     _hasher,
-    _Outbox,
-    _set_session_cookie,
+    csrf_header_ok,
+    failure_response,
+    guard,
     set_device_cookie,
+    set_session_cookie,
 )
 from labvault.accounts.services import AuthError, InvalidInputError, PasswordRejected
 from labvault.accounts.webauthn import PasskeyError
@@ -91,7 +91,7 @@ class PasskeyEnrolment(BaseModel):
     """Required when ``email_code_required`` was true (an enrolment started by a login)."""
 
 
-class StaffContext(_Context):
+class StaffContext(RequestContext):
     """The request's context, building the staff account service."""
 
     def service(self, session: Session) -> StaffAccountService:
@@ -121,7 +121,7 @@ def _run(context: StaffContext, action: Callable[[StaffAccountService], T]) -> T
         except (AuthError, CsrfRefusedError, InvalidInputError, PasswordRejected) as exc:
             failure = exc
     if failure is not None:
-        return _failure_response(failure)
+        return failure_response(failure)
     return cast(T, result)
 
 
@@ -141,17 +141,17 @@ def _pending_response(context: StaffContext, outcome: Any) -> Response:
         return outcome
     login, answer = outcome
     response = JSONResponse(answer)
-    _set_session_cookie(response, login.token, context)
+    set_session_cookie(response, login.token, context)
     return response
 
 
-@router.post("/invitation/accept", response_model=StaffLoginStep, responses=_PROBLEMS)
+@router.post("/invitation/accept", response_model=StaffLoginStep, responses=AUTH_PROBLEMS)
 def accept_invitation(
     body: InvitationAcceptance, request: Request, runtime: RuntimeDep
 ) -> Response:
     """Choose the password with the invitation link's token. The cookie then opens only the
     enrolment of an authenticator app, whose confirmation completes the login."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     context = StaffContext(request, runtime)
 
@@ -167,11 +167,11 @@ def accept_invitation(
     return _pending_response(context, _run(context, accept))
 
 
-@router.post("/staff/login", response_model=StaffLoginStep, responses=_PROBLEMS)
+@router.post("/staff/login", response_model=StaffLoginStep, responses=AUTH_PROBLEMS)
 def staff_login(body: StaffCredentials, request: Request, runtime: RuntimeDep) -> Response:
     """First step of a staff login: the password. The same answers, limits and costs as
     ``/login``; the cookie then opens only the second-factor step (or the enrolment)."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     context = StaffContext(request, runtime)
 
@@ -193,17 +193,17 @@ def _enrolling(
     token = context.request.cookies.get(SESSION_COOKIE, "")
 
     def run(service: StaffAccountService) -> T:
-        if not _csrf_ok(context, service):
+        if not csrf_header_ok(context, service):
             raise CsrfRefusedError
         return action(service, token)
 
     return _run(context, run)
 
 
-@router.post("/enrolment/totp", response_model=TotpSetup, responses=_PROBLEMS)
+@router.post("/enrolment/totp", response_model=TotpSetup, responses=AUTH_PROBLEMS)
 def begin_enrolment(request: Request, runtime: RuntimeDep) -> Response:
     """A new authenticator secret for the pending first login (shown once)."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _enrolling(
         StaffContext(request, runtime), lambda service, token: service.begin_enrolment(token)
@@ -215,10 +215,12 @@ def begin_enrolment(request: Request, runtime: RuntimeDep) -> Response:
     )
 
 
-@router.post("/enrolment/email-code", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+@router.post(
+    "/enrolment/email-code", status_code=202, response_model=Accepted, responses=AUTH_PROBLEMS
+)
 def send_enrolment_code(request: Request, runtime: RuntimeDep) -> Response:
     """Email the code that an enrolment started by a login (not by the invitation) needs."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _enrolling(
         StaffContext(request, runtime), lambda service, token: service.send_enrolment_code(token)
@@ -228,13 +230,13 @@ def send_enrolment_code(request: Request, runtime: RuntimeDep) -> Response:
     return _accepted("Un code d'activation vient d'être envoyé à votre adresse.")
 
 
-@router.post("/enrolment/totp/confirm", response_model=SignedIn, responses=_PROBLEMS)
+@router.post("/enrolment/totp/confirm", response_model=SignedIn, responses=AUTH_PROBLEMS)
 def confirm_enrolment(
     body: EnrolmentConfirmation, request: Request, runtime: RuntimeDep
 ) -> Response:
     """Confirm the authenticator with one of its codes; answers with a NEW session cookie
     (the pending one is revoked): the login is complete."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     context = StaffContext(request, runtime)
 
@@ -254,7 +256,7 @@ def confirm_enrolment(
     response = JSONResponse(
         {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
     )
-    _set_session_cookie(response, opened.token, context)
+    set_session_cookie(response, opened.token, context)
     if opened.device_token is not None:
         set_device_cookie(response, opened.device_token)
     return response
@@ -267,7 +269,7 @@ def _opened_response(context: StaffContext, outcome: Any) -> Response:
     response = JSONResponse(
         {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
     )
-    _set_session_cookie(response, opened.token, context)
+    set_session_cookie(response, opened.token, context)
     if opened.device_token is not None:
         set_device_cookie(response, opened.device_token)
     return response
@@ -279,7 +281,7 @@ _PASSKEY_OPTIONS: dict[int | str, dict[str, Any]] = {
         "``options_to_json``), to decode and pass to ``navigator.credentials.create``.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     },
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
 }
 
 
@@ -287,7 +289,7 @@ _PASSKEY_OPTIONS: dict[int | str, dict[str, Any]] = {
 def begin_passkey_enrolment(request: Request, runtime: RuntimeDep) -> Response:
     """Options to create the passkey that completes the pending first login of an
     organization admin or a security officer (401 for any other pending login)."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _enrolling(
         StaffContext(request, runtime),
@@ -298,14 +300,14 @@ def begin_passkey_enrolment(request: Request, runtime: RuntimeDep) -> Response:
     return Response(outcome, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-@router.post("/enrolment/passkey", response_model=SignedIn, responses=_PROBLEMS)
+@router.post("/enrolment/passkey", response_model=SignedIn, responses=AUTH_PROBLEMS)
 def confirm_passkey_enrolment(
     body: PasskeyEnrolment, request: Request, runtime: RuntimeDep
 ) -> Response:
     """Keep the passkey the browser created for the last options and complete the login:
     a NEW session cookie (the pending one is revoked). A refused passkey is a 422, a wrong
     emailed code a 401; neither keeps anything."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     context = StaffContext(request, runtime)
     credential = body.credential.model_dump(by_alias=True, exclude_none=True)
@@ -323,7 +325,9 @@ def confirm_passkey_enrolment(
     return _opened_response(context, _enrolling(context, confirm))
 
 
-@router.post("/staff/password-reset", status_code=202, response_model=Accepted, responses=_PROBLEMS)
+@router.post(
+    "/staff/password-reset", status_code=202, response_model=Accepted, responses=AUTH_PROBLEMS
+)
 async def request_staff_password_reset(
     body: ResetRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
@@ -339,9 +343,9 @@ async def request_staff_password_reset(
 def _request_staff_password_reset(
     body: ResetRequest, request: Request, runtime: Runtime
 ) -> Response:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
-    outbox = _Outbox(runtime.mailer)
+    outbox = Outbox(runtime.mailer)
     context = StaffContext(request, runtime, mailer=outbox)
     outcome = _run(
         context,

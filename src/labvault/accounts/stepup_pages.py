@@ -16,26 +16,24 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from labvault.accounts.models import Account, AccountSession
-from labvault.accounts.pages import (
-    _EXPIRED_FORM,
-    _METHOD_NAMES,
+from labvault.accounts.forms import (
+    EXPIRED_FORM,
     GENERAL,
     MAX_CODE,
-    STEP_UP_PAGE,
     FormText,
-    _back_to_login,
-    _check_code,
-    _csrf_ok,
-    _notice,
-    _redirect,
-    _refused,
-    _render,
-    _throttled_headers,
-    _Unit,
-    _unit,
-    _url,
+    Unit,
+    app_url,
+    check_code,
+    form_csrf_ok,
+    notice_of,
+    open_unit,
+    redirect_to,
+    refuse_cross_site,
+    render_page,
+    throttled_headers,
 )
+from labvault.accounts.models import Account, AccountSession
+from labvault.accounts.pages import METHOD_NAMES, STEP_UP_PAGE, back_to_login
 from labvault.accounts.routes import SESSION_COOKIE
 from labvault.accounts.services import ThrottledError
 from labvault.accounts.stepup import StepUp, StepUpFailedError
@@ -70,19 +68,19 @@ def local_path(value: str | None) -> str:
     return value
 
 
-def _signed_in(request: Request, unit: _Unit) -> tuple[AccountSession, Account] | Response:
+def _signed_in(request: Request, unit: Unit) -> tuple[AccountSession, Account] | Response:
     token = request.cookies.get(SESSION_COOKIE, "")
     found = unit.service.current(token)
     if found is None:
         if token and unit.service.pending(token) is not None:
-            return _redirect(request, "/compte/second-facteur")
-        return _back_to_login(request, token)
+            return redirect_to(request, "/compte/second-facteur")
+        return back_to_login(request, token)
     return found
 
 
 def _page(
     request: Request,
-    unit: _Unit,
+    unit: Unit,
     record: AccountSession,
     account: Account,
     suite: str,
@@ -95,9 +93,9 @@ def _page(
     return {
         "csrf_token": unit.service.sessions.csrf_token(request.cookies.get(SESSION_COOKIE, "")),
         "methods": methods,
-        "method_names": _METHOD_NAMES,
+        "method_names": METHOD_NAMES,
         "suite": suite,
-        "next_url": _url(request, suite),
+        "next_url": app_url(request, suite),
         "fresh": step_up.is_fresh(record),
         "code_sent": False,
         **shown,
@@ -105,13 +103,13 @@ def _page(
 
 
 def _show(request: Request, values: dict[str, Any], **options: Any) -> Response:
-    return _render(request, TEMPLATE, {"notice": None, **values}, **options)
+    return render_page(request, TEMPLATE, {"notice": None, **values}, **options)
 
 
 @router.get("/confirmer-identite", name="account_step_up")
 def step_up_page(request: Request) -> Response:
     suite = local_path(request.query_params.get("suite"))
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         found = _signed_in(request, unit)
         if isinstance(found, Response):
             return found
@@ -119,7 +117,7 @@ def step_up_page(request: Request) -> Response:
     code_sent = request.query_params.get("info") == "code-confirmation-envoye"
     return _show(
         request,
-        {**values, "notice": _notice(request), "code_sent": code_sent},
+        {**values, "notice": notice_of(request), "code_sent": code_sent},
         focus="code-email" if code_sent else None,
     )
 
@@ -127,29 +125,29 @@ def step_up_page(request: Request) -> Response:
 @router.post("/confirmer-identite/envoi")
 def send_code(request: Request, suite: FormText = "", csrf_token: FormText = "") -> Response:
     """Email a step-up code (patients), then show the page again to type it."""
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     target = local_path(suite)
     errors: dict[str, str] = {}
     options: dict[str, Any] = {}
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         found = _signed_in(request, unit)
         if isinstance(found, Response):
             return found
-        if not _csrf_ok(unit.service, request.cookies.get(SESSION_COOKIE, ""), csrf_token):
-            errors, options["status"] = {GENERAL: _EXPIRED_FORM}, 403
+        if not form_csrf_ok(unit.service, request.cookies.get(SESSION_COOKIE, ""), csrf_token):
+            errors, options["status"] = {GENERAL: EXPIRED_FORM}, 403
         else:
             try:
                 StepUp(unit.service).send_email_code(found[1])
             except ThrottledError as exc:
                 errors = {GENERAL: str(exc)}
-                options.update(status=429, headers=_throttled_headers(exc))
+                options.update(status=429, headers=throttled_headers(exc))
             except StepUpFailedError:
                 errors = {GENERAL: "Ce moyen n'est pas proposé pour votre compte."}
                 options["status"] = 422
         values = _page(request, unit, *found, target)
     if not errors:
-        return _redirect(request, STEP_UP_PAGE, suite=target, info="code-confirmation-envoye")
+        return redirect_to(request, STEP_UP_PAGE, suite=target, info="code-confirmation-envoye")
     return _show(request, values, errors=errors, **options)
 
 
@@ -163,7 +161,7 @@ def step_up(
 ) -> Response:
     """Check the code of ``factor`` (``totp``, ``email``, ``recovery``); on success, back to
     ``suite``. A passkey is proved by the page's script through the API."""
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     target = local_path(suite)
     chosen = factor if factor in (*_FORM_METHODS, PASSKEY) else "email"
@@ -172,28 +170,28 @@ def step_up(
     if chosen == PASSKEY:
         errors[GENERAL] = _NEEDS_SCRIPT
     else:
-        _check_code(code, errors, field_name)
+        check_code(code, errors, field_name)
     options: dict[str, Any] = {"status": 422}
-    with _unit(request) as unit:
+    with open_unit(request) as unit:
         found = _signed_in(request, unit)
         if isinstance(found, Response):
             return found
         record, account = found
-        if not _csrf_ok(unit.service, request.cookies.get(SESSION_COOKIE, ""), csrf_token):
-            errors, options["status"] = {GENERAL: _EXPIRED_FORM}, 403
+        if not form_csrf_ok(unit.service, request.cookies.get(SESSION_COOKIE, ""), csrf_token):
+            errors, options["status"] = {GENERAL: EXPIRED_FORM}, 403
         elif not errors:
             try:
                 StepUp(unit.service).verify(record, account, chosen, code[:MAX_CODE])
             except ThrottledError as exc:
                 errors = {GENERAL: str(exc)}
-                options.update(status=429, headers=_throttled_headers(exc))
+                options.update(status=429, headers=throttled_headers(exc))
             except StepUpFailedError as exc:
                 errors = {field_name: str(exc)}
         values = _page(request, unit, record, account, target)
     if not errors:
         if "?" in target:
-            return _redirect(request, target)
-        return _redirect(request, target, info="identite-confirmee")
+            return redirect_to(request, target)
+        return redirect_to(request, target, info="identite-confirmee")
     if field_name in errors and chosen not in values["methods"]:
         errors = {GENERAL: errors[field_name]}  # no such field on the page
     return _show(request, values, errors=errors, **options)

@@ -22,13 +22,13 @@ from pydantic import BaseModel, Field
 
 from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     Accepted,
+    RequestContext,
     RuntimeDep,
     _accepted,
-    _Context,
-    _guard,
     _signed_in,
+    guard,
 )
 from labvault.accounts.services import AccountService
 from labvault.accounts.stepup import StepUp, StepUpFailedError
@@ -48,7 +48,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1/auth/step-up", tags=["authentication"])
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     422: {
         "description": "A wrong, replayed or expired code, or a method this account may not "
         "use here (`invalid-code`); or invalid input.",
@@ -82,7 +82,7 @@ def _valid_until(record: AccountSession, service: AccountService) -> dt.datetime
     return max(proofs) + dt.timedelta(minutes=service._settings.step_up_minutes)
 
 
-@router.get("", response_model=StepUpState, responses=_PROBLEMS)
+@router.get("", response_model=StepUpState, responses=AUTH_PROBLEMS)
 def step_up_state(request: Request, runtime: RuntimeDep) -> Response:
     """Whether this session has a recent second-factor proof, and how to re-prove one."""
 
@@ -94,14 +94,14 @@ def step_up_state(request: Request, runtime: RuntimeDep) -> Response:
             "methods": list(StepUp(service).methods(account)),
         }
 
-    outcome = _signed_in(_Context(request, runtime), state, check_csrf=False)
+    outcome = _signed_in(RequestContext(request, runtime), state, check_csrf=False)
     return outcome if isinstance(outcome, Response) else JSONResponse(outcome)
 
 
 @router.post("/email-code", status_code=202, response_model=Accepted, responses=_RESPONSES)
 def send_email_code(request: Request, runtime: RuntimeDep) -> Response:
     """Email a step-up code to a patient account (not offered to staff: 422)."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def send(service: AccountService, record: AccountSession, account: Account) -> bool:
@@ -111,7 +111,7 @@ def send_email_code(request: Request, runtime: RuntimeDep) -> Response:
             return False
         return True
 
-    outcome = _signed_in(_Context(request, runtime), send)
+    outcome = _signed_in(RequestContext(request, runtime), send)
     if isinstance(outcome, Response):
         return outcome
     if not outcome:
@@ -125,7 +125,7 @@ def send_email_code(request: Request, runtime: RuntimeDep) -> Response:
 def step_up(body: StepUpProof, request: Request, runtime: RuntimeDep) -> Response:
     """Re-prove a second factor in this session: sensitive actions are open for
     ``LABVAULT_STEP_UP_MINUTES``."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
 
     def prove(service: AccountService, record: AccountSession, account: Account) -> bool:
@@ -135,7 +135,7 @@ def step_up(body: StepUpProof, request: Request, runtime: RuntimeDep) -> Respons
             return False
         return True
 
-    outcome = _signed_in(_Context(request, runtime), prove)
+    outcome = _signed_in(RequestContext(request, runtime), prove)
     if isinstance(outcome, Response):
         return outcome
     return Response(status_code=204) if outcome else _invalid_code()
@@ -153,7 +153,7 @@ def passkey_options(request: Request, runtime: RuntimeDep) -> Response:
         except StepUpFailedError:
             return None
 
-    outcome = _signed_in(_Context(request, runtime), begin)
+    outcome = _signed_in(RequestContext(request, runtime), begin)
     if outcome is None:
         return problem_response(
             422, type_="invalid-code", detail="Aucune clé d'accès n'est proposée pour ce compte."
@@ -175,7 +175,7 @@ def passkey_step_up(body: PasskeyAuthentication, request: Request, runtime: Runt
             return False
         return True
 
-    outcome = _signed_in(_Context(request, runtime), prove)
+    outcome = _signed_in(RequestContext(request, runtime), prove)
     if isinstance(outcome, Response):
         return outcome
     return Response(status_code=204) if outcome else _invalid_code()

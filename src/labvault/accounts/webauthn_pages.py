@@ -13,19 +13,21 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from labvault.accounts.models import Account
-from labvault.accounts.pages import (
+from labvault.accounts.forms import (
     GENERAL,
     FormText,
-    _pending_state,
-    _redirect,
-    _refused,
-    _second_factor_page,
-    _Shown,
-    _signed_in_post,
-    _stepped_up,
-    _Unit,
-    _unit,
+    Unit,
+    open_unit,
+    redirect_to,
+    refuse_cross_site,
+)
+from labvault.accounts.models import Account
+from labvault.accounts.pages import (
+    Shown,
+    pending_state,
+    render_second_factor,
+    signed_in_post,
+    stepped_up,
 )
 from labvault.accounts.routes import SESSION_COOKIE
 from labvault.accounts.webauthn import PasskeyError
@@ -43,7 +45,7 @@ NEEDS_SCRIPT = (
 @router.post("/securite/cles-d-acces")
 def add_passkey(request: Request, csrf_token: FormText = "") -> Response:
     """Reached only without the script, which creates the passkey through the API."""
-    return _signed_in_post(
+    return signed_in_post(
         request,
         csrf_token,
         lambda unit, account: {"errors": {GENERAL: NEEDS_SCRIPT}, "status": 422},
@@ -54,30 +56,30 @@ def add_passkey(request: Request, csrf_token: FormText = "") -> Response:
 def delete_passkey(
     request: Request, passkey_id: FormText = "", csrf_token: FormText = ""
 ) -> Response:
-    def delete(unit: _Unit, account: Account) -> Response | _Shown:
+    def delete(unit: Unit, account: Account) -> Response | Shown:
         try:
             target: uuid.UUID | None = uuid.UUID(passkey_id)
         except ValueError:
             target = None
         try:
             if target is not None and unit.service.passkeys.delete(account, target):
-                return _redirect(request, "/compte/securite", info="cle-acces-retiree")
+                return redirect_to(request, "/compte/securite", info="cle-acces-retiree")
         except PasskeyError as exc:
             return {"errors": {GENERAL: str(exc)}, "status": 409}
         message = "Cette clé d'accès n'existe pas ou a déjà été retirée."
         return {"errors": {GENERAL: message}, "status": 404}
 
-    return _signed_in_post(request, csrf_token, _stepped_up(delete))
+    return signed_in_post(request, csrf_token, stepped_up(delete))
 
 
 @router.post("/second-facteur/cle-d-acces")
 def use_passkey(request: Request) -> Response:
     """Reached only without the script, which proves the passkey through the API."""
-    if (refused := _refused(request)) is not None:
+    if (refused := refuse_cross_site(request)) is not None:
         return refused
     token = request.cookies.get(SESSION_COOKIE, "")
-    with _unit(request) as unit:
-        state = _pending_state(request, unit, token)
+    with open_unit(request) as unit:
+        state = pending_state(request, unit, token)
     if state.redirect is not None:
         return state.redirect
-    return _second_factor_page(request, state, errors={GENERAL: NEEDS_SCRIPT}, status=422)
+    return render_second_factor(request, state, errors={GENERAL: NEEDS_SCRIPT}, status=422)

@@ -22,20 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from labvault.accounts.devices import DEVICE_COOKIE
 from labvault.accounts.models import Account, AccountSession
 from labvault.accounts.routes import (
-    _PROBLEMS,
+    AUTH_PROBLEMS,
     SESSION_COOKIE,
     STEP_UP_RESPONSES,
     CsrfRefusedError,
+    RequestContext,
     RuntimeDep,
     SignedIn,
-    _Context,
-    _csrf_ok,
-    _guard,
     _run,
-    _set_session_cookie,
     _signed_in,
     _stepped_up,
+    csrf_header_ok,
+    guard,
     set_device_cookie,
+    set_session_cookie,
 )
 from labvault.accounts.services import AccountService, AuthError, InvalidInputError
 from labvault.accounts.webauthn import METHOD, PasskeyError, PasskeyInfo, relying_party
@@ -59,7 +59,7 @@ _OPTIONS: dict[int | str, dict[str, Any]] = {
         "to decode and pass to the browser.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     },
-    **_PROBLEMS,
+    **AUTH_PROBLEMS,
     **_UNAVAILABLE,
 }
 _STEPPED_UP_OPTIONS: dict[int | str, dict[str, Any]] = {**_OPTIONS, 403: STEP_UP_RESPONSES[403]}
@@ -140,7 +140,7 @@ def _passkey(info: PasskeyInfo) -> dict[str, Any]:
 
 
 def _refused_or_unavailable(request: Request, runtime: Runtime) -> Response | None:
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     if relying_party(runtime.settings.public_url) is None:
         return problem_response(
@@ -175,14 +175,14 @@ def registration_options(request: Request, runtime: RuntimeDep) -> Response:
     def begin(service: AccountService, record: AccountSession, account: Account) -> str:
         return _step(lambda: service.passkeys.registration_options(account, record.id))
 
-    return _options(_signed_in(_Context(request, runtime), _stepped_up(begin)))
+    return _options(_signed_in(RequestContext(request, runtime), _stepped_up(begin)))
 
 
 @router.post(
     "/registration",
     status_code=201,
     response_model=Passkey,
-    responses={**_PROBLEMS, **_UNAVAILABLE},
+    responses={**AUTH_PROBLEMS, **_UNAVAILABLE},
 )
 def register(body: PasskeyRegistration, request: Request, runtime: RuntimeDep) -> Response:
     """Keep the passkey the browser created for the last registration options."""
@@ -193,16 +193,16 @@ def register(body: PasskeyRegistration, request: Request, runtime: RuntimeDep) -
     def complete(service: AccountService, record: AccountSession, account: Account) -> PasskeyInfo:
         return _step(lambda: service.passkeys.register(account, record.id, credential, body.label))
 
-    outcome = _signed_in(_Context(request, runtime), complete)
+    outcome = _signed_in(RequestContext(request, runtime), complete)
     if isinstance(outcome, Response):
         return outcome
     return JSONResponse(_passkey(outcome), status_code=201)
 
 
-@router.get("/credentials", response_model=list[Passkey], responses=_PROBLEMS)
+@router.get("/credentials", response_model=list[Passkey], responses=AUTH_PROBLEMS)
 def list_passkeys(request: Request, runtime: RuntimeDep) -> Response:
     outcome = _signed_in(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         lambda service, record, account: [
             _passkey(item) for item in service.passkeys.listing(account)
         ],
@@ -217,10 +217,10 @@ def list_passkeys(request: Request, runtime: RuntimeDep) -> Response:
 def delete_passkey(passkey_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
     """Remove a passkey (not the last one of a role that requires a passkey: 422); needs a
     recent step-up."""
-    if (refused := _guard(request)) is not None:
+    if (refused := guard(request)) is not None:
         return refused
     outcome = _signed_in(
-        _Context(request, runtime),
+        RequestContext(request, runtime),
         _stepped_up(
             lambda service, record, account: _step(
                 lambda: service.passkeys.delete(account, passkey_id)
@@ -239,11 +239,11 @@ def authentication_options(request: Request, runtime: RuntimeDep) -> Response:
     """Options to prove a passkey, for the login waiting for its second factor."""
     if (refused := _refused_or_unavailable(request, runtime)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
 
     def begin(service: AccountService) -> str:
-        if not _csrf_ok(context, service):
+        if not csrf_header_ok(context, service):
             raise CsrfRefusedError
         found = service.pending(token)
         if found is None or found[0].second_factor_at is not None:
@@ -254,18 +254,20 @@ def authentication_options(request: Request, runtime: RuntimeDep) -> Response:
     return _options(_run(context, begin))
 
 
-@router.post("/authentication", response_model=SignedIn, responses={**_PROBLEMS, **_UNAVAILABLE})
+@router.post(
+    "/authentication", response_model=SignedIn, responses={**AUTH_PROBLEMS, **_UNAVAILABLE}
+)
 def authenticate(body: PasskeyAuthentication, request: Request, runtime: RuntimeDep) -> Response:
     """The second factor by passkey; answers with a NEW session cookie, as
     ``/api/v1/auth/login/second-factor`` does."""
     if (refused := _refused_or_unavailable(request, runtime)) is not None:
         return refused
-    context = _Context(request, runtime)
+    context = RequestContext(request, runtime)
     token = request.cookies.get(SESSION_COOKIE, "")
     presented = body.credential.model_dump_json(by_alias=True, exclude_none=True)
 
     def complete(service: AccountService) -> tuple[Any, str]:
-        if not _csrf_ok(context, service):
+        if not csrf_header_ok(context, service):
             raise CsrfRefusedError
         opened = service.second_factor(
             token, METHOD, presented, device=request.cookies.get(DEVICE_COOKIE)
@@ -279,7 +281,7 @@ def authenticate(body: PasskeyAuthentication, request: Request, runtime: Runtime
     response = JSONResponse(
         {"account_id": str(opened.account_id), "kind": opened.kind.value, "csrf_token": csrf}
     )
-    _set_session_cookie(response, opened.token, context)
+    set_session_cookie(response, opened.token, context)
     if opened.device_token is not None:
         set_device_cookie(response, opened.device_token)
     return response

@@ -21,7 +21,7 @@ from labvault.accounts.callers import (
     CallerNotFoundError,
     run_page_as_caller,
 )
-from labvault.accounts.pages import FormText, _redirect, _render
+from labvault.accounts.forms import FormText, redirect_to, render_page
 from labvault.core.access.policies import Interaction
 from labvault.core.audit.events import AuditedRefusalError
 from labvault.patients.routes import (
@@ -73,7 +73,7 @@ SEARCH_LABELS: Final = {
     "reason": "Motif",
     "justification": "Justification",
 }
-_NOTICES: Final = {
+NOTICES: Final = {
     "acces-ouvert": "Accès exceptionnel ouvert pour quelques heures. Il est enregistré et "
     "sera examiné par la sécurité du laboratoire.",
 }
@@ -94,7 +94,7 @@ def _search_page(
     status: int = 200,
 ) -> Response:
     rows = results or []
-    return _render(
+    return render_page(
         request,
         "patients/recherche.html",
         {
@@ -213,7 +213,7 @@ def break_glass(
             reason=chosen,
             justification=values["justification"],
         )
-        return _redirect(request, f"/patients/{grant.patient_id}", info="acces-ouvert")
+        return redirect_to(request, f"/patients/{grant.patient_id}", info="acces-ouvert")
 
     def refused(refusal: AuditedRefusalError) -> Response:
         # The refusal was rolled back with its events kept; show the form again, in a new
@@ -252,14 +252,14 @@ def record_page(patient_id: uuid.UUID, request: Request) -> Response:
         if record is None:
             raise CallerNotFoundError
         values = field_values(record)
-        return _render(
+        return render_page(
             request,
             "patients/dossier.html",
             {
                 "record": values,
                 "columns": [name for name in FIELD_ORDER if name in values],
                 "labels": FIELD_LABELS,
-                "notice": _NOTICES.get(request.query_params.get("info", "")),
+                "notice": NOTICES.get(request.query_params.get("info", "")),
                 "is_staff": caller.is_staff,
             },
             headers={"Cache-Control": "no-store"},

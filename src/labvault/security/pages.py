@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from labvault.accounts.callers import Caller, CallerNotFoundError, run_page_as_caller
-from labvault.accounts.pages import FormText, _redirect, _render
+from labvault.accounts.forms import FormText, redirect_to, render_page
 from labvault.accounts.routes import SESSION_COOKIE
 from labvault.security.alerts import KIND_LABELS
 from labvault.security.breakglass import ReviewOutcome
@@ -37,7 +37,7 @@ REASON_NAMES: Final = {
     "patient-request": "Demande du patient",
 }
 OUTCOME_NAMES: Final = {"justified": "Justifié", "unjustified": "Injustifié"}
-_NOTICES: Final = {
+NOTICES: Final = {
     "examine": "Votre avis est enregistré.",
     "deja-examine": "Cet accès avait déjà été examiné.",
     "alerte-vue": "L'alerte est marquée comme prise en compte.",
@@ -64,7 +64,7 @@ def _when(value: object) -> str:
 def grants_page(request: Request) -> Response:
     def show(caller: Caller) -> Response:
         found = review_list(caller)
-        return _render(
+        return render_page(
             request,
             "securite/acces.html",
             {
@@ -73,7 +73,7 @@ def grants_page(request: Request) -> Response:
                 "reasons": REASON_NAMES,
                 "outcomes": OUTCOME_NAMES,
                 "when": _when,
-                "notice": _NOTICES.get(request.query_params.get("info", "")),
+                "notice": NOTICES.get(request.query_params.get("info", "")),
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -89,7 +89,7 @@ def grant_page(grant_id: uuid.UUID, request: Request) -> Response:
         if grant is None:
             raise CallerNotFoundError
         text = review.justification(grant_id)
-        return _render(
+        return render_page(
             request,
             "securite/acces_detail.html",
             {
@@ -117,7 +117,7 @@ def review_grant(
         if not any(g.id == grant_id for g in reviewer.grants(unreviewed_only=False)):
             raise CallerNotFoundError
         done = reviewer.review(grant_id, outcome)
-        return _redirect(request, GRANTS_PATH, info="examine" if done else "deja-examine")
+        return redirect_to(request, GRANTS_PATH, info="examine" if done else "deja-examine")
 
     return run_page_as_caller(request, review, csrf_token=csrf_token)
 
@@ -126,7 +126,7 @@ def review_grant(
 def alerts_page(request: Request) -> Response:
     def show(caller: Caller) -> Response:
         _officer(caller)
-        return _render(
+        return render_page(
             request,
             "securite/alertes.html",
             {
@@ -134,7 +134,7 @@ def alerts_page(request: Request) -> Response:
                 "csrf_token": _csrf(request, caller),
                 "kinds": KIND_LABELS,
                 "when": _when,
-                "notice": _NOTICES.get(request.query_params.get("info", "")),
+                "notice": NOTICES.get(request.query_params.get("info", "")),
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -147,6 +147,6 @@ def acknowledge(alert_id: uuid.UUID, request: Request, csrf_token: FormText = ""
     def ack(caller: Caller) -> Response:
         if acknowledge_alert(caller, alert_id) is None:
             raise CallerNotFoundError
-        return _redirect(request, ALERTS_PATH, info="alerte-vue")
+        return redirect_to(request, ALERTS_PATH, info="alerte-vue")
 
     return run_page_as_caller(request, ack, csrf_token=csrf_token)

@@ -938,7 +938,7 @@ def test_the_demo_has_an_organization_admin_who_enrols_at_first_login(
 
     result = runner.invoke(app, ["demo", "--no-serve", "--patients", "0"])
     assert result.exit_code == 0, result.output
-    (staff,) = [a for a in DEMO_ACCOUNTS if a.kind is AccountKind.STAFF]
+    (staff,) = [a for a in DEMO_ACCOUNTS if "organization-admin" in a.email]
     assert f"staff: {staff.email} / {staff.password}" in result.output
     assert "/compte/connexion-professionnel" in result.output
     with TestClient(create_app(runtime.settings, runtime), base_url=ORIGIN) as test_client:
@@ -949,7 +949,9 @@ def test_the_demo_has_an_organization_admin_who_enrols_at_first_login(
     assert step.json()["enrol"] == ["webauthn"], "an organization admin: a passkey first"
     assert step.json()["email_code_required"] is True
     with runtime.sessions() as session:
-        account = session.scalars(select(Account).where(Account.kind == "staff")).one()
+        account = session.scalars(
+            select(Account).where(Account.kind == "staff", Account.role == "organization_admin")
+        ).one()
         member = session.get_one(StaffMember, account.staff_id)
     assert account.role == member.role == "organization_admin"
 
