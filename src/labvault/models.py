@@ -11,11 +11,13 @@ from labvault.accounts.models import (
 )
 from labvault.accounts.webauthn import WebAuthnCredential
 from labvault.appointments.models import Appointment
+from labvault.catalog.models import Exam
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
 from labvault.organizations.models import Organization, Site
 from labvault.patients.models import Patient
+from labvault.schedules.models import SiteClosure, SiteSchedule
 from labvault.security.models import BreakGlassGrant, SecurityAlert
 from labvault.staff.models import StaffMember, StaffSite
 
@@ -31,6 +33,7 @@ __all__ = [
     "Base",
     "BreakGlassGrant",
     "DataKeyRecord",
+    "Exam",
     "IndexKeyRecord",
     "KnownDevice",
     "OneTimeCode",
@@ -39,6 +42,8 @@ __all__ = [
     "RecoveryCode",
     "SecurityAlert",
     "Site",
+    "SiteClosure",
+    "SiteSchedule",
     "StaffMember",
     "StaffSite",
     "TotpCredential",

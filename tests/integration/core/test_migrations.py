@@ -28,6 +28,9 @@ TENANT_OWNED = {
     "recovery_codes",
     "known_devices",
     "webauthn_credentials",
+    "exams",
+    "site_schedules",
+    "site_closures",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

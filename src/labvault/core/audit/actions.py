@@ -78,6 +78,12 @@ class AuditAction(enum.StrEnum):
     ACCESS_BREAK_GLASS_REVOKE = "access:break-glass:revoke"
     ACCESS_BREAK_GLASS_REVIEW = "access:break-glass:review"
     BREAK_GLASS_RECORD_READ = "break-glass:record:read"
+    CATALOG_EXAM_CREATE = "catalog:exam:create"
+    CATALOG_EXAM_UPDATE = "catalog:exam:update"
+    CATALOG_ADMINISTRATION_DENIED = "catalog:administration:denied"
+    SCHEDULE_SITE_UPDATE = "schedule:site:update"
+    SCHEDULE_CLOSURE_ADD = "schedule:closure:add"
+    SCHEDULE_CLOSURE_REMOVE = "schedule:closure:remove"
     SECURITY_ALERT_RAISE = "security:alert:raise"
     SECURITY_ALERT_ACKNOWLEDGE = "security:alert:acknowledge"
     AUDIT_LOG_SEARCH = "audit:log:search"
@@ -264,6 +270,19 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
     AuditAction.AUDIT_PROOF_CREATE: ActionInfo("An inclusion proof was issued."),
+    AuditAction.CATALOG_EXAM_CREATE: ActionInfo("An exam was added to the organization's catalog."),
+    AuditAction.CATALOG_EXAM_UPDATE: ActionInfo(
+        "A catalog exam was changed (label, LOINC, duration, preparation rules or activity)."
+    ),
+    AuditAction.CATALOG_ADMINISTRATION_DENIED: ActionInfo(
+        "A principal that is not an organization admin tried to change the exam catalog or a "
+        "site's schedule or closures; nothing was changed."
+    ),
+    AuditAction.SCHEDULE_SITE_UPDATE: ActionInfo(
+        "A site's schedule was set: opening hours, slot length, sampling and walk-in boxes."
+    ),
+    AuditAction.SCHEDULE_CLOSURE_ADD: ActionInfo("A closure (date range) was added to a site."),
+    AuditAction.SCHEDULE_CLOSURE_REMOVE: ActionInfo("A site's closure was removed."),
 }
 
 READ_ACTIONS: dict[str, AuditAction] = {

@@ -1,0 +1,1 @@
+"""The exam catalog: each organization's exams, their preparation rules and durations."""

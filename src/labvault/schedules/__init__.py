@@ -1,0 +1,1 @@
+"""Site schedules: opening hours, closures, sampling boxes, and the slots they give."""
