@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+import zoneinfo
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from access_world import NOW, World, build_world
+from access_world import NOW, TODAY, World, build_world
 from labvault.accounts.models import Account, AccountDependent, AccountKind, AccountSession
 from labvault.accounts.services import AccountService
 from labvault.appointments.models import Appointment
@@ -131,15 +132,30 @@ class CallerWorld:
             )
 
 
+def _within_today(moment: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """``moment`` moved into now's Paris day if it fell outside (late in the evening, "now +
+    2 h" is tomorrow): the world's "today" records must be today whatever the hour."""
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    day = now.astimezone(paris).date()
+    start = dt.datetime.combine(day, dt.time(0, 1), paris)
+    end = dt.datetime.combine(day, dt.time(23, 59), paris)
+    return min(max(moment, start), end).astimezone(dt.UTC)
+
+
 def build_caller_world(runtime: Runtime) -> CallerWorld:
     world = build_world(runtime)
-    delta = utcnow() - NOW
+    now = utcnow()
+    delta = now - NOW
+    today = {world.patients[name] for name in TODAY}
     with transaction(world.sessions) as session:
         for appointment in session.scalars(select(Appointment)):
             starts = appointment.starts_at
             if starts.tzinfo is None:
                 starts = starts.replace(tzinfo=dt.UTC)
-            appointment.starts_at = starts + delta
+            moved = starts + delta
+            if appointment.patient_id in today:
+                moved = _within_today(moved, now)
+            appointment.starts_at = moved
     built = CallerWorld(runtime, world)
     for role in ROLES:
         built.provision(role, kind=AccountKind.STAFF, role=role, staff_id=world.staff[role])
