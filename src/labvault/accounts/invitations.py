@@ -70,7 +70,6 @@ from typing import Any, Final, NoReturn
 
 from sqlalchemy import select, update
 
-from labvault.accounts.devices import is_device_token, new_device_token
 from labvault.accounts.models import (
     SUBJECT_TYPE,
     Account,
@@ -554,22 +553,7 @@ class StaffAccountService(AccountService):
         credential.last_step = step
         credential.confirmed_at = now
         self._audit(AuditAction.ACCOUNT_TOTP_ENROL, account.id, principal=principal)
-        account.failed_logins = 0
-        record.revoked_at = now
-        new_token, _ = self.sessions.create(
-            tenant_id=self._tenant_id,
-            account_id=account.id,
-            policy=self._policy(account),
-            client_hash=record.client_hash,
-            second_factor="totp",
-        )
-        self._logged_in(account, principal)
-        device_token = None
-        if device is None or not is_device_token(device):
-            device_token = new_device_token()
-            device = device_token.reveal()
-        self._seen_from(account, device)
-        return OpenedSession(new_token, account.id, AccountKind.STAFF, device_token)
+        return self._open_session(account, record, "totp", principal, device)
 
     # -- passkey enrolment (PASSKEY_ROLES) ---------------------------------------------
 
@@ -612,22 +596,7 @@ class StaffAccountService(AccountService):
         now = self._clock()
         if mailbox_code is not None:
             mailbox_code.used_at = now
-        account.failed_logins = 0
-        record.revoked_at = now
-        new_token, _ = self.sessions.create(
-            tenant_id=self._tenant_id,
-            account_id=account.id,
-            policy=self._policy(account),
-            client_hash=record.client_hash,
-            second_factor=PASSKEY,
-        )
-        self._logged_in(account, principal)
-        device_token = None
-        if device is None or not is_device_token(device):
-            device_token = new_device_token()
-            device = device_token.reveal()
-        self._seen_from(account, device)
-        return OpenedSession(new_token, account.id, AccountKind.STAFF, device_token)
+        return self._open_session(account, record, PASSKEY, principal, device)
 
     def _matching_code(
         self, account: Account, purpose: str, code: str | None

@@ -768,13 +768,25 @@ class AccountService:
             )
             self._failed(account)
             raise AuthError("Code incorrect ou expiré.")
+        return self._open_session(account, record, method, principal, device)
+
+    def _open_session(
+        self,
+        account: Account,
+        pending: AccountSession,
+        method: str,
+        principal: Principal,
+        device: str | None,
+    ) -> OpenedSession:
+        """The second factor is proven: a NEW session replaces the pending one, the login is
+        audited with its policy, and the device is remembered (a new one announced)."""
         account.failed_logins = 0
-        record.revoked_at = self._clock()
+        pending.revoked_at = self._clock()
         new_token, _ = self.sessions.create(
             tenant_id=self._tenant_id,
             account_id=account.id,
             policy=self._policy(account),
-            client_hash=record.client_hash,
+            client_hash=pending.client_hash,
             second_factor=method,
         )
         self._logged_in(account, principal)
