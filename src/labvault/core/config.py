@@ -124,6 +124,50 @@ class Settings(BaseSettings):
         le=12,
         description="How long a break-glass grant opens one patient's file to one staff member.",
     )
+    booking_hold_minutes: int = Field(
+        default=10,
+        ge=1,
+        le=60,
+        description="How long a slot stays held for a patient who is finishing the booking form.",
+    )
+    booking_change_deadline_hours: int = Field(
+        default=2,
+        ge=0,
+        le=14 * 24,
+        description="A patient may reschedule or cancel until this many hours before the "
+        "appointment; after that, only the lab's staff can.",
+    )
+    booking_horizon_days: int = Field(
+        default=90,
+        ge=1,
+        le=366,
+        description="How far ahead a patient may book.",
+    )
+    prescription_max_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=64 * 1024,
+        le=50 * 1024 * 1024,
+        description="Largest prescription upload accepted (PDF, JPEG or PNG).",
+    )
+    prescription_retention_days: int = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description="Days after the visit an uploaded prescription is deleted by "
+        "`labvault retention run`.",
+    )
+    appointment_retention_days: int = Field(
+        default=365,
+        ge=1,
+        le=3650,
+        description="Days after the visit an appointment's sealed content (exams, home address) "
+        "and its pre-registration are erased by `labvault retention run`; the planning row stays.",
+    )
+    sms_sender: str = Field(
+        default="file:",
+        description="Where SMS go: 'file:' appends them to data_dir/sms/outbox.jsonl (default; "
+        "'file:/path' for another file).",
+    )
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -129,6 +129,20 @@ def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[Pre
         )
         prepared.append(PreparedPatient(nir_index, name_index, row, key_row))
     return prepared
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class SealedItem:
+    """Content of another table sealed under a patient's key: an appointment's exams, a
+    prescription's bytes. ``values`` are plaintexts to seal, or blobs to open, by column."""
+
+    patient_id: uuid.UUID
+    table: str
+    row_id: uuid.UUID
+    values: Mapping[str, bytes | None]
+
+    def __repr__(self) -> str:
+        return f"SealedItem({self.table}/{self.row_id}, columns={sorted(self.values)})"
 
 
 class PatientRepository:
@@ -302,6 +316,63 @@ class PatientRepository:
             purpose=purpose,
         )
         return _open_patient(key, patient, fields)
+
+    # -- content sealed under a patient's key, stored in other tables ---------------------
+
+    def in_scope_ids(
+        self, patient_ids: Sequence[uuid.UUID], resource: str, interaction: Interaction
+    ) -> frozenset[uuid.UUID]:
+        """Which of ``patient_ids`` the principal may ``interaction`` on ``resource`` (e.g.
+        ``appointment``, ``prescription``), without decrypting anything."""
+        if not patient_ids:
+            return frozenset()
+        try:
+            where, _ = in_scope(self._access, Patient.id, resource, interaction)
+        except AccessDeniedError:
+            return frozenset()
+        return frozenset(
+            self._session.scalars(
+                select(Patient.id).where(
+                    Patient.tenant_id == self._keyring.tenant_id,
+                    Patient.id.in_(sorted(set(patient_ids))),
+                    where,
+                )
+            )
+        )
+
+    def seal_for(
+        self,
+        patient_id: uuid.UUID,
+        resource: str,
+        interaction: Interaction,
+        item: SealedItem,
+        *,
+        purpose: str,
+    ) -> dict[str, bytes | None] | None:
+        """Seal ``item.values`` under the patient's key, bound to ``item``'s table, row and
+        columns; ``None`` (nothing sealed, no key opened) when the principal may not
+        ``interaction`` on ``resource`` for this patient."""
+        if patient_id not in self.in_scope_ids([patient_id], resource, interaction):
+            return None
+        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient_id], purpose)[patient_id]
+        return key.seal_row(item.table, item.row_id, dict(item.values))
+
+    def open_for(
+        self, resource: str, items: Sequence[SealedItem], *, purpose: str
+    ) -> dict[uuid.UUID, dict[str, bytes | None]]:
+        """Open sealed content of other tables, by row id; rows of patients the principal may
+        not read ``resource`` for are left out (their keys are never unwrapped)."""
+        allowed = self.in_scope_ids([item.patient_id for item in items], resource, Interaction.READ)
+        wanted = [item for item in items if item.patient_id in allowed]
+        if not wanted:
+            return {}
+        keys = self._keyring.open_data_keys(
+            SUBJECT_TYPE, [item.patient_id for item in wanted], purpose
+        )
+        return {
+            item.row_id: keys[item.patient_id].open_row(item.table, item.row_id, dict(item.values))
+            for item in wanted
+        }
 
     # -- reads ----------------------------------------------------------------------------
 

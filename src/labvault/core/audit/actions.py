@@ -84,6 +84,24 @@ class AuditAction(enum.StrEnum):
     SCHEDULE_SITE_UPDATE = "schedule:site:update"
     SCHEDULE_CLOSURE_ADD = "schedule:closure:add"
     SCHEDULE_CLOSURE_REMOVE = "schedule:closure:remove"
+    APPOINTMENT_SLOT_HOLD = "appointment:slot:hold"
+    APPOINTMENT_BOOKING_CONFIRM = "appointment:booking:confirm"
+    APPOINTMENT_BOOKING_CANCEL = "appointment:booking:cancel"
+    APPOINTMENT_BOOKING_RESCHEDULE = "appointment:booking:reschedule"
+    APPOINTMENT_BOOKING_REFUSED = "appointment:booking:refused"
+    APPOINTMENT_HOME_REQUEST = "appointment:home:request"
+    APPOINTMENT_HOME_ASSIGN = "appointment:home:assign"
+    APPOINTMENT_DESK_CHECK_IN = "appointment:desk:check-in"
+    APPOINTMENT_DESK_NO_SHOW = "appointment:desk:no-show"
+    APPOINTMENT_DESK_DONE = "appointment:desk:done"
+    APPOINTMENT_DESK_WALK_IN = "appointment:desk:walk-in"
+    APPOINTMENT_REMINDER_SEND = "appointment:reminder:send"
+    PATIENT_IDENTITY_CHECK = "patient:identity:check"
+    PATIENT_PREREGISTRATION_UPDATE = "patient:preregistration:update"
+    PATIENT_DOCUMENT_UPLOAD = "patient:document:upload"
+    PATIENT_DOCUMENT_READ = "patient:document:read"
+    PATIENT_DOCUMENT_DELETE = "patient:document:delete"
+    RETENTION_RUN_COMPLETE = "retention:run:complete"
     SECURITY_ALERT_RAISE = "security:alert:raise"
     SECURITY_ALERT_ACKNOWLEDGE = "security:alert:acknowledge"
     AUDIT_LOG_SEARCH = "audit:log:search"
@@ -283,6 +301,70 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.SCHEDULE_CLOSURE_ADD: ActionInfo("A closure (date range) was added to a site."),
     AuditAction.SCHEDULE_CLOSURE_REMOVE: ActionInfo("A site's closure was removed."),
+    AuditAction.APPOINTMENT_SLOT_HOLD: ActionInfo(
+        "A slot was held for a patient while the booking form is finished.",
+        "Créneau réservé temporairement",
+    ),
+    AuditAction.APPOINTMENT_BOOKING_CONFIRM: ActionInfo(
+        "An appointment was booked (a hold confirmed).", "Rendez-vous pris"
+    ),
+    AuditAction.APPOINTMENT_BOOKING_CANCEL: ActionInfo(
+        "An appointment (or a hold) was cancelled.", "Rendez-vous annulé"
+    ),
+    AuditAction.APPOINTMENT_BOOKING_RESCHEDULE: ActionInfo(
+        "An appointment was moved to another slot.", "Rendez-vous déplacé"
+    ),
+    AuditAction.APPOINTMENT_BOOKING_REFUSED: ActionInfo(
+        "A booking, change or cancellation was refused (slot taken, deadline passed, not "
+        "allowed); nothing was changed."
+    ),
+    AuditAction.APPOINTMENT_HOME_REQUEST: ActionInfo(
+        "A home sampling visit was requested.", "Demande de prélèvement à domicile"
+    ),
+    AuditAction.APPOINTMENT_HOME_ASSIGN: ActionInfo(
+        "A home sampling visit was assigned to a sampler.",
+        "Préleveur affecté à votre prélèvement à domicile",
+    ),
+    AuditAction.APPOINTMENT_DESK_CHECK_IN: ActionInfo(
+        "A patient was checked in at the desk.", "Arrivée enregistrée à l'accueil"
+    ),
+    AuditAction.APPOINTMENT_DESK_NO_SHOW: ActionInfo(
+        "An appointment was marked as missed.", "Rendez-vous noté comme manqué"
+    ),
+    AuditAction.APPOINTMENT_DESK_DONE: ActionInfo(
+        "A sampling visit was marked as done.", "Prélèvement effectué"
+    ),
+    AuditAction.APPOINTMENT_DESK_WALK_IN: ActionInfo(
+        "A patient without appointment was registered at the desk.",
+        "Passage sans rendez-vous enregistré",
+    ),
+    AuditAction.APPOINTMENT_REMINDER_SEND: ActionInfo(
+        "An appointment reminder was sent (email and/or SMS; no health data in it).",
+        "Rappel de rendez-vous envoyé",
+    ),
+    AuditAction.PATIENT_IDENTITY_CHECK: ActionInfo(
+        "An identity document was checked at the desk; the identity status was raised.",
+        "Vérification de votre pièce d'identité à l'accueil",
+    ),
+    AuditAction.PATIENT_PREREGISTRATION_UPDATE: ActionInfo(
+        "A pre-registration (identity traits, insurance, third-party payment) was saved.",
+        "Pré-enregistrement complété",
+    ),
+    AuditAction.PATIENT_DOCUMENT_UPLOAD: ActionInfo(
+        "A document (prescription) was uploaded, with the patient's consent to share it.",
+        "Ordonnance déposée",
+    ),
+    AuditAction.PATIENT_DOCUMENT_READ: ActionInfo(
+        "A document (prescription) was opened.", "Consultation de votre ordonnance"
+    ),
+    AuditAction.PATIENT_DOCUMENT_DELETE: ActionInfo(
+        "A document (prescription) was deleted (by the patient or at the end of its retention).",
+        "Ordonnance supprimée",
+    ),
+    AuditAction.RETENTION_RUN_COMPLETE: ActionInfo(
+        "The retention job ran: counts of holds, documents, pre-registrations and appointments "
+        "purged or anonymised (no personal data in the event)."
+    ),
 }
 
 READ_ACTIONS: dict[str, AuditAction] = {
