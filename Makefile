@@ -35,6 +35,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.audit_log
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.passwords
+	$(BIN)/python -m bench.booking
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -40,6 +40,8 @@ from labvault.accounts.stepup_pages import router as step_up_pages
 from labvault.accounts.stepup_routes import router as step_up_router
 from labvault.accounts.webauthn_pages import router as passkey_pages
 from labvault.accounts.webauthn_routes import router as passkey_router
+from labvault.appointments.pages import router as appointment_pages
+from labvault.appointments.routes import router as appointment_router
 from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
@@ -53,8 +55,12 @@ from labvault.core.web.problems import (
 )
 from labvault.core.web.request_context import RequestContextMiddleware, request_id_of
 from labvault.core.web.templating import create_templates
+from labvault.desk.pages import router as desk_pages
+from labvault.desk.routes import router as desk_router
 from labvault.patients.pages import router as patient_pages
 from labvault.patients.routes import router as patient_router
+from labvault.preregistration.pages import router as preregistration_pages
+from labvault.preregistration.routes import router as preregistration_router
 from labvault.security.pages import router as security_pages
 from labvault.security.routes import router as security_router
 
@@ -164,6 +170,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(staff_admin_pages)
     app.include_router(patient_router)
     app.include_router(patient_pages)
+    app.include_router(appointment_router)
+    app.include_router(appointment_pages)
+    app.include_router(desk_router)
+    app.include_router(desk_pages)
+    app.include_router(preregistration_router)
+    app.include_router(preregistration_pages)
     app.include_router(security_router)
     app.include_router(security_pages)
     return app

@@ -72,6 +72,8 @@ from labvault.patients.ins import InsOid
 from labvault.patients.nir import Nir, NirError
 from labvault.patients.services import PatientRecord, PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
+from labvault.reminders.commands import reminders_app
+from labvault.retention.commands import retention_app
 from labvault.staff.commands import staff_app
 
 app = typer.Typer(
@@ -89,6 +91,8 @@ app.add_typer(import_app, name="import")
 app.add_typer(patients_app, name="patients")
 app.add_typer(staff_app, name="staff")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(reminders_app, name="reminders")
+app.add_typer(retention_app, name="retention")
 
 console = Console()
 errors = Console(stderr=True)
@@ -389,6 +393,7 @@ def demo(
         DEMO_ACCOUNTS,
         DEMO_ORGANIZATION,
         create_demo_accounts,
+        create_demo_booking_setup,
         create_demo_care,
         create_demo_organization,
         demo_exists,
@@ -402,13 +407,16 @@ def demo(
             if fresh:
                 organization = create_demo_organization(session, runtime.key_provider)
                 create_demo_accounts(session, runtime, organization)
+        with runtime.admin_sessions() as session:
+            demo_id = get_organization(session, DEMO_ORGANIZATION).id
+        with transaction(runtime.tenant_sessions(demo_id)) as session:
+            create_demo_booking_setup(session, demo_id)  # idempotent: older demos get it too
         _seal_events(runtime)
         if fresh and patients:
             _seed_patients(runtime, patients, DEMO_ORGANIZATION, seed_value=2026)
-            with runtime.admin_sessions() as session:
-                demo_id = get_organization(session, DEMO_ORGANIZATION).id
             with transaction(runtime.tenant_sessions(demo_id)) as session:
-                booked = create_demo_care(session, demo_id)
+                booked = create_demo_care(session, demo_id, runtime.key_provider)
+            _seal_events(runtime)
             console.print(
                 f"Demo organization {DEMO_ORGANIZATION!r} created with {patients} patients "
                 f"({booked} booked this week)."

@@ -28,6 +28,22 @@ KEY_FILE_IN_DATA_DIR = (
 )
 
 
+def sms_sender_problem(setting: str) -> str | None:
+    """What is wrong with a LABVAULT_SMS_SENDER value, or ``None``: ``file:`` (the outbox
+    under data_dir) or ``file:/path/to/outbox.jsonl``; no other transport exists yet."""
+    scheme, colon, rest = setting.partition(":")
+    if not colon or scheme != "file":
+        return (
+            "must be 'file:' (data_dir/sms/outbox.jsonl) or 'file:/path/to/outbox.jsonl'; "
+            "no other SMS transport exists yet"
+        )
+    if rest.startswith("//") and not rest.startswith("///"):
+        return "takes a local file, 'file:/path/to/outbox.jsonl', not a host"
+    if rest.endswith("/"):
+        return "takes a file, not a directory: 'file:/path/to/outbox.jsonl'"
+    return None
+
+
 class Settings(BaseSettings):
     """labvault settings. See the README's "Configuration" section."""
 
@@ -194,6 +210,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LABVAULT_KEY_PROVIDER must look like 'file:' or 'file:/path/to/root.key'"
             )
+        return value
+
+    @field_validator("sms_sender")
+    @classmethod
+    def _check_sms_sender(cls, value: str) -> str:
+        problem = sms_sender_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("sms_sender", problem)
         return value
 
     @model_validator(mode="after")

@@ -52,6 +52,8 @@ PURPOSE_LABELS = {
     "break-glass:walk-in": "Accès exceptionnel : patient à l'accueil sans rendez-vous",
     "break-glass:continuity": "Accès exceptionnel : continuité des soins entre sites",
     "break-glass:patient-request": "Accès exceptionnel : à la demande du patient",
+    "appointment-reminder": "Rappel de rendez-vous",
+    "retention": "Fin de la durée de conservation",
 }
 MAX_ENTRIES = 1000
 

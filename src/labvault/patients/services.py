@@ -15,6 +15,7 @@ from typing import cast
 from sqlalchemy import ColumnElement, Select, Table, insert, select
 from sqlalchemy.orm import Session
 
+from labvault.appointments.models import IdentityCheck
 from labvault.core.access.policies import Interaction
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
@@ -26,7 +27,7 @@ from labvault.core.db import utcnow
 from labvault.patients.ins import IdentityStatus, InsOid, Sex
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
 from labvault.patients.nir import Nir
-from labvault.patients.schemas import ContactUpdate, PatientInput
+from labvault.patients.schemas import ContactUpdate, PatientInput, _check_nir_matches
 from labvault.patients.scope import (
     SYSTEM_ACCESS,
     AccessDeniedError,
@@ -143,6 +144,20 @@ class SealedItem:
 
     def __repr__(self) -> str:
         return f"SealedItem({self.table}/{self.row_id}, columns={sorted(self.values)})"
+
+
+RAISED_BY_DOCUMENT: Mapping[IdentityStatus, IdentityStatus] = {
+    IdentityStatus.PROV: IdentityStatus.VALI,
+    IdentityStatus.RECUP: IdentityStatus.QUAL,
+}
+"""What seeing a valid identity document makes of an identity status (INS rules)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityCheckOutcome:
+    check_id: uuid.UUID
+    status_before: IdentityStatus
+    status_after: IdentityStatus
 
 
 class PatientRepository:
@@ -469,6 +484,138 @@ class PatientRepository:
         patients = list(self._session.scalars(query))
         keys = self._keyring.open_data_keys(SUBJECT_TYPE, [p.id for p in patients], purpose)
         return [_open_patient(keys[p.id], p, fields) for p in patients]
+
+    # -- identity checks at the desk --------------------------------------------------------
+
+    def record_identity_check(
+        self,
+        patient_id: uuid.UUID,
+        document_kind: str,
+        *,
+        staff_id: uuid.UUID,
+        appointment_id: uuid.UUID | None,
+        purpose: str,
+    ) -> IdentityCheckOutcome | None:
+        """A staff member saw an identity document of the patient: raise the identity status
+        (PROV->VALI, RECUP->QUAL; VALI and QUAL stay), keep an ``IdentityCheck`` row and audit
+        it. ``None`` (nothing written) when the record is absent or the principal may not
+        update it. Which documents count is the caller's rule (``labvault.desk``)."""
+        try:
+            where, _ = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
+        except AccessDeniedError:
+            return None
+        patient = self._session.scalars(
+            select(Patient)
+            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where)
+            .with_for_update()
+        ).one_or_none()
+        if patient is None:
+            return None
+        before = IdentityStatus(patient.identity_status)
+        after = RAISED_BY_DOCUMENT.get(before, before)
+        now = utcnow()
+        if after is not before:
+            patient.identity_status = after.value
+            patient.updated_at = now
+        check = IdentityCheck(
+            tenant_id=self._keyring.tenant_id,
+            patient_id=patient_id,
+            appointment_id=appointment_id,
+            staff_id=staff_id,
+            document_kind=document_kind,
+            status_before=before.value,
+            status_after=after.value,
+            checked_at=now,
+        )
+        self._session.add(check)
+        self._session.flush()
+        self._keyring.audit.record(
+            AuditAction.PATIENT_IDENTITY_CHECK,
+            tenant_id=self._keyring.tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=patient_id,
+            purpose=purpose,
+        )
+        return IdentityCheckOutcome(check.id, before, after)
+
+    # -- completing a record from the patient's own declaration (pre-registration) -------
+
+    def complete_identity(
+        self,
+        patient_id: uuid.UUID,
+        *,
+        nir: Nir | None = None,
+        used_name: str | None = None,
+        birth_place_code: str | None = None,
+        purpose: str,
+    ) -> frozenset[str]:
+        """Fill what a record lacks from what its patient declared; return the fields filled.
+
+        The NIR only when the record has none, it agrees with the record's sex and birth date
+        and no other record of the tenant has it (its blind index follows); the used name and
+        the birth place only when empty and the identity is still PROV or RECUP. A value
+        already there is never changed (a different declaration is for the desk to check),
+        and a record out of scope or not granted these fields for update is left alone.
+        """
+        try:
+            where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
+        except AccessDeniedError:
+            return frozenset()
+        patient = self._session.scalars(
+            select(Patient)
+            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where)
+            .with_for_update()
+        ).one_or_none()
+        if patient is None:
+            return frozenset()
+        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient.id], purpose)[patient.id]
+        current = _open_patient(key, patient)
+        status = IdentityStatus(patient.identity_status)
+        changes: dict[str, str] = {}
+        if (
+            nir is not None
+            and current.ins_number is None
+            and current.sex is not None
+            and current.birth_date is not None
+        ):
+            try:
+                _check_nir_matches(nir, current.sex, current.birth_date)
+            except ValueError:
+                pass
+            else:
+                index = self._keyring.indexer.nir(nir.compact)
+                taken = self._session.scalar(
+                    select(Patient.id).where(
+                        Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index == index
+                    )
+                )
+                if taken is None:
+                    changes["ins_number"] = nir.compact
+        if status in (IdentityStatus.PROV, IdentityStatus.RECUP):
+            if used_name and current.used_name is None:
+                changes["used_name"] = used_name
+            if birth_place_code and current.birth_place_code is None:
+                changes["birth_place_code"] = birth_place_code
+        if fields is not None:
+            changes = {c: v for c, v in changes.items() if c in fields}
+        if not changes:
+            return frozenset()
+        if "ins_number" in changes:
+            patient.nir_index = self._keyring.indexer.nir(changes["ins_number"])
+            patient.ins_oid = InsOid.NIR.value
+        sealed = key.seal_row(TABLE, patient.id, {c: v.encode() for c, v in changes.items()})
+        for column, blob in sealed.items():
+            setattr(patient, column, blob)
+        patient.updated_at = utcnow()
+        self._session.flush()
+        self._keyring.audit.record(
+            AuditAction.PATIENT_PREREGISTRATION_UPDATE,
+            tenant_id=self._keyring.tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=patient.id,
+            purpose=purpose,
+        )
+        return frozenset(changes)
 
 
 def _seal_patient(

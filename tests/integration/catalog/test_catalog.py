@@ -190,10 +190,11 @@ def test_only_admins_change_the_catalog_and_refusals_are_audited(
     assert _count(runtime, labs.a) == 1
 
 
-@pytest.mark.pg
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
 def test_row_level_security_hides_other_catalogs(runtime: Runtime, labs: Labs) -> None:
-    if runtime.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only")
+    assert runtime.engine.dialect.name == "postgresql"
     _create(runtime, labs.a, CORTISOL)
     with transaction(runtime.tenant_sessions(labs.b)) as session:
         assert session.scalar(select(func.count()).select_from(Exam)) == 0

@@ -169,6 +169,18 @@ _SELF = account()
 _PATIENT_SELF = account("patient")
 _PATIENT_SELF_API = account("patient", refusal=403, note="other kinds: 403, not a patient account")
 _ADMIN = roles("organization_admin", note="staff administration")
+_OWN_BOOKING = account(
+    "patient",
+    object_from="body:patient_id",
+    note="appointment:create on its own record or a dependent's (the service's audited 404)",
+)
+# Both kinds on paper: a GET of an account("patient") entry is asked without its object by
+# the matrix; the page itself answers staff with the 404 of an unknown appointment.
+_OWN_APPOINTMENT = account(
+    object_from="path:appointment_id",
+    note="patient accounts only, on appointments of their own records or dependents' "
+    "(anything else, staff included: the same 404 page)",
+)
 # Mirrors labvault.security.breakglass.BREAK_GLASS_ROLES (the matrix test checks they agree).
 BREAK_GLASS_ROLES = ("receptionist", "biologist")
 _BREAK_GLASS = roles(
@@ -177,10 +189,56 @@ _BREAK_GLASS = roles(
     note="outside the relationship rule: reason, justification, alert, review",
 )
 _OFFICER = roles("security_officer", note="the security review: no health data")
+# The lab desk (labvault.desk): roles entries, because their objects are appointments, not
+# patients; the service then applies the policy on the appointment's patient
+# (appointment:read/update, patient:update for the identity check) at the caller's sites.
+_DESK_STAFF = roles(
+    "receptionist",
+    "sampler",
+    note="the desk: the caller's sites, the patients in its scope (a sampler: today's)",
+)
+_DESK_STAFF_APPOINTMENT = roles(
+    "receptionist",
+    "sampler",
+    object_from="path:appointment_id",
+    note="appointment:update on the appointment's patient, at the caller's sites",
+)
+_DESK_STAFF_FORM = roles(
+    "receptionist",
+    "sampler",
+    object_from="body:appointment_id",
+    note="appointment:update on the appointment's patient, at the caller's sites",
+)
+_RECEPTION = roles("receptionist", note="the desk's receptionists")
 _DESK = roles(
     "receptionist",
     object_from="body:patient_id",
     note="the lab desk: also needs the patient in the receptionist's relationship scope",
+)
+
+# Pre-registration and documents (labvault.preregistration): the objects are appointments and
+# documents, not patients, so these are account entries; the service applies the policy on
+# the object's patient (appointment:read/update, prescription:read/create) and answers
+# anything else with the same 404.
+_PREREGISTRATION_OWN = account(
+    "patient",
+    object_from="path:appointment_id",
+    note="appointment:update / prescription:create on the appointment's patient (own or "
+    "dependent), appointment held or booked",
+)
+_PREREGISTRATION_READ = account(
+    object_from="path:appointment_id",
+    note="appointment:read on the appointment's patient: the patient account, staff in scope",
+)
+_DOCUMENT_READ = account(
+    object_from="path:document_id",
+    note="prescription:read on the document's patient: the patient account, receptionist and "
+    "biologist in scope",
+)
+_DOCUMENT_DELETE = account(
+    "patient",
+    object_from="path:document_id",
+    note="prescription:create on the document's patient: the patient account (own, dependents)",
 )
 
 ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
@@ -284,6 +342,40 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
             kinds=("patient",),
             note="who opened my record: the patient account acting for it only",
         ),
+        # --- booking (API, labvault.appointments.routes) ---------------------------------
+        # Account entries: the objects are appointments (or a patient named in the body);
+        # BookingService applies appointment:read/create/update of the policy on the
+        # appointment's patient (own records and dependents; the desk: its sites'
+        # relationship), anything else is its audited 404.
+        "GET /api/v1/sites": account(note="the organization's bookable sites: no patient data"),
+        "GET /api/v1/exams": account(note="the active exam catalog: no patient data"),
+        "GET /api/v1/sites/{site_id}/slots": account(
+            object_from="path:site_id", note="free capacity only; a site of the organization"
+        ),
+        "POST /api/v1/appointments/holds": account(
+            object_from="body:patient_id", note="appointment:create on the patient"
+        ),
+        "POST /api/v1/appointments/home-visits": account(
+            object_from="body:patient_id", note="appointment:create on the patient"
+        ),
+        "GET /api/v1/appointments": account(
+            object_from="query:patient_id",
+            note="appointment:read: a patient's own and dependents'; staff name the patient",
+        ),
+        "GET /api/v1/appointments/{appointment_id}": account(
+            object_from="path:appointment_id", note="appointment:read on its patient"
+        ),
+        "POST /api/v1/appointments/{appointment_id}/confirm": account(
+            object_from="path:appointment_id", note="appointment:update on its patient"
+        ),
+        "POST /api/v1/appointments/{appointment_id}/cancel": account(
+            object_from="path:appointment_id",
+            note="appointment:update on its patient; patients until the change deadline",
+        ),
+        "POST /api/v1/appointments/{appointment_id}/reschedule": account(
+            object_from="path:appointment_id",
+            note="appointment:update on its patient; patients until the change deadline",
+        ),
         # --- break-glass and the security review (API) -------------------------------------
         "POST /api/v1/break-glass": _BREAK_GLASS,
         "DELETE /api/v1/break-glass/{grant_id}": roles(
@@ -299,6 +391,47 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "GET /api/v1/security/alerts": _OFFICER,
         "POST /api/v1/security/alerts/{alert_id}/acknowledge": roles(
             "security_officer", object_from="path:alert_id"
+        ),
+        # --- the lab desk (API, labvault.desk) -------------------------------------------
+        "GET /api/v1/desk/schedule": _DESK_STAFF,
+        "POST /api/v1/desk/appointments/{appointment_id}/check-in": _DESK_STAFF_APPOINTMENT,
+        "POST /api/v1/desk/appointments/{appointment_id}/no-show": _DESK_STAFF_APPOINTMENT,
+        "POST /api/v1/desk/appointments/{appointment_id}/done": _DESK_STAFF_APPOINTMENT,
+        "POST /api/v1/desk/appointments/{appointment_id}/identity-check": roles(
+            "receptionist",
+            object_from="path:appointment_id",
+            note="patient:update on the appointment's patient: raises the identity status",
+        ),
+        "POST /api/v1/desk/walk-ins": roles(
+            "receptionist",
+            note="the identity document's traits must match exactly one record (audited)",
+        ),
+        "GET /api/v1/desk/rounds": _DESK_STAFF,
+        "POST /api/v1/desk/appointments/{appointment_id}/sampler": roles(
+            "receptionist",
+            object_from="path:appointment_id",
+            note="a home visit at the caller's sites, a sampler of that site",
+        ),
+        # --- pages: the lab desk ---------------------------------------------------------
+        "GET /accueil/planning": _DESK_STAFF,
+        "POST /accueil/planning/arrivee": _DESK_STAFF_FORM,
+        "POST /accueil/planning/absence": _DESK_STAFF_FORM,
+        "POST /accueil/planning/preleve": _DESK_STAFF_FORM,
+        "POST /accueil/planning/identite": roles(
+            "receptionist",
+            object_from="body:appointment_id",
+            note="patient:update on the appointment's patient",
+        ),
+        "GET /accueil/sans-rendez-vous": _RECEPTION,
+        "POST /accueil/sans-rendez-vous": roles(
+            "receptionist",
+            note="the identity document's traits must match exactly one record (audited)",
+        ),
+        "GET /accueil/tournees": _DESK_STAFF,
+        "POST /accueil/tournees/affectation": roles(
+            "receptionist",
+            object_from="body:appointment_id",
+            note="a home visit at the caller's sites, a sampler of that site",
         ),
         # --- pages: patients, break-glass, the security review -----------------------------
         "GET /patients/recherche": policy("patient:search", note="the search form"),
@@ -372,6 +505,21 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /compte/dossiers/enfants/retrait": account(
             "patient", object_from="body:patient_id", note="only the account's own dependents"
         ),
+        # --- pages: a patient account's appointments (labvault.appointments.pages) --------
+        "GET /compte/rendez-vous": _PATIENT_SELF,
+        "GET /compte/rendez-vous/nouveau": _PATIENT_SELF,
+        "POST /compte/rendez-vous/nouveau": account(
+            "patient", object_from="body:patient_id", note="slot search for its own records"
+        ),
+        "POST /compte/rendez-vous/nouveau/creneau": _OWN_BOOKING,
+        "GET /compte/rendez-vous/domicile": _PATIENT_SELF,
+        "POST /compte/rendez-vous/domicile": _OWN_BOOKING,
+        "GET /compte/rendez-vous/{appointment_id}/confirmation": _OWN_APPOINTMENT,
+        "POST /compte/rendez-vous/{appointment_id}/confirmation": _OWN_APPOINTMENT,
+        "GET /compte/rendez-vous/{appointment_id}/deplacer": _OWN_APPOINTMENT,
+        "POST /compte/rendez-vous/{appointment_id}/deplacer": _OWN_APPOINTMENT,
+        "GET /compte/rendez-vous/{appointment_id}/annuler": _OWN_APPOINTMENT,
+        "POST /compte/rendez-vous/{appointment_id}/annuler": _OWN_APPOINTMENT,
         "GET /compte/guichet": roles("receptionist", note="the lab desk form"),
         "POST /compte/guichet": _DESK,
         # --- pages: staff administration -------------------------------------------------
@@ -380,6 +528,26 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /administration/personnel/deverrouillage": _ADMIN,
         "GET /administration/personnel/invitation": _ADMIN,
         "POST /administration/personnel/invitation": _ADMIN,
+        # --- pre-registration and prescriptions (API and pages) ---------------------------
+        "PUT /api/v1/appointments/{appointment_id}/preregistration": _PREREGISTRATION_OWN,
+        "GET /api/v1/appointments/{appointment_id}/preregistration": _PREREGISTRATION_READ,
+        "POST /api/v1/appointments/{appointment_id}/documents": _PREREGISTRATION_OWN,
+        "GET /api/v1/documents/{document_id}": _DOCUMENT_READ,
+        "DELETE /api/v1/documents/{document_id}": _DOCUMENT_DELETE,
+        "GET /api/v1/patients/{patient_id}/documents": policy(
+            "prescription:read", object_from="path:patient_id", note="the list, no content"
+        ),
+        "GET /compte/rendez-vous/{appointment_id}/pre-enregistrement": account(
+            object_from="path:appointment_id",
+            note="patient accounts only, appointment:update on the appointment's patient "
+            "(anything else, staff included: the same 404 page)",
+        ),
+        "POST /compte/rendez-vous/{appointment_id}/pre-enregistrement": _PREREGISTRATION_OWN,
+        "POST /compte/rendez-vous/{appointment_id}/ordonnance": _PREREGISTRATION_OWN,
+        "GET /compte/documents": _PATIENT_SELF,
+        "POST /compte/documents/suppression": account(
+            "patient", object_from="body:document_id", note="prescription:create: own documents"
+        ),
     }
 )
 """``"<METHOD> <path>"`` -> what it requires. Keep it sorted by feature, one line a route."""

@@ -1,0 +1,935 @@
+"""Booking: slot search, hold then confirm, cancel, reschedule, home-visit requests.
+
+Why it is built this way:
+
+- Capacity is the database's job. Every slot a visit occupies is one ``slot_claims`` row on
+  one box, and ``UNIQUE (tenant_id, site_id, starts_at, box)`` lets one transaction only
+  hold a box. A claimant tries box 0, 1, ... each in its own SAVEPOINT and takes the first
+  insert the constraint accepts; never a count followed by an insert.
+- A hold's claims carry its expiry; the next claimant of the same slot deletes expired
+  claims before trying the boxes. Confirming a hold turns its claims permanent; if they
+  were taken meanwhile, the confirmation is refused (``hold_expired``).
+- Every write of a call happens inside one SAVEPOINT: a refusal leaves nothing behind even
+  when the caller's unit of work commits what it recorded before the refusal.
+- What the appointment says about health (its exams, a home address) is sealed under the
+  patient's key through :class:`PatientRepository` only; ids go into audit events, never
+  names of exams.
+- Authorization is the access policy's ``appointment`` resource on the patient: a record
+  out of scope looks exactly like an absent one (an audited refusal, answered 404).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from labvault.appointments.models import (
+    TABLE,
+    Appointment,
+    AppointmentKind,
+    AppointmentStatus,
+    SlotClaim,
+)
+from labvault.appointments.views import AppointmentView, HomeAddress
+from labvault.catalog.models import Exam
+from labvault.catalog.services import exam_rule
+from labvault.core.access.policies import Interaction
+from labvault.core.access.principals import PrincipalKind
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import AuditedRefusalError
+from labvault.core.config import Settings
+from labvault.core.crypto.keyring import Keyring
+from labvault.core.db import utcnow
+from labvault.organizations.models import Site
+from labvault.patients.scope import AccessScope, SystemAccess
+from labvault.patients.services import PatientRepository, SealedItem
+from labvault.schedules.hours import OpeningHours, OpeningHoursError
+from labvault.schedules.models import SiteClosure, SiteSchedule
+from labvault.schedules.slots import (
+    Closure,
+    Schedule,
+    Slot,
+    compatible_slots,
+    generate_slots,
+    needs_appointment,
+    visit_minutes,
+)
+
+RESOURCE = "appointment"
+TARGET = "appointment"
+PURPOSE_BOOKING = "booking"
+PURPOSE_VIEW = "appointments"
+MAX_EXAMS = 20
+MAX_SEARCH_DAYS = 31
+"""A slot search covers at most this many days, both ends included."""
+ADDRESS_LINE_MAX = 200
+CITY_MAX = 100
+INSTRUCTIONS_MAX = 500
+POSTAL_CODE = re.compile(r"[0-9]{5}")
+HOME_WINDOWS: dict[str, tuple[dt.time, dt.time]] = {
+    "morning": (dt.time(7, 0), dt.time(12, 0)),
+    "afternoon": (dt.time(13, 0), dt.time(18, 0)),
+}
+"""Home-visit time windows, in the site's local time."""
+LIVE_STATUSES = frozenset({AppointmentStatus.HELD.value, AppointmentStatus.BOOKED.value})
+CLAIMS_TABLE = cast(Table, SlotClaim.__table__)
+
+SLOT_TAKEN_MESSAGE = "Ce créneau vient d'être pris. Choisissez-en un autre."
+
+BookingCode = Literal["invalid", "slot_taken", "deadline_passed", "hold_expired", "not_bookable"]
+
+
+class BookingError(ValueError):
+    """A booking refused for a reason the user can act on: French message, stable code."""
+
+    code: BookingCode = "invalid"
+
+    def __init__(
+        self, message: str, code: BookingCode | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.field = field
+
+
+class SlotTakenError(BookingError):
+    """Every bookable box of (one of) the visit's slots is taken."""
+
+    code: BookingCode = "slot_taken"
+
+    def __init__(self, message: str = SLOT_TAKEN_MESSAGE) -> None:
+        super().__init__(message, "slot_taken", "starts_at")
+
+
+class UnknownSiteError(BookingError):
+    """The site is not one of this organization's (or has no schedule): a 404 on its URL."""
+
+    def __init__(self) -> None:
+        super().__init__("Site introuvable.", "invalid", "site_id")
+
+
+class AppointmentNotFoundError(AuditedRefusalError, LookupError):
+    """Absent, or the caller may not act on it: answered as the uniform 404."""
+
+    def __init__(self) -> None:
+        super().__init__("Rendez-vous introuvable.")
+
+
+def _aware_utc(value: dt.datetime, field: str = "starts_at") -> dt.datetime:
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise BookingError(
+            "Heure du rendez-vous invalide : le fuseau horaire est obligatoire.", field=field
+        )
+    return value.astimezone(dt.UTC)
+
+
+def _clean_text(label: str, value: object, maximum: int, *, required: bool, lines: bool) -> str:
+    """Trimmed, NFC text without control or invisible format characters."""
+    if not isinstance(value, str):
+        raise BookingError(f"{label} : texte attendu.")
+    text = unicodedata.normalize("NFC", value.strip())
+    if required and not text:
+        raise BookingError(f"{label} : obligatoire.")
+    if len(text) > maximum:
+        raise BookingError(f"{label} : au plus {maximum} caractères.")
+    allowed = {"\n"} if lines else set()
+    for char in text:
+        if char in allowed:
+            continue
+        if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
+            raise BookingError(f"{label} : caractère non autorisé.")
+    return text
+
+
+def validate_address(address: HomeAddress) -> HomeAddress:
+    """The address as it will be sealed; :class:`BookingError` (French) when it is not one."""
+    line = _clean_text("Adresse", address.line, ADDRESS_LINE_MAX, required=True, lines=False)
+    postal = _clean_text("Code postal", address.postal_code, 5, required=True, lines=False)
+    if not POSTAL_CODE.fullmatch(postal):
+        raise BookingError("Code postal : 5 chiffres attendus.")
+    city = _clean_text("Ville", address.city, CITY_MAX, required=True, lines=False)
+    instructions = _clean_text(
+        "Indications d'accès", address.instructions, INSTRUCTIONS_MAX, required=False, lines=True
+    )
+    return HomeAddress(line=line, postal_code=postal, city=city, instructions=instructions)
+
+
+class BookingService:
+    """Booking for one caller (patient account, staff member or named system job)."""
+
+    def __init__(
+        self,
+        session: Session,
+        keyring: Keyring,
+        scope: AccessScope | SystemAccess,
+        settings: Settings,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._session = session
+        self._keyring = keyring
+        self._scope = scope
+        self._settings = settings
+        self._clock = clock
+        self._tenant_id = keyring.tenant_id
+        self._audit = keyring.audit
+        self._repo = PatientRepository(session, keyring, scope)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def search_slots(
+        self,
+        site_id: uuid.UUID,
+        exam_ids: Sequence[uuid.UUID],
+        from_date: dt.date,
+        to_date: dt.date,
+    ) -> list[Slot]:
+        """Slots a visit for ``exam_ids`` can start at, with free boxes; capacity only."""
+        if to_date < from_date:
+            raise BookingError("La date de fin précède la date de début.", field="to")
+        if (to_date - from_date).days >= MAX_SEARCH_DAYS:
+            raise BookingError(f"Une recherche couvre au plus {MAX_SEARCH_DAYS} jours.", field="to")
+        site, schedule = self._site_schedule(site_id)
+        exams = self._exams(exam_ids)
+        rules = [exam_rule(exam) for exam in exams]
+        if not needs_appointment(rules):
+            raise BookingError(
+                "Ces examens se font sans rendez-vous, aux heures d'ouverture du site.",
+                "not_bookable",
+                "exam_ids",
+            )
+        now = self._clock()
+        zone = ZoneInfo(schedule.timezone)
+        today = now.astimezone(zone).date()
+        last_day = (now + dt.timedelta(days=self._settings.booking_horizon_days)).astimezone(zone)
+        first, last = max(from_date, today), min(to_date, last_day.date())
+        if last < first:
+            return []
+        taken = self._taken(site.id, first, last, zone, now)
+        slots = generate_slots(
+            schedule, self._closures(site.id, first, last), first, last, now, taken
+        )
+        horizon = now + dt.timedelta(days=self._settings.booking_horizon_days)
+        return [
+            slot
+            for slot in compatible_slots(slots, rules, schedule.slot_minutes)
+            if slot.starts_at.astimezone(dt.UTC) <= horizon
+        ]
+
+    def may_read(self, patient_id: uuid.UUID) -> bool:
+        """Whether the caller may read this patient's appointments (nothing decrypted)."""
+        return self._may(patient_id, Interaction.READ)
+
+    def get(self, appointment_id: uuid.UUID) -> AppointmentView | None:
+        """The appointment, or None when absent or out of the caller's scope."""
+        row = self._row(appointment_id)
+        if row is None or not self._may(row.patient_id, Interaction.READ):
+            return None
+        return self._views([row])[0]
+
+    def list_for_patients(self, patient_ids: Sequence[uuid.UUID]) -> list[AppointmentView]:
+        """Appointments of the patients in scope (others silently left out), by start time.
+
+        Holds that expired without being confirmed are left out: they are nobody's plans.
+        """
+        allowed = self._repo.in_scope_ids(list(patient_ids), RESOURCE, Interaction.READ)
+        if not allowed:
+            return []
+        now = self._clock()
+        rows = list(
+            self._session.scalars(
+                select(Appointment)
+                .where(
+                    Appointment.tenant_id == self._tenant_id,
+                    Appointment.patient_id.in_(sorted(allowed)),
+                    or_(
+                        Appointment.status != AppointmentStatus.HELD.value,
+                        Appointment.hold_expires_at > now,
+                    ),
+                )
+                .order_by(Appointment.starts_at, Appointment.id)
+            )
+        )
+        return self._views(rows)
+
+    def exams(self, exam_ids: Iterable[uuid.UUID]) -> list[Exam]:
+        """This organization's catalog rows for ``exam_ids`` (for preparation instructions)."""
+        wanted = sorted(set(exam_ids))
+        if not wanted:
+            return []
+        return list(
+            self._session.scalars(
+                select(Exam)
+                .where(Exam.tenant_id == self._tenant_id, Exam.id.in_(wanted))
+                .order_by(Exam.code)
+            )
+        )
+
+    # -- writes --------------------------------------------------------------------------
+
+    def hold(
+        self,
+        patient_id: uuid.UUID,
+        site_id: uuid.UUID,
+        exam_ids: Sequence[uuid.UUID],
+        starts_at: dt.datetime,
+    ) -> AppointmentView:
+        """Keep the visit's slots for the patient for ``booking_hold_minutes``."""
+        self._require(patient_id, Interaction.CREATE, None)
+        site, schedule = self._site_schedule(site_id)
+        exams = self._exams(exam_ids)
+        now = self._clock()
+        starts = self._check_start(site, schedule, exams, starts_at, now)
+        step = dt.timedelta(minutes=schedule.slot_minutes)
+        count = self._slot_count(exams, schedule)
+        expires = now + dt.timedelta(minutes=self._settings.booking_hold_minutes)
+        appointment_id = uuid.uuid4()
+        exam_list = [exam.id for exam in exams]
+        with self._all_or_nothing():
+            row = Appointment(
+                id=appointment_id,
+                tenant_id=self._tenant_id,
+                patient_id=patient_id,
+                site_id=site.id,
+                starts_at=starts,
+                ends_at=starts + step * count,
+                status=AppointmentStatus.HELD.value,
+                kind=AppointmentKind.SITE.value,
+                walk_in=False,
+                hold_expires_at=expires,
+                created_at=now,
+                updated_at=now,
+                **self._booked_by(),
+            )
+            row.exams = self._seal(row, Interaction.CREATE, exams=exam_list)["exams"]
+            self._session.add(row)
+            self._session.flush()
+            for index in range(count):
+                self._claim(site.id, starts + step * index, appointment_id, schedule, expires, now)
+            self._audit.record(
+                AuditAction.APPOINTMENT_SLOT_HOLD,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=appointment_id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return self._view(row, site, tuple(exam_list), None, now)
+
+    def confirm(self, appointment_id: uuid.UUID) -> AppointmentView:
+        """Turn a hold into a booking (idempotent on a booked appointment)."""
+        row = self._existing(appointment_id, Interaction.UPDATE)
+        if row.status == AppointmentStatus.BOOKED.value:
+            return self._views([row])[0]
+        if row.status != AppointmentStatus.HELD.value:
+            raise BookingError("Ce rendez-vous ne peut plus être confirmé.")
+        now = self._clock()
+        with self._all_or_nothing():
+            # Claims of an expired hold may have been deleted by another claimant; claims
+            # still there are made permanent, so nobody may delete them from now on.
+            made_permanent = self._session.execute(
+                update(SlotClaim)
+                .where(
+                    SlotClaim.tenant_id == self._tenant_id,
+                    SlotClaim.appointment_id == row.id,
+                )
+                .values(expires_at=None)
+            )
+            kept = cast(CursorResult[Any], made_permanent).rowcount
+            if kept < self._expected_claims(row):
+                raise BookingError(
+                    "Le délai de réservation est dépassé et le créneau a été pris entre-temps. "
+                    "Choisissez un autre créneau.",
+                    "hold_expired",
+                    "starts_at",
+                )
+            row.status = AppointmentStatus.BOOKED.value
+            row.hold_expires_at = None
+            row.confirmed_at = now
+            row.updated_at = now
+            self._session.flush()
+            self._audit.record(
+                AuditAction.APPOINTMENT_BOOKING_CONFIRM,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=row.id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return self._views([row])[0]
+
+    def cancel(self, appointment_id: uuid.UUID) -> AppointmentView:
+        """Cancel and free the boxes (patients: not after the change deadline)."""
+        row = self._existing(appointment_id, Interaction.UPDATE)
+        if row.status not in LIVE_STATUSES:
+            raise BookingError("Ce rendez-vous ne peut plus être annulé.")
+        now = self._clock()
+        self._check_deadline(row, now)
+        with self._all_or_nothing():
+            self._session.execute(
+                delete(SlotClaim).where(
+                    SlotClaim.tenant_id == self._tenant_id, SlotClaim.appointment_id == row.id
+                )
+            )
+            row.status = AppointmentStatus.CANCELLED.value
+            row.cancelled_at = now
+            row.hold_expires_at = None
+            row.updated_at = now
+            self._session.flush()
+            self._audit.record(
+                AuditAction.APPOINTMENT_BOOKING_CANCEL,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=row.id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return self._views([row])[0]
+
+    def reschedule(self, appointment_id: uuid.UUID, starts_at: dt.datetime) -> AppointmentView:
+        """Move the visit: the new slots are claimed and the old ones released together, or
+        nothing changes."""
+        row = self._existing(appointment_id, Interaction.UPDATE)
+        if row.status not in LIVE_STATUSES or row.kind != AppointmentKind.SITE.value:
+            raise BookingError("Ce rendez-vous ne peut pas être déplacé.")
+        now = self._clock()
+        self._check_deadline(row, now)
+        site, schedule = self._site_schedule(row.site_id)
+        exam_ids = self._open_exams(row)
+        exams = self._exams(exam_ids)
+        starts = self._check_start(site, schedule, exams, starts_at, now)
+        step = dt.timedelta(minutes=schedule.slot_minutes)
+        count = self._slot_count(exams, schedule)
+        expires = row.hold_expires_at if row.status == AppointmentStatus.HELD.value else None
+        if expires is not None and expires <= now:
+            raise BookingError(
+                "Le délai de réservation est dépassé. Choisissez à nouveau un créneau.",
+                "hold_expired",
+                "starts_at",
+            )
+        with self._all_or_nothing():
+            self._session.execute(
+                delete(SlotClaim).where(
+                    SlotClaim.tenant_id == self._tenant_id, SlotClaim.appointment_id == row.id
+                )
+            )
+            for index in range(count):
+                self._claim(site.id, starts + step * index, row.id, schedule, expires, now)
+            row.starts_at = starts
+            row.ends_at = starts + step * count
+            row.reminder_sent_at = None
+            row.updated_at = now
+            self._session.flush()
+            self._audit.record(
+                AuditAction.APPOINTMENT_BOOKING_RESCHEDULE,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=row.id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return self._view(row, site, tuple(exam_ids), None, now)
+
+    def request_home_visit(
+        self,
+        patient_id: uuid.UUID,
+        site_id: uuid.UUID,
+        exam_ids: Sequence[uuid.UUID],
+        day: dt.date,
+        window: Literal["morning", "afternoon"],
+        address: HomeAddress,
+    ) -> AppointmentView:
+        """Ask for a home visit in a time window; the lab assigns a sampler later."""
+        self._require(patient_id, Interaction.CREATE, None)
+        site = self._site(site_id)
+        exams = self._exams(exam_ids)
+        if any(not exam.home_sampling for exam in exams):
+            raise BookingError(
+                "Un des examens choisis ne peut pas être prélevé à domicile.",
+                "not_bookable",
+                "exam_ids",
+            )
+        if window not in HOME_WINDOWS:
+            raise BookingError("Créneau horaire : matin ou après-midi.", field="window")
+        if not isinstance(day, dt.date) or isinstance(day, dt.datetime):
+            raise BookingError("Date de la visite invalide.", field="day")
+        now = self._clock()
+        zone = ZoneInfo(site.timezone)
+        if day <= now.astimezone(zone).date():
+            raise BookingError(
+                "La visite à domicile se demande au plus tard la veille.", field="day"
+            )
+        if day > (now + dt.timedelta(days=self._settings.booking_horizon_days)).date():
+            raise BookingError(
+                f"On ne peut réserver qu'à {self._settings.booking_horizon_days} jours au plus.",
+                field="day",
+            )
+        opens, closes = HOME_WINDOWS[window]
+        starts = dt.datetime.combine(day, opens, zone).astimezone(dt.UTC)
+        ends = dt.datetime.combine(day, closes, zone).astimezone(dt.UTC)
+        for exam in exams:
+            if (
+                exam.window_start is not None
+                and exam.window_end is not None
+                and (exam.window_end <= opens or exam.window_start >= closes)
+            ):
+                raise BookingError(
+                    "Un des examens choisis doit être prélevé à une autre heure de la journée.",
+                    "not_bookable",
+                    "window",
+                )
+        clean = validate_address(address)
+        exam_list = [exam.id for exam in exams]
+        appointment_id = uuid.uuid4()
+        with self._all_or_nothing():
+            row = Appointment(
+                id=appointment_id,
+                tenant_id=self._tenant_id,
+                patient_id=patient_id,
+                site_id=site.id,
+                starts_at=starts,
+                ends_at=ends,
+                status=AppointmentStatus.BOOKED.value,
+                kind=AppointmentKind.HOME.value,
+                walk_in=False,
+                confirmed_at=now,
+                created_at=now,
+                updated_at=now,
+                **self._booked_by(),
+            )
+            sealed = self._seal(row, Interaction.CREATE, exams=exam_list, address=clean)
+            row.exams, row.home_address = sealed["exams"], sealed["home_address"]
+            self._session.add(row)
+            self._session.flush()
+            self._audit.record(
+                AuditAction.APPOINTMENT_HOME_REQUEST,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=appointment_id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return self._view(row, site, tuple(exam_list), clean, now)
+
+    # -- authorization -------------------------------------------------------------------
+
+    def _may(self, patient_id: uuid.UUID, interaction: Interaction) -> bool:
+        return patient_id in self._repo.in_scope_ids([patient_id], RESOURCE, interaction)
+
+    def _require(
+        self, patient_id: uuid.UUID, interaction: Interaction, appointment_id: uuid.UUID | None
+    ) -> None:
+        """Refuse (audited, answered 404) unless the policy lets the caller act."""
+        if self._may(patient_id, interaction):
+            return
+        raise self._audit.refusal(
+            AppointmentNotFoundError(),
+            AuditAction.APPOINTMENT_BOOKING_REFUSED,
+            tenant_id=self._tenant_id,
+            target_type=TARGET if appointment_id is not None else "patient",
+            target_id=appointment_id if appointment_id is not None else patient_id,
+            purpose=PURPOSE_BOOKING,
+        )
+
+    def _existing(self, appointment_id: uuid.UUID, interaction: Interaction) -> Appointment:
+        row = self._row(appointment_id)
+        if row is None:
+            raise self._audit.refusal(
+                AppointmentNotFoundError(),
+                AuditAction.APPOINTMENT_BOOKING_REFUSED,
+                tenant_id=self._tenant_id,
+                target_type=TARGET,
+                target_id=appointment_id,
+                purpose=PURPOSE_BOOKING,
+            )
+        self._require(row.patient_id, interaction, row.id)
+        return row
+
+    def _is_patient(self) -> bool:
+        return (
+            isinstance(self._scope, AccessScope)
+            and self._scope.principal.kind is PrincipalKind.PATIENT
+        )
+
+    def _check_deadline(self, row: Appointment, now: dt.datetime) -> None:
+        if row.starts_at <= now:
+            raise BookingError("Ce rendez-vous est déjà passé.", "deadline_passed")
+        if (
+            self._is_patient()
+            and row.status == AppointmentStatus.BOOKED.value
+            and row.starts_at - now < self._deadline()
+        ):
+            hours = self._settings.booking_change_deadline_hours
+            raise BookingError(
+                f"Un rendez-vous ne peut plus être modifié en ligne moins de {hours} heures "
+                "avant. Appelez le laboratoire.",
+                "deadline_passed",
+            )
+
+    def _deadline(self) -> dt.timedelta:
+        return dt.timedelta(hours=self._settings.booking_change_deadline_hours)
+
+    def _booked_by(self) -> dict[str, uuid.UUID | None]:
+        if not isinstance(self._scope, AccessScope):
+            return {"booked_by_account_id": None, "booked_by_staff_id": None}
+        try:
+            account_id: uuid.UUID | None = uuid.UUID(self._scope.principal.id)
+        except ValueError:
+            account_id = None
+        return {"booked_by_account_id": account_id, "booked_by_staff_id": self._scope.staff_id}
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _site(self, site_id: uuid.UUID) -> Site:
+        if not isinstance(site_id, uuid.UUID):
+            raise UnknownSiteError
+        site = self._session.scalar(
+            select(Site).where(Site.tenant_id == self._tenant_id, Site.id == site_id)
+        )
+        if site is None:
+            raise UnknownSiteError
+        return site
+
+    def _site_schedule(self, site_id: uuid.UUID) -> tuple[Site, Schedule]:
+        site = self._site(site_id)
+        row = self._session.scalar(
+            select(SiteSchedule).where(
+                SiteSchedule.tenant_id == self._tenant_id, SiteSchedule.site_id == site.id
+            )
+        )
+        if row is None:
+            raise UnknownSiteError
+        try:
+            hours = OpeningHours.parse(site.opening_hours or {})
+            schedule = Schedule(
+                timezone=site.timezone,
+                opening_hours=hours,
+                slot_minutes=row.slot_minutes,
+                sampling_boxes=row.sampling_boxes,
+                walk_in_boxes=row.walk_in_boxes,
+            )
+        except (OpeningHoursError, ValueError):
+            raise UnknownSiteError from None
+        return site, schedule
+
+    def _closures(self, site_id: uuid.UUID, first: dt.date, last: dt.date) -> list[Closure]:
+        rows = self._session.scalars(
+            select(SiteClosure).where(
+                SiteClosure.tenant_id == self._tenant_id,
+                SiteClosure.site_id == site_id,
+                SiteClosure.ends_on >= first,
+                SiteClosure.starts_on <= last,
+            )
+        )
+        return [Closure(row.starts_on, row.ends_on) for row in rows]
+
+    def _exams(self, exam_ids: Sequence[uuid.UUID]) -> list[Exam]:
+        """Active exams of this organization, in the order asked, duplicates dropped."""
+        if isinstance(exam_ids, (str, bytes)):
+            raise BookingError("Examens : une liste est attendue.", field="exam_ids")
+        wanted = list(dict.fromkeys(exam_ids))
+        if not wanted:
+            raise BookingError("Choisissez au moins un examen.", field="exam_ids")
+        if len(wanted) > MAX_EXAMS:
+            raise BookingError(f"Au plus {MAX_EXAMS} examens par rendez-vous.", field="exam_ids")
+        if any(not isinstance(exam_id, uuid.UUID) for exam_id in wanted):
+            raise BookingError("Examen introuvable.", field="exam_ids")
+        found = {
+            exam.id: exam
+            for exam in self._session.scalars(
+                select(Exam).where(
+                    Exam.tenant_id == self._tenant_id,
+                    Exam.id.in_(wanted),
+                    Exam.active.is_(True),
+                )
+            )
+        }
+        if len(found) != len(wanted):
+            raise BookingError("Examen introuvable.", field="exam_ids")
+        return [found[exam_id] for exam_id in wanted]
+
+    def _slot_count(self, exams: Sequence[Exam], schedule: Schedule) -> int:
+        minutes = visit_minutes([exam_rule(exam) for exam in exams])
+        return max(1, math.ceil(minutes / schedule.slot_minutes))
+
+    def _check_start(
+        self,
+        site: Site,
+        schedule: Schedule,
+        exams: Sequence[Exam],
+        starts_at: dt.datetime,
+        now: dt.datetime,
+    ) -> dt.datetime:
+        """``starts_at`` in UTC if a visit for ``exams`` may start then (capacity aside)."""
+        rules = [exam_rule(exam) for exam in exams]
+        if not needs_appointment(rules):
+            raise BookingError(
+                "Ces examens se font sans rendez-vous, aux heures d'ouverture du site.",
+                "not_bookable",
+                "exam_ids",
+            )
+        starts = _aware_utc(starts_at)
+        if starts <= now:
+            raise BookingError("Ce créneau est déjà passé.", field="starts_at")
+        if starts > now + dt.timedelta(days=self._settings.booking_horizon_days):
+            raise BookingError(
+                f"On ne peut réserver qu'à {self._settings.booking_horizon_days} jours au plus.",
+                field="starts_at",
+            )
+        day = starts.astimezone(ZoneInfo(schedule.timezone)).date()
+        slots = generate_slots(schedule, self._closures(site.id, day, day), day, day, now)
+        for slot in compatible_slots(slots, rules, schedule.slot_minutes):
+            if slot.starts_at.astimezone(dt.UTC) == starts:
+                return starts
+        raise BookingError(
+            "Ce créneau n'est pas proposé pour ces examens. Choisissez un créneau de la liste.",
+            field="starts_at",
+        )
+
+    def _expected_claims(self, row: Appointment) -> int:
+        """How many slots the visit occupies: its length in the site's slot length."""
+        if row.ends_at is None:
+            return 1
+        minutes = self._session.scalar(
+            select(SiteSchedule.slot_minutes).where(
+                SiteSchedule.tenant_id == self._tenant_id, SiteSchedule.site_id == row.site_id
+            )
+        )
+        if not minutes:
+            return 1
+        return max(1, round((row.ends_at - row.starts_at) / dt.timedelta(minutes=minutes)))
+
+    # -- capacity ------------------------------------------------------------------------
+
+    def _taken(
+        self, site_id: uuid.UUID, first: dt.date, last: dt.date, zone: ZoneInfo, now: dt.datetime
+    ) -> dict[dt.datetime, int]:
+        """Live claims per slot start: bookings and holds not yet expired."""
+        start = dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC)
+        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
+        rows = self._session.execute(
+            select(SlotClaim.starts_at, func.count())
+            .where(
+                SlotClaim.tenant_id == self._tenant_id,
+                SlotClaim.site_id == site_id,
+                SlotClaim.starts_at >= start,
+                SlotClaim.starts_at < end,
+                or_(SlotClaim.expires_at.is_(None), SlotClaim.expires_at > now),
+            )
+            .group_by(SlotClaim.starts_at)
+        )
+        return {starts_at: count for starts_at, count in rows}
+
+    def _claim(
+        self,
+        site_id: uuid.UUID,
+        starts_at: dt.datetime,
+        appointment_id: uuid.UUID,
+        schedule: Schedule,
+        expires_at: dt.datetime | None,
+        now: dt.datetime,
+    ) -> int:
+        """Take the first free bookable box of one slot; :class:`SlotTakenError` if none.
+
+        The UNIQUE constraint decides: each insert runs in its own SAVEPOINT, and a refused
+        one moves on to the next box. Expired holds' claims of this slot are deleted first.
+        """
+        self._session.execute(
+            delete(SlotClaim).where(
+                SlotClaim.tenant_id == self._tenant_id,
+                SlotClaim.site_id == site_id,
+                SlotClaim.starts_at == starts_at,
+                SlotClaim.expires_at.is_not(None),
+                SlotClaim.expires_at <= now,
+            )
+        )
+        for box in range(schedule.bookable_boxes):
+            try:
+                with self._session.begin_nested():
+                    self._session.execute(
+                        insert(CLAIMS_TABLE).values(
+                            id=uuid.uuid4(),
+                            tenant_id=self._tenant_id,
+                            site_id=site_id,
+                            starts_at=starts_at,
+                            box=box,
+                            appointment_id=appointment_id,
+                            expires_at=expires_at,
+                        )
+                    )
+            except IntegrityError:
+                continue
+            return box
+        raise SlotTakenError
+
+    def _all_or_nothing(self) -> _Savepoint:
+        return _Savepoint(self._session)
+
+    # -- sealing -------------------------------------------------------------------------
+
+    def _seal(
+        self,
+        row: Appointment,
+        interaction: Interaction,
+        *,
+        exams: Sequence[uuid.UUID] | None = None,
+        address: HomeAddress | None = None,
+    ) -> dict[str, bytes | None]:
+        values: dict[str, bytes | None] = {}
+        if exams is not None:
+            values["exams"] = json.dumps({"exam_ids": [str(e) for e in exams]}).encode()
+        if address is not None:
+            values["home_address"] = json.dumps(
+                {
+                    "line": address.line,
+                    "postal_code": address.postal_code,
+                    "city": address.city,
+                    "instructions": address.instructions,
+                }
+            ).encode()
+        sealed = self._repo.seal_for(
+            row.patient_id,
+            RESOURCE,
+            interaction,
+            SealedItem(row.patient_id, TABLE, row.id, values),
+            purpose=PURPOSE_BOOKING,
+        )
+        if sealed is None:
+            raise self._audit.refusal(
+                AppointmentNotFoundError(),
+                AuditAction.APPOINTMENT_BOOKING_REFUSED,
+                tenant_id=self._tenant_id,
+                target_type="patient",
+                target_id=row.patient_id,
+                purpose=PURPOSE_BOOKING,
+            )
+        return sealed
+
+    def _open_exams(self, row: Appointment) -> list[uuid.UUID]:
+        if row.exams is None:
+            return []
+        opened = self._repo.open_for(
+            RESOURCE,
+            [SealedItem(row.patient_id, TABLE, row.id, {"exams": row.exams})],
+            purpose=PURPOSE_BOOKING,
+        )
+        return _exam_ids(opened.get(row.id, {}).get("exams"))
+
+    # -- views ---------------------------------------------------------------------------
+
+    def _views(self, rows: Sequence[Appointment]) -> list[AppointmentView]:
+        """Views of ``rows``, their sealed parts opened in one batch when readable."""
+        if not rows:
+            return []
+        now = self._clock()
+        items = [
+            SealedItem(
+                row.patient_id,
+                TABLE,
+                row.id,
+                {"exams": row.exams, "home_address": row.home_address},
+            )
+            for row in rows
+            if row.exams is not None or row.home_address is not None
+        ]
+        opened = self._repo.open_for(RESOURCE, items, purpose=PURPOSE_VIEW) if items else {}
+        sites = {
+            site.id: site
+            for site in self._session.scalars(
+                select(Site).where(
+                    Site.tenant_id == self._tenant_id,
+                    Site.id.in_(sorted({row.site_id for row in rows})),
+                )
+            )
+        }
+        views = []
+        for row in rows:
+            plain = opened.get(row.id, {})
+            views.append(
+                self._view(
+                    row,
+                    sites[row.site_id],
+                    tuple(_exam_ids(plain.get("exams"))),
+                    _address(plain.get("home_address")),
+                    now,
+                )
+            )
+        return views
+
+    def _view(
+        self,
+        row: Appointment,
+        site: Site,
+        exam_ids: tuple[uuid.UUID, ...],
+        address: HomeAddress | None,
+        now: dt.datetime,
+    ) -> AppointmentView:
+        changeable = row.status in LIVE_STATUSES and row.starts_at - now >= self._deadline()
+        return AppointmentView(
+            id=row.id,
+            patient_id=row.patient_id,
+            site_id=row.site_id,
+            site_name=site.name,
+            starts_at=row.starts_at,
+            ends_at=row.ends_at,
+            status=AppointmentStatus(row.status),
+            kind=AppointmentKind(row.kind),
+            walk_in=row.walk_in,
+            exam_ids=exam_ids,
+            home_address=address,
+            sampler_staff_id=row.sampler_staff_id,
+            hold_expires_at=row.hold_expires_at,
+            changeable=changeable,
+        )
+
+    def _row(self, appointment_id: uuid.UUID) -> Appointment | None:
+        if not isinstance(appointment_id, uuid.UUID):
+            return None
+        return self._session.scalar(
+            select(Appointment).where(
+                Appointment.tenant_id == self._tenant_id, Appointment.id == appointment_id
+            )
+        )
+
+
+class _Savepoint:
+    """A SAVEPOINT around one call's writes: released on success, rolled back on any error."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __enter__(self) -> None:
+        self._nested = self._session.begin_nested()
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if kind is None:
+            self._nested.commit()
+        elif self._nested.is_active:
+            self._nested.rollback()
+
+
+def _exam_ids(blob: bytes | None) -> list[uuid.UUID]:
+    if not blob:
+        return []
+    data = json.loads(blob)
+    return [uuid.UUID(value) for value in data.get("exam_ids", [])]
+
+
+def _address(blob: bytes | None) -> HomeAddress | None:
+    if not blob:
+        return None
+    data = json.loads(blob)
+    return HomeAddress(
+        line=str(data.get("line", "")),
+        postal_code=str(data.get("postal_code", "")),
+        city=str(data.get("city", "")),
+        instructions=str(data.get("instructions", "")),
+    )

@@ -1,0 +1,1 @@
+"""Pre-registration before a visit: declared identity, insurance, prescription uploads."""

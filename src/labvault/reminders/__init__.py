@@ -1,0 +1,1 @@
+"""Appointment reminders by email and SMS, the day before (``labvault reminders send``)."""

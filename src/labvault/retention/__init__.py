@@ -1,0 +1,2 @@
+"""Retention of booking data: expired holds, prescriptions, old appointments' content
+(``labvault retention run``)."""

@@ -1,0 +1,207 @@
+"""The retention job (``labvault retention run``): what booking leaves behind, removed once
+it has served, per organization, idempotently, audited with counts only.
+
+1. Expired holds: an appointment still ``held`` after ``hold_expires_at`` was never
+   booked; its row goes, and its slot claims with it (cascade).
+2. Prescriptions (``patient_documents``) past ``delete_after`` (the visit plus
+   ``LABVAULT_PRESCRIPTION_RETENTION_DAYS``, set at upload) are deleted: one
+   ``patient:document:delete`` event each, purpose ``retention``, in the patient's access
+   history. A document of an appointment being anonymised (below) that has no
+   ``delete_after`` goes with it: nothing outlives the appointment's retention.
+3. Appointments whose visit (``ends_at``, else ``starts_at``) is older than
+   ``LABVAULT_APPOINTMENT_RETENTION_DAYS``: their pre-registration is deleted, their sealed
+   exams and home address are set to NULL and ``anonymised_at`` is set. The row stays: site,
+   time, status and box are the lab's planning and statistics, nothing personal is sealed
+   in it any more (its ``patient_id`` is a random id; the record itself is kept by law).
+
+Then one ``retention:run:complete`` event per organization, target the organization, its
+purpose holding the counts (``retention/holds:1/documents:2/...``). A dry run counts the
+same rows and changes nothing, not even the log. Nothing is decrypted: rows are selected
+by dates and ids only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, Result, Select, and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from labvault.appointments.models import (
+    Appointment,
+    AppointmentStatus,
+    PatientDocument,
+    Preregistration,
+)
+from labvault.core.access.principals import SystemPrincipal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import AuditContext, AuditTrail
+
+__all__ = ["JOB", "PURPOSE", "RetentionReport", "RetentionSettings", "run_retention"]
+
+JOB = "job:retention"
+PURPOSE = "retention"
+ORGANIZATION_TARGET = "organization"
+PATIENT_TARGET = "patient"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    appointment_retention_days: int
+
+
+@dataclasses.dataclass(slots=True)
+class RetentionReport:
+    """How many rows were (or, in a dry run, would be) purged or anonymised."""
+
+    holds: int = 0
+    documents: int = 0
+    preregistrations: int = 0
+    appointments: int = 0
+
+    def add(self, other: RetentionReport) -> None:
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+    @property
+    def total(self) -> int:
+        return self.holds + self.documents + self.preregistrations + self.appointments
+
+    def purpose(self) -> str:
+        """The counts as an audit token (no personal data: numbers)."""
+        return (
+            f"{PURPOSE}/holds:{self.holds}/documents:{self.documents}"
+            f"/preregistrations:{self.preregistrations}/appointments:{self.appointments}"
+        )
+
+
+def _expired_holds(tenant_id: uuid.UUID, now: dt.datetime) -> ColumnElement[bool]:
+    return and_(
+        Appointment.tenant_id == tenant_id,
+        Appointment.status == AppointmentStatus.HELD.value,
+        Appointment.hold_expires_at.is_not(None),
+        Appointment.hold_expires_at < now,
+    )
+
+
+def _past_retention(tenant_id: uuid.UUID, cutoff: dt.datetime) -> ColumnElement[bool]:
+    return and_(
+        Appointment.tenant_id == tenant_id,
+        Appointment.anonymised_at.is_(None),
+        Appointment.status != AppointmentStatus.HELD.value,
+        or_(
+            and_(Appointment.ends_at.is_not(None), Appointment.ends_at < cutoff),
+            and_(Appointment.ends_at.is_(None), Appointment.starts_at < cutoff),
+        ),
+    )
+
+
+def run_retention(
+    session: Session,
+    tenant_id: uuid.UUID,
+    settings: RetentionSettings,
+    *,
+    now: dt.datetime,
+    dry_run: bool = False,
+    context: AuditContext | None = None,
+) -> RetentionReport:
+    """Apply the retention rules to one organization in the caller's transaction (bound to
+    that tenant); the caller commits. Running it again at once finds nothing to do."""
+    if now.tzinfo is None:
+        raise ValueError("the retention job's instant must be timezone-aware")
+    cutoff = now - dt.timedelta(days=settings.appointment_retention_days)
+    expiring = select(Appointment.id).where(_past_retention(tenant_id, cutoff))
+    documents = session.execute(
+        select(PatientDocument.id, PatientDocument.patient_id)
+        .where(
+            PatientDocument.tenant_id == tenant_id,
+            or_(
+                and_(
+                    PatientDocument.delete_after.is_not(None), PatientDocument.delete_after <= now
+                ),
+                and_(
+                    PatientDocument.delete_after.is_(None),
+                    PatientDocument.appointment_id.in_(expiring),
+                ),
+            ),
+        )
+        .order_by(PatientDocument.id)
+    ).all()
+    report = RetentionReport(
+        holds=_count(session, select(Appointment.id).where(_expired_holds(tenant_id, now))),
+        documents=len(documents),
+        preregistrations=_count(
+            session,
+            select(Preregistration.id).where(
+                Preregistration.tenant_id == tenant_id,
+                Preregistration.appointment_id.in_(expiring),
+            ),
+        ),
+        appointments=_count(session, expiring),
+    )
+    if dry_run:
+        return report
+    trail = AuditTrail(session, SystemPrincipal(JOB), context)
+    if documents:
+        session.execute(
+            delete(PatientDocument)
+            .where(
+                PatientDocument.tenant_id == tenant_id,
+                PatientDocument.id.in_([document_id for document_id, _ in documents]),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        for _, patient_id in documents:
+            trail.record(
+                AuditAction.PATIENT_DOCUMENT_DELETE,
+                tenant_id=tenant_id,
+                target_type=PATIENT_TARGET,
+                target_id=patient_id,
+                purpose=PURPOSE,
+            )
+    # The counts of the writes themselves: a row added since the counting is counted too.
+    report.preregistrations = _rowcount(
+        session.execute(
+            delete(Preregistration)
+            .where(
+                Preregistration.tenant_id == tenant_id,
+                Preregistration.appointment_id.in_(expiring),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    report.appointments = _rowcount(
+        session.execute(
+            update(Appointment)
+            .where(_past_retention(tenant_id, cutoff))
+            .values(exams=None, home_address=None, anonymised_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    # Claims, and anything else hanging on the hold, go by cascade.
+    report.holds = _rowcount(
+        session.execute(
+            delete(Appointment)
+            .where(_expired_holds(tenant_id, now))
+            .execution_options(synchronize_session=False)
+        )
+    )
+    trail.record(
+        AuditAction.RETENTION_RUN_COMPLETE,
+        tenant_id=tenant_id,
+        target_type=ORGANIZATION_TARGET,
+        target_id=tenant_id,
+        purpose=report.purpose(),
+    )
+    return report
+
+
+def _count(session: Session, query: Select[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,522 @@
+"""Pre-registration and prescription uploads over the API, on SQLite and PostgreSQL: the
+patient declares and uploads, the lab's desk reads in scope, everyone else gets the one 404;
+hostile input gets a clear French error with nothing written; what is stored is ciphertext."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+from PIL import Image
+from sqlalchemy import func, select, update
+
+from caller_world import (
+    ORIGIN,
+    PATIENT_OTHER,
+    PATIENT_OWN,
+    SESSION_COOKIE,
+    CallerWorld,
+    alpha_settings,
+    build_caller_world,
+)
+from helpers import leaked, pg_dump, sqlite_files
+from labvault.app import create_app
+from labvault.appointments.models import (
+    Appointment,
+    AppointmentStatus,
+    PatientDocument,
+    Preregistration,
+)
+from labvault.core.access.principals import SystemPrincipal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.models import AuditEvent
+from labvault.core.config import Settings
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.db import transaction, utcnow
+from labvault.core.runtime import Runtime
+from labvault.patients.ins import Sex
+from labvault.patients.nir import NirProblem, synthetic_nir
+from labvault.patients.schemas import PatientInput
+from labvault.patients.services import PatientRepository
+from labvault.preregistration.schemas import NIR_REASONS
+
+MAX_BYTES = 64 * 1024
+INSURANCE_NUMBER = "ZQX-98765-LV"
+PDF_MARKER = "ORDONNANCE-MARQUEUR-7Q4K"
+
+
+@pytest.fixture
+def alpha(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime(
+        alpha_settings(settings).model_copy(update={"prescription_max_bytes": MAX_BYTES})
+    )
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def cw(alpha: Runtime) -> CallerWorld:
+    return build_caller_world(alpha)
+
+
+@pytest.fixture
+def client(alpha: Runtime, cw: CallerWorld) -> Iterator[TestClient]:
+    with TestClient(create_app(alpha.settings, alpha), base_url=ORIGIN) as test_client:
+        yield test_client
+
+
+def as_(client: TestClient, cw: CallerWorld, name: str) -> dict[str, str]:
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, cw.sessions[name].token, domain="testserver.local")
+    cw.current = name
+    return {"X-CSRF-Token": cw.sessions[name].csrf}
+
+
+def appointment_of(cw: CallerWorld, record: str) -> uuid.UUID:
+    with cw.world.sessions() as session:
+        found = session.scalar(
+            select(Appointment.id).where(Appointment.patient_id == cw.world.patients[record])
+        )
+    assert found is not None
+    return found
+
+
+def count(cw: CallerWorld, model: type[Any]) -> int:
+    with cw.world.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def events(runtime: Runtime, action: AuditAction) -> list[AuditEvent]:
+    with runtime.audit_sessions() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action.value)))
+
+
+def declaration(cw: CallerWorld, record: str = "today", **changes: Any) -> dict[str, Any]:
+    person = cw.world.inputs[record]
+    body: dict[str, Any] = {
+        "birth_name": person.birth_name,
+        "first_names": person.first_names,
+        "birth_date": person.birth_date.isoformat(),
+        "sex": person.sex.value,
+        "nir": person.nir.formatted() if person.nir else None,
+        "insurance_name": "Mutuelle des Lilas",
+        "insurance_member_number": INSURANCE_NUMBER,
+        "third_party_payment": True,
+    }
+    body.update(changes)
+    return body
+
+
+def pdf(marker: str = PDF_MARKER) -> bytes:
+    """A real one-page PDF whose text (uncompressed, so a leak would show) is ``marker``."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({marker}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "white").save(out, "PNG")
+    return out.getvalue()
+
+
+def upload(
+    client: TestClient,
+    headers: dict[str, str],
+    appointment_id: uuid.UUID,
+    content: bytes,
+    *,
+    consent: str | None = "true",
+    name: str = "ordonnance.pdf",
+    content_type: str = "application/pdf",
+) -> Response:
+    data = {"consent": consent} if consent is not None else {}
+    return client.post(
+        f"/api/v1/appointments/{appointment_id}/documents",
+        files={"file": (name, content, content_type)},
+        data=data,
+        headers=headers,
+    )
+
+
+def add_minor_without_nir(cw: CallerWorld, runtime: Runtime) -> tuple[uuid.UUID, uuid.UUID]:
+    """A child of the patient account's holder: no NIR on its record, an appointment at
+    the main site tomorrow. Returns (patient id, appointment id)."""
+    today = utcnow().date()
+    child = PatientInput(
+        birth_name="Petitjean",
+        first_names="Noé",
+        birth_date=today.replace(year=today.year - 8, day=min(today.day, 28)),
+        sex=Sex.MALE,
+    )
+    with transaction(cw.world.sessions) as session:
+        keyring = TenantKeyring(
+            session, runtime.key_provider, cw.world.tenant, SystemPrincipal("test:prereg")
+        )
+        created = PatientRepository(session, keyring).register_many([child])
+        patient_id = created.created[0]
+        appointment = Appointment(
+            tenant_id=cw.world.tenant,
+            patient_id=patient_id,
+            site_id=cw.world.sites["main"],
+            starts_at=utcnow() + dt.timedelta(days=1),
+            ends_at=utcnow() + dt.timedelta(days=1, minutes=15),
+            status=AppointmentStatus.BOOKED.value,
+        )
+        session.add(appointment)
+        session.flush()
+        appointment_id = appointment.id
+    cw.add_dependent(PATIENT_OWN, patient_id)
+    return patient_id, appointment_id
+
+
+# --- the declaration ------------------------------------------------------------------------
+
+
+def test_the_patient_declares_and_the_desk_reads_it_in_scope(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    appointment_id = appointment_of(cw, "today")
+    url = f"/api/v1/appointments/{appointment_id}/preregistration"
+    headers = as_(client, cw, PATIENT_OWN)
+    assert client.get(url).json()["preregistration"] is None
+    answer = client.put(url, json=declaration(cw), headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()["preregistration"]
+    nir = cw.world.inputs["today"].nir
+    assert nir is not None
+    assert nir.compact not in answer.text
+    assert body["nir"].count("*") == 8
+    assert body["differs_from_record"] == []
+    assert body["insurance_member_number"] == INSURANCE_NUMBER
+    assert answer.headers["cache-control"] == "no-store"
+    assert len(events(alpha, AuditAction.PATIENT_PREREGISTRATION_UPDATE)) == 1
+
+    # Replacing it keeps one row.
+    again = client.put(url, json=declaration(cw, third_party_payment=False), headers=headers)
+    assert again.status_code == 200, again.text
+    assert count(cw, Preregistration) == 1
+
+    for name in ("receptionist", "sampler"):  # appointment:read, in scope today
+        as_(client, cw, name)
+        read = client.get(url)
+        assert read.status_code == 200, (name, read.text)
+        assert read.json()["preregistration"]["third_party_payment"] is False
+    for name in ("biologist", "organization_admin", "security_officer", PATIENT_OTHER):
+        as_(client, cw, name)
+        assert client.get(url).status_code == 404, name
+    # Only the patient declares: the desk may not write it.
+    staff_headers = as_(client, cw, "receptionist")
+    assert client.put(url, json=declaration(cw), headers=staff_headers).status_code == 404
+
+
+def test_a_different_trait_is_kept_for_the_desk_and_the_record_is_unchanged(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    answer = client.put(
+        f"/api/v1/appointments/{appointment_id}/preregistration",
+        json=declaration(cw, birth_name="Autrenom", first_names="Camille"),
+        headers=headers,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["preregistration"]["differs_from_record"] == ["birth_name", "first_names"]
+    record = client.get(f"/api/v1/patients/{cw.world.patients['today']}").json()
+    assert record["birth_name"] == cw.world.inputs["today"].birth_name
+
+
+def test_a_nir_fills_a_record_that_has_none_and_becomes_searchable(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    child_id, appointment_id = add_minor_without_nir(cw, alpha)
+    headers = as_(client, cw, PATIENT_OWN)
+    url = f"/api/v1/appointments/{appointment_id}/preregistration"
+    born = dt.date.fromisoformat(client.get(f"/api/v1/patients/{child_id}").json()["birth_date"])
+    base = {
+        "birth_name": "Petitjean",
+        "first_names": "Noé",
+        "birth_date": born.isoformat(),
+        "sex": "M",
+        "third_party_payment": True,
+    }
+    # Third-party payment without a NIR, on a record without one: refused, nothing written.
+    refused = client.put(url, json=base, headers=headers)
+    assert refused.status_code == 422
+    assert "tiers payant" in refused.json()["errors"]["nir"]
+    assert count(cw, Preregistration) == 0
+
+    nir = synthetic_nir(random.Random(11), sex=1, birth_date=born)
+    answer = client.put(url, json={**base, "nir": nir.formatted()}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    record = client.get(f"/api/v1/patients/{child_id}").json()
+    assert record["ins_number"] is not None
+    assert record["ins_number"].endswith(nir.compact[-2:])
+    staff = as_(client, cw, "receptionist")
+    found = client.post("/api/v1/patients/search", json={"nir": nir.compact}, headers=staff)
+    assert [item["id"] for item in found.json()["items"]] == [str(child_id)]
+
+
+HOSTILE_DECLARATIONS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (changes, field in error, part of the French reason)
+    "birth date 0 (number)": ({"birth_date": 0}, "birth_date", "AAAA-MM-JJ"),
+    'birth date "0"': ({"birth_date": "0"}, "birth_date", "AAAA-MM-JJ"),
+    "birth date in the future": ({"birth_date": "2999-01-01"}, "birth_date", "futur"),
+    "nir with a wrong key": ({"nir": "1 84 05 75 056 123 00"}, "nir", "clé"),
+    "nir too short": ({"nir": "1840575"}, "nir", "trop court"),
+    "name with a control character": ({"birth_name": "Dupont\x00"}, "birth_name", "contrôle"),
+    "name with digits": ({"first_names": "R2D2"}, "first_names", "chiffres"),
+    "sex unknown": ({"sex": "X"}, "sex", "F ou M"),
+    "birth place not INSEE": ({"birth_place_code": "ABCDE"}, "birth_place_code", "5 caractères"),
+    "member number with markup": (
+        {"insurance_member_number": "<script>"},
+        "insurance_member_number",
+        "lettres",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_DECLARATIONS))
+def test_hostile_declarations_get_a_french_reason_and_nothing_is_written(
+    client: TestClient, cw: CallerWorld, alpha: Runtime, name: str
+) -> None:
+    changes, field, reason = HOSTILE_DECLARATIONS[name]
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    answer = client.put(
+        f"/api/v1/appointments/{appointment_id}/preregistration",
+        json=declaration(cw, **changes),
+        headers=headers,
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert reason in answer.json()["errors"][field]
+    assert count(cw, Preregistration) == 0
+    assert events(alpha, AuditAction.PATIENT_PREREGISTRATION_UPDATE) == []
+
+
+def test_an_invalid_nir_names_its_precise_rule(client: TestClient, cw: CallerWorld) -> None:
+    nir = cw.world.inputs["today"].nir
+    assert nir is not None
+    wrong_key = nir.compact[:-2] + f"{(int(nir.compact[-2:]) % 97) + 1:02d}"
+    headers = as_(client, cw, PATIENT_OWN)
+    answer = client.put(
+        f"/api/v1/appointments/{appointment_of(cw, 'today')}/preregistration",
+        json=declaration(cw, nir=wrong_key),
+        headers=headers,
+    )
+    assert answer.json()["errors"]["nir"] == NIR_REASONS[NirProblem.BAD_KEY]
+    assert wrong_key not in answer.text
+
+
+def test_a_cancelled_appointment_cannot_be_prepared(client: TestClient, cw: CallerWorld) -> None:
+    appointment_id = appointment_of(cw, "today")
+    with transaction(cw.world.sessions) as session:
+        session.execute(
+            update(Appointment)
+            .where(Appointment.id == appointment_id)
+            .values(status=AppointmentStatus.CANCELLED.value)
+        )
+    headers = as_(client, cw, PATIENT_OWN)
+    answer = client.put(
+        f"/api/v1/appointments/{appointment_id}/preregistration",
+        json=declaration(cw),
+        headers=headers,
+    )
+    assert answer.status_code == 409
+    assert upload(client, headers, appointment_id, pdf()).status_code == 409
+    assert count(cw, Preregistration) == 0
+    assert count(cw, PatientDocument) == 0
+
+
+# --- documents ------------------------------------------------------------------------------
+
+
+def test_an_upload_is_sealed_typed_from_its_content_and_read_by_the_lab_in_scope(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    content = png()
+    # The name and the declared type say PDF; the content is a PNG: the content wins.
+    answer = upload(client, headers, appointment_id, content, name="x.pdf")
+    assert answer.status_code == 201, answer.text
+    document = answer.json()
+    assert document["media_type"] == "image/png"
+    assert document["size_bytes"] == len(content)
+    with cw.world.sessions() as session:
+        row = session.get(PatientDocument, uuid.UUID(document["id"]))
+        assert row is not None
+        starts = session.get(Appointment, appointment_id).starts_at  # type: ignore[union-attr]
+        assert content not in row.content
+        delete_after = row.delete_after
+        assert delete_after is not None
+        assert abs(
+            delete_after.replace(tzinfo=None)
+            - (
+                starts.replace(tzinfo=None)
+                + dt.timedelta(days=alpha.settings.prescription_retention_days)
+            )
+        ) < dt.timedelta(seconds=1)
+    url = f"/api/v1/documents/{document['id']}"
+    for name in (PATIENT_OWN, "receptionist", "biologist"):
+        as_(client, cw, name)
+        read = client.get(url)
+        assert read.status_code == 200, name
+        assert read.content == content
+        assert read.headers["content-type"] == "image/png"
+        assert read.headers["content-disposition"].startswith("attachment")
+        assert read.headers["x-content-type-options"] == "nosniff"
+        assert read.headers["cache-control"] == "no-store"
+    assert len(events(alpha, AuditAction.PATIENT_DOCUMENT_READ)) == 3
+    for name in ("sampler", "organization_admin", "security_officer", PATIENT_OTHER):
+        as_(client, cw, name)
+        assert client.get(url).status_code == 404, name
+
+    as_(client, cw, "receptionist")
+    listed = client.get(f"/api/v1/patients/{cw.world.patients['today']}/documents")
+    assert [item["id"] for item in listed.json()] == [document["id"]]
+
+    staff = as_(client, cw, "receptionist")
+    assert client.delete(url, headers=staff).status_code == 404
+    own = as_(client, cw, PATIENT_OWN)
+    assert client.delete(url, headers=own).status_code == 204
+    assert client.get(url).status_code == 404
+    assert count(cw, PatientDocument) == 0
+    assert len(events(alpha, AuditAction.PATIENT_DOCUMENT_DELETE)) == 1
+
+
+def hostile_uploads() -> dict[str, tuple[dict[str, Any], int, str]]:
+    real = pdf()
+    return {
+        "oversized": ({"content": b"%PDF-1.7\n" + bytes(MAX_BYTES)}, 413, "trop lourd"),
+        "fake pdf": ({"content": b"%PDF-1.7\nnot really\n%%EOF\n"}, 422, "endommagé"),
+        "html renamed .pdf": (
+            {"content": b"<html><script>alert(1)</script></html>", "name": "o.pdf"},
+            422,
+            "page web",
+        ),
+        "polyglot png + pdf": ({"content": png() + real}, 422, "en trop"),
+        "empty file": ({"content": b""}, 422, "vide"),
+        "gif": ({"content": b"GIF89a" + bytes(40), "content_type": "image/png"}, 415, "JPEG"),
+        "no consent": ({"content": real, "consent": None}, 422, "accord"),
+        "consent refused": ({"content": real, "consent": "false"}, 422, "accord"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(hostile_uploads()))
+def test_hostile_uploads_get_a_clear_error_and_nothing_is_written(
+    client: TestClient, cw: CallerWorld, alpha: Runtime, name: str
+) -> None:
+    kwargs, status, reason = hostile_uploads()[name]
+    content = kwargs.pop("content")
+    headers = as_(client, cw, PATIENT_OWN)
+    answer = upload(client, headers, appointment_of(cw, "today"), content, **kwargs)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert reason in answer.json()["detail"]
+    assert count(cw, PatientDocument) == 0
+    assert events(alpha, AuditAction.PATIENT_DOCUMENT_UPLOAD) == []
+
+
+def test_a_body_that_is_not_a_multipart_upload_is_refused(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    headers = as_(client, cw, PATIENT_OWN)
+    url = f"/api/v1/appointments/{appointment_of(cw, 'today')}/documents"
+    assert client.post(url, json={"file": "x"}, headers=headers).status_code == 422
+    two = client.post(
+        url,
+        files=[("file", ("a.pdf", pdf(), "application/pdf")), ("file", ("b.pdf", pdf(), "x"))],
+        data={"consent": "true"},
+        headers=headers,
+    )
+    assert two.status_code == 422
+    assert count(cw, PatientDocument) == 0
+
+
+def test_at_most_five_documents_per_appointment(client: TestClient, cw: CallerWorld) -> None:
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    for _ in range(5):
+        assert upload(client, headers, appointment_id, pdf()).status_code == 201
+    sixth = upload(client, headers, appointment_id, pdf())
+    assert sixth.status_code == 409
+    assert count(cw, PatientDocument) == 5
+
+
+def test_objects_of_others_are_one_404(client: TestClient, cw: CallerWorld) -> None:
+    """Another patient's appointment, an appointment out of the desk's scope, and an
+    absent one: the same answer, byte for byte, and nothing written."""
+    headers = as_(client, cw, PATIENT_OWN)
+    foreign = appointment_of(cw, "tomorrow")  # another patient's
+    absent = uuid.uuid4()
+    answers = [
+        client.put(
+            f"/api/v1/appointments/{target}/preregistration", json=declaration(cw), headers=headers
+        )
+        for target in (foreign, absent)
+    ]
+    answers += [upload(client, headers, target, pdf()) for target in (foreign, absent)]
+    answers += [client.get(f"/api/v1/appointments/{t}/preregistration") for t in (foreign, absent)]
+    as_(client, cw, "receptionist")
+    out_of_scope = appointment_of(cw, "other_site")
+    answers.append(client.get(f"/api/v1/appointments/{out_of_scope}/preregistration"))
+    answers.append(client.get(f"/api/v1/patients/{cw.world.patients['other_site']}/documents"))
+    assert {a.status_code for a in answers} == {404}
+    assert len({a.content for a in answers}) == 1
+    assert count(cw, Preregistration) == 0
+    assert count(cw, PatientDocument) == 0
+
+
+def test_uploads_and_declarations_are_ciphertext_at_rest(
+    client: TestClient, cw: CallerWorld, alpha: Runtime, backend: str
+) -> None:
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    declared = declaration(cw, used_name="Vandermeersch")
+    assert (
+        client.put(
+            f"/api/v1/appointments/{appointment_id}/preregistration", json=declared, headers=headers
+        ).status_code
+        == 200
+    )
+    assert upload(client, headers, appointment_id, pdf()).status_code == 201
+    values = {INSURANCE_NUMBER, PDF_MARKER, "Vandermeersch", "Mutuelle des Lilas"}
+    assert PDF_MARKER.encode() in pdf()  # what a leak of the upload would show
+    url = alpha.settings.database_url
+    if backend == "sqlite":
+        files = sqlite_files(url)
+        assert files
+        for path in files:
+            assert leaked(path.read_bytes(), values) == [], path.name
+    else:
+        dump = pg_dump(url)
+        assert b"patient_documents" in dump
+        assert leaked(dump, values) == []
