@@ -236,6 +236,17 @@ def test_a_patient_books_a_slot_then_cancels_it(visit: Visit, live_server: Booki
         assert b"GLY" not in row.exams, "the exams are sealed"
         assert len(session.scalars(select(SlotClaim)).all()) == 1
 
+    # The other pages pass the same checks: moving the visit, a home visit request.
+    upcoming.get_by_role("link", name=re.compile("^Déplacer")).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Déplacer le rendez-vous")
+    expect(page.locator("button[name=starts_at]").first).to_be_visible()
+    visit.check()
+    page.goto("/compte/rendez-vous/domicile")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Demander un prélèvement à domicile")
+    visit.check()
+    page.goto("/compte/rendez-vous")
+    upcoming = page.locator("#a-venir")
+
     # Cancel: a confirmation page, then the list.
     upcoming.get_by_role("link", name=re.compile("^Annuler")).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Annuler le rendez-vous")

@@ -58,6 +58,13 @@ def test_a_receptionist_checks_a_patient_in_and_checks_their_identity(
     expect(page.get_by_role("alert")).to_contain_text("ne permet pas de valider l'identité")
     row = page.locator("tr").filter(has_text=person.birth_name)
     expect(row.locator(".desk-identity")).to_have_text("Provisoire")
+    # The refusal is answered 422 (the form again, with its message): expected here.
+    assert visit.problems == [
+        "console error: Failed to load resource: the server responded with a status of 422 "
+        "(Unprocessable Entity)"
+    ]
+    visit.problems.clear()
+    visit.check()
 
     page.get_by_label(f"Pièce d'identité vue pour {who}").select_option("cni")
     page.get_by_role("button", name=f"Vérifier l'identité de {who}").click()
@@ -67,4 +74,31 @@ def test_a_receptionist_checks_a_patient_in_and_checks_their_identity(
     expect(row.locator(".desk-status")).to_have_text("arrivé")
     # Only random ids and dates in the address bar, never a name.
     assert person.birth_name not in page.url
+    visit.check()
+
+
+def test_a_receptionist_registers_a_walk_in_and_opens_the_rounds(
+    visit: Visit, served: tuple[LiveServer, CallerWorld]
+) -> None:
+    _, world = served
+    page = visit.page
+    person = world.world.inputs["no_appointment"]
+    _sign_in_as(visit, world, "receptionist")
+
+    page.goto("/accueil/sans-rendez-vous")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Patient sans rendez-vous")
+    visit.check()
+    page.get_by_label("Nom de naissance").fill(person.birth_name)
+    page.get_by_label("Prénom").fill(person.first_given_name)
+    page.get_by_label("Date de naissance").fill(person.birth_date.isoformat())
+    page.get_by_role("button", name="Enregistrer le passage").click()
+    expect(page).to_have_url(re.compile(r"info=sans-rendez-vous$"))
+    expect(page.get_by_role("status")).to_contain_text("Passage sans rendez-vous enregistré")
+    row = page.locator("tr").filter(has_text=person.birth_name)
+    expect(row.locator(".desk-status")).to_have_text("arrivé")
+    expect(row).to_contain_text("Sans rendez-vous")
+    visit.check()
+
+    page.get_by_role("link", name="Tournées à domicile").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Prélèvements à domicile")
     visit.check()

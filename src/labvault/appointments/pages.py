@@ -203,16 +203,20 @@ def _portal(request: Request, caller: Caller) -> Portal:
     booking = BookingService(
         caller.session, caller.keyring(), caller.scope(), caller.runtime.settings
     )
-    records = PatientLinks(caller.service).records(caller.account)
-    people = [
-        Person(
-            record.id,
-            "Vous" if record.relationship is Relationship.SELF else record.first_name,
-        )
-        for record in records
-    ]
     # Only the records the caller's scope reaches today (a dependent come of age drops out).
     reachable = caller.scope().own_patient_ids
+    own = caller.account.patient_id
+    people = [Person(own, "Vous")] if own is not None else []
+    if reachable - {own}:
+        # Dependents are told apart by first name: opened (and audited) only when there
+        # are some, so that an account acting for itself alone opens nothing to list.
+        people = [
+            Person(
+                record.id,
+                "Vous" if record.relationship is Relationship.SELF else record.first_name,
+            )
+            for record in PatientLinks(caller.service).records(caller.account)
+        ]
     token = request.cookies.get(SESSION_COOKIE, "")
     return Portal(
         caller=caller,
@@ -535,12 +539,16 @@ def search_slots(
     site_id: FormText = "",
     exams: FormList = [],  # noqa: B006 - FastAPI copies form defaults
     week: FormText = "0",
+    back: FormText = "",
     csrf_token: FormText = "",
 ) -> Response:
+    """Step 2 (the week's slots); ``back`` shows step 1 again with the choices kept."""
     choice = Choice(patient_id[:MAX_FIELD], site_id[:MAX_FIELD], exams[:50], week[:8])
 
     def run(caller: Caller) -> Response:
         portal = _portal(request, caller)
+        if back:
+            return _step_one(request, portal, choice)
         checked = _check_choice(portal, choice)
         if checked.errors:
             return _step_one(request, portal, choice, errors=checked.errors, status=422)

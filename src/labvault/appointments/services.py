@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, delete, func, insert, or_, select, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from labvault.appointments.models import (
@@ -72,6 +72,8 @@ TARGET = "appointment"
 PURPOSE_BOOKING = "booking"
 PURPOSE_VIEW = "appointments"
 MAX_EXAMS = 20
+MAX_OPEN_HOLDS = 3
+"""Unconfirmed, unexpired holds a patient account may have per record at once."""
 MAX_SEARCH_DAYS = 31
 """A slot search covers at most this many days, both ends included."""
 ADDRESS_LINE_MAX = 200
@@ -85,6 +87,8 @@ HOME_WINDOWS: dict[str, tuple[dt.time, dt.time]] = {
 """Home-visit time windows, in the site's local time."""
 LIVE_STATUSES = frozenset({AppointmentStatus.HELD.value, AppointmentStatus.BOOKED.value})
 CLAIMS_TABLE = cast(Table, SlotClaim.__table__)
+DEADLOCK = "40P01"
+"""PostgreSQL's deadlock_detected."""
 
 SLOT_TAKEN_MESSAGE = "Ce créneau vient d'être pris. Choisissez-en un autre."
 
@@ -293,6 +297,7 @@ class BookingService:
         exams = self._exams(exam_ids)
         now = self._clock()
         starts = self._check_start(site, schedule, exams, starts_at, now)
+        self._check_open_holds(patient_id, now)
         step = dt.timedelta(minutes=schedule.slot_minutes)
         count = self._slot_count(exams, schedule)
         expires = now + dt.timedelta(minutes=self._settings.booking_hold_minutes)
@@ -336,6 +341,8 @@ class BookingService:
         if row.status != AppointmentStatus.HELD.value:
             raise BookingError("Ce rendez-vous ne peut plus être confirmé.")
         now = self._clock()
+        if row.starts_at <= now:
+            raise BookingError("Ce créneau est déjà passé.", "hold_expired", "starts_at")
         with self._all_or_nothing():
             # Claims of an expired hold may have been deleted by another claimant; claims
             # still there are made permanent, so nobody may delete them from now on.
@@ -574,6 +581,27 @@ class BookingService:
                 "deadline_passed",
             )
 
+    def _check_open_holds(self, patient_id: uuid.UUID, now: dt.datetime) -> None:
+        """A patient account keeps a few slots at once, not a day's worth (slot squatting)."""
+        if not self._is_patient():
+            return
+        open_holds = self._session.scalar(
+            select(func.count())
+            .select_from(Appointment)
+            .where(
+                Appointment.tenant_id == self._tenant_id,
+                Appointment.patient_id == patient_id,
+                Appointment.status == AppointmentStatus.HELD.value,
+                Appointment.hold_expires_at > now,
+            )
+        )
+        if (open_holds or 0) >= MAX_OPEN_HOLDS:
+            raise BookingError(
+                "Plusieurs créneaux sont déjà réservés en attente de confirmation pour cette "
+                "personne. Confirmez-les ou attendez quelques minutes.",
+                field="starts_at",
+            )
+
     def _deadline(self) -> dt.timedelta:
         return dt.timedelta(hours=self._settings.booking_change_deadline_hours)
 
@@ -767,6 +795,13 @@ class BookingService:
                     )
             except IntegrityError:
                 continue
+            except OperationalError as error:
+                # Two movers waiting on each other's boxes (a reschedule frees a box another
+                # claimant is queued on while it queues on one of theirs): the server gives
+                # up on one of them; for that caller the slot is as good as taken.
+                if getattr(getattr(error, "orig", None), "sqlstate", None) == DEADLOCK:
+                    raise SlotTakenError from None
+                raise
             return box
         raise SlotTakenError
 

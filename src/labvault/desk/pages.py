@@ -351,7 +351,7 @@ def walk_in(
                 caller,
                 desk,
                 values=values,
-                errors={exc.field: str(exc)},
+                errors={exc.field if exc.field in WALK_IN_LABELS else GENERAL: str(exc)},
                 status=409 if getattr(exc, "code", "") == "conflict" else 422,
                 offer_creation=no_match or creating,
             )

@@ -54,6 +54,8 @@ PURPOSE_LABELS = {
     "break-glass:patient-request": "Accès exceptionnel : à la demande du patient",
     "appointment-reminder": "Rappel de rendez-vous",
     "retention": "Fin de la durée de conservation",
+    "booking": "Prise de rendez-vous",
+    "appointments": "Affichage des rendez-vous",
 }
 MAX_ENTRIES = 1000
 

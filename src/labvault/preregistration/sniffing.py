@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import io
 import logging
-import warnings
 from typing import Final
 
 __all__ = [
@@ -147,18 +146,18 @@ def sniff(content: bytes) -> MediaType:
 def _check_image(content: bytes, expected: str) -> None:
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(content), formats=[expected]) as image:
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise DocumentRejectedError(RejectionReason.DAMAGED)
-            if width * height > MAX_IMAGE_PIXELS:
-                raise DocumentRejectedError(RejectionReason.TOO_COMPLEX)
-            image.verify()  # structure and checksums (PNG CRCs)
-        # verify() leaves the image unusable: decode it whole from a fresh parse.
-        with Image.open(io.BytesIO(content), formats=[expected]) as image:
-            image.load()
+    # The size is read from the header and checked before anything is decoded (Pillow's
+    # own bomb check is far higher). No warnings filter here: it is process-wide state.
+    with Image.open(io.BytesIO(content), formats=[expected]) as image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise DocumentRejectedError(RejectionReason.DAMAGED)
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DocumentRejectedError(RejectionReason.TOO_COMPLEX)
+        image.verify()  # structure and checksums (PNG CRCs)
+    # verify() leaves the image unusable: decode it whole from a fresh parse.
+    with Image.open(io.BytesIO(content), formats=[expected]) as image:
+        image.load()
 
 
 def _check_pdf(content: bytes) -> None:
@@ -168,21 +167,19 @@ def _check_pdf(content: bytes) -> None:
     tail = content[-1024:].rstrip(b"\r\n\x00 \t")
     if not tail.endswith(b"%%EOF"):
         raise DocumentRejectedError(RejectionReason.TRAILING_DATA)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reader = PdfReader(io.BytesIO(content), strict=False)
-        if reader.is_encrypted:
-            raise DocumentRejectedError(RejectionReason.ENCRYPTED)
-        count = len(reader.pages)
-        if count == 0:
+    reader = PdfReader(io.BytesIO(content), strict=False)
+    if reader.is_encrypted:
+        raise DocumentRejectedError(RejectionReason.ENCRYPTED)
+    count = len(reader.pages)
+    if count == 0:
+        raise DocumentRejectedError(RejectionReason.DAMAGED)
+    if count > MAX_PDF_PAGES:
+        raise DocumentRejectedError(RejectionReason.TOO_COMPLEX)
+    for page in reader.pages:
+        box = page.mediabox
+        if box.width <= 0 or box.height <= 0:
             raise DocumentRejectedError(RejectionReason.DAMAGED)
-        if count > MAX_PDF_PAGES:
-            raise DocumentRejectedError(RejectionReason.TOO_COMPLEX)
-        for page in reader.pages:
-            box = page.mediabox
-            if box.width <= 0 or box.height <= 0:
-                raise DocumentRejectedError(RejectionReason.DAMAGED)
-        _refuse_active_content(reader.trailer)
+    _refuse_active_content(reader.trailer)
 
 
 def _refuse_active_content(root: object) -> None:

@@ -492,3 +492,36 @@ def test_a_system_job_books_for_anyone(bw: BookingWorld, clock: Clock) -> None:
         ),
     )
     assert view.status is AppointmentStatus.HELD
+
+
+def test_a_patient_account_cannot_squat_slots(bw: BookingWorld, clock: Clock) -> None:
+    """Three unconfirmed holds at once per record; confirming or waiting frees the way."""
+    patient, glucose = bw.world.patients["today"], [bw.exams["glucose"]]
+    holds = [
+        _as(bw, clock, "today", lambda s, m=m: s.hold(patient, bw.annex, glucose, NINE + m))
+        for m in (dt.timedelta(minutes=15 * i) for i in range(3))
+    ]
+    fourth = NINE + dt.timedelta(hours=1)
+    before = _counts(bw)
+    with pytest.raises(BookingError, match="en attente de confirmation"):
+        _as(bw, clock, "today", lambda s: s.hold(patient, bw.annex, glucose, fourth))
+    assert _counts(bw) == before
+    _as(bw, clock, "today", lambda s: s.confirm(holds[0].id))
+    _as(bw, clock, "today", lambda s: s.hold(patient, bw.annex, glucose, fourth))
+    # The desk is not limited.
+    for minutes in (75, 90, 105):
+        _staff(
+            bw,
+            clock,
+            "receptionist",
+            lambda s, m=minutes: s.hold(patient, bw.annex, glucose, NINE + dt.timedelta(minutes=m)),
+        )
+
+
+def test_a_hold_whose_slot_has_started_cannot_be_confirmed(bw: BookingWorld, clock: Clock) -> None:
+    patient = bw.world.patients["today"]
+    held = _as(bw, clock, "today", lambda s: s.hold(patient, bw.main, [bw.exams["glucose"]], NINE))
+    clock.now = NINE + dt.timedelta(minutes=1)
+    with pytest.raises(BookingError, match="déjà passé") as late:
+        _as(bw, clock, "today", lambda s: s.confirm(held.id))
+    assert late.value.code == "hold_expired"

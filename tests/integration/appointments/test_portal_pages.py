@@ -515,3 +515,54 @@ def test_a_home_visit_request_and_its_hostile_input(
         assert b"Lilas" not in row.home_address
     listed = client.get(done.headers["location"])
     assert "(à domicile)" in listed.text
+
+
+def test_step_one_again_keeps_the_choices(
+    client: TestClient, cw: CallerWorld, bw: BookingWorld
+) -> None:
+    csrf = as_(client, cw, PATIENT_OWN)
+    choice = {
+        "patient_id": str(own(cw)),
+        "site_id": str(bw.annex),
+        "exams": [str(bw.exams["glucose"])],
+        "csrf_token": csrf,
+    }
+    answer = post(client, f"{LIST}/nouveau", {**choice, "back": "1"})
+    assert answer.status_code == 200
+    assert 'name="starts_at"' not in answer.text
+    assert re.search(rf'value="{bw.annex}" selected', answer.text)
+    assert re.search(rf'value="{bw.exams["glucose"]}" autocomplete="off" checked', answer.text)
+
+
+def test_an_expired_hold_taken_meanwhile_cannot_be_confirmed(
+    client: TestClient, cw: CallerWorld, bw: BookingWorld
+) -> None:
+    held = book(bw, own(cw), ["blood"], confirm=False)
+    csrf = as_(client, cw, PATIENT_OWN)
+    listed = client.get(LIST)
+    assert "En attente de votre confirmation" in listed.text
+    assert f"{held}/confirmation" in listed.text
+    # The hold expires, and another patient takes its box (capacity 1 at the main site).
+    past = utcnow() - dt.timedelta(minutes=1)
+    with transaction(bw.world.sessions) as session:
+        row = session.get(Appointment, held)
+        assert row is not None
+        row.hold_expires_at = past
+        for claim in session.scalars(select(SlotClaim).where(SlotClaim.appointment_id == held)):
+            claim.expires_at = past
+        starts = row.starts_at if row.starts_at.tzinfo else row.starts_at.replace(tzinfo=dt.UTC)
+    page = client.get(f"{LIST}/{held}/confirmation")
+    assert page.status_code == 200
+    assert "Le délai de réservation est dépassé" in page.text
+    other = cw.world.patients["no_appointment"]
+    principal = Principal(PrincipalKind.PATIENT, str(uuid.uuid4()))
+    with audited_transaction(bw.world.sessions) as session:
+        keyring = TenantKeyring(session, bw.runtime.key_provider, bw.world.tenant, principal)
+        scope = patient_scope(principal, bw.world.tenant, frozenset({other}))
+        BookingService(session, keyring, scope, bw.runtime.settings).hold(
+            other, bw.main, [bw.exams["blood"]], starts
+        )
+    answer = post(client, f"{LIST}/{held}/confirmation", {"csrf_token": csrf})
+    assert answer.status_code == 409
+    assert "le créneau a été pris entre-temps" in answer.text
+    assert status_of(bw, held) == "held"

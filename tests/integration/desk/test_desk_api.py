@@ -19,6 +19,7 @@ from caller_world import (
     PATIENT_OWN,
     SESSION_COOKIE,
     CallerWorld,
+    _within_today,
     alpha_settings,
     build_caller_world,
 )
@@ -124,7 +125,7 @@ def test_the_schedule_lists_today_s_visits_of_the_site_with_names(
     held = add_appointment(
         cw,
         "in_20_days",
-        starts_at=utcnow() + dt.timedelta(minutes=1),
+        starts_at=_within_today(utcnow() + dt.timedelta(minutes=1), utcnow()),
         status=AppointmentStatus.HELD.value,
         hold_expires_at=utcnow() + dt.timedelta(minutes=10),
     )
@@ -502,7 +503,7 @@ def test_walk_ins_are_for_receptionists_only(client: TestClient, cw: CallerWorld
 
 def add_home_visit(cw: CallerWorld, patient: str, address: dict[str, str]) -> uuid.UUID:
     appointment_id = uuid.uuid4()
-    start = utcnow() + dt.timedelta(minutes=5)
+    start = _within_today(utcnow() + dt.timedelta(minutes=5), utcnow())
     with transaction(cw.world.sessions) as session:
         keyring = TenantKeyring(session, cw.runtime.key_provider, cw.world.tenant, SYSTEM)
         patient_id = cw.world.patients[patient]

@@ -42,6 +42,7 @@ from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.patients.ins import Sex
+from labvault.patients.models import Patient
 from labvault.patients.nir import NirProblem, synthetic_nir
 from labvault.patients.schemas import PatientInput
 from labvault.patients.services import PatientRepository
@@ -281,6 +282,39 @@ def test_a_nir_fills_a_record_that_has_none_and_becomes_searchable(
     staff = as_(client, cw, "receptionist")
     found = client.post("/api/v1/patients/search", json={"nir": nir.compact}, headers=staff)
     assert [item["id"] for item in found.json()["items"]] == [str(child_id)]
+
+
+def test_a_checked_identity_is_never_completed_from_a_declaration(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    """PROV: an empty used name and birth place are filled. VALI: nothing is."""
+    child_id, appointment_id = add_minor_without_nir(cw, alpha)
+    headers = as_(client, cw, PATIENT_OWN)
+    url = f"/api/v1/appointments/{appointment_id}/preregistration"
+    born = client.get(f"/api/v1/patients/{child_id}").json()["birth_date"]
+    base = {"birth_name": "Petitjean", "first_names": "Noé", "birth_date": born, "sex": "M"}
+    with transaction(cw.world.sessions) as session:
+        session.execute(
+            update(Patient).where(Patient.id == child_id).values(identity_status="VALI")
+        )
+    answer = client.put(
+        url, json={**base, "used_name": "Grandjean", "birth_place_code": "2B033"}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    record = client.get(f"/api/v1/patients/{child_id}").json()
+    assert record["used_name"] is None
+    assert record["birth_place_code"] is None
+    with transaction(cw.world.sessions) as session:
+        session.execute(
+            update(Patient).where(Patient.id == child_id).values(identity_status="PROV")
+        )
+    answer = client.put(
+        url, json={**base, "used_name": "Grandjean", "birth_place_code": "2B033"}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    record = client.get(f"/api/v1/patients/{child_id}").json()
+    assert record["used_name"] == "Grandjean"
+    assert record["birth_place_code"] == "2B033"
 
 
 HOSTILE_DECLARATIONS: dict[str, tuple[dict[str, Any], str, str]] = {

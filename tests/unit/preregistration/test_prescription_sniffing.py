@@ -160,3 +160,12 @@ def test_a_real_image_with_bytes_overwritten_is_typed_or_refused(
     mutated = original[:at] + junk + original[at + len(junk) :]
     with contextlib.suppress(DocumentRejectedError):
         sniff(mutated)
+
+
+def test_a_password_protected_pdf_is_refused() -> None:
+    writer = PdfWriter()
+    writer.add_blank_page(595, 842)
+    writer.encrypt("secret-du-patient")
+    out = io.BytesIO()
+    writer.write(out)
+    assert reason_of(out.getvalue()) is RejectionReason.ENCRYPTED

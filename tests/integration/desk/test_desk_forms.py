@@ -18,6 +18,7 @@ from caller_world import (
     PATIENT_OWN,
     SESSION_COOKIE,
     CallerWorld,
+    _within_today,
     alpha_settings,
     build_caller_world,
 )
@@ -106,7 +107,7 @@ def add_scripted_patient(cw: CallerWorld) -> uuid.UUID:
                 tenant_id=cw.world.tenant,
                 patient_id=patient_id,
                 site_id=cw.world.sites["main"],
-                starts_at=utcnow() + dt.timedelta(minutes=1),
+                starts_at=_within_today(utcnow() + dt.timedelta(minutes=1), utcnow()),
             )
         )
     return patient_id
@@ -319,7 +320,7 @@ def test_the_round_page_opens_the_address_and_assigns_a_sampler(
 ) -> None:
     visit = uuid.uuid4()
     patient = cw.world.patients["today"]
-    start = utcnow() + dt.timedelta(minutes=5)
+    start = _within_today(utcnow() + dt.timedelta(minutes=5), utcnow())
     address = {"line": "7 rue <i>Haute</i>", "postal_code": "69001", "city": "Lyon"}
     with transaction(cw.world.sessions) as session:
         keyring = TenantKeyring(session, cw.runtime.key_provider, cw.world.tenant, SYSTEM)
