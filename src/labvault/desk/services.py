@@ -387,7 +387,11 @@ class DeskService:
         )
         return [SiteChoice(site_id, name) for site_id, name in rows]
 
-    def site(self, site_id: uuid.UUID | None) -> SiteChoice:
+    def site(
+        self,
+        site_id: uuid.UUID | None,
+        action: AuditAction = AuditAction.PATIENT_RECORD_READ,
+    ) -> SiteChoice:
         """One of the staff member's sites (``None``: the first), else ``DeskNotFoundError``."""
         sites = self.sites()
         if site_id is None and sites:
@@ -395,7 +399,7 @@ class DeskService:
         for site in sites:
             if site.id == site_id:
                 return site
-        raise self._refused(AuditAction.APPOINTMENT_DESK_CHECK_IN, "site", site_id)
+        raise self._refused(action, "site", site_id)
 
     # -- the day's schedule ----------------------------------------------------------------
 
@@ -403,7 +407,7 @@ class DeskService:
         """The day's visits at the site (not holds, not home visits), by time; only the
         patients the staff member may read (a sampler: today's)."""
         self._require(
-            APPOINTMENT, Interaction.READ, AuditAction.APPOINTMENT_DESK_CHECK_IN, SCHEDULE_PURPOSE
+            APPOINTMENT, Interaction.READ, AuditAction.PATIENT_RECORD_READ, SCHEDULE_PURPOSE
         )
         self.site(site_id)
         start, end = _day_bounds(day)
@@ -632,7 +636,7 @@ class DeskService:
         matches and the receptionist registers a new one (``sex`` required) from the traits."""
         action = AuditAction.APPOINTMENT_DESK_WALK_IN
         self._require(APPOINTMENT, Interaction.CREATE, action, WALK_IN_PURPOSE)
-        site = self.site(site_id)
+        site = self.site(site_id, action)
         self._throttle()
         fields = frozenset({"birth_name", "first_names", "birth_date"})
         verifier = PatientRepository(self._session, self._keyring, IdentityVerification(fields))
@@ -741,9 +745,7 @@ class DeskService:
 
     def round(self, site_id: uuid.UUID, day: dt.date) -> list[RoundRow]:
         """The day's home visits of the site (a sampler: only their own), addresses opened."""
-        self._require(
-            APPOINTMENT, Interaction.READ, AuditAction.APPOINTMENT_HOME_ASSIGN, ROUND_PURPOSE
-        )
+        self._require(APPOINTMENT, Interaction.READ, AuditAction.PATIENT_RECORD_READ, ROUND_PURPOSE)
         self.site(site_id)
         start, end = _day_bounds(day)
         query = select(Appointment).where(

@@ -220,7 +220,10 @@ def get_preregistration(appointment_id: uuid.UUID, request: Request) -> Response
 
     def read(caller: Caller) -> dict[str, Any]:
         service = service_of(caller)
-        if service.appointment(appointment_id, PREREGISTRATION_RESOURCE, Interaction.READ) is None:
+        if (
+            service.appointment(appointment_id, PREREGISTRATION_RESOURCE, Interaction.READ) is None
+            or not service.reveals_preregistrations()
+        ):
             raise CallerNotFoundError
         stored = service.read(appointment_id)
         return {

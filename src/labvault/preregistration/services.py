@@ -213,6 +213,12 @@ class PreregistrationService:
                 )
         return row
 
+    def reveals_preregistrations(self) -> bool:
+        """A pre-registration carries INS traits, the NIR and insurance details: only roles
+        whose policy reveals the patient's INS fields read it (not the sampler, who reads
+        identity only, although today's appointments are theirs)."""
+        return "ins_number" in self._scope.policy.fields("patient", Interaction.READ)
+
     def record_of(self, patient_id: uuid.UUID) -> PatientRecord | None:
         """The patient's record as the caller may read it (to prefill the form)."""
         return self._repository.get(patient_id, purpose=READ_PURPOSE)
@@ -222,7 +228,7 @@ class PreregistrationService:
     def read(self, appointment_id: uuid.UUID) -> StoredDeclaration | None:
         """The appointment's pre-registration, or ``None`` (absent, none yet, out of scope)."""
         appointment = self.appointment(appointment_id, PREREGISTRATION_RESOURCE, Interaction.READ)
-        if appointment is None:
+        if appointment is None or not self.reveals_preregistrations():
             return None
         row = self._session.scalars(
             select(Preregistration).where(
