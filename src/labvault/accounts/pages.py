@@ -76,6 +76,7 @@ from labvault.accounts.stepup import StepUp, StepUpRequired
 from labvault.accounts.webauthn import PasskeyPanel
 from labvault.core.contact import parse_email
 from labvault.core.crypto.secret import Secret
+from labvault.staff.models import StaffRole
 
 __all__ = [
     "FORM_COOKIE",
@@ -584,6 +585,9 @@ def _security_page(
             "stepped_up": state.stepped_up,
             "is_patient": state.account is not None
             and state.account.kind == AccountKind.PATIENT.value,
+            "works_at_desk": state.account is not None
+            and state.account.kind == AccountKind.STAFF.value
+            and state.account.role in {StaffRole.RECEPTIONIST.value, StaffRole.SAMPLER.value},
         },
         errors=errors,
         status=status,

@@ -56,6 +56,10 @@ PURPOSE_LABELS = {
     "retention": "Fin de la durée de conservation",
     "booking": "Prise de rendez-vous",
     "appointments": "Affichage des rendez-vous",
+    "desk-schedule": "Planning de l'accueil",
+    "desk-identity-check": "Vérification d'identité à l'accueil",
+    "desk-walk-in": "Passage sans rendez-vous à l'accueil",
+    "desk-round": "Tournée de prélèvements à domicile",
 }
 MAX_ENTRIES = 1000
 
