@@ -1,7 +1,7 @@
 """Slot search and booking on PostgreSQL with concurrent clients: bookings/s, p50, p99.
 
-    python -m bench.booking [--clients 50] [--seconds 20] [--baseline-seconds 5]
-                            [--days 14] [--patients 200]
+    python -m bench.booking [--clients 50] [--processes 1] [--seconds 20]
+                            [--baseline-seconds 5] [--days 14] [--patients 200]
 
 On a fresh migrated database of the server the tests use (``LABVAULT_BENCH_PG_ADMIN_URL``,
 see ``bench/README.md``), with a real key file, one organization, one site open every day
@@ -9,8 +9,8 @@ see ``bench/README.md``), with a real key file, one organization, one site open 
 ``--patients`` patients (setup untimed):
 
 1. baseline: ``--clients`` threads, each in a loop of one transaction inserting one row into
-   a plain table (uuid, integer, timestamp; no index but its key), on the same engine and
-   pool, for ``--baseline-seconds``;
+   a plain table (uuid, integer, timestamp; no index but its key), on the same kind of
+   engine and pool, for ``--baseline-seconds``;
 2. booking: ``--clients`` threads, each acting as a patient account (its own access scope and
    keyring, as the API builds them), in a loop for ``--seconds``: search the slots of one
    random day among the next ``--days`` (one transaction), pick a random slot, hold it
@@ -19,23 +19,30 @@ see ``bench/README.md``), with a real key file, one organization, one site open 
 
 Figures: bookings/s (confirmed bookings over the run's wall time), the p50/p99 latency of a
 whole booking (search + hold + confirm) and of each step, conflicts; the baseline's
-transactions/s and p50/p99; ratios. Clients are threads of one process: Python work (sealing,
-SQLAlchemy) shares one interpreter lock, as one application worker does; the baseline runs
-the same way. Compare figures only between runs on the same machine.
+transactions/s and p50/p99; ratios. With ``--processes 1`` (the default) the clients are
+threads of one process: Python work (sealing, SQLAlchemy) shares one interpreter lock, as
+one application worker does. ``--processes N`` spreads the same clients over N processes,
+each with its own engine and a pool of its share of the connections, as N application
+workers behind a load balancer would; both phases run that way, started together behind one
+barrier, and the wall time is from the common start to the last client's end. Compare
+figures only between runs on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing
+import multiprocessing.synchronize
 import random
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from queue import Empty
 
 from rich.table import Table
 from sqlalchemy import Engine, create_engine, text
@@ -87,6 +94,24 @@ class Timings:
     conflicts: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: Timings) -> None:
+        with self.lock:
+            self.search += other.search
+            self.hold += other.hold
+            self.confirm += other.confirm
+            self.booking += other.booking
+            self.conflicts += other.conflicts
+            for name, count in other.errors.items():
+                self.errors[name] = self.errors.get(name, 0) + count
+
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable (sent back by client processes): everything but the lock."""
+        return {name: value for name, value in self.__dict__.items() if name != "lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
 
 @dataclass(frozen=True)
 class World:
@@ -94,6 +119,19 @@ class World:
     site: uuid.UUID
     exams: list[uuid.UUID]
     patients: list[uuid.UUID]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What a client process needs to run its share of one phase (picklable)."""
+
+    kind: str
+    """"baseline" or "booking"."""
+    url: str
+    key_file: str
+    world: World
+    seconds: float
+    days: int
 
 
 def _setup(runtime: Runtime, patients: int) -> World:
@@ -126,17 +164,27 @@ def _setup(runtime: Runtime, patients: int) -> World:
     return World(tenant, site, exams, ids)
 
 
-def _run_threads(clients: int, seconds: float, work: Callable[[int, float], None]) -> float:
-    """Start ``clients`` threads together; each runs ``work(number, deadline)``. Wall time."""
+def _run_threads(
+    clients: int,
+    seconds: float,
+    work: Callable[[int, float], None],
+    first: int = 0,
+    gate: Callable[[], object] | None = None,
+) -> float:
+    """Start ``clients`` threads together, numbered from ``first``; each runs
+    ``work(number, deadline)``. ``gate``: waited on (other processes) once they are all
+    ready. Wall time from the start to the last one's end."""
     barrier = threading.Barrier(clients + 1)
 
     def run(number: int) -> None:
         barrier.wait()
         work(number, time.perf_counter() + seconds)
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(clients)]
+    threads = [threading.Thread(target=run, args=(first + n,)) for n in range(clients)]
     for thread in threads:
         thread.start()
+    if gate is not None:
+        gate()
     barrier.wait()
     started = time.perf_counter()
     for thread in threads:
@@ -144,7 +192,7 @@ def _run_threads(clients: int, seconds: float, work: Callable[[int, float], None
     return time.perf_counter() - started
 
 
-def _baseline(engine: Engine, clients: int, seconds: float) -> tuple[list[float], float]:
+def _create_baseline_table(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(
             text(
@@ -152,6 +200,15 @@ def _baseline(engine: Engine, clients: int, seconds: float) -> tuple[list[float]
                 "(id uuid PRIMARY KEY, n integer NOT NULL, at timestamptz NOT NULL)"
             )
         )
+
+
+def _baseline(
+    engine: Engine,
+    clients: int,
+    seconds: float,
+    first: int = 0,
+    gate: Callable[[], object] | None = None,
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -168,7 +225,7 @@ def _baseline(engine: Engine, clients: int, seconds: float) -> tuple[list[float]
         with lock:
             latencies.extend(mine)
 
-    return latencies, _run_threads(clients, seconds, work)
+    return latencies, _run_threads(clients, seconds, work, first, gate)
 
 
 def _bookings(
@@ -178,6 +235,8 @@ def _bookings(
     clients: int,
     seconds: float,
     days: int,
+    first: int = 0,
+    gate: Callable[[], object] | None = None,
 ) -> tuple[Timings, float]:
     timings = Timings()
     today = utcnow().date()
@@ -188,12 +247,7 @@ def _bookings(
         principal = Principal(
             PrincipalKind.PATIENT, str(uuid.uuid5(uuid.NAMESPACE_URL, str(patient)))
         )
-        search: list[float] = []
-        hold: list[float] = []
-        confirm: list[float] = []
-        booking: list[float] = []
-        conflicts = 0
-        errors: dict[str, int] = {}
+        mine = Timings()
 
         def service(session: Session) -> BookingService:
             keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
@@ -208,33 +262,113 @@ def _bookings(
                 with audited_transaction(sessions) as session:
                     slots = service(session).search_slots(world.site, exams, day, day)
                 searched = time.perf_counter()
-                search.append(searched - began)
+                mine.search.append(searched - began)
                 if not slots:
                     continue
                 starts = rng.choice(slots).starts_at
                 with audited_transaction(sessions) as session:
                     held = service(session).hold(patient, world.site, exams, starts)
                 held_at = time.perf_counter()
-                hold.append(held_at - searched)
+                mine.hold.append(held_at - searched)
                 with audited_transaction(sessions) as session:
                     service(session).confirm(held.id)
                 done = time.perf_counter()
-                confirm.append(done - held_at)
-                booking.append(done - began)
+                mine.confirm.append(done - held_at)
+                mine.booking.append(done - began)
             except SlotTakenError:
-                conflicts += 1
+                mine.conflicts += 1
             except Exception as error:  # reported, not raised: the other clients go on
-                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-        with timings.lock:
-            timings.search += search
-            timings.hold += hold
-            timings.confirm += confirm
-            timings.booking += booking
-            timings.conflicts += conflicts
-            for name, count in errors.items():
-                timings.errors[name] = timings.errors.get(name, 0) + count
+                mine.errors[type(error).__name__] = mine.errors.get(type(error).__name__, 0) + 1
+        timings.merge(mine)
 
-    return timings, _run_threads(clients, seconds, work)
+    return timings, _run_threads(clients, seconds, work, first, gate)
+
+
+def _engine(runtime: Runtime, clients: int) -> Engine:
+    return create_engine(
+        runtime.settings.sqlalchemy_url,
+        pool_size=clients,
+        max_overflow=0,
+        pool_timeout=120,
+        hide_parameters=True,
+    )
+
+
+ProcessResult = tuple[list[float], Timings, float, str | None]
+
+
+def _client_process(
+    phase: Phase,
+    first: int,
+    clients: int,
+    gate: multiprocessing.synchronize.Barrier,
+    results: multiprocessing.Queue[ProcessResult],
+) -> None:
+    """One client process (an application worker): its own runtime, engine and pool."""
+    try:
+        runtime = open_runtime(phase.url, key_file=Path(phase.key_file))
+        engine = _engine(runtime, clients)
+        try:
+            if phase.kind == "baseline":
+                latencies, wall = _baseline(engine, clients, phase.seconds, first, gate.wait)
+                results.put((latencies, Timings(), wall, None))
+            else:
+                sessions = make_session_factory(engine, session_info(phase.world.tenant))
+                timings, wall = _bookings(
+                    runtime,
+                    sessions,
+                    phase.world,
+                    clients,
+                    phase.seconds,
+                    phase.days,
+                    first,
+                    gate.wait,
+                )
+                results.put(([], timings, wall, None))
+        finally:
+            engine.dispose()
+            runtime.close()
+    except BaseException as exc:
+        results.put(([], Timings(), 0.0, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def _in_processes(phase: Phase, clients: int, processes: int) -> tuple[list[float], Timings, float]:
+    """Run ``phase`` with ``clients`` split over ``processes`` processes released together:
+    the baseline's latencies, the bookings' timings, and the longest process's wall time."""
+    context = multiprocessing.get_context("spawn")  # nothing of this process is inherited
+    gate = context.Barrier(processes, timeout=300)
+    results: multiprocessing.Queue[ProcessResult] = context.Queue()
+    shares = [clients // processes + (n < clients % processes) for n in range(processes)]
+    firsts = [sum(shares[:n]) for n in range(processes)]
+    workers = [
+        context.Process(
+            target=_client_process, args=(phase, first, share, gate, results), daemon=True
+        )
+        for first, share in zip(firsts, shares, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    latencies: list[float] = []
+    timings = Timings()
+    walls: list[float] = []
+    try:
+        for _ in workers:
+            try:
+                got, theirs, wall, error = results.get(timeout=phase.seconds + 600)
+            except Empty:
+                raise SystemExit(f"{phase.kind}: a client process did not answer") from None
+            if error is not None:
+                raise SystemExit(f"{phase.kind}: a client process failed: {error}")
+            latencies += got
+            timings.merge(theirs)
+            walls.append(wall)
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.terminate()
+    return latencies, timings, max(walls)
 
 
 def _ms(samples: list[float]) -> tuple[str, str]:
@@ -251,7 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=5.0)
     parser.add_argument("--days", type=int, default=14, help="days ahead the clients book")
     parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="client processes (application workers) sharing the clients; 1: threads only",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.processes <= args.clients:
+        parser.error("--processes must be between 1 and --clients")
     exit_cleanly_on_sigterm()
     console.print(machine_table(("postgresql",)))
 
@@ -259,20 +401,27 @@ def main(argv: list[str] | None = None) -> int:
         key_file = FileKeyProvider.create(Path(tmp) / "keys" / "root.key").path
         with fresh_database("postgresql", Path(tmp)) as url:
             runtime = open_runtime(url, key_file=key_file)
-            engine = create_engine(
-                runtime.settings.sqlalchemy_url,
-                pool_size=args.clients,
-                max_overflow=0,
-                pool_timeout=120,
-                hide_parameters=True,
-            )
+            engine = _engine(runtime, args.clients)
             try:
                 world = _setup(runtime, args.patients)
-                sessions = make_session_factory(engine, session_info(world.tenant))
-                base, base_wall = _baseline(engine, args.clients, args.baseline_seconds)
-                timings, wall = _bookings(
-                    runtime, sessions, world, args.clients, args.seconds, args.days
-                )
+                _create_baseline_table(engine)
+                if args.processes == 1:
+                    sessions = make_session_factory(engine, session_info(world.tenant))
+                    base, base_wall = _baseline(engine, args.clients, args.baseline_seconds)
+                    timings, wall = _bookings(
+                        runtime, sessions, world, args.clients, args.seconds, args.days
+                    )
+                else:
+                    engine.dispose()  # the client processes open their own
+                    spec = Phase("baseline", url, str(key_file), world, 0.0, args.days)
+                    base, _, base_wall = _in_processes(
+                        replace(spec, seconds=args.baseline_seconds), args.clients, args.processes
+                    )
+                    _, timings, wall = _in_processes(
+                        replace(spec, kind="booking", seconds=args.seconds),
+                        args.clients,
+                        args.processes,
+                    )
             finally:
                 engine.dispose()
                 runtime.close()
@@ -281,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = booked / wall if wall else 0.0
     base_rate = len(base) / base_wall if base_wall else 0.0
     table = Table(
-        title=f"{args.clients} concurrent clients on PostgreSQL: {booked:,} bookings in "
+        title=f"{args.clients} concurrent clients in {args.processes} process"
+        f"{'es' if args.processes > 1 else ''} on PostgreSQL: {booked:,} bookings in "
         f"{wall:.1f} s ({timings.conflicts} slot conflicts"
         + (f", errors {timings.errors}" if timings.errors else "")
         + ")"

@@ -8,6 +8,11 @@
   2xx exactly when the compiled default policy grants the interaction and the record is in
   the grant's record scope (the relationship rule is restated below from the world's
   appointments, not copied from the code under test), 404 otherwise.
+  Routes whose object is an appointment (``path:appointment_id``) or a document
+  (``path:document_id``) are asked about an appointment (and its document) of each of those
+  records: one made once for the routes that only read, a fresh one per role and record for
+  the routes that change it (cancel, check-in, upload...), placed so that it is actionable
+  (today for a check-in, past for a no-show...) without widening the caller's scope.
 - Every ``roles`` route: every role outside the entry, and a patient account, get the
   entry's refusal; the allowed roles get something else.
 
@@ -19,6 +24,7 @@ placed around the real clock: the routes measure the window from "now").
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import uuid
 import zoneinfo
@@ -30,7 +36,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 import access_world
 from access_world import PLACEMENTS, World, build_world
@@ -38,7 +44,13 @@ from helpers import app_url, owner_url
 from labvault.accounts.models import Account, AccountKind, AccountSession
 from labvault.accounts.services import AccountService
 from labvault.app import create_app
-from labvault.appointments.models import AppointmentStatus
+from labvault.appointments.models import (
+    Appointment,
+    AppointmentKind,
+    AppointmentStatus,
+    PatientDocument,
+)
+from labvault.catalog.services import ExamCatalog
 from labvault.core.access.policies import (
     PATIENT_SUBJECT,
     STAFF_SUBJECTS,
@@ -56,7 +68,9 @@ from labvault.core.access.routes_table import (
     RouteAccess,
     route_keys,
 )
+from labvault.core.audit.events import AuditTrail
 from labvault.core.config import Settings
+from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
@@ -64,8 +78,11 @@ from labvault.core.db import transaction, utcnow
 from labvault.core.migrate import upgrade
 from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
+from labvault.organizations.models import Site
 from labvault.patients.nir import Nir, synthetic_nir
+from labvault.patients.services import PatientRepository, SealedItem
 from labvault.patients.synthetic import synthetic_patients
+from labvault.schedules.services import SiteScheduleService
 from labvault.security.breakglass import BREAK_GLASS_ROLES as SERVICE_BREAK_GLASS_ROLES
 
 ORIGIN = "https://testserver"
@@ -141,6 +158,17 @@ class Matrix:
     nirs: dict[uuid.UUID, str] = field(default_factory=dict)
     grant_id: uuid.UUID | None = None
     alert_id: uuid.UUID | None = None
+    starts: dict[str, dt.datetime] = field(default_factory=dict)
+    """When each placed record's appointment starts (``today`` kept within today, Paris)."""
+    foreign_site: uuid.UUID | None = None
+    appointments: dict[str, uuid.UUID] = field(default_factory=dict)
+    """An appointment of each record, for the routes that only read it."""
+    documents: dict[str, uuid.UUID] = field(default_factory=dict)
+    """A document of each record (on the appointment above)."""
+    exam_id: uuid.UUID | None = None
+    """A bookable exam of tenant A (the sites of tenant A have schedules: a move can land)."""
+    moves: int = 0
+    """Slots already used by reschedules (each lands on a slot of its own)."""
 
     def call(self, role: str, method: str, url: str, **kwargs: Any) -> Response:
         headers = self.callers[role].headers(kwargs.pop("headers", None))
@@ -238,6 +266,7 @@ def matrix(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(access_world, "NOW", now)  # the routes measure the window from now
         world = build_world(runtime)
+    starts = _keep_today_today(world, now)
     callers = {
         role: _sign_in(
             runtime,
@@ -278,7 +307,15 @@ def matrix(
             record_ids=record_ids,
             own_ids=frozenset({world.patients[OWN]}),
             nirs=nirs,
+            starts=starts,
+            foreign_site=_foreign_site(runtime, world),
+            exam_id=_bookable(world),
         )
+        for record in RECORDS:
+            site, starts_at = _placed(matrix, record)
+            matrix.appointments[record], matrix.documents[record] = new_object(
+                matrix, record, site, starts_at, Need(document=True)
+            )
         # A real grant and its alert, for the security officer's routes: on a record no
         # other check of this module asks about (its relationship is out of the window).
         opened = matrix.call(
@@ -322,10 +359,20 @@ def in_record_scope(matrix: Matrix, role: str, records: RecordScope, record: str
     placement = PLACEMENTS.get(record)
     if placement is None:  # own (no appointment), other tenant, absent
         return False
-    site, offset, status = placement
+    site, _, status = placement
+    return _reaches(matrix, records, site, matrix.starts[record], status)
+
+
+def _reaches(
+    matrix: Matrix,
+    records: RecordScope,
+    site: str,
+    starts_at: dt.datetime,
+    status: AppointmentStatus,
+) -> bool:
+    """Whether an appointment so placed puts its patient in a staff grant's scope."""
     if site != "main" or status is AppointmentStatus.CANCELLED:
         return False
-    starts_at = matrix.now + offset
     if records is RecordScope.SITE_TODAY:
         return starts_at.astimezone(PARIS).date() == utcnow().astimezone(PARIS).date()
     settings = matrix.runtime.settings
@@ -345,8 +392,15 @@ def expected_allowed(matrix: Matrix, entry: RouteAccess, role: str, record: str)
     grant = compiled.grant_for(entry.resource, entry.interaction)
     if grant is None:
         return False
-    if not entry.needs_fields <= compiled.fields(entry.resource, entry.interaction):
-        return False
+    for name in entry.needs_fields:
+        # "<resource>.<field>": a field the caller's read of that other resource reveals.
+        resource, _, field_name = name.rpartition(".")
+        if resource:
+            revealed = compiled.fields(resource, Interaction.READ)
+        else:
+            revealed = compiled.fields(entry.resource, entry.interaction)
+        if field_name not in revealed:
+            return False
     return in_record_scope(matrix, role, grant.records, record)
 
 
@@ -358,6 +412,295 @@ def expected_granted(entry: RouteAccess, role: str) -> bool:
     assert entry.resource is not None
     assert entry.interaction is not None
     return compiled_for(role).allows(entry.resource, entry.interaction)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _within_today(moment: dt.datetime, now: dt.datetime) -> dt.datetime:
+    """``moment`` moved into now's Paris day if it fell outside it (late in the evening,
+    "now + 2 h" is tomorrow): the record ``today`` must be today whatever the hour."""
+    day = now.astimezone(PARIS).date()
+    start = dt.datetime.combine(day, dt.time(0, 1), PARIS)
+    end = dt.datetime.combine(day, dt.time(23, 59), PARIS)
+    return min(max(moment, start), end).astimezone(dt.UTC)
+
+
+def _keep_today_today(world: World, now: dt.datetime) -> dict[str, dt.datetime]:
+    """Each placed record's start, the record ``today``'s moved into today if needed."""
+    starts = {
+        name: now + placement[1] for name, placement in PLACEMENTS.items() if placement is not None
+    }
+    today = _within_today(starts["today"], now)
+    if today != starts["today"]:
+        with transaction(world.sessions) as session:
+            session.execute(
+                update(Appointment)
+                .where(Appointment.patient_id == world.patients["today"])
+                .values(starts_at=today)
+            )
+        starts["today"] = today
+    return starts
+
+
+def _foreign_site(runtime: Runtime, world: World) -> uuid.UUID:
+    with runtime.tenant_sessions(world.other_tenant)() as session:
+        found = session.scalar(select(Site.id).where(Site.tenant_id == world.other_tenant))
+    assert found is not None
+    return found
+
+
+OPEN_EVERY_DAY = {
+    day: [["07:00", "12:00"], ["14:00", "18:00"]]
+    for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+}
+
+
+def _bookable(world: World) -> uuid.UUID:
+    """Schedules on tenant A's sites and one exam: what a reschedule needs to land."""
+    with transaction(world.sessions) as session:
+        audit = AuditTrail(session, SYSTEM)
+        schedules = SiteScheduleService(session, audit, world.tenant)
+        for site in ("main", "annex"):
+            schedules.set_schedule(
+                world.sites[site],
+                opening_hours=OPEN_EVERY_DAY,
+                slot_minutes=15,
+                sampling_boxes=4,
+                walk_in_boxes=1,
+            )
+        catalog = ExamCatalog(session, audit, world.tenant)
+        exam = catalog.create(
+            {
+                "code": "NFS",
+                "label": "Numération formule sanguine",
+                "sampling_minutes": 5,
+                "home_sampling": True,
+            }
+        )
+        return exam.id
+
+
+def _next_move(matrix: Matrix) -> str:
+    """A free slot three days ahead (Paris), a new one each time."""
+    day = (utcnow() + dt.timedelta(days=3)).astimezone(PARIS).date()
+    minutes = 15 * (matrix.moves % 16)
+    matrix.moves += 1
+    at = dt.datetime.combine(day, dt.time(8, 0), PARIS) + dt.timedelta(minutes=minutes)
+    return at.astimezone(dt.UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class Need:
+    """What an appointment must be for a route to act on it when the caller may."""
+
+    when: str = "placed"
+    """``placed`` (as the record's own), ``future``, ``today`` or ``past``."""
+    status: AppointmentStatus = AppointmentStatus.BOOKED
+    kind: AppointmentKind = AppointmentKind.SITE
+    document: bool = False
+    """A document on it too: the route's object is the document."""
+    exams: bool = False
+    """Its exams sealed in it (a reschedule re-checks them)."""
+
+
+FRESH: dict[str, Need] = {
+    "POST /api/v1/appointments/{appointment_id}/cancel": Need("future"),
+    "POST /api/v1/appointments/{appointment_id}/reschedule": Need("future", exams=True),
+    "PUT /api/v1/appointments/{appointment_id}/preregistration": Need("future"),
+    "POST /api/v1/appointments/{appointment_id}/documents": Need("future"),
+    "DELETE /api/v1/documents/{document_id}": Need("future", document=True),
+    "POST /api/v1/desk/appointments/{appointment_id}/check-in": Need("today"),
+    "POST /api/v1/desk/appointments/{appointment_id}/no-show": Need("past"),
+    "POST /api/v1/desk/appointments/{appointment_id}/done": Need(
+        status=AppointmentStatus.CHECKED_IN
+    ),
+    "POST /api/v1/desk/appointments/{appointment_id}/sampler": Need(
+        "future", kind=AppointmentKind.HOME
+    ),
+}
+"""Routes that change their object: a fresh one per role and record, ready for the change
+(a check-in needs a booked appointment today, a no-show one whose time has passed...)."""
+
+
+def _placed(matrix: Matrix, record: str) -> tuple[str, dt.datetime]:
+    """Where and when the record's appointment is: the world's placement; the patient
+    account's own record (no appointment in the world) at the annex, where no staff works."""
+    if record in matrix.starts:
+        placement = PLACEMENTS[record]
+        assert placement is not None
+        return placement[0], matrix.starts[record]
+    return "annex", utcnow() + dt.timedelta(days=10)
+
+
+def _candidate(matrix: Matrix, record: str, when: str) -> tuple[str, dt.datetime]:
+    site, placed = _placed(matrix, record)
+    now = utcnow()
+    if when == "today":
+        return site, _within_today(now + dt.timedelta(hours=1), now)
+    if when == "past" and placed > now:
+        if record == "today":
+            return site, _within_today(now - dt.timedelta(hours=1), now)
+        return site, now - dt.timedelta(days=1)
+    return site, placed
+
+
+RELATIONSHIP_SCOPES = frozenset({RecordScope.SITE_RELATIONSHIP, RecordScope.SITE_TODAY})
+
+
+def _placement_for(
+    matrix: Matrix, key: str, entry: RouteAccess, role: str, record: str
+) -> tuple[str, dt.datetime]:
+    """The route's need, unless meeting it would widen the role's scope (a sampler's
+    "today" check-in on the record ``in_20_days``): then the record's own placement."""
+    site, starts_at = _candidate(matrix, record, FRESH[key].when)
+    if role == PATIENT_SUBJECT or entry.resource is None or entry.interaction is None:
+        return site, starts_at
+    grant = compiled_for(role).grant_for(entry.resource, entry.interaction)
+    if grant is None or grant.records not in RELATIONSHIP_SCOPES:
+        return site, starts_at
+    status = FRESH[key].status
+    if record == "cancelled":
+        status = AppointmentStatus.CANCELLED
+    if _reaches(matrix, grant.records, site, starts_at, status) and not in_record_scope(
+        matrix, role, grant.records, record
+    ):
+        return _placed(matrix, record)
+    return site, starts_at
+
+
+def _pdf() -> bytes:
+    """A minimal one-page PDF the upload's sniffing accepts."""
+    stream = b"BT /F1 12 Tf 72 720 Td (Ordonnance) Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def new_object(
+    matrix: Matrix, record: str, site: str, starts_at: dt.datetime, need: Need
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """An appointment of ``record``'s patient (and a sealed document on it): in tenant B for
+    ``other_tenant``, random ids nobody holds for ``absent``."""
+    if record == "absent":
+        return uuid.uuid4(), uuid.uuid4()
+    world = matrix.world
+    if record == "other_tenant":
+        tenant, sessions = world.other_tenant, matrix.runtime.tenant_sessions(world.other_tenant)
+        site_id = matrix.foreign_site
+    else:
+        tenant, sessions, site_id = world.tenant, world.sessions, world.sites[site]
+    assert site_id is not None
+    patient_id = matrix.record_ids[record]
+    status = AppointmentStatus.CANCELLED if record == "cancelled" else need.status
+    appointment_id, document_id = uuid.uuid4(), uuid.uuid4()
+    with transaction(sessions) as session:
+        session.add(
+            Appointment(
+                id=appointment_id,
+                tenant_id=tenant,
+                patient_id=patient_id,
+                site_id=site_id,
+                starts_at=starts_at,
+                ends_at=starts_at + dt.timedelta(minutes=15),
+                status=status.value,
+                kind=need.kind.value,
+            )
+        )
+        session.flush()
+        keyring = TenantKeyring(session, matrix.runtime.key_provider, tenant, SYSTEM)
+        if need.exams and record != "other_tenant":
+            exams = json.dumps({"exam_ids": [str(matrix.exam_id)]}).encode()
+            sealed_exams = PatientRepository(session, keyring).seal_for(
+                patient_id,
+                "appointment",
+                Interaction.CREATE,
+                SealedItem(patient_id, "appointments", appointment_id, {"exams": exams}),
+                purpose="test:authorization-matrix",
+            )
+            assert sealed_exams is not None
+            session.execute(
+                update(Appointment)
+                .where(Appointment.id == appointment_id)
+                .values(exams=sealed_exams["exams"])
+            )
+        if need.document:
+            content = _pdf()
+            sealed = PatientRepository(session, keyring).seal_for(
+                patient_id,
+                "prescription",
+                Interaction.CREATE,
+                SealedItem(patient_id, "patient_documents", document_id, {"content": content}),
+                purpose="test:authorization-matrix",
+            )
+            assert sealed is not None
+            assert sealed["content"] is not None
+            session.add(
+                PatientDocument(
+                    id=document_id,
+                    tenant_id=tenant,
+                    patient_id=patient_id,
+                    appointment_id=appointment_id,
+                    kind="prescription",
+                    media_type="application/pdf",
+                    size_bytes=len(content),
+                    content=sealed["content"],
+                    consent_at=utcnow(),
+                    created_at=utcnow(),
+                )
+            )
+    return appointment_id, document_id
+
+
+def retire(matrix: Matrix, record: str, appointment_id: uuid.UUID) -> None:
+    """A fresh appointment, once asked about, is cancelled: a cancelled appointment puts
+    nobody in anybody's scope, so the next cases see the world as placed (a check-in today
+    on ``in_20_days`` would otherwise make that record a sampler's for the rest of the run)."""
+    if record in ("absent", "other_tenant"):
+        return
+    with transaction(matrix.world.sessions) as session:
+        session.execute(
+            update(Appointment)
+            .where(Appointment.id == appointment_id)
+            .values(status=AppointmentStatus.CANCELLED.value)
+        )
+
+
+def object_id(
+    matrix: Matrix, key: str, entry: RouteAccess, role: str, record: str
+) -> tuple[uuid.UUID, uuid.UUID | None]:
+    """What the route is asked about for ``record`` (the patient, or an appointment or a
+    document of the patient), and the fresh appointment made for it if the route changes
+    its object (to retire once asked)."""
+    param = entry.object_param
+    if param not in ("appointment_id", "document_id"):
+        return matrix.record_ids[record], None
+    fresh = None
+    if key in FRESH:
+        site, starts_at = _placement_for(matrix, key, entry, role, record)
+        appointment, document = new_object(matrix, record, site, starts_at, FRESH[key])
+        fresh = appointment
+    else:
+        appointment, document = matrix.appointments[record], matrix.documents[record]
+    return (appointment if param == "appointment_id" else document), fresh
 
 
 # --------------------------------------------------------------------------- requests
@@ -388,8 +731,52 @@ OBJECT_REQUESTS: dict[str, RequestBuilder] = {
         {"data": {"nir": m.nirs[record_id]}},
     ),
     "GET /patients/recherche": lambda m, record_id: ("GET", "/patients/recherche", {}),
+    "GET /api/v1/appointments": lambda m, record_id: (
+        "GET",
+        f"/api/v1/appointments?patient_id={record_id}",
+        {},
+    ),
+    "POST /api/v1/appointments/holds": lambda m, record_id: (
+        "POST",
+        "/api/v1/appointments/holds",
+        {
+            "json": {
+                "patient_id": str(record_id),
+                "site_id": str(_booking_site(m, record_id)),
+                "exam_ids": [str(m.exam_id)],
+                "starts_at": _next_move(m),
+            }
+        },
+    ),
+    "POST /api/v1/appointments/home-visits": lambda m, record_id: (
+        "POST",
+        "/api/v1/appointments/home-visits",
+        {
+            "json": {
+                "patient_id": str(record_id),
+                "site_id": str(_booking_site(m, record_id)),
+                "exam_ids": [str(m.exam_id)],
+                "day": (utcnow() + dt.timedelta(days=3)).astimezone(PARIS).date().isoformat(),
+                "window": "morning",
+                "address": {"line": "3 rue des Lilas", "postal_code": "75020", "city": "Paris"},
+            }
+        },
+    ),
 }
 """Request builders for policy routes that need more than their path (a body, a query)."""
+
+
+CREATES_APPOINTMENT = frozenset(
+    {"POST /api/v1/appointments/holds", "POST /api/v1/appointments/home-visits"}
+)
+"""Routes whose success makes an appointment: retired once made, as fresh objects are."""
+
+
+def _booking_site(matrix: Matrix, record_id: uuid.UUID) -> uuid.UUID:
+    """Where a booking for the record goes: its own placement's site (the annex for the
+    patient account's record), so that a booking that succeeds widens nobody's scope."""
+    record = next(name for name, value in matrix.record_ids.items() if value == record_id)
+    return matrix.world.sites[_placed(matrix, record)[0]]
 
 
 def _found(answer: Response, record_id: uuid.UUID) -> bool:
@@ -397,6 +784,40 @@ def _found(answer: Response, record_id: uuid.UUID) -> bool:
     if answer.headers.get("content-type", "").startswith("application/json"):
         return any(item["id"] == str(record_id) for item in answer.json()["items"])
     return f"patients/{record_id}" in answer.text
+
+
+def _declaration(matrix: Matrix) -> dict[str, Any]:
+    """A valid pre-registration: the patient account's own record's traits."""
+    person = matrix.world.inputs[OWN]
+    return {
+        "birth_name": person.birth_name,
+        "first_names": person.first_names,
+        "birth_date": person.birth_date.isoformat(),
+        "sex": person.sex.value,
+        "nir": person.nir.formatted() if person.nir else None,
+        "third_party_payment": False,
+    }
+
+
+BODIES: dict[str, Callable[[Matrix], dict[str, Any]]] = {
+    "PUT /api/v1/appointments/{appointment_id}/preregistration": lambda m: {
+        "json": _declaration(m)
+    },
+    "POST /api/v1/appointments/{appointment_id}/documents": lambda m: {
+        "files": {"file": ("ordonnance.pdf", _pdf(), "application/pdf")},
+        "data": {"consent": "true"},
+    },
+    "POST /api/v1/appointments/{appointment_id}/reschedule": lambda m: {
+        "json": {"starts_at": _next_move(m)}
+    },
+    "POST /api/v1/desk/appointments/{appointment_id}/identity-check": lambda m: {
+        "json": {"document_kind": "cni"}
+    },
+    "POST /api/v1/desk/appointments/{appointment_id}/sampler": lambda m: {
+        "json": {"sampler_staff_id": str(m.world.staff["sampler"])}
+    },
+}
+"""Bodies of path-object routes that need one to succeed (the object stays in the path)."""
 
 
 def object_request(
@@ -409,7 +830,7 @@ def object_request(
         f"{key}: add a request builder to OBJECT_REQUESTS (its object is in {where or 'none'})"
     )
     method, url = _path(key, entry, record_id)
-    return method, url, {}
+    return method, url, BODIES[key](matrix) if key in BODIES else {}
 
 
 POLICY_ROUTES = sorted(
@@ -482,11 +903,17 @@ def test_policy_routes_answer_exactly_what_the_policy_and_the_relationship_allow
         pytest.skip("no policy-guarded route is registered yet")
     entry = ROUTES[key]
     mismatches: list[str] = []
+    granted_somewhere = False
     for role in ROLES:
         for record in RECORDS if entry.object_from else RECORDS[:1]:
             record_id = matrix.record_ids[record]
-            method, url, kwargs = object_request(matrix, key, entry, record_id)
+            target, fresh = object_id(matrix, key, entry, role, record)
+            method, url, kwargs = object_request(matrix, key, entry, target)
             answer = matrix.call(role, method, url, follow_redirects=False, **kwargs)
+            if fresh is None and key in CREATES_APPOINTMENT and answer.status_code == 201:
+                fresh = uuid.UUID(answer.json()["id"])
+            if fresh is not None:
+                retire(matrix, record, fresh)
             if entry.interaction is Interaction.SEARCH or entry.object_from is None:
                 # A search (or its form): 404 for a role that may not; otherwise 200 and
                 # only the records in scope.
@@ -499,11 +926,14 @@ def test_policy_routes_answer_exactly_what_the_policy_and_the_relationship_allow
                         mismatches.append(f"{role} x {record}: found is not {visible}")
                 continue
             allowed = expected_allowed(matrix, entry, role, record)
+            granted_somewhere = granted_somewhere or allowed
             if allowed and not 200 <= answer.status_code < 300:
                 mismatches.append(f"{role} x {record}: {answer.status_code}, expected 2xx")
             if not allowed and answer.status_code != 404:
                 mismatches.append(f"{role} x {record}: {answer.status_code}, expected 404")
     assert not mismatches, f"{key}:\n" + "\n".join(mismatches)
+    if entry.interaction is not Interaction.SEARCH and entry.object_from is not None:
+        assert granted_somewhere, f"{key}: no role may use it on any record: a dead route"
 
 
 # --------------------------------------------------------------------------- role routes

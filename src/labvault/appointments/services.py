@@ -4,8 +4,9 @@ Why it is built this way:
 
 - Capacity is the database's job. Every slot a visit occupies is one ``slot_claims`` row on
   one box, and ``UNIQUE (tenant_id, site_id, starts_at, box)`` lets one transaction only
-  hold a box. A claimant tries box 0, 1, ... each in its own SAVEPOINT and takes the first
-  insert the constraint accepts; never a count followed by an insert.
+  hold a box. A claimant inserts with ``ON CONFLICT DO NOTHING`` on that constraint and
+  keeps the boxes the insert returns, trying the next box for a slot refused (the boxes it
+  sees free first); never a count followed by an insert.
 - A hold's claims carry its expiry; the next claimant of the same slot deletes expired
   claims before trying the boxes. Confirming a hold turns its claims permanent; if they
   were taken meanwhile, the confirmation is refused (``hold_expired``).
@@ -26,11 +27,13 @@ import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -44,7 +47,6 @@ from labvault.appointments.models import (
 )
 from labvault.appointments.views import AppointmentView, HomeAddress
 from labvault.catalog.models import Exam
-from labvault.catalog.services import exam_rule
 from labvault.core.access.policies import Interaction
 from labvault.core.access.principals import PrincipalKind
 from labvault.core.audit.actions import AuditAction
@@ -59,10 +61,12 @@ from labvault.schedules.hours import OpeningHours, OpeningHoursError
 from labvault.schedules.models import SiteClosure, SiteSchedule
 from labvault.schedules.slots import (
     Closure,
+    ExamRule,
     Schedule,
     Slot,
     compatible_slots,
     generate_slots,
+    is_visit_start,
     needs_appointment,
     visit_minutes,
 )
@@ -87,6 +91,9 @@ HOME_WINDOWS: dict[str, tuple[dt.time, dt.time]] = {
 """Home-visit time windows, in the site's local time."""
 LIVE_STATUSES = frozenset({AppointmentStatus.HELD.value, AppointmentStatus.BOOKED.value})
 CLAIMS_TABLE = cast(Table, SlotClaim.__table__)
+APPOINTMENTS_TABLE = cast(Table, Appointment.__table__)
+CLAIM_KEY = ("tenant_id", "site_id", "starts_at", "box")
+"""The UNIQUE constraint that makes a box one claim's only (the capacity guarantee)."""
 DEADLOCK = "40P01"
 """PostgreSQL's deadlock_detected."""
 
@@ -131,6 +138,24 @@ class AppointmentNotFoundError(AuditedRefusalError, LookupError):
 
     def __init__(self) -> None:
         super().__init__("Rendez-vous introuvable.")
+
+
+@dataclass(frozen=True, slots=True)
+class _SiteRef:
+    """What booking needs of a site: read as three columns, not loaded as an ORM object."""
+
+    id: uuid.UUID
+    name: str
+    timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ExamRef:
+    """What booking needs of a catalog exam (read as columns, not loaded as an ORM object)."""
+
+    id: uuid.UUID
+    rule: ExamRule
+    home_sampling: bool
 
 
 def _aware_utc(value: dt.datetime, field: str = "starts_at") -> dt.datetime:
@@ -208,7 +233,7 @@ class BookingService:
             raise BookingError(f"Une recherche couvre au plus {MAX_SEARCH_DAYS} jours.", field="to")
         site, schedule = self._site_schedule(site_id)
         exams = self._exams(exam_ids)
-        rules = [exam_rule(exam) for exam in exams]
+        rules = [exam.rule for exam in exams]
         if not needs_appointment(rules):
             raise BookingError(
                 "Ces examens se font sans rendez-vous, aux heures d'ouverture du site.",
@@ -239,10 +264,10 @@ class BookingService:
 
     def get(self, appointment_id: uuid.UUID) -> AppointmentView | None:
         """The appointment, or None when absent or out of the caller's scope."""
-        row = self._row(appointment_id)
-        if row is None or not self._may(row.patient_id, Interaction.READ):
+        found = self._row_and_site(appointment_id)
+        if found is None or not self._may(found[0].patient_id, Interaction.READ):
             return None
-        return self._views([row])[0]
+        return self._views([found[0]], found[1])[0]
 
     def list_for_patients(self, patient_ids: Sequence[uuid.UUID]) -> list[AppointmentView]:
         """Appointments of the patients in scope (others silently left out), by start time.
@@ -322,8 +347,14 @@ class BookingService:
             row.exams = self._seal(row, Interaction.CREATE, exams=exam_list)["exams"]
             self._session.add(row)
             self._session.flush()
-            for index in range(count):
-                self._claim(site.id, starts + step * index, appointment_id, schedule, expires, now)
+            self._claim_visit(
+                site.id,
+                [starts + step * index for index in range(count)],
+                appointment_id,
+                schedule,
+                expires,
+                now,
+            )
             self._audit.record(
                 AuditAction.APPOINTMENT_SLOT_HOLD,
                 tenant_id=self._tenant_id,
@@ -335,9 +366,9 @@ class BookingService:
 
     def confirm(self, appointment_id: uuid.UUID) -> AppointmentView:
         """Turn a hold into a booking (idempotent on a booked appointment)."""
-        row = self._existing(appointment_id, Interaction.UPDATE)
+        row, site, slot_minutes = self._existing(appointment_id, Interaction.UPDATE)
         if row.status == AppointmentStatus.BOOKED.value:
-            return self._views([row])[0]
+            return self._views([row], site)[0]
         if row.status != AppointmentStatus.HELD.value:
             raise BookingError("Ce rendez-vous ne peut plus être confirmé.")
         now = self._clock()
@@ -355,7 +386,7 @@ class BookingService:
                 .values(expires_at=None)
             )
             kept = cast(CursorResult[Any], made_permanent).rowcount
-            if kept < self._expected_claims(row):
+            if kept < _expected_claims(row, slot_minutes):
                 raise BookingError(
                     "Le délai de réservation est dépassé et le créneau a été pris entre-temps. "
                     "Choisissez un autre créneau.",
@@ -374,11 +405,11 @@ class BookingService:
                 target_id=row.id,
                 purpose=PURPOSE_BOOKING,
             )
-        return self._views([row])[0]
+        return self._views([row], site)[0]
 
     def cancel(self, appointment_id: uuid.UUID) -> AppointmentView:
         """Cancel and free the boxes (patients: not after the change deadline)."""
-        row = self._existing(appointment_id, Interaction.UPDATE)
+        row, site, _ = self._existing(appointment_id, Interaction.UPDATE)
         if row.status not in LIVE_STATUSES:
             raise BookingError("Ce rendez-vous ne peut plus être annulé.")
         now = self._clock()
@@ -401,12 +432,12 @@ class BookingService:
                 target_id=row.id,
                 purpose=PURPOSE_BOOKING,
             )
-        return self._views([row])[0]
+        return self._views([row], site)[0]
 
     def reschedule(self, appointment_id: uuid.UUID, starts_at: dt.datetime) -> AppointmentView:
         """Move the visit: the new slots are claimed and the old ones released together, or
         nothing changes."""
-        row = self._existing(appointment_id, Interaction.UPDATE)
+        row, _, _ = self._existing(appointment_id, Interaction.UPDATE)
         if row.status not in LIVE_STATUSES or row.kind != AppointmentKind.SITE.value:
             raise BookingError("Ce rendez-vous ne peut pas être déplacé.")
         now = self._clock()
@@ -430,8 +461,14 @@ class BookingService:
                     SlotClaim.tenant_id == self._tenant_id, SlotClaim.appointment_id == row.id
                 )
             )
-            for index in range(count):
-                self._claim(site.id, starts + step * index, row.id, schedule, expires, now)
+            self._claim_visit(
+                site.id,
+                [starts + step * index for index in range(count)],
+                row.id,
+                schedule,
+                expires,
+                now,
+            )
             row.starts_at = starts
             row.ends_at = starts + step * count
             row.reminder_sent_at = None
@@ -484,10 +521,11 @@ class BookingService:
         starts = dt.datetime.combine(day, opens, zone).astimezone(dt.UTC)
         ends = dt.datetime.combine(day, closes, zone).astimezone(dt.UTC)
         for exam in exams:
+            window_start, window_end = exam.rule.window_start, exam.rule.window_end
             if (
-                exam.window_start is not None
-                and exam.window_end is not None
-                and (exam.window_end <= opens or exam.window_start >= closes)
+                window_start is not None
+                and window_end is not None
+                and (window_end <= opens or window_start >= closes)
             ):
                 raise BookingError(
                     "Un des examens choisis doit être prélevé à une autre heure de la journée.",
@@ -546,9 +584,13 @@ class BookingService:
             purpose=PURPOSE_BOOKING,
         )
 
-    def _existing(self, appointment_id: uuid.UUID, interaction: Interaction) -> Appointment:
-        row = self._row(appointment_id)
-        if row is None:
+    def _existing(
+        self, appointment_id: uuid.UUID, interaction: Interaction
+    ) -> tuple[Appointment, _SiteRef, int | None]:
+        """The appointment, its site and the site's slot length (None without a schedule),
+        read together; an audited "not found" unless the caller may ``interaction`` on it."""
+        found = self._row_and_site(appointment_id)
+        if found is None:
             raise self._audit.refusal(
                 AppointmentNotFoundError(),
                 AuditAction.APPOINTMENT_BOOKING_REFUSED,
@@ -557,8 +599,9 @@ class BookingService:
                 target_id=appointment_id,
                 purpose=PURPOSE_BOOKING,
             )
+        row = found[0]
         self._require(row.patient_id, interaction, row.id)
-        return row
+        return found
 
     def _is_patient(self) -> bool:
         return (
@@ -616,41 +659,56 @@ class BookingService:
 
     # -- validation ----------------------------------------------------------------------
 
-    def _site(self, site_id: uuid.UUID) -> Site:
+    def _site(self, site_id: uuid.UUID) -> _SiteRef:
         if not isinstance(site_id, uuid.UUID):
             raise UnknownSiteError
-        site = self._session.scalar(
-            select(Site).where(Site.tenant_id == self._tenant_id, Site.id == site_id)
-        )
-        if site is None:
-            raise UnknownSiteError
-        return site
-
-    def _site_schedule(self, site_id: uuid.UUID) -> tuple[Site, Schedule]:
-        site = self._site(site_id)
-        row = self._session.scalar(
-            select(SiteSchedule).where(
-                SiteSchedule.tenant_id == self._tenant_id, SiteSchedule.site_id == site.id
+        found = self._session.execute(
+            select(Site.id, Site.name, Site.timezone).where(
+                Site.tenant_id == self._tenant_id, Site.id == site_id
             )
-        )
-        if row is None:
+        ).first()
+        if found is None:
+            raise UnknownSiteError
+        return _SiteRef(found.id, found.name, found.timezone)
+
+    def _site_schedule(self, site_id: uuid.UUID) -> tuple[_SiteRef, Schedule]:
+        """The site and its schedule in one query; a site without one is unknown here too."""
+        if not isinstance(site_id, uuid.UUID):
+            raise UnknownSiteError
+        found = self._session.execute(
+            select(
+                Site.id,
+                Site.name,
+                Site.timezone,
+                Site.opening_hours,
+                SiteSchedule.slot_minutes,
+                SiteSchedule.sampling_boxes,
+                SiteSchedule.walk_in_boxes,
+            )
+            .join(
+                SiteSchedule,
+                and_(SiteSchedule.tenant_id == Site.tenant_id, SiteSchedule.site_id == Site.id),
+            )
+            .where(Site.tenant_id == self._tenant_id, Site.id == site_id)
+        ).first()
+        if found is None:
             raise UnknownSiteError
         try:
-            hours = OpeningHours.parse(site.opening_hours or {})
+            hours = OpeningHours.parse(found.opening_hours or {})
             schedule = Schedule(
-                timezone=site.timezone,
+                timezone=found.timezone,
                 opening_hours=hours,
-                slot_minutes=row.slot_minutes,
-                sampling_boxes=row.sampling_boxes,
-                walk_in_boxes=row.walk_in_boxes,
+                slot_minutes=found.slot_minutes,
+                sampling_boxes=found.sampling_boxes,
+                walk_in_boxes=found.walk_in_boxes,
             )
         except (OpeningHoursError, ValueError):
             raise UnknownSiteError from None
-        return site, schedule
+        return _SiteRef(found.id, found.name, found.timezone), schedule
 
     def _closures(self, site_id: uuid.UUID, first: dt.date, last: dt.date) -> list[Closure]:
-        rows = self._session.scalars(
-            select(SiteClosure).where(
+        rows = self._session.execute(
+            select(SiteClosure.starts_on, SiteClosure.ends_on).where(
                 SiteClosure.tenant_id == self._tenant_id,
                 SiteClosure.site_id == site_id,
                 SiteClosure.ends_on >= first,
@@ -659,7 +717,7 @@ class BookingService:
         )
         return [Closure(row.starts_on, row.ends_on) for row in rows]
 
-    def _exams(self, exam_ids: Sequence[uuid.UUID]) -> list[Exam]:
+    def _exams(self, exam_ids: Sequence[uuid.UUID]) -> list[_ExamRef]:
         """Active exams of this organization, in the order asked, duplicates dropped."""
         if isinstance(exam_ids, (str, bytes)):
             raise BookingError("Examens : une liste est attendue.", field="exam_ids")
@@ -671,9 +729,25 @@ class BookingService:
         if any(not isinstance(exam_id, uuid.UUID) for exam_id in wanted):
             raise BookingError("Examen introuvable.", field="exam_ids")
         found = {
-            exam.id: exam
-            for exam in self._session.scalars(
-                select(Exam).where(
+            exam.id: _ExamRef(
+                exam.id,
+                ExamRule(
+                    sampling_minutes=exam.sampling_minutes,
+                    window_start=exam.window_start,
+                    window_end=exam.window_end,
+                    no_appointment=exam.no_appointment,
+                ),
+                exam.home_sampling,
+            )
+            for exam in self._session.execute(
+                select(
+                    Exam.id,
+                    Exam.sampling_minutes,
+                    Exam.window_start,
+                    Exam.window_end,
+                    Exam.no_appointment,
+                    Exam.home_sampling,
+                ).where(
                     Exam.tenant_id == self._tenant_id,
                     Exam.id.in_(wanted),
                     Exam.active.is_(True),
@@ -684,20 +758,20 @@ class BookingService:
             raise BookingError("Examen introuvable.", field="exam_ids")
         return [found[exam_id] for exam_id in wanted]
 
-    def _slot_count(self, exams: Sequence[Exam], schedule: Schedule) -> int:
-        minutes = visit_minutes([exam_rule(exam) for exam in exams])
+    def _slot_count(self, exams: Sequence[_ExamRef], schedule: Schedule) -> int:
+        minutes = visit_minutes([exam.rule for exam in exams])
         return max(1, math.ceil(minutes / schedule.slot_minutes))
 
     def _check_start(
         self,
-        site: Site,
+        site: _SiteRef,
         schedule: Schedule,
-        exams: Sequence[Exam],
+        exams: Sequence[_ExamRef],
         starts_at: dt.datetime,
         now: dt.datetime,
     ) -> dt.datetime:
         """``starts_at`` in UTC if a visit for ``exams`` may start then (capacity aside)."""
-        rules = [exam_rule(exam) for exam in exams]
+        rules = [exam.rule for exam in exams]
         if not needs_appointment(rules):
             raise BookingError(
                 "Ces examens se font sans rendez-vous, aux heures d'ouverture du site.",
@@ -713,27 +787,12 @@ class BookingService:
                 field="starts_at",
             )
         day = starts.astimezone(ZoneInfo(schedule.timezone)).date()
-        slots = generate_slots(schedule, self._closures(site.id, day, day), day, day, now)
-        for slot in compatible_slots(slots, rules, schedule.slot_minutes):
-            if slot.starts_at.astimezone(dt.UTC) == starts:
-                return starts
+        if is_visit_start(schedule, self._closures(site.id, day, day), starts, rules, now):
+            return starts
         raise BookingError(
             "Ce créneau n'est pas proposé pour ces examens. Choisissez un créneau de la liste.",
             field="starts_at",
         )
-
-    def _expected_claims(self, row: Appointment) -> int:
-        """How many slots the visit occupies: its length in the site's slot length."""
-        if row.ends_at is None:
-            return 1
-        minutes = self._session.scalar(
-            select(SiteSchedule.slot_minutes).where(
-                SiteSchedule.tenant_id == self._tenant_id, SiteSchedule.site_id == row.site_id
-            )
-        )
-        if not minutes:
-            return 1
-        return max(1, round((row.ends_at - row.starts_at) / dt.timedelta(minutes=minutes)))
 
     # -- capacity ------------------------------------------------------------------------
 
@@ -756,54 +815,113 @@ class BookingService:
         )
         return {starts_at: count for starts_at, count in rows}
 
-    def _claim(
+    def _claim_visit(
         self,
         site_id: uuid.UUID,
-        starts_at: dt.datetime,
+        starts: Sequence[dt.datetime],
         appointment_id: uuid.UUID,
         schedule: Schedule,
         expires_at: dt.datetime | None,
         now: dt.datetime,
-    ) -> int:
-        """Take the first free bookable box of one slot; :class:`SlotTakenError` if none.
+    ) -> None:
+        """Take one bookable box in each slot of the visit; :class:`SlotTakenError` if one of
+        them has none left.
 
-        The UNIQUE constraint decides: each insert runs in its own SAVEPOINT, and a refused
-        one moves on to the next box. Expired holds' claims of this slot are deleted first.
+        The UNIQUE constraint decides: a box is taken by ``INSERT ... ON CONFLICT DO NOTHING``,
+        which inserts only if no other claim holds that box, committed or in a transaction
+        still running (the insert waits for its outcome). A refused box is a row not
+        returned, not an error, so no SAVEPOINT per try. The boxes this transaction sees free
+        are tried first, then the others (a claim seen may be gone by then), so each box is
+        tried at most once and one insert usually claims the whole visit. Expired holds'
+        claims of these slots are deleted first, when there are some.
         """
-        self._session.execute(
-            delete(SlotClaim).where(
+        seen = self._session.execute(
+            select(SlotClaim.starts_at, SlotClaim.box, SlotClaim.expires_at).where(
                 SlotClaim.tenant_id == self._tenant_id,
                 SlotClaim.site_id == site_id,
-                SlotClaim.starts_at == starts_at,
-                SlotClaim.expires_at.is_not(None),
-                SlotClaim.expires_at <= now,
+                SlotClaim.starts_at.in_(starts),
             )
+        ).all()
+        if any(claim.expires_at is not None and claim.expires_at <= now for claim in seen):
+            self._session.execute(
+                delete(SlotClaim).where(
+                    SlotClaim.tenant_id == self._tenant_id,
+                    SlotClaim.site_id == site_id,
+                    SlotClaim.starts_at.in_(starts),
+                    SlotClaim.expires_at.is_not(None),
+                    SlotClaim.expires_at <= now,
+                )
+            )
+        live: dict[dt.datetime, set[int]] = {start: set() for start in starts}
+        for claim in seen:
+            if claim.expires_at is None or claim.expires_at > now:
+                live[claim.starts_at].add(claim.box)
+        boxes = range(schedule.bookable_boxes)
+        tries: dict[dt.datetime, Iterator[int]] = {
+            start: iter(
+                [box for box in boxes if box not in live[start]]
+                + [box for box in boxes if box in live[start]]
+            )
+            for start in starts
+        }
+        pending = list(starts)
+        while pending:
+            batch: dict[uuid.UUID, tuple[dt.datetime, int]] = {}
+            for start in pending:
+                box = next(tries[start], None)
+                if box is None:
+                    raise SlotTakenError
+                batch[uuid.uuid4()] = (start, box)
+            claimed = self._insert_claims(site_id, appointment_id, expires_at, batch)
+            pending = [start for claim_id, (start, _) in batch.items() if claim_id not in claimed]
+
+    def _insert_claims(
+        self,
+        site_id: uuid.UUID,
+        appointment_id: uuid.UUID,
+        expires_at: dt.datetime | None,
+        batch: dict[uuid.UUID, tuple[dt.datetime, int]],
+    ) -> set[uuid.UUID]:
+        """Insert the claims the constraint lets through; the ids of those inserted."""
+        dialect = self._session.get_bind().dialect.name
+        if dialect == "postgresql":
+            insert_into: Any = postgresql.insert
+        elif dialect == "sqlite":
+            insert_into = sqlite.insert
+        else:  # pragma: no cover - the two databases labvault runs on
+            raise NotImplementedError(f"slot claims need INSERT ... ON CONFLICT ({dialect})")
+        statement = (
+            insert_into(CLAIMS_TABLE)
+            .values(
+                [
+                    {
+                        "id": claim_id,
+                        "tenant_id": self._tenant_id,
+                        "site_id": site_id,
+                        "starts_at": start,
+                        "box": box,
+                        "appointment_id": appointment_id,
+                        "expires_at": expires_at,
+                    }
+                    for claim_id, (start, box) in batch.items()
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=list(CLAIM_KEY))
+            .returning(CLAIMS_TABLE.c.id)
         )
-        for box in range(schedule.bookable_boxes):
-            try:
-                with self._session.begin_nested():
-                    self._session.execute(
-                        insert(CLAIMS_TABLE).values(
-                            id=uuid.uuid4(),
-                            tenant_id=self._tenant_id,
-                            site_id=site_id,
-                            starts_at=starts_at,
-                            box=box,
-                            appointment_id=appointment_id,
-                            expires_at=expires_at,
-                        )
-                    )
-            except IntegrityError:
-                continue
-            except OperationalError as error:
-                # Two movers waiting on each other's boxes (a reschedule frees a box another
-                # claimant is queued on while it queues on one of theirs): the server gives
-                # up on one of them; for that caller the slot is as good as taken.
-                if getattr(getattr(error, "orig", None), "sqlstate", None) == DEADLOCK:
-                    raise SlotTakenError from None
-                raise
-            return box
-        raise SlotTakenError
+        try:
+            return set(self._session.execute(statement).scalars())
+        except IntegrityError:
+            # Not the box's constraint (that one is ON CONFLICT): as before, the slot is lost.
+            raise SlotTakenError from None
+        except OperationalError as error:
+            # Two movers waiting on each other's boxes (a reschedule frees a box another
+            # claimant is queued on while it queues on one of theirs): the server gives
+            # up on one of them; for that caller the slot is as good as taken. The call's
+            # SAVEPOINT (see _all_or_nothing) then undoes everything it did.
+            if getattr(getattr(error, "orig", None), "sqlstate", None) == DEADLOCK:
+                raise SlotTakenError from None
+            raise
 
     def _all_or_nothing(self) -> _Savepoint:
         return _Savepoint(self._session)
@@ -860,8 +978,11 @@ class BookingService:
 
     # -- views ---------------------------------------------------------------------------
 
-    def _views(self, rows: Sequence[Appointment]) -> list[AppointmentView]:
-        """Views of ``rows``, their sealed parts opened in one batch when readable."""
+    def _views(
+        self, rows: Sequence[Appointment], site: _SiteRef | None = None
+    ) -> list[AppointmentView]:
+        """Views of ``rows``, their sealed parts opened in one batch when readable
+        (``site``: the rows' site, when the caller already read it)."""
         if not rows:
             return []
         now = self._clock()
@@ -876,15 +997,18 @@ class BookingService:
             if row.exams is not None or row.home_address is not None
         ]
         opened = self._repo.open_for(RESOURCE, items, purpose=PURPOSE_VIEW) if items else {}
-        sites = {
-            site.id: site
-            for site in self._session.scalars(
-                select(Site).where(
-                    Site.tenant_id == self._tenant_id,
-                    Site.id.in_(sorted({row.site_id for row in rows})),
+        wanted = sorted({row.site_id for row in rows})
+        if site is not None and wanted == [site.id]:
+            sites = {site.id: site}
+        else:
+            sites = {
+                found.id: _SiteRef(found.id, found.name, found.timezone)
+                for found in self._session.execute(
+                    select(Site.id, Site.name, Site.timezone).where(
+                        Site.tenant_id == self._tenant_id, Site.id.in_(wanted)
+                    )
                 )
-            )
-        }
+            }
         views = []
         for row in rows:
             plain = opened.get(row.id, {})
@@ -902,7 +1026,7 @@ class BookingService:
     def _view(
         self,
         row: Appointment,
-        site: Site,
+        site: _SiteRef,
         exam_ids: tuple[uuid.UUID, ...],
         address: HomeAddress | None,
         now: dt.datetime,
@@ -925,14 +1049,31 @@ class BookingService:
             changeable=changeable,
         )
 
-    def _row(self, appointment_id: uuid.UUID) -> Appointment | None:
+    def _row_and_site(
+        self, appointment_id: uuid.UUID
+    ) -> tuple[Appointment, _SiteRef, int | None] | None:
+        """The appointment with its site and the site's slot length, in one query."""
         if not isinstance(appointment_id, uuid.UUID):
             return None
-        return self._session.scalar(
-            select(Appointment).where(
-                Appointment.tenant_id == self._tenant_id, Appointment.id == appointment_id
+        found = self._session.execute(
+            select(Appointment, Site.name, Site.timezone, SiteSchedule.slot_minutes)
+            .join(
+                Site,
+                and_(Site.tenant_id == Appointment.tenant_id, Site.id == Appointment.site_id),
             )
-        )
+            .outerjoin(
+                SiteSchedule,
+                and_(
+                    SiteSchedule.tenant_id == Appointment.tenant_id,
+                    SiteSchedule.site_id == Appointment.site_id,
+                ),
+            )
+            .where(Appointment.tenant_id == self._tenant_id, Appointment.id == appointment_id)
+        ).first()
+        if found is None:
+            return None
+        row, name, timezone, slot_minutes = found
+        return row, _SiteRef(row.site_id, name, timezone), slot_minutes
 
 
 class _Savepoint:
@@ -949,6 +1090,13 @@ class _Savepoint:
             self._nested.commit()
         elif self._nested.is_active:
             self._nested.rollback()
+
+
+def _expected_claims(row: Appointment, slot_minutes: int | None) -> int:
+    """How many slots the visit occupies: its length in the site's slot length."""
+    if row.ends_at is None or not slot_minutes:
+        return 1
+    return max(1, round((row.ends_at - row.starts_at) / dt.timedelta(minutes=slot_minutes)))
 
 
 def _exam_ids(blob: bytes | None) -> list[uuid.UUID]:

@@ -6,9 +6,9 @@ of scope is never decrypted, never counted against a budget, and looks exactly l
 does not exist.
 
 The staff relationship rule: a staff member reaches a patient who has an appointment (not
-cancelled) at one of the staff member's sites within the relationship window (by default
-30 days back and 30 days ahead), or for whom they hold a live break-glass grant. Orders
-join the rule when results arrive.
+cancelled, and not a mere hold) at one of the staff member's sites within the relationship
+window (by default 30 days back and 30 days ahead), or for whom they hold a live
+break-glass grant. Orders join the rule when results arrive.
 
 System jobs are not scoped: they name themselves (``SystemPrincipal("cli:...")``) and get
 :data:`SYSTEM_ACCESS`, on purpose and greppably.
@@ -42,6 +42,9 @@ from labvault.security.models import BreakGlassGrant
 from labvault.staff.models import StaffMember, StaffSite
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+NOT_A_RELATIONSHIP = (AppointmentStatus.CANCELLED.value, AppointmentStatus.HELD.value)
+"""A cancelled appointment, or a slot merely held while the patient fills in the form, puts
+nobody in a site's care."""
 
 
 class AccessDeniedError(AuditedRefusalError, PermissionError):
@@ -105,7 +108,7 @@ class AccessScope:
                             Appointment.site_id.in_(sorted(self.site_ids)),
                             Appointment.starts_at >= start,
                             Appointment.starts_at < end,
-                            Appointment.status != AppointmentStatus.CANCELLED.value,
+                            Appointment.status.not_in(NOT_A_RELATIONSHIP),
                         )
                     )
                 )

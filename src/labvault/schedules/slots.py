@@ -117,29 +117,96 @@ def generate_slots(
     if schedule.bookable_boxes <= 0:
         return []
     zone = ZoneInfo(schedule.timezone)
-    step = dt.timedelta(minutes=schedule.slot_minutes)
     taken_utc = {key.astimezone(dt.UTC): count for key, count in (taken or {}).items()}
     slots: dict[dt.datetime, Slot] = {}
     for day in _days(from_date, to_date):
         if any(closure.covers(day) for closure in closures):
             continue
-        for index, (opens, closes) in enumerate(schedule.opening_hours.day(day.weekday())):
-            wall = dt.datetime.combine(day, opens)
-            end_wall = dt.datetime.combine(day, closes)
-            while wall + step <= end_wall:
-                start = _local(day, wall.time(), zone)
-                end = _local(day, (wall + step).time(), zone)
-                wall += step
-                if start is None or end is None:
-                    continue
-                start_utc, end_utc = start.astimezone(dt.UTC), end.astimezone(dt.UTC)
-                if end_utc - start_utc != step or start_utc <= now:
-                    continue
-                free = schedule.bookable_boxes - max(0, taken_utc.get(start_utc, 0))
-                if free <= 0 or start_utc in slots:
-                    continue
-                slots[start_utc] = Slot(start, end, free, index)
+        _day_slots(schedule, zone, day, now, taken_utc, slots)
     return [slots[key] for key in sorted(slots)]
+
+
+def _day_slots(
+    schedule: Schedule,
+    zone: ZoneInfo,
+    day: dt.date,
+    now: dt.datetime,
+    taken_utc: Mapping[dt.datetime, int],
+    slots: dict[dt.datetime, Slot],
+    walls: frozenset[dt.datetime] | None = None,
+) -> None:
+    """Add ``day``'s bookable slots to ``slots`` (by UTC start); with ``walls``, only the slots
+    whose local wall-clock start (naive) is one of them.
+
+    Each wall time is resolved once (a slot's end is the next slot's start).
+    """
+    step = dt.timedelta(minutes=schedule.slot_minutes)
+    resolved: dict[dt.datetime, tuple[dt.datetime, dt.datetime] | None] = {}
+
+    def at(wall: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+        """The aware local time and its UTC instant, or None if the wall time does not exist."""
+        if wall not in resolved:
+            local = _local(day, wall.time(), zone)
+            resolved[wall] = None if local is None else (local, local.astimezone(dt.UTC))
+        return resolved[wall]
+
+    for index, (opens, closes) in enumerate(schedule.opening_hours.day(day.weekday())):
+        wall = dt.datetime.combine(day, opens)
+        end_wall = dt.datetime.combine(day, closes)
+        while wall + step <= end_wall:
+            following = wall + step
+            if walls is not None and wall not in walls:
+                wall = following
+                continue
+            start, end = at(wall), at(following)
+            wall = following
+            if start is None or end is None:
+                continue
+            (start_local, start_utc), (end_local, end_utc) = start, end
+            if end_utc - start_utc != step or start_utc <= now:
+                continue
+            free = schedule.bookable_boxes - max(0, taken_utc.get(start_utc, 0))
+            if free <= 0 or start_utc in slots:
+                continue
+            slots[start_utc] = Slot(start_local, end_local, free, index)
+
+
+def is_visit_start(
+    schedule: Schedule,
+    closures: Sequence[Closure],
+    starts_at: dt.datetime,
+    exams: Sequence[ExamRule],
+    now: dt.datetime,
+) -> bool:
+    """Whether a visit for ``exams`` may start at ``starts_at`` (aware), capacity aside.
+
+    The same answer as looking for it in :func:`compatible_slots` of :func:`generate_slots`
+    over its local day, but from the visit's own slots only: booking checks one start time,
+    and generating a whole day of slots for it was most of the cost. A slot whose UTC start
+    is ``starts_at + k * slot_minutes`` can only have been cut at the wall time that instant
+    shows locally (wall times are read at their first occurrence), so only those are cut.
+    """
+    if starts_at.tzinfo is None or now.tzinfo is None:
+        raise ValueError("starts_at and now must be aware datetimes")
+    if schedule.bookable_boxes <= 0 or not needs_appointment(exams):
+        return False
+    zone = ZoneInfo(schedule.timezone)
+    day = starts_at.astimezone(zone).date()
+    if any(closure.covers(day) for closure in closures):
+        return False
+    step = dt.timedelta(minutes=schedule.slot_minutes)
+    count = max(1, math.ceil(visit_minutes(exams) / schedule.slot_minutes))
+    start_utc = starts_at.astimezone(dt.UTC)
+    walls = frozenset(
+        (start_utc + step * k).astimezone(zone).replace(tzinfo=None, fold=0) for k in range(count)
+    )
+    slots: dict[dt.datetime, Slot] = {}
+    _day_slots(schedule, zone, day, now, {}, slots, walls)
+    candidates = [slots[key] for key in sorted(slots)]
+    return any(
+        slot.starts_at.astimezone(dt.UTC) == start_utc
+        for slot in compatible_slots(candidates, exams, schedule.slot_minutes)
+    )
 
 
 def needs_appointment(exams: Sequence[ExamRule]) -> bool:
@@ -158,23 +225,28 @@ def compatible_slots(
     if not needs_appointment(exams):
         return []
     count = max(1, math.ceil(visit_minutes(exams) / slot_minutes))
-    step = dt.timedelta(minutes=slot_minutes)
-    by_start = {slot.starts_at.astimezone(dt.UTC): slot for slot in slots}
+    span = dt.timedelta(minutes=slot_minutes) * count
+    # Each slot with its UTC start and end, converted once.
+    timeline = [
+        (slot, slot.starts_at.astimezone(dt.UTC), slot.ends_at.astimezone(dt.UTC)) for slot in slots
+    ]
+    by_start = {entry[1]: entry for entry in timeline}
     result = []
-    for slot in slots:
-        chain = [slot]
-        for _ in range(count - 1):
-            following = by_start.get(chain[-1].ends_at.astimezone(dt.UTC))
-            if following is None or following.interval != slot.interval:
+    for entry in timeline:
+        slot, start, _ = entry
+        last, length = entry, 1
+        while length < count:
+            following = by_start.get(last[2])
+            if following is None or following[0].interval != slot.interval:
                 break
-            if following.starts_at.date() != slot.starts_at.date():
+            if following[0].starts_at.date() != slot.starts_at.date():
                 break
-            chain.append(following)
-        if len(chain) != count:
+            last, length = following, length + 1
+        if length != count:
             continue
-        if chain[-1].ends_at.astimezone(dt.UTC) - slot.starts_at.astimezone(dt.UTC) != step * count:
+        if last[2] - start != span:
             continue
-        if all(_within_window(slot.starts_at, chain[-1].ends_at, exam) for exam in exams):
+        if all(_within_window(slot.starts_at, last[0].ends_at, exam) for exam in exams):
             result.append(slot)
     return result
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from access_world import IN_RELATIONSHIP, NOW, PLACEMENTS, TODAY, World, build_world
+from labvault.appointments.models import Appointment, AppointmentStatus
 from labvault.core.access.policies import FIELD_CLASSES
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
@@ -282,3 +283,21 @@ def test_contact_updates_follow_the_same_scope(runtime: Runtime, world: World) -
 def test_bad_contact_details_are_refused_before_anything(fields: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         ContactUpdate.model_validate(fields)
+
+
+def test_a_hold_is_not_a_care_relationship(runtime: Runtime, world: World) -> None:
+    """A slot merely held while a patient fills in the booking form (expired or not) puts
+    nobody in the site's care; confirmed, the same appointment does."""
+
+    def set_status(status: AppointmentStatus) -> None:
+        with transaction(world.sessions) as session:
+            session.execute(
+                Appointment.__table__.update()
+                .where(Appointment.patient_id == world.patients["cancelled"])
+                .values(status=status.value, hold_expires_at=NOW + dt.timedelta(minutes=10))
+            )
+
+    set_status(AppointmentStatus.HELD)
+    assert "cancelled" not in _visible(runtime, world, "receptionist")
+    set_status(AppointmentStatus.BOOKED)
+    assert "cancelled" in _visible(runtime, world, "receptionist")

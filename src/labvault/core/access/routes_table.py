@@ -197,11 +197,14 @@ _DESK_STAFF = roles(
     "sampler",
     note="the desk: the caller's sites, the patients in its scope (a sampler: today's)",
 )
-_DESK_STAFF_APPOINTMENT = roles(
-    "receptionist",
-    "sampler",
+# The desk's API on one appointment: desk roles AND the policy, which a policy entry with
+# only_roles states (the matrix asks every role about appointments in and out of scope).
+_DESK_STAFF_APPOINTMENT = policy(
+    "appointment:update",
     object_from="path:appointment_id",
-    note="appointment:update on the appointment's patient, at the caller's sites",
+    kinds=("staff",),
+    only_roles=("receptionist", "sampler"),
+    note="desk staff; also: at one of the caller's sites, not a hold (else the same 404)",
 )
 _DESK_STAFF_FORM = roles(
     "receptionist",
@@ -226,19 +229,20 @@ _PREREGISTRATION_OWN = account(
     note="appointment:update / prescription:create on the appointment's patient (own or "
     "dependent), appointment held or booked",
 )
-_PREREGISTRATION_READ = account(
+_PREREGISTRATION_READ = policy(
+    "appointment:read",
     object_from="path:appointment_id",
-    note="appointment:read on the appointment's patient: the patient account, staff in scope",
+    needs_fields=("patient.ins_number",),
+    note="it carries the NIR: only callers whose patient:read reveals it (not the sampler)",
 )
-_DOCUMENT_READ = account(
-    object_from="path:document_id",
-    note="prescription:read on the document's patient: the patient account, receptionist and "
-    "biologist in scope",
+_DOCUMENT_READ = policy(
+    "prescription:read", object_from="path:document_id", note="the document's patient"
 )
-_DOCUMENT_DELETE = account(
-    "patient",
+_DOCUMENT_DELETE = policy(
+    "prescription:create",
     object_from="path:document_id",
-    note="prescription:create on the document's patient: the patient account (own, dependents)",
+    kinds=("patient",),
+    note="the patient account (own, dependents)",
 )
 
 ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
@@ -352,29 +356,32 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "GET /api/v1/sites/{site_id}/slots": account(
             object_from="path:site_id", note="free capacity only; a site of the organization"
         ),
-        "POST /api/v1/appointments/holds": account(
-            object_from="body:patient_id", note="appointment:create on the patient"
+        "POST /api/v1/appointments/holds": policy(
+            "appointment:create", object_from="body:patient_id"
         ),
-        "POST /api/v1/appointments/home-visits": account(
-            object_from="body:patient_id", note="appointment:create on the patient"
+        "POST /api/v1/appointments/home-visits": policy(
+            "appointment:create", object_from="body:patient_id"
         ),
-        "GET /api/v1/appointments": account(
+        "GET /api/v1/appointments": policy(
+            "appointment:read",
             object_from="query:patient_id",
-            note="appointment:read: a patient's own and dependents'; staff name the patient",
+            note="a patient account may leave patient_id out: its own and dependents'",
         ),
-        "GET /api/v1/appointments/{appointment_id}": account(
-            object_from="path:appointment_id", note="appointment:read on its patient"
+        "GET /api/v1/appointments/{appointment_id}": policy(
+            "appointment:read", object_from="path:appointment_id"
         ),
-        "POST /api/v1/appointments/{appointment_id}/confirm": account(
-            object_from="path:appointment_id", note="appointment:update on its patient"
+        "POST /api/v1/appointments/{appointment_id}/confirm": policy(
+            "appointment:update", object_from="path:appointment_id"
         ),
-        "POST /api/v1/appointments/{appointment_id}/cancel": account(
+        "POST /api/v1/appointments/{appointment_id}/cancel": policy(
+            "appointment:update",
             object_from="path:appointment_id",
-            note="appointment:update on its patient; patients until the change deadline",
+            note="patients until the change deadline (409 deadline_passed)",
         ),
-        "POST /api/v1/appointments/{appointment_id}/reschedule": account(
+        "POST /api/v1/appointments/{appointment_id}/reschedule": policy(
+            "appointment:update",
             object_from="path:appointment_id",
-            note="appointment:update on its patient; patients until the change deadline",
+            note="patients until the change deadline (409 deadline_passed)",
         ),
         # --- break-glass and the security review (API) -------------------------------------
         "POST /api/v1/break-glass": _BREAK_GLASS,
@@ -397,19 +404,23 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /api/v1/desk/appointments/{appointment_id}/check-in": _DESK_STAFF_APPOINTMENT,
         "POST /api/v1/desk/appointments/{appointment_id}/no-show": _DESK_STAFF_APPOINTMENT,
         "POST /api/v1/desk/appointments/{appointment_id}/done": _DESK_STAFF_APPOINTMENT,
-        "POST /api/v1/desk/appointments/{appointment_id}/identity-check": roles(
-            "receptionist",
+        "POST /api/v1/desk/appointments/{appointment_id}/identity-check": policy(
+            "patient:update",
             object_from="path:appointment_id",
-            note="patient:update on the appointment's patient: raises the identity status",
+            kinds=("staff",),
+            only_roles=("receptionist",),
+            note="raises the patient's identity status; at the caller's sites, not a hold",
         ),
         "POST /api/v1/desk/walk-ins": roles(
             "receptionist",
             note="the identity document's traits must match exactly one record (audited)",
         ),
         "GET /api/v1/desk/rounds": _DESK_STAFF,
-        "POST /api/v1/desk/appointments/{appointment_id}/sampler": roles(
-            "receptionist",
+        "POST /api/v1/desk/appointments/{appointment_id}/sampler": policy(
+            "appointment:update",
             object_from="path:appointment_id",
+            kinds=("staff",),
+            only_roles=("receptionist",),
             note="a home visit at the caller's sites, a sampler of that site",
         ),
         # --- pages: the lab desk ---------------------------------------------------------
@@ -529,9 +540,19 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "GET /administration/personnel/invitation": _ADMIN,
         "POST /administration/personnel/invitation": _ADMIN,
         # --- pre-registration and prescriptions (API and pages) ---------------------------
-        "PUT /api/v1/appointments/{appointment_id}/preregistration": _PREREGISTRATION_OWN,
+        "PUT /api/v1/appointments/{appointment_id}/preregistration": policy(
+            "appointment:update",
+            object_from="path:appointment_id",
+            kinds=("patient",),
+            note="the patient account (own, dependents); appointment held or booked",
+        ),
         "GET /api/v1/appointments/{appointment_id}/preregistration": _PREREGISTRATION_READ,
-        "POST /api/v1/appointments/{appointment_id}/documents": _PREREGISTRATION_OWN,
+        "POST /api/v1/appointments/{appointment_id}/documents": policy(
+            "prescription:create",
+            object_from="path:appointment_id",
+            kinds=("patient",),
+            note="the patient account (own, dependents); appointment held or booked",
+        ),
         "GET /api/v1/documents/{document_id}": _DOCUMENT_READ,
         "DELETE /api/v1/documents/{document_id}": _DOCUMENT_DELETE,
         "GET /api/v1/patients/{patient_id}/documents": policy(
