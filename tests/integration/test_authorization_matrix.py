@@ -80,6 +80,7 @@ from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 from labvault.organizations.models import Site
 from labvault.patients.nir import Nir, synthetic_nir
+from labvault.patients.schemas import PatientInput
 from labvault.patients.services import PatientRepository, SealedItem
 from labvault.patients.synthetic import synthetic_patients
 from labvault.schedules.services import SiteScheduleService
@@ -106,11 +107,22 @@ RECORDS: tuple[str, ...] = (
     "in_20_days",
     "45_days_ago",
     "cancelled",
+    "held",
     "other_site",
     "other_tenant",
     "absent",
 )
 """The kinds of records each object route is asked about."""
+
+MATRIX_PLACEMENTS: dict[str, tuple[str, dt.timedelta, AppointmentStatus] | None] = {
+    **PLACEMENTS,
+    "held": ("main", dt.timedelta(days=1), AppointmentStatus.HELD),
+}
+"""The world's placements, and one of this module's: a record whose only appointment at the
+main site is a slot held (not yet confirmed), which puts nobody in the site's care."""
+
+FORCED_STATUS = {"cancelled": AppointmentStatus.CANCELLED, "held": AppointmentStatus.HELD}
+"""Appointments made for these records keep their record's status, whatever a route needs."""
 
 
 class AllowEverything:
@@ -266,6 +278,7 @@ def matrix(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(access_world, "NOW", now)  # the routes measure the window from now
         world = build_world(runtime)
+    held, held_person = _add_held(runtime, world, now)
     starts = _keep_today_today(world, now)
     callers = {
         role: _sign_in(
@@ -290,10 +303,12 @@ def matrix(
         "own": world.patients[OWN],
         "other_tenant": world.foreign_patient,
         "absent": uuid.uuid4(),
+        "held": held,
     }
     people = list(synthetic_patients(len(PLACEMENTS) + 1, seed=505))  # as build_world
     nirs = {world.patients[name]: _compact(world.inputs[name].nir) for name in world.patients}
     nirs[world.foreign_patient] = _compact(people[-1].nir)
+    nirs[held] = _compact(held_person.nir)
     nirs[record_ids["absent"]] = synthetic_nir(
         random.Random(7), sex=1, birth_date=dt.date(1961, 3, 9)
     ).compact
@@ -349,14 +364,14 @@ def compiled_for(role: str) -> CompiledPolicy:
 
 
 def in_record_scope(matrix: Matrix, role: str, records: RecordScope, record: str) -> bool:
-    """The relationship rule, restated: an appointment (not cancelled) at one of the
-    caller's sites (every staff member of the world works at the main site) within the
+    """The relationship rule, restated: an appointment (not cancelled, not a hold) at one of
+    the caller's sites (every staff member of the world works at the main site) within the
     window, or today (Paris) for ``site-today``; ``own`` for the patient's own record."""
     if records is RecordScope.OWN:
         return role == PATIENT_SUBJECT and matrix.record_ids[record] in matrix.own_ids
     if role == PATIENT_SUBJECT or records is RecordScope.ALL:
         return False
-    placement = PLACEMENTS.get(record)
+    placement = MATRIX_PLACEMENTS.get(record)
     if placement is None:  # own (no appointment), other tenant, absent
         return False
     site, _, status = placement
@@ -370,8 +385,9 @@ def _reaches(
     starts_at: dt.datetime,
     status: AppointmentStatus,
 ) -> bool:
-    """Whether an appointment so placed puts its patient in a staff grant's scope."""
-    if site != "main" or status is AppointmentStatus.CANCELLED:
+    """Whether an appointment so placed puts its patient in a staff grant's scope (neither
+    a cancelled appointment nor a mere hold does)."""
+    if site != "main" or status in (AppointmentStatus.CANCELLED, AppointmentStatus.HELD):
         return False
     if records is RecordScope.SITE_TODAY:
         return starts_at.astimezone(PARIS).date() == utcnow().astimezone(PARIS).date()
@@ -426,10 +442,33 @@ def _within_today(moment: dt.datetime, now: dt.datetime) -> dt.datetime:
     return min(max(moment, start), end).astimezone(dt.UTC)
 
 
+def _add_held(runtime: Runtime, world: World, now: dt.datetime) -> tuple[uuid.UUID, PatientInput]:
+    """A patient of tenant A whose only appointment is a live hold at the main site."""
+    person = next(iter(synthetic_patients(1, seed=606)))
+    placement = MATRIX_PLACEMENTS["held"]
+    assert placement is not None
+    with transaction(world.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, world.tenant, SYSTEM)
+        patient_id = PatientRepository(session, keyring).register_many([person]).created[0]
+        session.add(
+            Appointment(
+                tenant_id=world.tenant,
+                patient_id=patient_id,
+                site_id=world.sites[placement[0]],
+                starts_at=now + placement[1],
+                status=placement[2].value,
+                hold_expires_at=now + dt.timedelta(days=1),
+            )
+        )
+    return patient_id, person
+
+
 def _keep_today_today(world: World, now: dt.datetime) -> dict[str, dt.datetime]:
     """Each placed record's start, the record ``today``'s moved into today if needed."""
     starts = {
-        name: now + placement[1] for name, placement in PLACEMENTS.items() if placement is not None
+        name: now + placement[1]
+        for name, placement in MATRIX_PLACEMENTS.items()
+        if placement is not None
     }
     today = _within_today(starts["today"], now)
     if today != starts["today"]:
@@ -511,6 +550,7 @@ FRESH: dict[str, Need] = {
     "POST /api/v1/appointments/{appointment_id}/documents": Need("future"),
     "DELETE /api/v1/documents/{document_id}": Need("future", document=True),
     "POST /api/v1/desk/appointments/{appointment_id}/check-in": Need("today"),
+    "POST /api/v1/desk/appointments/{appointment_id}/identity-check": Need("today"),
     "POST /api/v1/desk/appointments/{appointment_id}/no-show": Need("past"),
     "POST /api/v1/desk/appointments/{appointment_id}/done": Need(
         status=AppointmentStatus.CHECKED_IN
@@ -519,15 +559,16 @@ FRESH: dict[str, Need] = {
         "future", kind=AppointmentKind.HOME
     ),
 }
-"""Routes that change their object: a fresh one per role and record, ready for the change
-(a check-in needs a booked appointment today, a no-show one whose time has passed...)."""
+"""Routes that change their object, or need it in a state the shared one is not in: a fresh
+one per role and record, ready for the change (a check-in or an identity check needs a
+booked appointment today, a no-show one whose time has passed...)."""
 
 
 def _placed(matrix: Matrix, record: str) -> tuple[str, dt.datetime]:
     """Where and when the record's appointment is: the world's placement; the patient
     account's own record (no appointment in the world) at the annex, where no staff works."""
     if record in matrix.starts:
-        placement = PLACEMENTS[record]
+        placement = MATRIX_PLACEMENTS[record]
         assert placement is not None
         return placement[0], matrix.starts[record]
     return "annex", utcnow() + dt.timedelta(days=10)
@@ -559,9 +600,7 @@ def _placement_for(
     grant = compiled_for(role).grant_for(entry.resource, entry.interaction)
     if grant is None or grant.records not in RELATIONSHIP_SCOPES:
         return site, starts_at
-    status = FRESH[key].status
-    if record == "cancelled":
-        status = AppointmentStatus.CANCELLED
+    status = FORCED_STATUS.get(record, FRESH[key].status)
     if _reaches(matrix, grant.records, site, starts_at, status) and not in_record_scope(
         matrix, role, grant.records, record
     ):
@@ -610,7 +649,7 @@ def new_object(
         tenant, sessions, site_id = world.tenant, world.sessions, world.sites[site]
     assert site_id is not None
     patient_id = matrix.record_ids[record]
-    status = AppointmentStatus.CANCELLED if record == "cancelled" else need.status
+    status = FORCED_STATUS.get(record, need.status)
     appointment_id, document_id = uuid.uuid4(), uuid.uuid4()
     with transaction(sessions) as session:
         session.add(

@@ -204,7 +204,12 @@ class PatientDocument(HasRandomId, Base):
 
 class IdentityCheck(HasRandomId, Base):
     """A desk check of an identity document: who saw which kind of document, and the
-    identity status before and after (PROV→VALI, RECUP→QUAL)."""
+    identity status before and after (PROV→VALI, RECUP→QUAL).
+
+    The kind of document is sealed under the patient's data key (table "identity_checks",
+    column "document_kind", row = the check's id), through
+    :class:`labvault.patients.services.PatientRepository`: "titre de séjour" says the patient
+    is a foreign national. The statuses mirror the patient's ``identity_status``, in clear."""
 
     __tablename__ = "identity_checks"
     __table_args__ = (
@@ -220,7 +225,7 @@ class IdentityCheck(HasRandomId, Base):
     patient_id: Mapped[uuid.UUID]
     appointment_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     staff_id: Mapped[uuid.UUID]
-    document_kind: Mapped[str] = mapped_column(String(32))
+    document_kind: Mapped[bytes] = mapped_column(RawBytes)
     status_before: Mapped[str] = mapped_column(String(8))
     status_after: Mapped[str] = mapped_column(String(8))
     checked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

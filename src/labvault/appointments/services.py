@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from labvault.appointments.models import (
     TABLE,
@@ -98,6 +99,119 @@ DEADLOCK = "40P01"
 """PostgreSQL's deadlock_detected."""
 
 SLOT_TAKEN_MESSAGE = "Ce créneau vient d'être pris. Choisissez-en un autre."
+
+# The statements of every booking, built once with bound parameters: building a statement
+# and its cache key on each call cost more Python time than running it.
+_SITE_WITH_SCHEDULE = (
+    select(
+        Site.id,
+        Site.name,
+        Site.timezone,
+        Site.opening_hours,
+        SiteSchedule.slot_minutes,
+        SiteSchedule.sampling_boxes,
+        SiteSchedule.walk_in_boxes,
+    )
+    .join(
+        SiteSchedule,
+        and_(SiteSchedule.tenant_id == Site.tenant_id, SiteSchedule.site_id == Site.id),
+    )
+    .where(Site.tenant_id == bindparam("tenant"), Site.id == bindparam("site"))
+)
+_SITE = select(Site.id, Site.name, Site.timezone).where(
+    Site.tenant_id == bindparam("tenant"), Site.id == bindparam("site")
+)
+_SITES = select(Site.id, Site.name, Site.timezone).where(
+    Site.tenant_id == bindparam("tenant"), Site.id.in_(bindparam("site_ids", expanding=True))
+)
+_ACTIVE_EXAMS = select(
+    Exam.id,
+    Exam.sampling_minutes,
+    Exam.window_start,
+    Exam.window_end,
+    Exam.no_appointment,
+    Exam.home_sampling,
+).where(
+    Exam.tenant_id == bindparam("tenant"),
+    Exam.id.in_(bindparam("exam_ids", expanding=True)),
+    Exam.active.is_(True),
+)
+_CLOSURES = select(SiteClosure.starts_on, SiteClosure.ends_on).where(
+    SiteClosure.tenant_id == bindparam("tenant"),
+    SiteClosure.site_id == bindparam("site"),
+    SiteClosure.ends_on >= bindparam("first"),
+    SiteClosure.starts_on <= bindparam("last"),
+)
+_LIVE_CLAIMS_PER_SLOT = (
+    select(SlotClaim.starts_at, func.count())
+    .where(
+        SlotClaim.tenant_id == bindparam("tenant"),
+        SlotClaim.site_id == bindparam("site"),
+        SlotClaim.starts_at >= bindparam("start"),
+        SlotClaim.starts_at < bindparam("end"),
+        or_(SlotClaim.expires_at.is_(None), SlotClaim.expires_at > bindparam("now")),
+    )
+    .group_by(SlotClaim.starts_at)
+)
+_OPEN_HOLDS = (
+    select(func.count())
+    .select_from(Appointment)
+    .where(
+        Appointment.tenant_id == bindparam("tenant"),
+        Appointment.patient_id == bindparam("patient_id"),
+        Appointment.status == AppointmentStatus.HELD.value,
+        Appointment.hold_expires_at > bindparam("now"),
+    )
+)
+_CLAIMS_OF_SLOTS = select(SlotClaim.starts_at, SlotClaim.box, SlotClaim.expires_at).where(
+    SlotClaim.tenant_id == bindparam("tenant"),
+    SlotClaim.site_id == bindparam("site"),
+    SlotClaim.starts_at.in_(bindparam("starts", expanding=True)),
+)
+_DELETE_EXPIRED_CLAIMS = delete(SlotClaim).where(
+    SlotClaim.tenant_id == bindparam("tenant"),
+    SlotClaim.site_id == bindparam("site"),
+    SlotClaim.starts_at.in_(bindparam("starts", expanding=True)),
+    SlotClaim.expires_at.is_not(None),
+    SlotClaim.expires_at <= bindparam("now"),
+)
+_CLAIMS_MADE_PERMANENT = (
+    update(SlotClaim)
+    .where(
+        SlotClaim.tenant_id == bindparam("tenant"),
+        SlotClaim.appointment_id == bindparam("row_id"),
+    )
+    .values(expires_at=None)
+)
+_ROW_WITH_SITE = (
+    select(Appointment, Site.name, Site.timezone, SiteSchedule.slot_minutes)
+    .join(Site, and_(Site.tenant_id == Appointment.tenant_id, Site.id == Appointment.site_id))
+    .outerjoin(
+        SiteSchedule,
+        and_(
+            SiteSchedule.tenant_id == Appointment.tenant_id,
+            SiteSchedule.site_id == Appointment.site_id,
+        ),
+    )
+    .where(Appointment.tenant_id == bindparam("tenant"), Appointment.id == bindparam("row_id"))
+)
+
+_INSERT_CLAIMS: dict[str, Any] = {
+    name: insert_into(CLAIMS_TABLE)
+    .on_conflict_do_nothing(index_elements=list(CLAIM_KEY))
+    .returning(CLAIMS_TABLE.c.id)
+    for name, insert_into in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+"""Per database: insert claims unless their box is held (the constraint decides), returning
+the ids of the claims inserted."""
+
+_INSERT_APPOINTMENT = insert(APPOINTMENTS_TABLE)
+_UPDATE_APPOINTMENT = update(APPOINTMENTS_TABLE).where(
+    APPOINTMENTS_TABLE.c.tenant_id == bindparam("tenant"),
+    APPOINTMENTS_TABLE.c.id == bindparam("row_id"),
+)
+"""Core statements: an appointment written without the ORM's unit of work (SET: the
+parameters named after columns)."""
 
 BookingCode = Literal["invalid", "slot_taken", "deadline_passed", "hold_expired", "not_bookable"]
 
@@ -329,24 +443,26 @@ class BookingService:
         appointment_id = uuid.uuid4()
         exam_list = [exam.id for exam in exams]
         with self._all_or_nothing():
-            row = Appointment(
-                id=appointment_id,
-                tenant_id=self._tenant_id,
-                patient_id=patient_id,
-                site_id=site.id,
-                starts_at=starts,
-                ends_at=starts + step * count,
-                status=AppointmentStatus.HELD.value,
-                kind=AppointmentKind.SITE.value,
-                walk_in=False,
-                hold_expires_at=expires,
-                created_at=now,
-                updated_at=now,
+            values: dict[str, Any] = {
+                "id": appointment_id,
+                "tenant_id": self._tenant_id,
+                "patient_id": patient_id,
+                "site_id": site.id,
+                "starts_at": starts,
+                "ends_at": starts + step * count,
+                "status": AppointmentStatus.HELD.value,
+                "kind": AppointmentKind.SITE.value,
+                "walk_in": False,
+                "hold_expires_at": expires,
+                "created_at": now,
+                "updated_at": now,
                 **self._booked_by(),
-            )
-            row.exams = self._seal(row, Interaction.CREATE, exams=exam_list)["exams"]
-            self._session.add(row)
-            self._session.flush()
+            }
+            row = Appointment(**values)
+            values["exams"] = row.exams = self._seal(row, Interaction.CREATE, exams=exam_list)[
+                "exams"
+            ]
+            self._session.execute(_INSERT_APPOINTMENT, values)
             self._claim_visit(
                 site.id,
                 [starts + step * index for index in range(count)],
@@ -378,12 +494,7 @@ class BookingService:
             # Claims of an expired hold may have been deleted by another claimant; claims
             # still there are made permanent, so nobody may delete them from now on.
             made_permanent = self._session.execute(
-                update(SlotClaim)
-                .where(
-                    SlotClaim.tenant_id == self._tenant_id,
-                    SlotClaim.appointment_id == row.id,
-                )
-                .values(expires_at=None)
+                _CLAIMS_MADE_PERMANENT, {"tenant": self._tenant_id, "row_id": row.id}
             )
             kept = cast(CursorResult[Any], made_permanent).rowcount
             if kept < _expected_claims(row, slot_minutes):
@@ -393,11 +504,17 @@ class BookingService:
                     "hold_expired",
                     "starts_at",
                 )
-            row.status = AppointmentStatus.BOOKED.value
-            row.hold_expires_at = None
-            row.confirmed_at = now
-            row.updated_at = now
-            self._session.flush()
+            confirmed = {
+                "status": AppointmentStatus.BOOKED.value,
+                "hold_expires_at": None,
+                "confirmed_at": now,
+                "updated_at": now,
+            }
+            self._session.execute(
+                _UPDATE_APPOINTMENT, {"tenant": self._tenant_id, "row_id": row.id, **confirmed}
+            )
+            for name, value in confirmed.items():  # the session's copy, as now stored
+                set_committed_value(row, name, value)
             self._audit.record(
                 AuditAction.APPOINTMENT_BOOKING_CONFIRM,
                 tenant_id=self._tenant_id,
@@ -629,14 +746,7 @@ class BookingService:
         if not self._is_patient():
             return
         open_holds = self._session.scalar(
-            select(func.count())
-            .select_from(Appointment)
-            .where(
-                Appointment.tenant_id == self._tenant_id,
-                Appointment.patient_id == patient_id,
-                Appointment.status == AppointmentStatus.HELD.value,
-                Appointment.hold_expires_at > now,
-            )
+            _OPEN_HOLDS, {"tenant": self._tenant_id, "patient_id": patient_id, "now": now}
         )
         if (open_holds or 0) >= MAX_OPEN_HOLDS:
             raise BookingError(
@@ -662,11 +772,7 @@ class BookingService:
     def _site(self, site_id: uuid.UUID) -> _SiteRef:
         if not isinstance(site_id, uuid.UUID):
             raise UnknownSiteError
-        found = self._session.execute(
-            select(Site.id, Site.name, Site.timezone).where(
-                Site.tenant_id == self._tenant_id, Site.id == site_id
-            )
-        ).first()
+        found = self._session.execute(_SITE, {"tenant": self._tenant_id, "site": site_id}).first()
         if found is None:
             raise UnknownSiteError
         return _SiteRef(found.id, found.name, found.timezone)
@@ -676,20 +782,7 @@ class BookingService:
         if not isinstance(site_id, uuid.UUID):
             raise UnknownSiteError
         found = self._session.execute(
-            select(
-                Site.id,
-                Site.name,
-                Site.timezone,
-                Site.opening_hours,
-                SiteSchedule.slot_minutes,
-                SiteSchedule.sampling_boxes,
-                SiteSchedule.walk_in_boxes,
-            )
-            .join(
-                SiteSchedule,
-                and_(SiteSchedule.tenant_id == Site.tenant_id, SiteSchedule.site_id == Site.id),
-            )
-            .where(Site.tenant_id == self._tenant_id, Site.id == site_id)
+            _SITE_WITH_SCHEDULE, {"tenant": self._tenant_id, "site": site_id}
         ).first()
         if found is None:
             raise UnknownSiteError
@@ -708,12 +801,8 @@ class BookingService:
 
     def _closures(self, site_id: uuid.UUID, first: dt.date, last: dt.date) -> list[Closure]:
         rows = self._session.execute(
-            select(SiteClosure.starts_on, SiteClosure.ends_on).where(
-                SiteClosure.tenant_id == self._tenant_id,
-                SiteClosure.site_id == site_id,
-                SiteClosure.ends_on >= first,
-                SiteClosure.starts_on <= last,
-            )
+            _CLOSURES,
+            {"tenant": self._tenant_id, "site": site_id, "first": first, "last": last},
         )
         return [Closure(row.starts_on, row.ends_on) for row in rows]
 
@@ -740,18 +829,7 @@ class BookingService:
                 exam.home_sampling,
             )
             for exam in self._session.execute(
-                select(
-                    Exam.id,
-                    Exam.sampling_minutes,
-                    Exam.window_start,
-                    Exam.window_end,
-                    Exam.no_appointment,
-                    Exam.home_sampling,
-                ).where(
-                    Exam.tenant_id == self._tenant_id,
-                    Exam.id.in_(wanted),
-                    Exam.active.is_(True),
-                )
+                _ACTIVE_EXAMS, {"tenant": self._tenant_id, "exam_ids": wanted}
             )
         }
         if len(found) != len(wanted):
@@ -803,15 +881,14 @@ class BookingService:
         start = dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC)
         end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
         rows = self._session.execute(
-            select(SlotClaim.starts_at, func.count())
-            .where(
-                SlotClaim.tenant_id == self._tenant_id,
-                SlotClaim.site_id == site_id,
-                SlotClaim.starts_at >= start,
-                SlotClaim.starts_at < end,
-                or_(SlotClaim.expires_at.is_(None), SlotClaim.expires_at > now),
-            )
-            .group_by(SlotClaim.starts_at)
+            _LIVE_CLAIMS_PER_SLOT,
+            {
+                "tenant": self._tenant_id,
+                "site": site_id,
+                "start": start,
+                "end": end,
+                "now": now,
+            },
         )
         return {starts_at: count for starts_at, count in rows}
 
@@ -835,23 +912,10 @@ class BookingService:
         tried at most once and one insert usually claims the whole visit. Expired holds'
         claims of these slots are deleted first, when there are some.
         """
-        seen = self._session.execute(
-            select(SlotClaim.starts_at, SlotClaim.box, SlotClaim.expires_at).where(
-                SlotClaim.tenant_id == self._tenant_id,
-                SlotClaim.site_id == site_id,
-                SlotClaim.starts_at.in_(starts),
-            )
-        ).all()
+        slots = {"tenant": self._tenant_id, "site": site_id, "starts": list(starts)}
+        seen = self._session.execute(_CLAIMS_OF_SLOTS, slots).all()
         if any(claim.expires_at is not None and claim.expires_at <= now for claim in seen):
-            self._session.execute(
-                delete(SlotClaim).where(
-                    SlotClaim.tenant_id == self._tenant_id,
-                    SlotClaim.site_id == site_id,
-                    SlotClaim.starts_at.in_(starts),
-                    SlotClaim.expires_at.is_not(None),
-                    SlotClaim.expires_at <= now,
-                )
-            )
+            self._session.execute(_DELETE_EXPIRED_CLAIMS, {**slots, "now": now})
         live: dict[dt.datetime, set[int]] = {start: set() for start in starts}
         for claim in seen:
             if claim.expires_at is None or claim.expires_at > now:
@@ -884,33 +948,22 @@ class BookingService:
     ) -> set[uuid.UUID]:
         """Insert the claims the constraint lets through; the ids of those inserted."""
         dialect = self._session.get_bind().dialect.name
-        if dialect == "postgresql":
-            insert_into: Any = postgresql.insert
-        elif dialect == "sqlite":
-            insert_into = sqlite.insert
-        else:  # pragma: no cover - the two databases labvault runs on
+        if dialect not in _INSERT_CLAIMS:  # pragma: no cover - the databases labvault runs on
             raise NotImplementedError(f"slot claims need INSERT ... ON CONFLICT ({dialect})")
-        statement = (
-            insert_into(CLAIMS_TABLE)
-            .values(
-                [
-                    {
-                        "id": claim_id,
-                        "tenant_id": self._tenant_id,
-                        "site_id": site_id,
-                        "starts_at": start,
-                        "box": box,
-                        "appointment_id": appointment_id,
-                        "expires_at": expires_at,
-                    }
-                    for claim_id, (start, box) in batch.items()
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=list(CLAIM_KEY))
-            .returning(CLAIMS_TABLE.c.id)
-        )
+        rows = [
+            {
+                "id": claim_id,
+                "tenant_id": self._tenant_id,
+                "site_id": site_id,
+                "starts_at": start,
+                "box": box,
+                "appointment_id": appointment_id,
+                "expires_at": expires_at,
+            }
+            for claim_id, (start, box) in batch.items()
+        ]
         try:
-            return set(self._session.execute(statement).scalars())
+            return set(self._session.execute(_INSERT_CLAIMS[dialect], rows).scalars())
         except IntegrityError:
             # Not the box's constraint (that one is ON CONFLICT): as before, the slot is lost.
             raise SlotTakenError from None
@@ -1004,9 +1057,7 @@ class BookingService:
             sites = {
                 found.id: _SiteRef(found.id, found.name, found.timezone)
                 for found in self._session.execute(
-                    select(Site.id, Site.name, Site.timezone).where(
-                        Site.tenant_id == self._tenant_id, Site.id.in_(wanted)
-                    )
+                    _SITES, {"tenant": self._tenant_id, "site_ids": wanted}
                 )
             }
         views = []
@@ -1056,19 +1107,7 @@ class BookingService:
         if not isinstance(appointment_id, uuid.UUID):
             return None
         found = self._session.execute(
-            select(Appointment, Site.name, Site.timezone, SiteSchedule.slot_minutes)
-            .join(
-                Site,
-                and_(Site.tenant_id == Appointment.tenant_id, Site.id == Appointment.site_id),
-            )
-            .outerjoin(
-                SiteSchedule,
-                and_(
-                    SiteSchedule.tenant_id == Appointment.tenant_id,
-                    SiteSchedule.site_id == Appointment.site_id,
-                ),
-            )
-            .where(Appointment.tenant_id == self._tenant_id, Appointment.id == appointment_id)
+            _ROW_WITH_SITE, {"tenant": self._tenant_id, "row_id": appointment_id}
         ).first()
         if found is None:
             return None

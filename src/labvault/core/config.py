@@ -28,14 +28,24 @@ KEY_FILE_IN_DATA_DIR = (
 )
 
 
+SMS_OUTBOX_IN_PRODUCTION = (
+    "LABVAULT_SMS_SENDER: in production SMS may not be written to a file (the outbox would "
+    "keep phone numbers and appointments in clear, next to the data, for ever); "
+    "set LABVAULT_SMS_SENDER=none: (no SMS, reminders go by email) until an SMS gateway exists"
+)
+
+
 def sms_sender_problem(setting: str) -> str | None:
-    """What is wrong with a LABVAULT_SMS_SENDER value, or ``None``: ``file:`` (the outbox
-    under data_dir) or ``file:/path/to/outbox.jsonl``; no other transport exists yet."""
+    """What is wrong with a LABVAULT_SMS_SENDER value, or ``None``: ``none:`` (no SMS),
+    ``file:`` (the outbox under data_dir) or ``file:/path/to/outbox.jsonl``; no other
+    transport exists yet. Production refuses ``file:`` (see ``Settings``)."""
     scheme, colon, rest = setting.partition(":")
+    if colon and scheme == "none":
+        return None if not rest else "takes nothing after it: 'none:'"
     if not colon or scheme != "file":
         return (
-            "must be 'file:' (data_dir/sms/outbox.jsonl) or 'file:/path/to/outbox.jsonl'; "
-            "no other SMS transport exists yet"
+            "must be 'none:' (no SMS), 'file:' (data_dir/sms/outbox.jsonl) or "
+            "'file:/path/to/outbox.jsonl'; no other SMS transport exists yet"
         )
     if rest.startswith("//") and not rest.startswith("///"):
         return "takes a local file, 'file:/path/to/outbox.jsonl', not a host"
@@ -179,10 +189,11 @@ class Settings(BaseSettings):
         description="Days after the visit an appointment's sealed content (exams, home address) "
         "and its pre-registration are erased by `labvault retention run`; the planning row stays.",
     )
-    sms_sender: str = Field(
-        default="file:",
-        description="Where SMS go: 'file:' appends them to data_dir/sms/outbox.jsonl (default; "
-        "'file:/path' for another file).",
+    sms_sender: str | None = Field(
+        default=None,
+        description="Where SMS go: 'none:' sends none (the default in production); 'file:' "
+        "appends them to data_dir/sms/outbox.jsonl, security phrases masked (the default in "
+        "development and test; 'file:/path' for another file; refused in production).",
     )
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -214,7 +225,9 @@ class Settings(BaseSettings):
 
     @field_validator("sms_sender")
     @classmethod
-    def _check_sms_sender(cls, value: str) -> str:
+    def _check_sms_sender(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         problem = sms_sender_problem(value)
         if problem is not None:
             raise PydanticCustomError("sms_sender", problem)
@@ -243,6 +256,20 @@ class Settings(BaseSettings):
                 # names its variable itself because a model-level error has no field location.
                 raise PydanticCustomError("key_file_in_data_dir", KEY_FILE_IN_DATA_DIR)
         return self
+
+    @model_validator(mode="after")
+    def _check_sms_outbox_outside_production(self) -> Self:
+        """In production no SMS is kept in a clear-text file next to the data (DESIGN, I1)."""
+        if self.environment == "production" and self.sms_transport.startswith("file:"):
+            raise PydanticCustomError("sms_outbox_in_production", SMS_OUTBOX_IN_PRODUCTION)
+        return self
+
+    @cached_property
+    def sms_transport(self) -> str:
+        """LABVAULT_SMS_SENDER, or its default: ``none:`` in production, ``file:`` else."""
+        if self.sms_sender is not None:
+            return self.sms_sender
+        return "none:" if self.environment == "production" else "file:"
 
     @cached_property
     def resolved_data_dir(self) -> Path:

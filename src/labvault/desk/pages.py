@@ -25,7 +25,6 @@ from labvault.accounts.forms import GENERAL, FormText, redirect_to, render_page
 from labvault.desk.routes import DESK_ROLES, RECEPTION, desk_of, parse_id, parse_walk_in_traits
 from labvault.desk.services import (
     DOCUMENT_LABELS,
-    PARIS,
     DeskInputError,
     DeskService,
     SiteChoice,
@@ -71,8 +70,14 @@ def _csrf(request: Request, caller: Caller) -> str:
     return caller.service.sessions.csrf_token(request.cookies.get(SESSION_COOKIE, ""))
 
 
-def _paris(moment: dt.datetime) -> str:
-    return moment.astimezone(PARIS).strftime("%H:%M")
+def _clock_of(site: SiteChoice) -> Callable[[dt.datetime], str]:
+    """Times shown in the site's own zone."""
+    zone = site.zone
+
+    def show(moment: dt.datetime) -> str:
+        return moment.astimezone(zone).strftime("%H:%M")
+
+    return show
 
 
 def _notice(request: Request) -> str | None:
@@ -80,7 +85,8 @@ def _notice(request: Request) -> str | None:
 
 
 def _where(desk: DeskService, site: str, day: str) -> tuple[SiteChoice, dt.date, dict[str, str]]:
-    """The site and day asked for (bad values: the first site, today, and a message)."""
+    """The site and day asked for (bad values: the first site, today, and a message). The
+    day is the site's local day."""
     errors: dict[str, str] = {}
     try:
         chosen = desk.site(parse_id(site[:64], "site"))
@@ -88,9 +94,9 @@ def _where(desk: DeskService, site: str, day: str) -> tuple[SiteChoice, dt.date,
         chosen = desk.site(None)
         errors[GENERAL] = "Ce site n'est pas valide : voici le premier de vos sites."
     try:
-        when = parse_day(day[:32], today=desk.today())
+        when = parse_day(day[:32], today=desk.today(chosen))
     except DeskInputError as exc:
-        when = desk.today()
+        when = desk.today(chosen)
         errors[GENERAL] = str(exc)
     return chosen, when, errors
 
@@ -107,7 +113,8 @@ def _common(
         "previous_day": (day - dt.timedelta(days=1)).isoformat(),
         "next_day": (day + dt.timedelta(days=1)).isoformat(),
         "is_receptionist": caller.role in RECEPTION,
-        "time": _paris,
+        "time": _clock_of(site),
+        "zone_name": site.timezone,
     }
 
 
@@ -276,7 +283,7 @@ def _walk_in_page(
         request,
         "desk/sans_rendez_vous.html",
         {
-            **_common(request, caller, desk, site, desk.today()),
+            **_common(request, caller, desk, site, desk.today(site)),
             "values": dict(values or {}),
             "labels": WALK_IN_LABELS,
             "offer_creation": offer_creation,
@@ -360,7 +367,7 @@ def walk_in(
             request,
             PLANNING_PATH,
             site=str(row.id),
-            jour=desk.today().isoformat(),
+            jour=desk.today(row).isoformat(),
             info="sans-rendez-vous",
         )
 

@@ -26,6 +26,8 @@ from labvault.accounts.callers import (
     problem,
     run_as_caller,
 )
+from labvault.core.access.principals import Principal
+from labvault.core.crypto.keyring import Keyring, TenantKeyring
 from labvault.core.web.problems import problem_response
 from labvault.desk.services import (
     DeskConflictError,
@@ -37,6 +39,7 @@ from labvault.desk.services import (
 )
 from labvault.patients.ins import Sex
 from labvault.patients.nir import Nir, NirError
+from labvault.security.alerts import AlertDispatcher, DatabaseAlertSink, MailAlertSink
 
 __all__ = ["DESK_ROLES", "desk_of", "parse_id", "router"]
 
@@ -58,14 +61,36 @@ _INVALID = problem("Invalid input: `detail` in French, `field` names the field i
 
 
 def desk_of(caller: Caller, roles: frozenset[str] = DESK_ROLES) -> DeskService:
-    """The caller's desk, or the uniform 404 for anyone who is not desk staff."""
+    """The caller's desk, or the uniform 404 for anyone who is not desk staff. Its alerts
+    (a walk-in daily limit reached) go to the security page and to the security officers'
+    mail, as break-glass alerts do."""
     if not caller.is_staff or caller.role not in roles or caller.staff_id is None:
         raise CallerNotFoundError
+    keyring = caller.keyring()
+    runtime = caller.runtime
+
+    def keyrings(tenant_id: uuid.UUID, principal: Principal) -> Keyring:
+        return TenantKeyring(
+            caller.session,
+            runtime.key_provider,
+            tenant_id,
+            principal,
+            context=caller.context.audit,
+        )
+
+    alerts = AlertDispatcher(
+        [
+            DatabaseAlertSink(caller.session, keyring.audit),
+            MailAlertSink(caller.session, keyrings, runtime.mailer),
+        ]
+    )
     return DeskService(
         caller.session,
-        caller.keyring(),
+        keyring,
         caller.scope(),
-        limiter=caller.runtime.rate_limiter,
+        limiter=runtime.rate_limiter,
+        alerts=alerts,
+        clock=lambda: caller.now,
     )
 
 
@@ -126,6 +151,7 @@ class ScheduleItem(BaseModel):
     can_check_in: bool
     can_no_show: bool
     can_finish: bool
+    can_check_identity: bool
 
 
 class ScheduleOut(BaseModel):
@@ -227,6 +253,7 @@ def schedule_item(row: ScheduleRow) -> dict[str, Any]:
         "can_check_in": row.can_check_in,
         "can_no_show": row.can_no_show,
         "can_finish": row.can_finish,
+        "can_check_identity": row.can_check_identity,
     }
 
 
@@ -258,7 +285,9 @@ def round_item(row: RoundRow) -> dict[str, Any]:
 def schedule(
     request: Request,
     site_id: Annotated[str | None, Query(max_length=64, description="Default: first site")] = None,
-    day: Annotated[str | None, Query(max_length=32, description="YYYY-MM-DD, Paris")] = None,
+    day: Annotated[
+        str | None, Query(max_length=32, description="YYYY-MM-DD, the site's local day")
+    ] = None,
 ) -> Response:
     """The day's visits at one of the caller's sites, by time (receptionists and samplers;
     a sampler sees today's patients only)."""
@@ -266,11 +295,10 @@ def schedule(
     def run(caller: Caller) -> dict[str, Any]:
         desk = desk_of(caller)
         try:
-            chosen = parse_id(site_id, "site_id")
-            when = parse_day(day, today=desk.today())
+            site = desk.site(parse_id(site_id, "site_id"))
+            when = parse_day(day, today=desk.today(site))
         except DeskInputError as exc:
             raise _refusal(exc) from None
-        site = desk.site(chosen)
         rows = desk.schedule(site.id, when)
         return {
             "site": {"id": str(site.id), "name": site.name},
@@ -344,13 +372,14 @@ def done(appointment_id: UuidText, request: Request) -> Response:
 @router.post(
     "/appointments/{appointment_id}/identity-check",
     response_model=IdentityCheckOut,
-    responses={**OBJECT_PROBLEMS, 422: _INVALID},
+    responses={**OBJECT_PROBLEMS, 409: _CONFLICT, 422: _INVALID},
 )
 def identity_check(
     appointment_id: UuidText, request: Request, body: IdentityCheckIn | None = None
 ) -> Response:
     """The receptionist saw an identity document of the appointment's patient: PROV -> VALI,
-    RECUP -> QUAL; a driving licence or a carte Vitale is refused (422), nothing changed."""
+    RECUP -> QUAL; a driving licence or a carte Vitale is refused (422), and so is a visit
+    that is not today at its site or is cancelled, missed or held (409); nothing changed."""
 
     def run(caller: Caller) -> dict[str, Any]:
         desk = desk_of(caller, RECEPTION)
@@ -426,8 +455,11 @@ def parse_walk_in_traits(
 )
 def walk_in(request: Request, body: WalkInIn | None = None) -> Response:
     """A patient without appointment at the desk: the traits read from their identity
-    document must match exactly one record (else one uniform 422, nothing written); a
-    checked-in walk-in visit is created at the caller's site."""
+    document must match exactly one record; a checked-in walk-in visit is created at one of
+    the caller's sites. Every refusal of the lookup or the creation (no match, several, the
+    NIR known with other traits, a record already there) is the same 422 (code
+    ``no_unique_match``), nothing written but the audited search. Lookups are limited per
+    staff member (hourly and per day; the daily limit raises a security alert)."""
 
     def run(caller: Caller) -> dict[str, Any]:
         desk = desk_of(caller, RECEPTION)
@@ -465,7 +497,9 @@ def walk_in(request: Request, body: WalkInIn | None = None) -> Response:
 def rounds(
     request: Request,
     site_id: Annotated[str | None, Query(max_length=64, description="Default: first site")] = None,
-    day: Annotated[str | None, Query(max_length=32, description="YYYY-MM-DD, Paris")] = None,
+    day: Annotated[
+        str | None, Query(max_length=32, description="YYYY-MM-DD, the site's local day")
+    ] = None,
 ) -> Response:
     """The day's home visits of one of the caller's sites, addresses opened (a sampler: their
     own visits only); for receptionists, the site's samplers to assign."""
@@ -473,11 +507,10 @@ def rounds(
     def run(caller: Caller) -> dict[str, Any]:
         desk = desk_of(caller)
         try:
-            chosen = parse_id(site_id, "site_id")
-            when = parse_day(day, today=desk.today())
+            site = desk.site(parse_id(site_id, "site_id"))
+            when = parse_day(day, today=desk.today(site))
         except DeskInputError as exc:
             raise _refusal(exc) from None
-        site = desk.site(chosen)
         rows = desk.round(site.id, when)
         samplers = desk.samplers(site.id) if caller.role in RECEPTION else []
         return {

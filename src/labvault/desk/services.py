@@ -4,27 +4,50 @@
   patient's name, birth date and identity status (opened through ``PatientRepository``, in
   the staff member's scope), whether a pre-registration and a prescription came in. Holds
   (unconfirmed bookings) are not shown.
+- Days and times are the site's own (``Site.timezone``, Europe/Paris by default): the day's
+  schedule and rounds, "today" for a check-in or an identity check, are the site's local day.
 - Status changes at the desk: check-in (booked -> checked in, on the day), no-show (booked
   -> no show, once the start time has passed), done (checked in -> done). A change that does
   not apply is refused with a French message and changes nothing.
-- Identity check: the receptionist records the kind of document seen. Only a national
-  identity card, a passport or a residence permit raise the INS identity status (PROV ->
-  VALI, RECUP -> QUAL); a driving licence or a health card (carte Vitale) does not.
-- Walk-ins. A patient who walks in has no appointment, so they are outside the
-  receptionist's relationship scope and ordinary searches do not find them. The rule: the
-  receptionist types the traits read from the identity document in front of them (birth
-  name, first given name, birth date, and the NIR when the patient has a carte Vitale); an
-  exact match through the blind indexes (the narrow ``IdentityVerification`` path, every
-  search and opening audited as the receptionist) must find exactly one record. Then a
-  walk-in appointment is created at the receptionist's site (checked in, now, no slot claim:
-  walk-ins use the walk-in boxes), audited, and from then on the patient is in scope. Zero
-  or several matches get one uniform message and nothing is written but the audit of the
-  search; the lookups are rate-limited per staff member, so a desk account cannot be used
-  to probe who is a patient. A patient with no record at all is registered from the same
-  traits (identity status PROV) only when the receptionist asks for it explicitly.
+- Identity check: the receptionist records the kind of document seen, for a visit of today
+  at the site that is booked, checked in or done (not a cancelled, missed or other day's
+  one). Only a national identity card, a passport or a residence permit raise the INS
+  identity status (PROV -> VALI, RECUP -> QUAL); a driving licence or a health card (carte
+  Vitale) does not. The kind is stored sealed under the patient's key ("titre de séjour"
+  says the patient is a foreign national).
 - Home-sampling rounds: the day's home visits of a site with their sealed address opened
   for the staff member, a sampler of that site assigned by a receptionist; a sampler sees
   their own round.
+
+Walk-ins: the rule.
+
+A patient who walks in has no appointment, so they are outside the receptionist's
+relationship scope and ordinary searches do not find them; a walk-in pulls them into it. So
+that a desk account (stolen or curious) cannot be used to pull patients into its scope in
+bulk, nor to learn whether a person or a NIR is a patient of the lab:
+
+1. Receptionists only, and only at one of their own sites (another site: the uniform 404,
+   before any search).
+2. The receptionist types the traits read from the identity document in front of them
+   (birth name, first given name, birth date, and the NIR when the patient has a carte
+   Vitale). Input checks that do not depend on the database (the sex and the NIR's
+   agreement with it, to create a record) are answered before any search.
+3. Lookups are limited per staff member: :data:`WALK_IN_HOURLY_LIMIT` an hour and
+   :data:`WALK_IN_DAILY_LIMIT` per Paris day (whatever the site's zone, so that switching
+   sites cannot add days). The lookup over the daily limit is refused and raises a security
+   alert (kind :data:`WALK_IN_ALERT`, once per staff member and day) for the security
+   officers. A limiter that cannot answer refuses (fail closed).
+4. An exact match through the blind indexes (the narrow ``IdentityVerification`` path, every
+   search and opening audited as the receptionist) must find exactly one record; found by
+   NIR, the record must also bear the typed traits. Then a walk-in appointment is created at
+   the site (checked in, now, no slot claim: walk-ins use the walk-in boxes), audited, and
+   from then on the patient is in scope.
+5. A record is created (identity status PROV) only when the receptionist asks for it and no
+   record matches: not by these traits, and not by this NIR.
+6. Every other outcome of the lookup or the creation (no match, several matches, the NIR
+   known with other traits, a record already there) gets ONE answer,
+   :class:`WalkInNotFoundError` (same message, same field, same status), and nothing is
+   written but the audit of the search.
 
 Every change is audited in the same transaction, against the patient (their access
 history shows it). Anything unknown, of another site, or out of scope is the same
@@ -59,7 +82,7 @@ from labvault.core.audit.events import AuditedRefusalError
 from labvault.core.crypto.keyring import Keyring
 from labvault.core.crypto.normalize import normalize_name
 from labvault.core.db import utcnow
-from labvault.core.ratelimit import RateLimiter, RateRule
+from labvault.core.ratelimit import RateLimiter, RateLimiterUnavailable, RateRule
 from labvault.organizations.models import Site
 from labvault.patients.ins import IdentityStatus, Sex
 from labvault.patients.nir import Nir
@@ -71,6 +94,8 @@ from labvault.patients.services import (
     PatientRepository,
     SealedItem,
 )
+from labvault.security.alerts import Alert, AlertSink, DatabaseAlertSink
+from labvault.security.models import AlertSeverity, SecurityAlert
 from labvault.staff.models import ENCRYPTED_FIELDS as STAFF_FIELDS
 from labvault.staff.models import StaffMember, StaffRole, StaffSite
 
@@ -88,8 +113,10 @@ __all__ = [
     "SiteChoice",
     "WalkIn",
     "WalkInNotFoundError",
+    "local_day",
     "paris_day",
     "parse_day",
+    "site_zone",
 ]
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
@@ -101,7 +128,13 @@ APPOINTMENT: Final = "appointment"
 PATIENT: Final = "patient"
 ASSIGNING_ROLES: Final = frozenset({StaffRole.RECEPTIONIST.value})
 """Who assigns samplers to home visits (samplers may update today's visits, not assign)."""
-WALK_IN_PER_STAFF: Final = RateRule("desk-walk-in-staff", "60/hour")
+WALK_IN_HOURLY_LIMIT: Final = 10
+WALK_IN_DAILY_LIMIT: Final = 20
+WALK_IN_PER_STAFF_HOUR: Final = RateRule("desk-walk-in-staff", f"{WALK_IN_HOURLY_LIMIT}/hour")
+WALK_IN_PER_STAFF_DAY: Final = RateRule("desk-walk-in-staff-day", f"{WALK_IN_DAILY_LIMIT}/2 days")
+"""Keyed by staff member *and* Paris date: the window (48 h, longer than any day, DST
+included) only expires the key, so the count is exactly per Paris day."""
+WALK_IN_ALERT: Final = "desk-walk-in-limit"
 MAX_NAME: Final = 100
 
 STATUS_LABELS: Final[Mapping[str, str]] = {
@@ -129,6 +162,11 @@ VALID_DOCUMENTS: Final = frozenset(
 )
 """The documents that prove an identity for the INS (référentiel national d'identitovigilance)."""
 
+IDENTITY_CHECK_STATUSES: Final = frozenset(
+    {AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN, AppointmentStatus.DONE}
+)
+"""The visits an identity check may be recorded for (and only on their day, at the site)."""
+
 DOCUMENT_LABELS: Final[Mapping[str, str]] = {
     DocumentKind.NATIONAL_ID.value: "Carte nationale d'identité",
     DocumentKind.PASSPORT.value: "Passeport",
@@ -142,8 +180,25 @@ NOT_AN_IDENTITY_DOCUMENT: Final = (
     "le passeport ou le titre de séjour comptent. L'identité n'a pas été modifiée."
 )
 WALK_IN_NO_MATCH: Final = (
-    "Aucun dossier unique ne correspond exactement à ces informations. Vérifiez-les sur la "
-    "pièce d'identité, ou créez un nouveau dossier."
+    "Le passage n'a pas pu être enregistré avec ces informations. Vérifiez-les sur la pièce "
+    "d'identité. Si le patient n'a pas encore de dossier au laboratoire, vous pouvez en créer "
+    "un ; si cela ne convient pas non plus, adressez-vous au référent en identitovigilance."
+)
+"""The one answer to every refusal of a walk-in lookup or creation (see the module's rule)."""
+TOO_MANY_THIS_HOUR: Final = (
+    "Trop de recherches de dossiers sans rendez-vous en peu de temps. Réessayez dans une heure."
+)
+TOO_MANY_TODAY: Final = (
+    "Trop de recherches de dossiers sans rendez-vous aujourd'hui : la limite quotidienne est "
+    "atteinte et l'équipe sécurité a été prévenue. Enregistrez les patients sans rendez-vous "
+    "depuis un autre poste ou demain."
+)
+LIMITER_DOWN: Final = (
+    "La recherche de dossiers est momentanément indisponible. Réessayez dans quelques minutes."
+)
+IDENTITY_NOT_TODAY: Final = (
+    "La pièce d'identité s'enregistre pour un rendez-vous d'aujourd'hui sur ce site, réservé, "
+    "arrivé ou prélevé."
 )
 
 
@@ -171,7 +226,7 @@ class DeskConflictError(DeskInputError):
 
 
 class WalkInNotFoundError(DeskInputError):
-    """Zero or several records match the traits typed: one message for both."""
+    """Every refusal of a walk-in lookup or creation: one message, field and status."""
 
     code = "no_unique_match"
 
@@ -186,6 +241,11 @@ class WalkInNotFoundError(DeskInputError):
 class SiteChoice:
     id: uuid.UUID
     name: str
+    timezone: str = "Europe/Paris"
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return site_zone(self.timezone)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -209,6 +269,7 @@ class ScheduleRow:
     can_check_in: bool
     can_no_show: bool
     can_finish: bool
+    can_check_identity: bool = False
 
     def __repr__(self) -> str:
         return f"ScheduleRow(appointment={self.appointment_id}, status={self.status.value})"
@@ -269,8 +330,20 @@ class StatusChange:
 # --- days -------------------------------------------------------------------------------------
 
 
+def site_zone(name: str | None) -> zoneinfo.ZoneInfo:
+    """A site's time zone; an unknown or empty name falls back to Europe/Paris."""
+    try:
+        return zoneinfo.ZoneInfo(name) if name else PARIS
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, KeyError):
+        return PARIS
+
+
+def local_day(moment: dt.datetime, zone: dt.tzinfo) -> dt.date:
+    return moment.astimezone(zone).date()
+
+
 def paris_day(moment: dt.datetime) -> dt.date:
-    return moment.astimezone(PARIS).date()
+    return local_day(moment, PARIS)
 
 
 def parse_day(text: str | None, *, today: dt.date) -> dt.date:
@@ -296,9 +369,10 @@ def parse_day(text: str | None, *, today: dt.date) -> dt.date:
     return day
 
 
-def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(day, dt.time(), PARIS)
-    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), PARIS)
+def _day_bounds(day: dt.date, zone: dt.tzinfo = PARIS) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC instants a local day starts and ends at (23, 24 or 25 hours long)."""
+    start = dt.datetime.combine(day, dt.time(), zone)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), zone)
     return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
 
 
@@ -307,7 +381,9 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
 
 class DeskService:
     """The desk of one staff member (``scope``: their role's policy and their sites), in the
-    caller's transaction. ``limiter`` throttles walk-in lookups (``None``: not throttled)."""
+    caller's transaction. ``limiter`` throttles walk-in lookups (``None``: not throttled);
+    ``alerts`` receives the alert of a reached daily limit (default: the security page's
+    table, in this transaction)."""
 
     def __init__(
         self,
@@ -316,6 +392,7 @@ class DeskService:
         scope: AccessScope,
         *,
         limiter: RateLimiter | None = None,
+        alerts: AlertSink | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         if scope.principal != keyring.principal or scope.tenant_id != keyring.tenant_id:
@@ -324,6 +401,7 @@ class DeskService:
         self._keyring = keyring
         self._scope = scope
         self._limiter = limiter
+        self._alerts = alerts or DatabaseAlertSink(session, keyring.audit)
         self._clock = clock
         self._tenant_id = keyring.tenant_id
         self._repository = PatientRepository(session, keyring, scope)
@@ -337,8 +415,15 @@ class DeskService:
     def now(self) -> dt.datetime:
         return self._clock()
 
-    def today(self) -> dt.date:
-        return paris_day(self.now())
+    def today(self, site: SiteChoice | None = None) -> dt.date:
+        """Today at the site (its own time zone), Paris without a site."""
+        return local_day(self.now(), site.zone if site is not None else PARIS)
+
+    def _zone_of(self, site_id: uuid.UUID) -> zoneinfo.ZoneInfo:
+        for site in self.sites():
+            if site.id == site_id:
+                return site.zone
+        return PARIS
 
     def allows(self, resource: str, interaction: Interaction) -> bool:
         return self._scope.staff_id is not None and self._scope.policy.allows(resource, interaction)
@@ -381,11 +466,11 @@ class DeskService:
         if not self._scope.site_ids:
             return []
         rows = self._session.execute(
-            select(Site.id, Site.name)
+            select(Site.id, Site.name, Site.timezone)
             .where(Site.tenant_id == self._tenant_id, Site.id.in_(sorted(self._scope.site_ids)))
             .order_by(Site.name, Site.id)
         )
-        return [SiteChoice(site_id, name) for site_id, name in rows]
+        return [SiteChoice(site_id, name, zone or "Europe/Paris") for site_id, name, zone in rows]
 
     def site(
         self,
@@ -405,12 +490,13 @@ class DeskService:
 
     def schedule(self, site_id: uuid.UUID, day: dt.date) -> list[ScheduleRow]:
         """The day's visits at the site (not holds, not home visits), by time; only the
-        patients the staff member may read (a sampler: today's)."""
+        patients the staff member may read (a sampler: today's). ``day`` is the site's."""
         self._require(
             APPOINTMENT, Interaction.READ, AuditAction.PATIENT_RECORD_READ, SCHEDULE_PURPOSE
         )
-        self.site(site_id)
-        start, end = _day_bounds(day)
+        site = self.site(site_id)
+        zone = site.zone
+        start, end = _day_bounds(day, zone)
         appointments = list(
             self._session.scalars(
                 select(Appointment)
@@ -439,13 +525,16 @@ class DeskService:
         preregistered = self._appointments_with(Preregistration, ids)
         prescribed = self._appointments_with(PatientDocument, ids)
         may_update = self.allows(APPOINTMENT, Interaction.UPDATE)
+        may_check_identity = self.allows(PATIENT, Interaction.UPDATE)
         now = self.now()
+        today = local_day(now, zone)
         rows = []
         for appointment in appointments:
             record = records.get(appointment.patient_id)
             if record is None:
                 continue
             status = AppointmentStatus(appointment.status)
+            is_today = local_day(appointment.starts_at, zone) == today
             rows.append(
                 ScheduleRow(
                     appointment_id=appointment.id,
@@ -462,13 +551,14 @@ class DeskService:
                     identity_status=record.identity_status,
                     preregistered=appointment.id in preregistered,
                     prescription=appointment.id in prescribed,
-                    can_check_in=may_update
-                    and status is AppointmentStatus.BOOKED
-                    and paris_day(appointment.starts_at) == paris_day(now),
+                    can_check_in=may_update and status is AppointmentStatus.BOOKED and is_today,
                     can_no_show=may_update
                     and status is AppointmentStatus.BOOKED
                     and appointment.starts_at <= now,
                     can_finish=may_update and status is AppointmentStatus.CHECKED_IN,
+                    can_check_identity=may_check_identity
+                    and status in IDENTITY_CHECK_STATUSES
+                    and is_today,
                 )
             )
         return rows
@@ -552,13 +642,14 @@ class DeskService:
         )
 
     def check_in(self, appointment_id: uuid.UUID) -> StatusChange:
-        """Booked -> checked in, on the appointment's day (Paris)."""
+        """Booked -> checked in, on the appointment's day (the site's local day)."""
         action = AuditAction.APPOINTMENT_DESK_CHECK_IN
         appointment = self._appointment(appointment_id, APPOINTMENT, Interaction.UPDATE, action)
         status = AppointmentStatus(appointment.status)
         if status is not AppointmentStatus.BOOKED:
             raise self._status_refusal(status, "enregistrer l'arrivée")
-        if paris_day(appointment.starts_at) != self.today():
+        zone = self._zone_of(appointment.site_id)
+        if local_day(appointment.starts_at, zone) != local_day(self.now(), zone):
             raise DeskConflictError(
                 "Ce rendez-vous n'est pas aujourd'hui : l'arrivée s'enregistre le jour même."
             )
@@ -568,7 +659,7 @@ class DeskService:
         )
 
     def no_show(self, appointment_id: uuid.UUID) -> StatusChange:
-        """Booked -> no show, once the start time has passed."""
+        """Booked -> no show, once the start time has passed (an instant: no time zone)."""
         action = AuditAction.APPOINTMENT_DESK_NO_SHOW
         appointment = self._appointment(appointment_id, APPOINTMENT, Interaction.UPDATE, action)
         status = AppointmentStatus(appointment.status)
@@ -593,11 +684,17 @@ class DeskService:
 
     def identity_check(self, appointment_id: uuid.UUID, document_kind: str) -> IdentityCheckOutcome:
         """Record the document seen for the appointment's patient and raise their identity
-        status. A document that does not prove an identity is refused, nothing written."""
+        status. Only for a visit of today at its site that is booked, checked in or done
+        (else a conflict); a document that does not prove an identity is refused. Refused:
+        nothing written."""
         action = AuditAction.PATIENT_IDENTITY_CHECK
         appointment = self._appointment(
             appointment_id, PATIENT, Interaction.UPDATE, action, IDENTITY_PURPOSE
         )
+        zone = self._zone_of(appointment.site_id)
+        is_today = local_day(appointment.starts_at, zone) == local_day(self.now(), zone)
+        if AppointmentStatus(appointment.status) not in IDENTITY_CHECK_STATUSES or not is_today:
+            raise DeskConflictError(IDENTITY_NOT_TODAY)
         try:
             kind = DocumentKind(document_kind)
         except ValueError:
@@ -633,10 +730,17 @@ class DeskService:
         sex: Sex | None = None,
     ) -> WalkIn:
         """Register a patient who walks in (see the module's rule). ``create``: no record
-        matches and the receptionist registers a new one (``sex`` required) from the traits."""
+        matches and the receptionist registers a new one (``sex`` required) from the traits.
+        Every refusal of the lookup or the creation is :class:`WalkInNotFoundError`."""
         action = AuditAction.APPOINTMENT_DESK_WALK_IN
         self._require(APPOINTMENT, Interaction.CREATE, action, WALK_IN_PURPOSE)
         site = self.site(site_id, action)
+        person: PatientInput | None = None
+        if create:
+            # Answered from the input alone, before any search: the same for everyone.
+            if sex is None:
+                raise DeskInputError("Indiquez le sexe du patient pour créer son dossier.", "sex")
+            person = _new_patient(birth_name, first_name, birth_date, nir, sex)
         self._throttle()
         fields = frozenset({"birth_name", "first_names", "birth_date"})
         verifier = PatientRepository(self._session, self._keyring, IdentityVerification(fields))
@@ -650,41 +754,39 @@ class DeskService:
             found = verifier.find_by_name(
                 birth_name, first_name, birth_date, purpose=WALK_IN_PURPOSE
             )
-        created = False
-        if create:
-            if found or sex is None:
-                raise DeskInputError(
-                    "Un dossier correspond déjà à ces informations : enregistrez le passage "
-                    "sans créer de dossier."
-                    if found
-                    else "Indiquez le sexe du patient pour créer son dossier.",
-                    "formulaire" if found else "sex",
-                )
-            patient_id = self._register(birth_name, first_name, birth_date, nir, sex)
+        now = self.now()
+        if person is not None:
+            if found:
+                raise WalkInNotFoundError
+            # Nothing is inserted when a record is already known (by NIR or by traits).
+            result = self._repository.register_many([person], purpose=WALK_IN_PURPOSE)
+            if result.existing or not result.created:
+                raise WalkInNotFoundError
+            patient_id = result.created[0]
             created = True
         elif len(found) != 1:
             raise WalkInNotFoundError
         else:
             patient_id = found[0].id
-        now = self.now()
-        start, end = _day_bounds(paris_day(now))
-        already = self._session.scalar(
-            select(Appointment.id).where(
-                Appointment.tenant_id == self._tenant_id,
-                Appointment.patient_id == patient_id,
-                Appointment.site_id == site.id,
-                Appointment.starts_at >= start,
-                Appointment.starts_at < end,
-                Appointment.status.in_(
-                    [AppointmentStatus.BOOKED.value, AppointmentStatus.CHECKED_IN.value]
-                ),
+            created = False
+            start, end = _day_bounds(local_day(now, site.zone), site.zone)
+            already = self._session.scalar(
+                select(Appointment.id).where(
+                    Appointment.tenant_id == self._tenant_id,
+                    Appointment.patient_id == patient_id,
+                    Appointment.site_id == site.id,
+                    Appointment.starts_at >= start,
+                    Appointment.starts_at < end,
+                    Appointment.status.in_(
+                        [AppointmentStatus.BOOKED.value, AppointmentStatus.CHECKED_IN.value]
+                    ),
+                )
             )
-        )
-        if already is not None:
-            raise DeskConflictError(
-                "Ce patient a déjà un rendez-vous aujourd'hui sur ce site : enregistrez son "
-                "arrivée depuis le planning."
-            )
+            if already is not None:
+                raise DeskConflictError(
+                    "Ce patient a déjà un rendez-vous aujourd'hui sur ce site : enregistrez son "
+                    "arrivée depuis le planning."
+                )
         appointment = Appointment(
             id=uuid.uuid4(),
             tenant_id=self._tenant_id,
@@ -706,48 +808,58 @@ class DeskService:
         return WalkIn(appointment.id, patient_id, created)
 
     def _throttle(self) -> None:
+        """Count one walk-in lookup against the hourly and the daily (Paris day) limits of
+        the staff member; the daily one, once reached, raises an alert. Fails closed."""
         if self._limiter is None or self._scope.staff_id is None:
             return
-        decision = self._limiter.hit(WALK_IN_PER_STAFF, self._scope.staff_id.hex)
-        if not decision.allowed:
-            raise DeskInputError(
-                "Trop de recherches de dossiers sans rendez-vous en peu de temps. "
-                "Réessayez dans quelques minutes."
-            )
-
-    def _register(
-        self,
-        birth_name: str,
-        first_name: str,
-        birth_date: dt.date,
-        nir: Nir | None,
-        sex: Sex,
-    ) -> uuid.UUID:
+        staff = self._scope.staff_id.hex
+        day = paris_day(self.now())
         try:
-            person = PatientInput(
-                birth_name=birth_name,
-                first_names=first_name,
-                birth_date=birth_date,
-                sex=sex,
-                nir=nir,
+            hourly = self._limiter.hit(WALK_IN_PER_STAFF_HOUR, staff)
+            if not hourly.allowed:
+                raise DeskInputError(TOO_MANY_THIS_HOUR)
+            daily = self._limiter.hit(WALK_IN_PER_STAFF_DAY, f"{staff}-{day:%Y%m%d}")
+        except RateLimiterUnavailable:
+            raise DeskInputError(LIMITER_DOWN) from None
+        if not daily.allowed:
+            self._alert_daily_limit(day)
+            raise DeskInputError(TOO_MANY_TODAY)
+
+    def _alert_daily_limit(self, day: dt.date) -> None:
+        """One alert per staff member and Paris day, however often they retry after it."""
+        principal = self._keyring.principal
+        since, _ = _day_bounds(day)
+        raised = self._session.scalar(
+            select(SecurityAlert.id)
+            .where(
+                SecurityAlert.tenant_id == self._tenant_id,
+                SecurityAlert.kind == WALK_IN_ALERT,
+                SecurityAlert.actor_id == principal.id,
+                SecurityAlert.created_at >= since,
             )
-        except ValueError:
-            raise DeskInputError(
-                "Ces informations ne permettent pas de créer le dossier : vérifiez le NIR, "
-                "le sexe et la date de naissance."
-            ) from None
-        result = self._repository.register_many([person], purpose=WALK_IN_PURPOSE)
-        if result.existing:
-            raise WalkInNotFoundError
-        return result.created[0]
+            .limit(1)
+        )
+        if raised is not None:
+            return
+        self._alerts.raise_alert(
+            Alert(
+                tenant_id=self._tenant_id,
+                kind=WALK_IN_ALERT,
+                severity=AlertSeverity.WARNING,
+                actor=principal,
+                target_type="staff",
+                target_id=self._scope.staff_id,
+            )
+        )
 
     # -- home-sampling rounds --------------------------------------------------------------
 
     def round(self, site_id: uuid.UUID, day: dt.date) -> list[RoundRow]:
-        """The day's home visits of the site (a sampler: only their own), addresses opened."""
+        """The day's home visits of the site (a sampler: only their own), addresses opened.
+        ``day`` is the site's."""
         self._require(APPOINTMENT, Interaction.READ, AuditAction.PATIENT_RECORD_READ, ROUND_PURPOSE)
-        self.site(site_id)
-        start, end = _day_bounds(day)
+        site = self.site(site_id)
+        start, end = _day_bounds(day, site.zone)
         query = select(Appointment).where(
             Appointment.tenant_id == self._tenant_id,
             Appointment.site_id == site_id,
@@ -844,7 +956,7 @@ class DeskService:
         appointment.updated_at = self.now()
         self._session.flush()
         self._record(action, appointment.patient_id, ROUND_PURPOSE)
-        day = paris_day(appointment.starts_at)
+        day = local_day(appointment.starts_at, self._zone_of(appointment.site_id))
         for row in self.round(appointment.site_id, day):
             if row.appointment_id == appointment.id:
                 return row
@@ -865,6 +977,25 @@ class DeskService:
                 StaffSite.site_id == site_id,
             )
         )
+
+
+def _new_patient(
+    birth_name: str, first_name: str, birth_date: dt.date, nir: Nir | None, sex: Sex
+) -> PatientInput:
+    """The record a walk-in would create, checked from the input alone (no search)."""
+    try:
+        return PatientInput(
+            birth_name=birth_name,
+            first_names=first_name,
+            birth_date=birth_date,
+            sex=sex,
+            nir=nir,
+        )
+    except ValueError:
+        raise DeskInputError(
+            "Ces informations ne permettent pas de créer le dossier : vérifiez le NIR, "
+            "le sexe et la date de naissance."
+        ) from None
 
 
 def _same_person(record: PatientRecord, birth_name: str, first_name: str, born: dt.date) -> bool:

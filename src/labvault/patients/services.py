@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from sqlalchemy import ColumnElement, Select, Table, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labvault.appointments.models import IdentityCheck
@@ -499,7 +500,11 @@ class PatientRepository:
         """A staff member saw an identity document of the patient: raise the identity status
         (PROV->VALI, RECUP->QUAL; VALI and QUAL stay), keep an ``IdentityCheck`` row and audit
         it. ``None`` (nothing written) when the record is absent or the principal may not
-        update it. Which documents count is the caller's rule (``labvault.desk``)."""
+        update it. Which documents count is the caller's rule (``labvault.desk``).
+
+        The kind of document is sealed under the patient's key (it can reveal a foreign
+        national: "titre de séjour"); read it back with :meth:`open_for` (table
+        ``identity_checks``, column ``document_kind``, row = the check's id)."""
         try:
             where, _ = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
         except AccessDeniedError:
@@ -514,15 +519,22 @@ class PatientRepository:
         before = IdentityStatus(patient.identity_status)
         after = RAISED_BY_DOCUMENT.get(before, before)
         now = utcnow()
+        check_id = uuid.uuid4()
+        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient_id], purpose)[patient_id]
+        sealed = key.seal_row(
+            "identity_checks", check_id, {"document_kind": document_kind.encode()}
+        )["document_kind"]
+        assert sealed is not None  # a value was given: never None
         if after is not before:
             patient.identity_status = after.value
             patient.updated_at = now
         check = IdentityCheck(
+            id=check_id,
             tenant_id=self._keyring.tenant_id,
             patient_id=patient_id,
             appointment_id=appointment_id,
             staff_id=staff_id,
-            document_kind=document_kind,
+            document_kind=sealed,
             status_before=before.value,
             status_after=after.value,
             checked_at=now,
@@ -556,6 +568,14 @@ class PatientRepository:
         the birth place only when empty and the identity is still PROV or RECUP. A value
         already there is never changed (a different declaration is for the desk to check),
         and a record out of scope or not granted these fields for update is left alone.
+
+        The returned set is for the lab's code only: callers must answer a patient the same
+        whether the NIR was taken or not (which NIRs are the lab's patients is not theirs to
+        learn). A NIR claimed by another record between the check and the write (the unique
+        blind index refuses it) is dropped in a SAVEPOINT, as if it had been taken before.
+        For the same reason the ``patient:preregistration:update`` event (shown in the
+        patient's access history) is recorded for an attempt to complete the record with a
+        NIR, whether the NIR could be taken or not.
         """
         try:
             where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
@@ -583,14 +603,7 @@ class PatientRepository:
             except ValueError:
                 pass
             else:
-                index = self._keyring.indexer.nir(nir.compact)
-                taken = self._session.scalar(
-                    select(Patient.id).where(
-                        Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index == index
-                    )
-                )
-                if taken is None:
-                    changes["ins_number"] = nir.compact
+                changes["ins_number"] = nir.compact  # if no other record has it: _claim_nir
         if status in (IdentityStatus.PROV, IdentityStatus.RECUP):
             if used_name and current.used_name is None:
                 changes["used_name"] = used_name
@@ -598,16 +611,18 @@ class PatientRepository:
                 changes["birth_place_code"] = birth_place_code
         if fields is not None:
             changes = {c: v for c, v in changes.items() if c in fields}
-        if not changes:
+        declared_nir = changes.pop("ins_number", None)
+        if declared_nir is None and not changes:
             return frozenset()
-        if "ins_number" in changes:
-            patient.nir_index = self._keyring.indexer.nir(changes["ins_number"])
-            patient.ins_oid = InsOid.NIR.value
-        sealed = key.seal_row(TABLE, patient.id, {c: v.encode() for c, v in changes.items()})
-        for column, blob in sealed.items():
-            setattr(patient, column, blob)
-        patient.updated_at = utcnow()
-        self._session.flush()
+        filled = frozenset(changes)
+        if declared_nir is not None and self._claim_nir(key, patient, declared_nir):
+            filled |= {"ins_number"}
+        if changes:
+            sealed = key.seal_row(TABLE, patient.id, {c: v.encode() for c, v in changes.items()})
+            for column, blob in sealed.items():
+                setattr(patient, column, blob)
+            patient.updated_at = utcnow()
+            self._session.flush()
         self._keyring.audit.record(
             AuditAction.PATIENT_PREREGISTRATION_UPDATE,
             tenant_id=self._keyring.tenant_id,
@@ -615,7 +630,37 @@ class PatientRepository:
             target_id=patient.id,
             purpose=purpose,
         )
-        return frozenset(changes)
+        return filled
+
+    def _nir_taken(self, index: bytes) -> bool:
+        """Whether a record of the tenant carries the NIR of blind index ``index``."""
+        return (
+            self._session.scalar(
+                select(Patient.id).where(
+                    Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index == index
+                )
+            )
+            is not None
+        )
+
+    def _claim_nir(self, key: FieldKey, patient: Patient, nir: str) -> bool:
+        """Write the NIR and its blind index on ``patient`` in a SAVEPOINT; ``False`` (and
+        the record as it was) when another record of the tenant has that NIR, or took it
+        meanwhile."""
+        if self._nir_taken(self._keyring.indexer.nir(nir)):
+            return False
+        try:
+            with self._session.begin_nested():
+                patient.nir_index = self._keyring.indexer.nir(nir)
+                patient.ins_oid = InsOid.NIR.value
+                blob = key.seal_row(TABLE, patient.id, {"ins_number": nir.encode()})
+                patient.ins_number = blob["ins_number"]
+                patient.updated_at = utcnow()
+                self._session.flush()
+        except IntegrityError:
+            # The savepoint's rollback expired the record: it is read again as committed.
+            return False
+        return True
 
 
 def _seal_patient(

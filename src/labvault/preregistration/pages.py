@@ -30,14 +30,18 @@ from labvault.accounts.forms import GENERAL, FormText, redirect_to, refuse_cross
 from labvault.accounts.linking import paris_today
 from labvault.appointments.models import Appointment
 from labvault.core.access.policies import Interaction
+from labvault.core.audit.actions import AuditAction
 from labvault.organizations.models import Site
 from labvault.patients.routes import mask_national_number
 from labvault.preregistration.routes import STATUS_OF, is_yes
 from labvault.preregistration.schemas import FIELD_LABELS
 from labvault.preregistration.services import (
+    DOCUMENT_RESOURCE,
     MAX_DOCUMENTS_PER_APPOINTMENT,
     OPEN_STATUSES,
     PREREGISTRATION_RESOURCE,
+    READ_PURPOSE,
+    UPLOAD_PURPOSE,
     DocumentInfo,
     PreregistrationError,
     PreregistrationService,
@@ -155,16 +159,27 @@ def _form_page(
     if not caller.is_patient:
         raise CallerNotFoundError
     service = _service(caller)
-    appointment = service.appointment(appointment_id, PREREGISTRATION_RESOURCE, Interaction.UPDATE)
-    if appointment is None:
-        raise CallerNotFoundError
+    appointment = service.require_appointment(
+        appointment_id,
+        PREREGISTRATION_RESOURCE,
+        Interaction.UPDATE,
+        action=AuditAction.PATIENT_RECORD_READ,
+        purpose=READ_PURPOSE,
+    )
     stored = service.read(appointment_id)
     known_nir: str | None = None
-    if values is None:
-        if stored is not None:
-            values = stored.declaration.form_values()
-        else:
-            record = service.record_of(appointment.patient_id)
+    if stored is not None and stored.declaration.nir is not None:
+        known_nir = mask_national_number(stored.declaration.nir.compact)
+    if values is None and stored is not None:
+        values = stored.declaration.form_values()
+    if values is None or known_nir is None:
+        record = service.record_of(appointment.patient_id)
+        if known_nir is None:
+            # The record's NIR, else the last declared one: the same page whether or not the
+            # record could take a declared NIR (another record may carry it).
+            known = service.declared_nir(appointment.patient_id, record)
+            known_nir = mask_national_number(known) if known else None
+        if values is None:
             values = {
                 "birth_name": (record.birth_name or "") if record else "",
                 "used_name": (record.used_name or "") if record else "",
@@ -173,10 +188,6 @@ def _form_page(
                 "sex": record.sex.value if record and record.sex else "",
                 "birth_place_code": (record.birth_place_code or "") if record else "",
             }
-            if record is not None and record.ins_number:
-                known_nir = mask_national_number(record.ins_number)
-    if stored is not None and stored.declaration.nir is not None:
-        known_nir = mask_national_number(stored.declaration.nir.compact)
     shown = {name: values.get(name, "") for name in FORM_FIELDS}
     shown["nir"] = ""  # never written back into the page
     site_name = caller.session.scalar(
@@ -250,11 +261,10 @@ def save_preregistration(
         if not caller.is_patient:
             raise CallerNotFoundError
         try:
-            stored = _service(caller).declare(appointment_id, raw, today=paris_today(caller.now))
+            # The answer is the same whatever the record took (see ``declare``).
+            _service(caller).declare(appointment_id, raw, today=paris_today(caller.now))
         except PreregistrationError as error:
             return _refused(request, caller, appointment_id, raw, error)
-        if stored is None:
-            raise CallerNotFoundError
         return redirect_to(request, form_path(appointment_id), info="pre-enregistrement-enregistre")
 
     return run_page_as_caller(
@@ -280,9 +290,30 @@ def _refused(
 @router.post("/rendez-vous/{appointment_id}/ordonnance")
 async def upload_prescription(appointment_id: uuid.UUID, request: Request) -> Response:
     """Multipart upload (``file``, ``consent``, ``csrf_token``), read into memory only up
-    to the size limit."""
+    to the size limit, and only once the session is known and the appointment is one the
+    account may upload for (as the API route does): an anonymous or foreign request gets
+    its answer before its body is read."""
     if (refused := refuse_cross_site(request)) is not None:
         return refused
+    allowed: list[bool] = []
+
+    def check(caller: Caller) -> Response:
+        if not caller.is_patient:
+            raise CallerNotFoundError
+        _service(caller).require_appointment(
+            appointment_id,
+            DOCUMENT_RESOURCE,
+            Interaction.CREATE,
+            action=AuditAction.PATIENT_DOCUMENT_UPLOAD,
+            purpose=UPLOAD_PURPOSE,
+        )
+        allowed.append(True)
+        return Response(status_code=204)
+
+    # As a GET: the CSRF token is in the body, not read yet; it is checked with the upload.
+    first = await run_in_threadpool(run_page_as_caller, _as_get(request), check)
+    if not allowed:
+        return first
     settings = request.app.state.settings
     failure: tuple[int, str] | None = None
     content = b""

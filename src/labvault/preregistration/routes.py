@@ -9,8 +9,9 @@
 - ``GET/DELETE /documents/{id}``, ``GET /patients/{id}/documents``: download (as an
   attachment, never rendered inline), the patient's deletion, the list.
 
-Everything absent or out of scope is the same 404 (I7); bad input is a 422/413/415
-problem in French with nothing written (I6).
+Everything absent or out of scope is the same 404 (I7), an out-of-scope attempt leaving a
+"denied" event in the audit log; bad input is a 422/413/415 problem in French with nothing
+written (I6); a concurrent request on the same appointment is serialized, never a 500.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from labvault.accounts.callers import (
 from labvault.accounts.linking import paris_today
 from labvault.accounts.models import AccountKind
 from labvault.core.access.policies import Interaction
+from labvault.core.audit.actions import AuditAction
 from labvault.core.web.problems import problem_response
 from labvault.patients.routes import mask_national_number
 from labvault.preregistration.schemas import DeclarationBody, DeclarationView
 from labvault.preregistration.services import (
     DOCUMENT_RESOURCE,
-    PREREGISTRATION_RESOURCE,
+    UPLOAD_PURPOSE,
     DocumentInfo,
     PreregistrationError,
     PreregistrationService,
@@ -193,7 +195,8 @@ def put_preregistration(
 ) -> Response:
     """Declare (or replace) the pre-registration of an appointment of the patient account
     (its own or a dependent's). Traits that differ from the record are kept as declared
-    for the desk (`differs_from_record`); the record only gains what it lacks (the NIR)."""
+    for the desk (`differs_from_record`); the record only gains what it lacks (the NIR,
+    when no other record carries it: the answer is the same either way)."""
     raw = body.model_dump()
 
     def save(caller: Caller) -> dict[str, Any]:
@@ -201,8 +204,6 @@ def put_preregistration(
             stored = service_of(caller).declare(appointment_id, raw, today=paris_today(caller.now))
         except PreregistrationError as error:
             raise CallerRefusedError(problem_of(error)) from None
-        if stored is None:
-            raise CallerNotFoundError
         return {"appointment_id": str(appointment_id), "preregistration": view(stored)}
 
     outcome = run_as_caller(request, save, object_route=True, kinds=PATIENTS_ONLY)
@@ -219,13 +220,7 @@ def get_preregistration(appointment_id: uuid.UUID, request: Request) -> Response
     for staff granted `appointment:read` on the patient (NIR masked; the read is audited)."""
 
     def read(caller: Caller) -> dict[str, Any]:
-        service = service_of(caller)
-        if (
-            service.appointment(appointment_id, PREREGISTRATION_RESOURCE, Interaction.READ) is None
-            or not service.reveals_preregistrations()
-        ):
-            raise CallerNotFoundError
-        stored = service.read(appointment_id)
+        stored = service_of(caller).read(appointment_id)
         return {
             "appointment_id": str(appointment_id),
             "preregistration": view(stored) if stored else None,
@@ -289,9 +284,13 @@ async def upload_document(appointment_id: uuid.UUID, request: Request) -> Respon
     Stored sealed under the patient's key; deleted automatically after the visit."""
 
     def check(caller: Caller) -> bool:
-        service = service_of(caller)
-        if service.appointment(appointment_id, DOCUMENT_RESOURCE, Interaction.CREATE) is None:
-            raise CallerNotFoundError
+        service_of(caller).require_appointment(
+            appointment_id,
+            DOCUMENT_RESOURCE,
+            Interaction.CREATE,
+            action=AuditAction.PATIENT_DOCUMENT_UPLOAD,
+            purpose=UPLOAD_PURPOSE,
+        )
         return True
 
     allowed = await run_in_threadpool(
@@ -358,8 +357,6 @@ def download_document(document_id: uuid.UUID, request: Request) -> Response:
 
     def read(caller: Caller) -> Response:
         opened = service_of(caller).open_document(document_id)
-        if opened is None:
-            raise CallerNotFoundError
         return Response(
             opened.content,
             media_type=opened.info.media_type,
@@ -381,8 +378,7 @@ def delete_document(document_id: uuid.UUID, request: Request) -> Response:
     """Delete a document: the patient account (own or a dependent's) only."""
 
     def delete(caller: Caller) -> Response:
-        if not service_of(caller).delete_document(document_id):
-            raise CallerNotFoundError
+        service_of(caller).delete_document(document_id)
         return Response(status_code=204)
 
     outcome = run_as_caller(request, delete, object_route=True, kinds=PATIENTS_ONLY)
@@ -400,10 +396,7 @@ def list_documents(patient_id: uuid.UUID, request: Request) -> Response:
     `prescription:read` in scope."""
 
     def listing(caller: Caller) -> list[dict[str, Any]]:
-        found = service_of(caller).documents_of_patient(patient_id)
-        if found is None:
-            raise CallerNotFoundError
-        return [summary(info) for info in found]
+        return [summary(info) for info in service_of(caller).documents_of_patient(patient_id)]
 
     outcome = run_as_caller(request, listing, object_route=True)
     return outcome if isinstance(outcome, Response) else _no_store(outcome)

@@ -57,7 +57,9 @@ def send(
         settings = runtime.settings
         try:
             mailer = runtime.mailer
-            sms = load_sms_sender(settings.sms_sender, settings.resolved_data_dir)
+            sms = load_sms_sender(
+                settings.sms_transport, settings.resolved_data_dir, environment=settings.environment
+            )
         except ValueError as exc:
             raise CliError(str(exc)) from None
         job = ReminderJob(
@@ -93,6 +95,8 @@ def send(
                     )
         finally:
             _seal_events(runtime)
+    if sms is None:
+        console.print("SMS disabled (LABVAULT_SMS_SENDER=none:): reminders go by email only.")
     console.print(
         f"{report.sent} reminder(s) sent for {target.isoformat()} ({report.emails} email(s), "
         f"{report.sms} SMS); {report.unreachable} without email or phone, {report.failed} "

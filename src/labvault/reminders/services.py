@@ -15,7 +15,9 @@ To whom
        go to an address whose holder did not choose it: see ``accounts.linking``).
     The SMS goes to the phone on the patient's record. It carries the phrase only when the
     record's own account is the one reminded (the phone and the account are the same
-    person's); a dependent's phone may be anyone's in the family.
+    person's); a dependent's phone may be anyone's in the family. The phrase is marked
+    ``masked``: a sender that keeps a copy (the development file outbox) never stores it.
+    With no SMS sender (``LABVAULT_SMS_SENDER=none:``) no SMS is sent and no phone counts.
 
 What it says
     See :mod:`labvault.reminders.messages`: when, where, "your preparation instructions are
@@ -152,7 +154,7 @@ class ReminderJob:
         self,
         provider: KeyProvider,
         mailer: Mailer,
-        sms: SmsSender,
+        sms: SmsSender | None,
         *,
         public_url: str,
         context: AuditContext | None = None,
@@ -270,7 +272,7 @@ class ReminderJob:
         emailed = texted = False
         if recipient.email is not None:
             emailed = self._send_email(recipient.email, content, appointment_id)
-        if recipient.phone is not None:
+        if recipient.phone is not None and self._sms is not None:
             texted = self._send_sms(
                 recipient.phone, dataclasses.replace(content, phrase=recipient.sms_phrase),
                 appointment_id,
@@ -282,7 +284,7 @@ class ReminderJob:
                 .values(reminder_sent_at=None)
                 .execution_options(synchronize_session=False)
             )
-            if recipient.email is None and recipient.phone is None:
+            if recipient.email is None and (recipient.phone is None or self._sms is None):
                 return ReminderResult(ReminderOutcome.UNREACHABLE)
             return ReminderResult(ReminderOutcome.FAILED)
         keyring.audit.record(
@@ -392,8 +394,15 @@ class ReminderJob:
         return True
 
     def _send_sms(self, phone: str, content: ReminderContent, appointment_id: uuid.UUID) -> bool:
+        if self._sms is None:
+            return False
+        masked = (content.phrase,) if content.phrase and content.phrase.strip() else ()
         try:
-            self._sms.send(OutgoingSms(to=phone, text=sms_text(content), category=SMS_CATEGORY))
+            self._sms.send(
+                OutgoingSms(
+                    to=phone, text=sms_text(content), category=SMS_CATEGORY, masked=masked
+                )
+            )
         except (SmsError, ValueError) as exc:
             _log.warning("reminder.sms_failed", appointment_id=str(appointment_id), reason=str(exc))
             return False

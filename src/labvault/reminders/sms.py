@@ -1,10 +1,13 @@
 """Outgoing SMS: the ``SmsSender`` seam, the file outbox that is the default, a memory twin.
 
-No SMS gateway is wired yet: ``LABVAULT_SMS_SENDER=file:`` appends each message as one JSON
-line to ``data_dir/sms/outbox.jsonl`` (``file:/path`` for another file), for the demo and
-for an operator's relay to pick up. Like the file mailer, the outbox holds messages in clear
-(as a gateway's queue would): what goes into an SMS is therefore bounded by invariant I5 at
-the source, never a name, an exam or a NIR.
+No SMS gateway is wired yet. ``LABVAULT_SMS_SENDER=none:`` sends no SMS (the production
+default: reminders go by email only). ``file:`` appends each message as one JSON line to
+``data_dir/sms/outbox.jsonl`` (``file:/path`` for another file), for development and the
+demo; production refuses it, because such a file keeps phone numbers and appointments in
+clear next to the database, for ever. Even there, the values a message marks as ``masked``
+(the recipient's security phrase: a secret of the account, DESIGN I1) are replaced by
+:data:`MASK` before the line is written. What goes into an SMS is bounded by invariant I5 at
+the source: never a name, an exam or a NIR.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from labvault.core.config import sms_sender_problem
+from labvault.core.config import SMS_OUTBOX_IN_PRODUCTION, sms_sender_problem
 from labvault.core.logging import get_logger
 
 __all__ = [
+    "MASK",
     "MAX_SMS_LENGTH",
     "FileSmsSender",
     "MemorySmsSender",
@@ -37,6 +41,8 @@ _log = get_logger("labvault.reminders.sms")
 
 MAX_SMS_LENGTH = 640
 """Four concatenated segments: a reminder fits in three."""
+MASK = "••••••"
+"""What a kept copy shows instead of a masked value (a security phrase)."""
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _CATEGORY = re.compile(r"[a-z][a-z0-9_-]*(?::[a-z][a-z0-9_-]*)*")
 
@@ -49,6 +55,8 @@ class SmsError(Exception):
 @dataclass(frozen=True, kw_only=True)
 class OutgoingSms:
     """One SMS to one number (E.164). ``category`` is a fixed token for logs, as for mail.
+    ``masked``: values of ``text`` (the security phrase) that the gateway receives but that a
+    sender keeping a copy (the file outbox) must replace by :data:`MASK`.
 
     Its repr hides the number and the text, so it cannot leak into a log or a traceback.
     """
@@ -56,6 +64,7 @@ class OutgoingSms:
     to: str
     text: str
     category: str
+    masked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Errors never quote the values: they may be personal (I5).
@@ -71,6 +80,18 @@ class OutgoingSms:
             raise ValueError(f"SMS text must be at most {MAX_SMS_LENGTH} characters")
         if any(unicodedata.category(char) in {"Cc", "Cs"} and char != "\n" for char in self.text):
             raise ValueError("SMS text must not contain control characters")
+        if not isinstance(self.masked, tuple) or not all(
+            isinstance(value, str) and value.strip() for value in self.masked
+        ):
+            raise ValueError("SMS masked values must be a tuple of non-empty texts")
+
+    def kept_text(self) -> str:
+        """The text as a copy may keep it: every masked value replaced by :data:`MASK`,
+        longest first (a phrase containing another is masked whole)."""
+        text = self.text
+        for value in sorted(self.masked, key=len, reverse=True):
+            text = text.replace(value, MASK)
+        return text
 
     def __repr__(self) -> str:
         return f"OutgoingSms(category={self.category!r})"
@@ -83,7 +104,8 @@ class SmsSender(Protocol):
 
 
 class FileSmsSender:
-    """Appends each message to ``path`` as a JSON line ``{"at", "to", "text", "category"}``.
+    """Appends each message to ``path`` as a JSON line ``{"at", "to", "text", "category"}``,
+    its masked values (the security phrase) replaced by :data:`MASK`: development only.
 
     The directory is created 0700 and the file 0600. Each line is written with one
     ``write`` under an exclusive lock and fsynced, so concurrent senders (two jobs, two
@@ -102,7 +124,7 @@ class FileSmsSender:
             {
                 "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                 "to": message.to,
-                "text": message.text,
+                "text": message.kept_text(),
                 "category": message.category,
             },
             ensure_ascii=False,
@@ -146,12 +168,19 @@ class MemorySmsSender:
         self.sent.append(message)
 
 
-def load_sms_sender(setting: str, data_dir: Path) -> SmsSender:
-    """The sender named by LABVAULT_SMS_SENDER (checked once more here: tests build it from
-    plain strings too)."""
+def load_sms_sender(
+    setting: str, data_dir: Path, *, environment: str = "development"
+) -> SmsSender | None:
+    """The sender named by LABVAULT_SMS_SENDER (``Settings.sms_transport``), ``None`` for
+    ``none:`` (no SMS). Checked once more here, production included: tests and tools build
+    it from plain strings too."""
     problem = sms_sender_problem(setting)
     if problem is not None:
         raise ValueError(f"LABVAULT_SMS_SENDER: {problem}")
-    rest = setting.partition(":")[2]
+    scheme, _, rest = setting.partition(":")
+    if scheme == "none":
+        return None
+    if environment == "production":
+        raise ValueError(SMS_OUTBOX_IN_PRODUCTION)
     path = Path(rest).expanduser() if rest else data_dir / "sms" / "outbox.jsonl"
     return FileSmsSender(path)

@@ -36,7 +36,8 @@ def run(
     now = utcnow()
     with _runtime() as runtime:
         rules = RetentionSettings(
-            appointment_retention_days=runtime.settings.appointment_retention_days
+            appointment_retention_days=runtime.settings.appointment_retention_days,
+            prescription_retention_days=runtime.settings.prescription_retention_days,
         )
         with runtime.sessions() as session:
             tenants = list(session.scalars(select(Organization.id).order_by(Organization.id)))
@@ -63,7 +64,8 @@ def run(
     console.print(
         f"{report.holds} expired hold(s), {report.documents} prescription(s) and "
         f"{report.preregistrations} pre-registration(s) {verb} deleted; "
-        f"{report.appointments} appointment(s) {verb} anonymised"
+        f"{report.appointments} appointment(s) {verb} anonymised, "
+        f"{report.claims} leftover slot claim(s) {verb} released"
         f" (appointment retention: {runtime.settings.appointment_retention_days} days).",
         highlight=False,
     )

@@ -2,11 +2,17 @@
 it has served, per organization, idempotently, audited with counts only.
 
 1. Expired holds: an appointment still ``held`` after ``hold_expires_at`` was never
-   booked; its row goes, and its slot claims with it (cascade).
+   booked; its row goes, and its slot claims with it (cascade). Slot claims that a race
+   left behind are deleted too, so that they cannot block a box for ever: the claims of an
+   appointment no longer held, booked or checked in (cancelled, missed, done), and a
+   hold's claims past their own ``expires_at``.
 2. Prescriptions (``patient_documents``) past ``delete_after`` (the visit plus
    ``LABVAULT_PRESCRIPTION_RETENTION_DAYS``, set at upload) are deleted: one
    ``patient:document:delete`` event each, purpose ``retention``, in the patient's access
-   history. A document of an appointment being anonymised (below) that has no
+   history. ``delete_after`` is not moved when the visit is: a document linked to an
+   appointment therefore also waits until that appointment's visit (as it is now) plus
+   the retention period has passed, and is never deleted while its appointment is still
+   to come. A document of an appointment being anonymised (below) that has no
    ``delete_after`` goes with it: nothing outlives the appointment's retention.
 3. Appointments whose visit (``ends_at``, else ``starts_at``) is older than
    ``LABVAULT_APPOINTMENT_RETENTION_DAYS``: their pre-registration is deleted, their sealed
@@ -15,7 +21,8 @@ it has served, per organization, idempotently, audited with counts only.
    in it any more (its ``patient_id`` is a random id; the record itself is kept by law).
 
 Then one ``retention:run:complete`` event per organization, target the organization, its
-purpose holding the counts (``retention/holds:1/documents:2/...``). A dry run counts the
+purpose holding the counts (``retention/h:1/d:2/p:1/a:3/c:0``: holds, documents,
+pre-registrations, appointments, claims). A dry run counts the
 same rows and changes nothing, not even the log. Nothing is decrypted: rows are selected
 by dates and ids only.
 """
@@ -35,6 +42,7 @@ from labvault.appointments.models import (
     AppointmentStatus,
     PatientDocument,
     Preregistration,
+    SlotClaim,
 )
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
@@ -45,12 +53,22 @@ __all__ = ["JOB", "PURPOSE", "RetentionReport", "RetentionSettings", "run_retent
 JOB = "job:retention"
 PURPOSE = "retention"
 ORGANIZATION_TARGET = "organization"
+PURPOSE_COUNT_CAP = 99_999_999
 PATIENT_TARGET = "patient"
+
+
+ACTIVE_STATUSES = (
+    AppointmentStatus.HELD.value,
+    AppointmentStatus.BOOKED.value,
+    AppointmentStatus.CHECKED_IN.value,
+)
+"""The statuses whose slot claims stand (a hold only until its claims expire)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetentionSettings:
     appointment_retention_days: int
+    prescription_retention_days: int = 30
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,6 +79,7 @@ class RetentionReport:
     documents: int = 0
     preregistrations: int = 0
     appointments: int = 0
+    claims: int = 0
 
     def add(self, other: RetentionReport) -> None:
         for item in dataclasses.fields(self):
@@ -68,13 +87,23 @@ class RetentionReport:
 
     @property
     def total(self) -> int:
-        return self.holds + self.documents + self.preregistrations + self.appointments
+        return (
+            self.holds + self.documents + self.preregistrations + self.appointments + self.claims
+        )
 
     def purpose(self) -> str:
-        """The counts as an audit token (no personal data: numbers)."""
+        """The counts as an audit token (no personal data: numbers), short enough for the
+        log's 64-character purpose column: ``retention/h:<holds>/d:<documents>/
+        p:<pre-registrations>/a:<appointments>/c:<claims>``, each count capped at
+        99,999,999 (more in one run would be shown as that)."""
+
+        def capped(value: int) -> int:
+            return min(value, PURPOSE_COUNT_CAP)
+
         return (
-            f"{PURPOSE}/holds:{self.holds}/documents:{self.documents}"
-            f"/preregistrations:{self.preregistrations}/appointments:{self.appointments}"
+            f"{PURPOSE}/h:{capped(self.holds)}/d:{capped(self.documents)}"
+            f"/p:{capped(self.preregistrations)}/a:{capped(self.appointments)}"
+            f"/c:{capped(self.claims)}"
         )
 
 
@@ -99,6 +128,94 @@ def _past_retention(tenant_id: uuid.UUID, cutoff: dt.datetime) -> ColumnElement[
     )
 
 
+def _leaked_claims(tenant_id: uuid.UUID, now: dt.datetime) -> ColumnElement[bool]:
+    """Claims that hold a box for nothing: their appointment is over or cancelled, or they
+    are a live hold's claims past their own expiry. An expired hold's claims are not among
+    them: they go with the hold (cascade)."""
+    finished = select(Appointment.id).where(
+        Appointment.tenant_id == tenant_id, Appointment.status.not_in(ACTIVE_STATUSES)
+    )
+    live_holds = select(Appointment.id).where(
+        Appointment.tenant_id == tenant_id,
+        Appointment.status == AppointmentStatus.HELD.value,
+        or_(Appointment.hold_expires_at.is_(None), Appointment.hold_expires_at >= now),
+    )
+    return and_(
+        SlotClaim.tenant_id == tenant_id,
+        or_(
+            SlotClaim.appointment_id.in_(finished),
+            and_(
+                SlotClaim.expires_at.is_not(None),
+                SlotClaim.expires_at < now,
+                SlotClaim.appointment_id.in_(live_holds),
+            ),
+        ),
+    )
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite gives naive datetimes back: they are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _documents_due(
+    session: Session,
+    tenant_id: uuid.UUID,
+    settings: RetentionSettings,
+    now: dt.datetime,
+    expiring: Select[Any],
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(document id, patient id) of the documents to delete now (see the module, 2.).
+
+    The candidates are selected by dates in SQL; whether a linked appointment's visit is
+    old enough is decided here, on its current times (it may have moved since upload)."""
+    keep_after = dt.timedelta(days=settings.prescription_retention_days)
+    rows = session.execute(
+        select(
+            PatientDocument.id,
+            PatientDocument.patient_id,
+            PatientDocument.delete_after,
+            PatientDocument.appointment_id,
+            Appointment.starts_at,
+            Appointment.ends_at,
+            Appointment.status,
+        )
+        .outerjoin(
+            Appointment,
+            and_(
+                Appointment.tenant_id == PatientDocument.tenant_id,
+                Appointment.id == PatientDocument.appointment_id,
+            ),
+        )
+        .where(
+            PatientDocument.tenant_id == tenant_id,
+            or_(
+                and_(
+                    PatientDocument.delete_after.is_not(None), PatientDocument.delete_after <= now
+                ),
+                and_(
+                    PatientDocument.delete_after.is_(None),
+                    PatientDocument.appointment_id.in_(expiring),
+                ),
+            ),
+        )
+        .order_by(PatientDocument.id)
+    ).all()
+    due: list[tuple[uuid.UUID, uuid.UUID]] = []
+    for row in rows:
+        if row.delete_after is None:  # selected because its appointment is anonymised now
+            due.append((row.id, row.patient_id))
+            continue
+        if row.starts_at is None:  # no appointment (any more): the upload's date decides
+            due.append((row.id, row.patient_id))
+            continue
+        visit = _utc(row.ends_at or row.starts_at)
+        to_come = row.status in ACTIVE_STATUSES and _utc(row.starts_at) > now
+        if not to_come and visit + keep_after <= now:
+            due.append((row.id, row.patient_id))
+    return due
+
+
 def run_retention(
     session: Session,
     tenant_id: uuid.UUID,
@@ -114,22 +231,7 @@ def run_retention(
         raise ValueError("the retention job's instant must be timezone-aware")
     cutoff = now - dt.timedelta(days=settings.appointment_retention_days)
     expiring = select(Appointment.id).where(_past_retention(tenant_id, cutoff))
-    documents = session.execute(
-        select(PatientDocument.id, PatientDocument.patient_id)
-        .where(
-            PatientDocument.tenant_id == tenant_id,
-            or_(
-                and_(
-                    PatientDocument.delete_after.is_not(None), PatientDocument.delete_after <= now
-                ),
-                and_(
-                    PatientDocument.delete_after.is_(None),
-                    PatientDocument.appointment_id.in_(expiring),
-                ),
-            ),
-        )
-        .order_by(PatientDocument.id)
-    ).all()
+    documents = _documents_due(session, tenant_id, settings, now, expiring)
     report = RetentionReport(
         holds=_count(session, select(Appointment.id).where(_expired_holds(tenant_id, now))),
         documents=len(documents),
@@ -141,6 +243,7 @@ def run_retention(
             ),
         ),
         appointments=_count(session, expiring),
+        claims=_count(session, select(SlotClaim.id).where(_leaked_claims(tenant_id, now))),
     )
     if dry_run:
         return report
@@ -186,6 +289,13 @@ def run_retention(
         session.execute(
             delete(Appointment)
             .where(_expired_holds(tenant_id, now))
+            .execution_options(synchronize_session=False)
+        )
+    )
+    report.claims = _rowcount(
+        session.execute(
+            delete(SlotClaim)
+            .where(_leaked_claims(tenant_id, now))
             .execution_options(synchronize_session=False)
         )
     )

@@ -85,15 +85,6 @@ class ExamRule:
     no_appointment: bool = False
 
 
-def _local(day: dt.date, at: dt.time, zone: ZoneInfo) -> dt.datetime | None:
-    """The wall time ``day at`` in ``zone``, or None if it does not exist (spring forward)."""
-    local = dt.datetime.combine(day, at, tzinfo=zone)
-    round_trip = local.astimezone(dt.UTC).astimezone(zone)
-    if round_trip.replace(tzinfo=None) != local.replace(tzinfo=None):
-        return None
-    return local
-
-
 def _days(start: dt.date, end: dt.date) -> Iterable[dt.date]:
     for offset in range((end - start).days + 1):
         yield start + dt.timedelta(days=offset)
@@ -144,10 +135,13 @@ def _day_slots(
     resolved: dict[dt.datetime, tuple[dt.datetime, dt.datetime] | None] = {}
 
     def at(wall: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
-        """The aware local time and its UTC instant, or None if the wall time does not exist."""
+        """The aware local time and its UTC instant, or None if the wall time does not exist
+        (spring forward: it does not come back from UTC as itself)."""
         if wall not in resolved:
-            local = _local(day, wall.time(), zone)
-            resolved[wall] = None if local is None else (local, local.astimezone(dt.UTC))
+            local = wall.replace(tzinfo=zone)
+            utc = local.astimezone(dt.UTC)
+            exists = utc.astimezone(zone).replace(tzinfo=None) == wall
+            resolved[wall] = (local, utc) if exists else None
         return resolved[wall]
 
     for index, (opens, closes) in enumerate(schedule.opening_hours.day(day.weekday())):

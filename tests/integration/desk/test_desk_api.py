@@ -23,6 +23,7 @@ from caller_world import (
     alpha_settings,
     build_caller_world,
 )
+from helpers import leaked, pg_dump, sqlite_files
 from labvault.app import create_app
 from labvault.appointments.models import (
     Appointment,
@@ -37,9 +38,13 @@ from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction, utcnow
+from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
+from labvault.desk.services import WALK_IN_ALERT, WALK_IN_DAILY_LIMIT, WALK_IN_PER_STAFF_DAY
 from labvault.patients.models import Patient
+from labvault.patients.nir import Nir, compute_key
 from labvault.patients.services import PatientRepository, SealedItem
+from labvault.security.models import SecurityAlert
 
 SYSTEM = SystemPrincipal("test:desk")
 OUTSIDERS = ("biologist", "organization_admin", "security_officer", PATIENT_OWN)
@@ -114,6 +119,23 @@ def events(runtime: Runtime, action: AuditAction) -> list[AuditEvent]:
 def count(cw: CallerWorld, model: type[object]) -> int:
     with cw.world.sessions() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)  # type: ignore[arg-type]
+
+
+def opened_kinds(cw: CallerWorld, checks: list[IdentityCheck]) -> list[str]:
+    """The sealed document kinds of ``checks``, opened as a system job."""
+    with transaction(cw.world.sessions) as session:
+        keyring = TenantKeyring(session, cw.runtime.key_provider, cw.world.tenant, SYSTEM)
+        opened = PatientRepository(session, keyring).open_for(
+            "patient",
+            [
+                SealedItem(
+                    c.patient_id, "identity_checks", c.id, {"document_kind": c.document_kind}
+                )
+                for c in checks
+            ],
+            purpose="test",
+        )
+    return [(opened[c.id]["document_kind"] or b"").decode() for c in checks]
 
 
 # --- the day's schedule -----------------------------------------------------------------------
@@ -304,7 +326,8 @@ def test_an_identity_card_raises_prov_to_vali(client: TestClient, cw: CallerWorl
     assert again.json()["status_after"] == "VALI"
     with cw.world.sessions() as session:
         checks = list(session.scalars(select(IdentityCheck).order_by(IdentityCheck.checked_at)))
-    assert [(c.document_kind, c.status_before, c.status_after) for c in checks] == [
+    kinds = opened_kinds(cw, checks)
+    assert [(k, c.status_before, c.status_after) for k, c in zip(kinds, checks, strict=True)] == [
         ("cni", "PROV", "VALI"),
         ("passeport", "VALI", "VALI"),
     ]
@@ -367,6 +390,88 @@ def test_a_sampler_may_not_check_identities(client: TestClient, cw: CallerWorld)
     )
     assert answer.status_code == 404
     assert identity_status(cw, cw.world.patients["today"]) == "PROV"
+
+
+def test_the_document_kind_is_sealed_at_rest(
+    client: TestClient, cw: CallerWorld, alpha: Runtime, backend: str
+) -> None:
+    """ "titre de séjour" says the patient is a foreign national: never in clear at rest."""
+    headers = as_(client, cw, "receptionist")
+    appointment = appointment_of(cw, "today")
+    answer = client.post(
+        f"/api/v1/desk/appointments/{appointment}/identity-check",
+        json={"document_kind": "titre_sejour"},
+        headers=headers,
+    )
+    assert answer.status_code == 200, answer.text
+    with cw.world.sessions() as session:
+        checks = list(session.scalars(select(IdentityCheck)))
+    assert len(checks) == 1
+    assert b"titre" not in checks[0].document_kind
+    assert opened_kinds(cw, checks) == ["titre_sejour"]
+    values = {"titre_sejour", "titre de s"}
+    url = alpha.settings.database_url
+    if backend == "sqlite":
+        files = sqlite_files(url)
+        assert files
+        for path in files:
+            assert leaked(path.read_bytes(), values) == [], path.name
+    else:
+        dump = pg_dump(url)
+        assert b"identity_checks" in dump
+        assert leaked(dump, values) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "when"),
+    [
+        (AppointmentStatus.CANCELLED, "today"),
+        (AppointmentStatus.NO_SHOW, "today"),
+        (AppointmentStatus.BOOKED, "yesterday"),
+        (AppointmentStatus.DONE, "yesterday"),
+        (AppointmentStatus.BOOKED, "tomorrow"),
+    ],
+)
+def test_an_identity_check_is_for_today_s_live_visits_only(
+    client: TestClient, cw: CallerWorld, status: AppointmentStatus, when: str
+) -> None:
+    now = utcnow()
+    starts = {
+        "today": _within_today(now, now),
+        "yesterday": now - dt.timedelta(days=1),
+        "tomorrow": now + dt.timedelta(days=1),
+    }[when]
+    live = appointment_of(cw, "today")
+    appointment = add_appointment(cw, "today", starts_at=starts, status=status.value)
+    headers = as_(client, cw, "receptionist")
+    answer = client.post(
+        f"/api/v1/desk/appointments/{appointment}/identity-check",
+        json={"document_kind": "cni"},
+        headers=headers,
+    )
+    assert answer.status_code == 409, answer.text
+    assert "aujourd'hui" in answer.json()["detail"]
+    assert identity_status(cw, cw.world.patients["today"]) == "PROV"
+    assert count(cw, IdentityCheck) == 0
+    assert events(cw.runtime, AuditAction.PATIENT_IDENTITY_CHECK) == []
+    listed = client.get("/api/v1/desk/schedule").json()["items"]
+    shown = {item["appointment_id"]: item["can_check_identity"] for item in listed}
+    assert shown.get(str(appointment), False) is False
+    assert shown[str(live)] is True
+
+
+def test_an_identity_check_is_accepted_after_the_sampling_of_the_day(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    headers = as_(client, cw, "receptionist")
+    done = appointment_of(cw, "earlier_today")
+    answer = client.post(
+        f"/api/v1/desk/appointments/{done}/identity-check",
+        json={"document_kind": "passeport"},
+        headers=headers,
+    )
+    assert answer.status_code == 200, answer.text
+    assert identity_status(cw, cw.world.patients["earlier_today"]) == "VALI"
 
 
 # --- walk-ins ---------------------------------------------------------------------------------
@@ -496,6 +601,159 @@ def test_walk_ins_are_for_receptionists_only(client: TestClient, cw: CallerWorld
         )
         assert answer.status_code == 404, name
     assert events(cw.runtime, AuditAction.APPOINTMENT_DESK_WALK_IN) == []
+
+
+class CountingLimiter:
+    """Counts hits per rule and identifiers, without time: every rule named in ``only``
+    allows its amount, the others always allow."""
+
+    def __init__(self, only: frozenset[str]) -> None:
+        self.only = only
+        self.counts: dict[tuple[str, tuple[str, ...]], int] = {}
+
+    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
+        key = (rule.name, identifiers)
+        used = self.counts.get(key, 0)
+        if rule.name in self.only and used >= rule.amount:
+            return RateDecision(allowed=False, retry_after=60.0, remaining=0)
+        self.counts[key] = used + 1
+        return RateDecision(allowed=True, retry_after=0.0, remaining=0)
+
+    def close(self) -> None:
+        pass
+
+
+def _homonym_nir(nir: Nir) -> Nir:
+    """Another valid NIR for the same sex, birth month and place (another order number)."""
+    body = nir.compact[:13]
+    order = "998" if body[10:13] != "998" else "997"
+    other = body[:10] + order
+    return Nir.parse(f"{other}{compute_key(other):02d}")
+
+
+def test_every_refused_walk_in_gets_one_answer_and_nothing_written(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    """No match, several matches, the NIR known with other traits, a record already there:
+    the same answer, so the desk cannot tell whether a person or a NIR is a patient."""
+    person = cw.world.inputs["no_appointment"]
+    assert person.nir is not None
+    with transaction(cw.world.sessions) as session:
+        keyring = TenantKeyring(session, cw.runtime.key_provider, cw.world.tenant, SYSTEM)
+        homonym = person.model_copy(update={"nir": _homonym_nir(person.nir)})
+        made = PatientRepository(session, keyring).register_many([homonym], purpose="test")
+        assert made.created, "the homonym must be a second record"
+    today = cw.world.inputs["today"]
+    assert today.nir is not None
+    traits = _traits(cw, "no_appointment")
+    sex = person.sex.value
+    bodies: list[dict[str, object]] = [
+        # no record has these traits
+        {**traits, "birth_name": "Personne"},
+        # two records have these traits (homonyms)
+        traits,
+        # the NIR is a patient's, the traits another person's
+        {**traits, "nir": today.nir.compact},
+        # creation when a record has these traits
+        {**traits, "create": True, "sex": sex},
+        # creation with the NIR of a patient, under another first name
+        {
+            "birth_name": today.birth_name,
+            "first_name": "Autreprenom",
+            "birth_date": today.birth_date.isoformat(),
+            "nir": today.nir.compact,
+            "create": True,
+            "sex": today.sex.value,
+        },
+    ]
+    headers = as_(client, cw, "receptionist")
+    appointments, patients = count(cw, Appointment), count(cw, Patient)
+    created_before = len(events(cw.runtime, AuditAction.PATIENT_RECORD_CREATE))
+    answers = set()
+    for body in bodies:
+        answer = client.post("/api/v1/desk/walk-ins", json=body, headers=headers)
+        assert answer.status_code == 422, (body, answer.text)
+        answers.add((answer.status_code, json.dumps(answer.json(), sort_keys=True)))
+    assert len(answers) == 1, answers
+    assert count(cw, Appointment) == appointments
+    assert count(cw, Patient) == patients
+    assert len(events(cw.runtime, AuditAction.PATIENT_RECORD_CREATE)) == created_before
+    assert events(cw.runtime, AuditAction.APPOINTMENT_DESK_WALK_IN) == []
+    searches = events(cw.runtime, AuditAction.PATIENT_SEARCH_NAME) + events(
+        cw.runtime, AuditAction.PATIENT_SEARCH_NIR
+    )
+    assert len(searches) == len(bodies)
+
+
+def test_creating_without_sex_is_answered_before_any_search(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    headers = as_(client, cw, "receptionist")
+    answers = set()
+    for body in (
+        {**_traits(cw, "no_appointment"), "create": True},
+        {
+            "birth_name": "Nouvelle",
+            "first_name": "Patiente",
+            "birth_date": "1990-05-17",
+            "create": True,
+        },
+    ):
+        answer = client.post("/api/v1/desk/walk-ins", json=body, headers=headers)
+        assert answer.status_code == 422
+        assert answer.json()["field"] == "sex"
+        answers.add(answer.content)
+    assert len(answers) == 1
+    assert events(cw.runtime, AuditAction.PATIENT_SEARCH_NAME) == []
+
+
+def test_a_walk_in_at_a_site_that_is_not_the_receptionist_s_is_a_404_before_any_search(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    headers = as_(client, cw, "receptionist")
+    before = count(cw, Appointment)
+    for site in (cw.world.sites["annex"], uuid.uuid4()):
+        answer = client.post(
+            "/api/v1/desk/walk-ins",
+            json={**_traits(cw, "no_appointment"), "site_id": str(site)},
+            headers=headers,
+        )
+        assert answer.status_code == 404
+    assert count(cw, Appointment) == before
+    assert events(cw.runtime, AuditAction.PATIENT_SEARCH_NAME) == []
+
+
+def test_the_daily_walk_in_limit_refuses_and_alerts_the_security_officers_once(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    alpha.__dict__["rate_limiter"] = CountingLimiter(frozenset({WALK_IN_PER_STAFF_DAY.name}))
+    headers = as_(client, cw, "receptionist")
+    body = {**_traits(cw, "no_appointment"), "birth_name": "Personne"}
+    assert WALK_IN_DAILY_LIMIT <= 20
+    for _ in range(WALK_IN_DAILY_LIMIT):
+        answer = client.post("/api/v1/desk/walk-ins", json=body, headers=headers)
+        assert answer.status_code == 422
+        assert answer.json()["code"] == "invalid"
+        assert "Le passage n'a pas pu" in answer.json()["detail"]
+    with cw.world.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(SecurityAlert)) == 0
+    for _ in range(2):
+        refused = client.post("/api/v1/desk/walk-ins", json=body, headers=headers)
+        assert refused.status_code == 422
+        assert "limite quotidienne" in refused.json()["detail"]
+    # Even the right traits are refused now: the limit stops the lookups themselves.
+    right = client.post(
+        "/api/v1/desk/walk-ins", json=_traits(cw, "no_appointment"), headers=headers
+    )
+    assert "limite quotidienne" in right.json()["detail"]
+    with cw.world.sessions() as session:
+        alerts = list(session.scalars(select(SecurityAlert)))
+    assert [(a.kind, a.target_type, a.target_id) for a in alerts] == [
+        (WALK_IN_ALERT, "staff", cw.world.staff["receptionist"])
+    ]
+    searches = events(cw.runtime, AuditAction.PATIENT_SEARCH_NAME)
+    assert len(searches) == WALK_IN_DAILY_LIMIT
+    assert len(events(cw.runtime, AuditAction.SECURITY_ALERT_RAISE)) == 1
 
 
 # --- home rounds ------------------------------------------------------------------------------

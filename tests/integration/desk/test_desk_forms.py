@@ -277,6 +277,17 @@ def test_a_sampler_gets_the_404_page_for_the_identity_check(
     assert identity_status(cw, "today") == "PROV"
 
 
+def count_patients(cw: CallerWorld) -> int:
+    with cw.world.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Patient)) or 0)
+
+
+def _error_block(page: str) -> str:
+    """The page's error summary (what the receptionist reads)."""
+    start = page.index('role="alert"')
+    return page[start : page.index("</div>", start)]
+
+
 # --- walk-ins ---------------------------------------------------------------------------------
 
 
@@ -302,8 +313,18 @@ def test_a_walk_in_from_the_form(client: TestClient, cw: CallerWorld) -> None:
         headers=FORM,
     )
     assert unknown.status_code == 422
-    assert "Aucun dossier unique" in unknown.text
+    assert "pas pu être enregistré" in unknown.text
     assert "Créer le dossier" in unknown.text
+    # Creating a record for a person who has one: the very same page, nothing written.
+    patients = count_patients(cw)
+    existing = client.post(
+        "/accueil/sans-rendez-vous",
+        data=form(cw, csrf, **traits, sex=person.sex.value, create="oui"),
+        headers=FORM,
+    )
+    assert existing.status_code == 422
+    assert _error_block(existing.text) == _error_block(unknown.text)
+    assert count_patients(cw) == patients
     answer = client.post("/accueil/sans-rendez-vous", data=form(cw, csrf, **traits), headers=FORM)
     assert answer.status_code == 200, answer.text
     assert "Passage sans rendez-vous enregistré" in answer.text

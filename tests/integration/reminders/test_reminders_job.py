@@ -44,7 +44,7 @@ from labvault.patients.nir import Nir
 from labvault.patients.schemas import PatientInput
 from labvault.patients.services import PatientRepository, SealedItem
 from labvault.reminders.services import ReminderJob, ReminderReport, default_day
-from labvault.reminders.sms import FileSmsSender, MemorySmsSender
+from labvault.reminders.sms import MASK, FileSmsSender, MemorySmsSender
 
 pytestmark = pytest.mark.smtp
 
@@ -452,7 +452,10 @@ def test_reminders_reach_the_right_people_with_nothing_personal_exactly_once(
     sms = outbox.messages()
     assert sorted(m["to"] for m in sms) == ["+33612345678", "+33698765432"]
     by_phone = {m["to"]: m for m in sms}
-    assert ADULT_PHRASE in by_phone["+33612345678"]["text"]
+    # The outbox file is a kept copy: the security phrase is masked in it (DESIGN I1).
+    assert ADULT_PHRASE not in by_phone["+33612345678"]["text"]
+    assert f"« {MASK} »" in by_phone["+33612345678"]["text"]
+    assert ADULT_PHRASE not in outbox.path.read_text("utf-8")
     home_sms = by_phone["+33698765432"]["text"]
     assert "à domicile" in home_sms
     assert "Vos instructions de préparation" in home_sms
@@ -477,6 +480,29 @@ def test_reminders_reach_the_right_people_with_nothing_personal_exactly_once(
     assert len(smtp.recorder.envelopes) == 3
     assert len(outbox.messages()) == 2
     assert len(_reminder_events(runtime)) == 3
+
+
+def test_the_gateway_gets_the_phrase_marked_masked_and_none_sends_no_sms(
+    runtime: Runtime, world: World, smtp: SmtpServer
+) -> None:
+    gateway = MemorySmsSender()
+    report = _run(runtime, world, smtp.mailer(), gateway)
+    assert report.sms == 2
+    adult = next(m for m in gateway.sent if m.to == "+33612345678")
+    assert f"« {ADULT_PHRASE} »" in adult.text, "what a gateway would deliver"
+    assert adult.masked == (ADULT_PHRASE,)
+    assert ADULT_PHRASE not in adult.kept_text()
+    home = next(m for m in gateway.sent if m.to == "+33698765432")
+    assert home.masked == ()
+
+
+def test_with_no_sms_sender_reminders_go_by_email_only(
+    runtime: Runtime, world: World, smtp: SmtpServer
+) -> None:
+    report = _run(runtime, world, smtp.mailer(), None)
+    assert report == ReminderReport(
+        due=4, sent=3, emails=3, sms=0, skipped=0, unreachable=1, failed=0
+    )
 
 
 def test_a_refused_message_is_not_marked_and_is_sent_by_the_next_run(

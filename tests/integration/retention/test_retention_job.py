@@ -27,6 +27,7 @@ from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
+from labvault.organizations.models import Site
 from labvault.organizations.services import add_site, create_organization
 from labvault.patients.models import Patient
 from labvault.patients.schemas import PatientInput
@@ -276,7 +277,7 @@ def test_each_case_is_purged_or_kept_and_a_second_run_changes_nothing(
     [complete] = _events(runtime, "retention:run:complete")
     assert complete.target_type == "organization"
     assert complete.target_id == world.tenant
-    assert complete.purpose == ("retention/holds:1/documents:2/preregistrations:1/appointments:3")
+    assert complete.purpose == "retention/h:1/d:2/p:1/a:3/c:0"
 
     # Idempotent: the same instant again, or a little later (the live hold still holds),
     # finds nothing more.
@@ -288,11 +289,13 @@ def test_each_case_is_purged_or_kept_and_a_second_run_changes_nothing(
 
 def test_later_runs_take_what_has_expired_since(runtime: Runtime, world: World) -> None:
     _run(runtime, world)
-    later = NOW + dt.timedelta(days=31)
-    report = _run(runtime, world, now=later)
-    # The live hold has expired; the "kept" document's date passed; "recent_long" and its
-    # pre-registration (and its undated document) are older than a year now.
-    assert report == RetentionReport(holds=1, documents=2, preregistrations=1, appointments=1)
+    # 31 days later the live hold has expired; "recent_long" and its pre-registration (and
+    # its undated document) are older than a year. "kept"'s delete_after (NOW + 30 days) has
+    # passed, but its visit (NOW + 3 days) is not 30 days old: it stays until NOW + 33 days.
+    report = _run(runtime, world, now=NOW + dt.timedelta(days=31))
+    assert report == RetentionReport(holds=1, documents=1, preregistrations=1, appointments=1)
+    assert _state(runtime, world)["documents"] == [str(world.documents["kept"])]
+    assert _run(runtime, world, now=NOW + dt.timedelta(days=34)) == RetentionReport(documents=1)
     state = _state(runtime, world)
     assert state["documents"] == []
     assert state["claims"] == []
@@ -318,7 +321,10 @@ def test_the_cli_runs_every_organization_and_dry_run_changes_nothing(
     assert done.exit_code == 0, done.output
     text = " ".join(done.output.split())
     assert "2 expired hold(s), 4 prescription(s) and 2 pre-registration(s) were deleted" in text
-    assert "6 appointment(s) were anonymised (appointment retention: 365 days)" in text
+    assert (
+        "6 appointment(s) were anonymised, 0 leftover slot claim(s) were released "
+        "(appointment retention: 365 days)"
+    ) in text
     for w in worlds:
         assert str(w.patient) not in done.output
         assert _state(runtime, w)["claims"] == [str(w.appointments["live_hold"])]
@@ -332,3 +338,129 @@ def test_the_cli_runs_every_organization_and_dry_run_changes_nothing(
     )
     verified = runner.invoke(cli, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+def _add(
+    runtime: Runtime,
+    world: World,
+    status: str,
+    start: dt.datetime,
+    *,
+    end: dt.datetime | None = None,
+    hold: dt.datetime | None = None,
+    claim_expires: dt.datetime | None = None,
+    box: int,
+    document_delete_after: dt.datetime | None = None,
+) -> tuple[uuid.UUID, uuid.UUID | None]:
+    """One more appointment of the world's patient, with one slot claim and, if asked, one
+    document; returns (appointment id, document id)."""
+    with transaction(runtime.tenant_sessions(world.tenant)) as session:
+        site_id = session.scalar(select(Site.id).where(Site.tenant_id == world.tenant))
+        assert site_id is not None
+        appointment = Appointment(
+            id=uuid.uuid4(),
+            tenant_id=world.tenant,
+            patient_id=world.patient,
+            site_id=site_id,
+            starts_at=start,
+            ends_at=end,
+            status=status,
+            hold_expires_at=hold,
+        )
+        session.add(appointment)
+        session.flush()
+        session.add(
+            SlotClaim(
+                id=uuid.uuid4(),
+                tenant_id=world.tenant,
+                site_id=site_id,
+                starts_at=start,
+                box=box,
+                appointment_id=appointment.id,
+                expires_at=claim_expires,
+            )
+        )
+        document_id = None
+        if document_delete_after is not None:
+            document_id = uuid.uuid4()
+            session.add(
+                PatientDocument(
+                    id=document_id,
+                    tenant_id=world.tenant,
+                    patient_id=world.patient,
+                    appointment_id=appointment.id,
+                    media_type="application/pdf",
+                    size_bytes=8,
+                    content=b"sealed!!",
+                    consent_at=NOW - dt.timedelta(days=60),
+                    delete_after=document_delete_after,
+                )
+            )
+        return appointment.id, document_id
+
+
+def test_a_prescription_waits_for_its_rescheduled_visit_plus_the_retention_period(
+    runtime: Runtime, world: World
+) -> None:
+    """``delete_after`` was set at upload from the first date; the visit moved since. The
+    document goes only once the visit as it is now is ``prescription_retention_days`` old."""
+    day = dt.timedelta(days=1)
+    uploaded_for = NOW - 31 * day  # the first date + 30 days: delete_after is past
+    _, moved_later = _add(
+        runtime, world, "booked", NOW + 5 * day, box=2, document_delete_after=uploaded_for
+    )
+    _, visited_recently = _add(
+        runtime, world, "done", NOW - 10 * day, end=NOW - 10 * day + dt.timedelta(minutes=10),
+        box=3, document_delete_after=uploaded_for,
+    )  # fmt: skip
+    _, visited_long_ago = _add(
+        runtime, world, "booked", NOW - 31 * day, box=4, document_delete_after=uploaded_for
+    )  # never closed at the desk: its date decides
+    report = _run(runtime, world)
+    assert report.documents == 3  # the world's "due" and "no_date_of_old", and the old one
+    documents = _state(runtime, world)["documents"]
+    assert str(moved_later) in documents
+    assert str(visited_recently) in documents
+    assert str(visited_long_ago) not in documents
+
+    # Thirty days after the moved visit, it goes too; the recent one went twenty days ago.
+    later = _run(runtime, world, now=NOW + 36 * day)
+    assert later.documents >= 2
+    documents = _state(runtime, world)["documents"]
+    assert str(moved_later) not in documents
+    assert str(visited_recently) not in documents
+
+
+def test_leftover_slot_claims_are_released_and_standing_ones_kept(
+    runtime: Runtime, world: World
+) -> None:
+    day, minute = dt.timedelta(days=1), dt.timedelta(minutes=1)
+    start = NOW + 2 * day
+    standing = {
+        "booked": _add(runtime, world, "booked", start, box=10)[0],
+        "checked_in": _add(runtime, world, "checked_in", NOW - minute, box=11)[0],
+        "live_hold": _add(
+            runtime, world, "held", start, hold=NOW + 5 * minute, claim_expires=NOW + 5 * minute,
+            box=12,
+        )[0],
+    }  # fmt: skip
+    leaked = {
+        "cancelled": _add(runtime, world, "cancelled", start, box=13)[0],
+        "no_show": _add(runtime, world, "no_show", NOW - day, box=14)[0],
+        "done": _add(runtime, world, "done", NOW - day, box=15)[0],
+        "hold_claim_expired": _add(
+            runtime, world, "held", start, hold=NOW + 5 * minute, claim_expires=NOW - minute,
+            box=16,
+        )[0],
+    }  # fmt: skip
+    dry = _run(runtime, world, dry_run=True)
+    assert dry.claims == len(leaked)
+    report = _run(runtime, world)
+    assert report.claims == len(leaked)
+    assert report.holds == 1, "the world's expired hold, its claim by cascade"
+    claims = set(_state(runtime, world)["claims"])
+    assert {str(i) for i in standing.values()} <= claims
+    assert not {str(i) for i in leaked.values()} & claims
+    [complete] = _events(runtime, "retention:run:complete")
+    assert complete.purpose.endswith(f"/c:{len(leaked)}")  # type: ignore[union-attr]
+    assert _run(runtime, world).claims == 0

@@ -15,9 +15,13 @@ from labvault.desk.services import (
     VALID_DOCUMENTS,
     DeskInputError,
     DocumentKind,
+    SiteChoice,
     _address,
+    _day_bounds,
     _same_person,
+    local_day,
     parse_day,
+    site_zone,
 )
 from labvault.patients.ins import IdentityStatus
 from labvault.patients.services import RAISED_BY_DOCUMENT, PatientRecord
@@ -132,3 +136,32 @@ def test_a_home_address_blob_is_read_defensively() -> None:
     assert _address(b"not json") == {}
     assert _address(b"[1, 2]") == {}
     assert _address(b'{"line": "1 rue", "postal_code": 75001}') == {"line": "1 rue"}
+
+
+def test_a_site_s_zone_falls_back_to_paris() -> None:
+    assert site_zone("America/Cayenne").key == "America/Cayenne"
+    for name in (None, "", "Mars/Olympus", "../etc/passwd"):
+        assert site_zone(name).key == "Europe/Paris"
+    assert SiteChoice(uuid.uuid4(), "Site", "Indian/Reunion").zone.key == "Indian/Reunion"
+
+
+@pytest.mark.parametrize(
+    ("day", "zone", "hours"),
+    [
+        (dt.date(2026, 3, 29), "Europe/Paris", 23),
+        (dt.date(2026, 10, 25), "Europe/Paris", 25),
+        (dt.date(2026, 10, 25), "Indian/Reunion", 24),
+    ],
+)
+def test_a_local_day_is_bounded_in_its_own_zone(day: dt.date, zone: str, hours: int) -> None:
+    start, end = _day_bounds(day, site_zone(zone))
+    assert end - start == dt.timedelta(hours=hours)
+    assert local_day(start, site_zone(zone)) == day
+    assert local_day(end - dt.timedelta(microseconds=1), site_zone(zone)) == day
+
+
+def test_the_same_instant_is_another_day_at_another_site() -> None:
+    moment = dt.datetime(2026, 11, 25, 22, 30, tzinfo=dt.UTC)
+    assert local_day(moment, site_zone("Europe/Paris")) == dt.date(2026, 11, 25)
+    assert local_day(moment, site_zone("Indian/Reunion")) == dt.date(2026, 11, 26)
+    assert local_day(moment, site_zone("America/Cayenne")) == dt.date(2026, 11, 25)

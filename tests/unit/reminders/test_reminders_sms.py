@@ -12,6 +12,7 @@ import pytest
 
 from labvault.core.config import ConfigurationError, load_settings
 from labvault.reminders.sms import (
+    MASK,
     FileSmsSender,
     MemorySmsSender,
     OutgoingSms,
@@ -121,6 +122,7 @@ def test_the_setting_picks_the_outbox(tmp_path: Path) -> None:
         ("", "no other SMS transport exists yet"),
         ("file://relay.example.org/out.jsonl", "not a host"),
         ("file:/var/sms/", "not a directory"),
+        ("none:/dev/null", "takes nothing after it"),
     ],
 )
 def test_a_wrong_setting_is_a_clear_configuration_error(
@@ -133,3 +135,80 @@ def test_a_wrong_setting_is_a_clear_configuration_error(
     assert "token" not in str(wrong.value), "the value is never repeated"
     with pytest.raises(ValueError, match="LABVAULT_SMS_SENDER"):
         load_sms_sender(value, tmp_path)
+
+
+PHRASE = "tournesol du matin"
+
+
+def _with_phrase() -> OutgoingSms:
+    return OutgoingSms(
+        to=PHONE,
+        text=f"Rappel : rendez-vous demain. Phrase de sécurité : « {PHRASE} ».",
+        category="appointment:reminder",
+        masked=(PHRASE,),
+    )
+
+
+def test_the_file_outbox_never_keeps_the_security_phrase(tmp_path: Path) -> None:
+    path = tmp_path / "sms" / "outbox.jsonl"
+    FileSmsSender(path).send(_with_phrase())
+    kept = path.read_text("utf-8")
+    assert PHRASE not in kept
+    assert "tournesol" not in kept
+    (line,) = FileSmsSender(path).messages()
+    assert line["text"] == f"Rappel : rendez-vous demain. Phrase de sécurité : « {MASK} »."
+    # A gateway (here its memory twin) is handed the whole text: the patient needs it.
+    twin = MemorySmsSender()
+    twin.send(_with_phrase())
+    assert PHRASE in twin.sent[0].text
+
+
+def test_a_phrase_containing_another_masked_value_is_masked_whole() -> None:
+    message = OutgoingSms(
+        to=PHONE, text="« mer calme du soir »", category="c", masked=("mer", "mer calme du soir")
+    )
+    assert message.kept_text() == f"« {MASK} »"
+
+
+@pytest.mark.parametrize("masked", [("",), ("  ",), ["x"]])
+def test_masked_values_must_be_non_empty_texts(masked: object) -> None:
+    with pytest.raises(ValueError, match="masked"):
+        OutgoingSms(to=PHONE, text="x", category="c", masked=masked)  # type: ignore[arg-type]
+
+
+def test_none_sends_no_sms(tmp_path: Path) -> None:
+    assert load_sms_sender("none:", tmp_path) is None
+    assert load_sms_sender("none:", tmp_path, environment="production") is None
+    assert load_settings(data_dir=tmp_path, sms_sender="none:").sms_transport == "none:"
+    assert not (tmp_path / "sms").exists()
+
+
+PRODUCTION_SMS_MESSAGE = (
+    "LABVAULT_SMS_SENDER: in production SMS may not be written to a file (the outbox would "
+    "keep phone numbers and appointments in clear, next to the data, for ever); "
+    "set LABVAULT_SMS_SENDER=none: (no SMS, reminders go by email) until an SMS gateway exists"
+)
+
+
+@pytest.mark.parametrize("value", ["file:", "file:/srv/sms/outbox.jsonl"])
+def test_production_refuses_the_file_outbox_with_a_clear_error(
+    value: str, tmp_path: Path
+) -> None:
+    key = f"file:{tmp_path / 'secrets' / 'root.key'}"  # outside the data dir: not the issue
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(
+            data_dir=tmp_path / "data", key_provider=key, environment="production", sms_sender=value
+        )
+    assert str(refused.value) == "Invalid configuration:\n  " + PRODUCTION_SMS_MESSAGE
+    with pytest.raises(ValueError, match="in production SMS may not be written to a file"):
+        load_sms_sender(value, tmp_path, environment="production")
+
+
+def test_the_default_transport_depends_on_the_environment(tmp_path: Path) -> None:
+    key = f"file:{tmp_path / 'secrets' / 'root.key'}"
+    production = load_settings(data_dir=tmp_path / "data", key_provider=key, environment="production")
+    assert production.sms_transport == "none:"
+    for environment in ("development", "test"):
+        settings = load_settings(data_dir=tmp_path, environment=environment)
+        assert settings.sms_transport == "file:"
+        assert isinstance(load_sms_sender(settings.sms_transport, tmp_path), FileSmsSender)

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from labvault.core.audit.events import TOKEN_PATTERN
+from labvault.core.audit.models import AuditEvent
 from labvault.retention.services import RetentionReport, RetentionSettings, run_retention
 
 
@@ -21,10 +22,14 @@ def test_reports_add_up() -> None:
 
 
 def test_the_counts_fit_the_audit_log_token_even_when_large() -> None:
-    report = RetentionReport(holds=7, documents=0, preregistrations=12, appointments=3)
-    assert report.purpose() == "retention/holds:7/documents:0/preregistrations:12/appointments:3"
-    huge = RetentionReport(*(10**12 for _ in range(4)))
+    report = RetentionReport(holds=7, documents=0, preregistrations=12, appointments=3, claims=2)
+    assert report.purpose() == "retention/h:7/d:0/p:12/a:3/c:2"
+    huge = RetentionReport(*(10**12 for _ in range(5)))
     assert TOKEN_PATTERN.fullmatch(huge.purpose())
+    # The audit log's purpose column holds 64 characters: a first run on years of
+    # appointments must not fail on its own summary.
+    assert len(huge.purpose()) <= AuditEvent.__table__.c.purpose.type.length == 64
+    assert huge.purpose() == "retention/h:99999999/d:99999999/p:99999999/a:99999999/c:99999999"
 
 
 def test_a_naive_instant_is_refused_before_anything_is_read() -> None:

@@ -70,7 +70,8 @@ class RouteAccess:
     refusal: int = 404
     """What a signed-in caller without the requirement gets."""
     needs_fields: frozenset[str] = frozenset()
-    """``policy``: fields the interaction must reveal to the caller (e.g. the NIR's)."""
+    """``policy``: fields the interaction must reveal to the caller (e.g. the NIR's);
+    ``<resource>.<field>``: a field the caller's read of another resource must reveal."""
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -189,9 +190,10 @@ _BREAK_GLASS = roles(
     note="outside the relationship rule: reason, justification, alert, review",
 )
 _OFFICER = roles("security_officer", note="the security review: no health data")
-# The lab desk (labvault.desk): roles entries, because their objects are appointments, not
-# patients; the service then applies the policy on the appointment's patient
+# The lab desk (labvault.desk): the service applies the policy on the appointment's patient
 # (appointment:read/update, patient:update for the identity check) at the caller's sites.
+# Its API on one appointment is a policy entry restricted to the desk roles (desk roles AND
+# the policy); its listings and forms (body:appointment_id) stay roles entries.
 _DESK_STAFF = roles(
     "receptionist",
     "sampler",
@@ -219,10 +221,10 @@ _DESK = roles(
     note="the lab desk: also needs the patient in the receptionist's relationship scope",
 )
 
-# Pre-registration and documents (labvault.preregistration): the objects are appointments and
-# documents, not patients, so these are account entries; the service applies the policy on
-# the object's patient (appointment:read/update, prescription:read/create) and answers
-# anything else with the same 404.
+# Pre-registration and documents (labvault.preregistration): the service applies the policy
+# on the object's patient (appointment:read/update, prescription:read/create) and answers
+# anything else with the same 404. API routes are policy entries on the appointment or the
+# document; the pages' entries below stay account entries.
 _PREREGISTRATION_OWN = account(
     "patient",
     object_from="path:appointment_id",
@@ -347,10 +349,10 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
             note="who opened my record: the patient account acting for it only",
         ),
         # --- booking (API, labvault.appointments.routes) ---------------------------------
-        # Account entries: the objects are appointments (or a patient named in the body);
         # BookingService applies appointment:read/create/update of the policy on the
-        # appointment's patient (own records and dependents; the desk: its sites'
-        # relationship), anything else is its audited 404.
+        # appointment's patient (own records and dependents; staff: their sites'
+        # relationship), anything else is its audited 404. The matrix asks every role about
+        # an appointment of each kind of record.
         "GET /api/v1/sites": account(note="the organization's bookable sites: no patient data"),
         "GET /api/v1/exams": account(note="the active exam catalog: no patient data"),
         "GET /api/v1/sites/{site_id}/slots": account(

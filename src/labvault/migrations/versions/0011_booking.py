@@ -5,8 +5,8 @@ exams and home address (under the patient's key), the home sampler, who booked, 
 expiry, and the times of confirmation, cancellation, check-in, reminder and anonymisation.
 ``slot_claims``: one row per (slot, box) an appointment occupies, unique, so capacity holds
 under any concurrency. ``preregistrations`` (sealed details), ``patient_documents`` (sealed
-content, sniffed media type, consent, deletion date) and ``identity_checks`` (document kind
-seen at the desk, identity status before and after) are new tenant tables with the same
+content, sniffed media type, consent, deletion date) and ``identity_checks`` (sealed document
+kind seen at the desk, identity status before and after) are new tenant tables with the same
 ``tenant_isolation`` policy as 0008 gives every tenant table.
 
 Revision ID: 0011
@@ -185,7 +185,7 @@ def upgrade() -> None:
         sa.Column("patient_id", sa.Uuid(), nullable=False),
         sa.Column("appointment_id", sa.Uuid(), nullable=True),
         sa.Column("staff_id", sa.Uuid(), nullable=False),
-        sa.Column("document_kind", sa.String(length=32), nullable=False),
+        sa.Column("document_kind", sa.LargeBinary(), nullable=False),
         sa.Column("status_before", sa.String(length=8), nullable=False),
         sa.Column("status_after", sa.String(length=8), nullable=False),
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
