@@ -4,21 +4,25 @@
   and every entry a route: a new route without a decision fails here.
 - Every ``policy`` route x every role (the five staff roles and a patient account) x records
   that are the caller's own / in care at its site today / in care later in the window /
-  outside the window / at another site only / cancelled / of another tenant / absent:
-  2xx exactly when the compiled default policy grants the interaction and the record is in
-  the grant's record scope (the relationship rule is restated below from the world's
-  appointments, not copied from the code under test), 404 otherwise.
+  outside the window / at another site only / cancelled / only a held slot / of another
+  tenant / absent: 2xx exactly when the compiled default policy grants the interaction and
+  the record is in the grant's record scope (the relationship rule is restated below from
+  the world's appointments, not copied from the code under test), 404 otherwise.
   Routes whose object is an appointment (``path:appointment_id``) or a document
   (``path:document_id``) are asked about an appointment (and its document) of each of those
   records: one made once for the routes that only read, a fresh one per role and record for
   the routes that change it (cancel, check-in, upload...), placed so that it is actionable
-  (today for a check-in, past for a no-show...) without widening the caller's scope.
+  (today for a check-in, past for a no-show...) without widening any role's scope, and
+  cancelled once asked; what a booking creates is cancelled too. Every such route must
+  have at least one allowed (role, record): a route every caller gets 404 from fails.
 - Every ``roles`` route: every role outside the entry, and a patient account, get the
   entry's refusal; the allowed roles get something else.
 
 One world per backend (module-scoped): two tenants, staff of every role at the main site of
 tenant A, patients placed around the relationship window (``tests/access_world.py``,
-placed around the real clock: the routes measure the window from "now").
+placed around the real clock: the routes measure the window from "now"; the record
+``today`` kept within today in Paris, late in the evening too), schedules on tenant A's
+sites and one exam (so that a hold or a move can land).
 """
 
 from __future__ import annotations

@@ -111,13 +111,26 @@ _SITE_WITH_SCHEDULE = (
         SiteSchedule.slot_minutes,
         SiteSchedule.sampling_boxes,
         SiteSchedule.walk_in_boxes,
+        SiteClosure.starts_on,
+        SiteClosure.ends_on,
     )
     .join(
         SiteSchedule,
         and_(SiteSchedule.tenant_id == Site.tenant_id, SiteSchedule.site_id == Site.id),
     )
+    .outerjoin(
+        SiteClosure,
+        and_(
+            SiteClosure.tenant_id == Site.tenant_id,
+            SiteClosure.site_id == Site.id,
+            SiteClosure.ends_on >= bindparam("first"),
+            SiteClosure.starts_on <= bindparam("last"),
+        ),
+    )
     .where(Site.tenant_id == bindparam("tenant"), Site.id == bindparam("site"))
 )
+"""A site, its schedule and its closures overlapping ``first``..``last``: one row per
+closure (one with NULL dates when there is none); no row without a schedule."""
 _SITE = select(Site.id, Site.name, Site.timezone).where(
     Site.tenant_id == bindparam("tenant"), Site.id == bindparam("site")
 )
@@ -135,12 +148,6 @@ _ACTIVE_EXAMS = select(
     Exam.tenant_id == bindparam("tenant"),
     Exam.id.in_(bindparam("exam_ids", expanding=True)),
     Exam.active.is_(True),
-)
-_CLOSURES = select(SiteClosure.starts_on, SiteClosure.ends_on).where(
-    SiteClosure.tenant_id == bindparam("tenant"),
-    SiteClosure.site_id == bindparam("site"),
-    SiteClosure.ends_on >= bindparam("first"),
-    SiteClosure.starts_on <= bindparam("last"),
 )
 _LIVE_CLAIMS_PER_SLOT = (
     select(SlotClaim.starts_at, func.count())
@@ -272,6 +279,19 @@ class _ExamRef:
     home_sampling: bool
 
 
+def _local_days_of(value: object) -> tuple[dt.date, dt.date]:
+    """The UTC day of ``value`` and the days either side: its local day in any time zone
+    (offsets stay within a day) is among them. An empty range for a value that is not an
+    aware datetime (or is out of range): it is refused before closures matter."""
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        try:
+            day = value.astimezone(dt.UTC).date()
+            return day - dt.timedelta(days=1), day + dt.timedelta(days=1)
+        except (OverflowError, ValueError):
+            pass
+    return dt.date.max, dt.date.min
+
+
 def _aware_utc(value: dt.datetime, field: str = "starts_at") -> dt.datetime:
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
         raise BookingError(
@@ -345,7 +365,8 @@ class BookingService:
             raise BookingError("La date de fin précède la date de début.", field="to")
         if (to_date - from_date).days >= MAX_SEARCH_DAYS:
             raise BookingError(f"Une recherche couvre au plus {MAX_SEARCH_DAYS} jours.", field="to")
-        site, schedule = self._site_schedule(site_id)
+        # Closures of the days asked cover those searched (today onwards, within the horizon).
+        site, schedule, closures = self._site_schedule(site_id, from_date, to_date)
         exams = self._exams(exam_ids)
         rules = [exam.rule for exam in exams]
         if not needs_appointment(rules):
@@ -362,9 +383,7 @@ class BookingService:
         if last < first:
             return []
         taken = self._taken(site.id, first, last, zone, now)
-        slots = generate_slots(
-            schedule, self._closures(site.id, first, last), first, last, now, taken
-        )
+        slots = generate_slots(schedule, closures, first, last, now, taken)
         horizon = now + dt.timedelta(days=self._settings.booking_horizon_days)
         return [
             slot
@@ -432,10 +451,10 @@ class BookingService:
     ) -> AppointmentView:
         """Keep the visit's slots for the patient for ``booking_hold_minutes``."""
         self._require(patient_id, Interaction.CREATE, None)
-        site, schedule = self._site_schedule(site_id)
+        site, schedule, closures = self._site_schedule(site_id, *_local_days_of(starts_at))
         exams = self._exams(exam_ids)
         now = self._clock()
-        starts = self._check_start(site, schedule, exams, starts_at, now)
+        starts = self._check_start(schedule, closures, exams, starts_at, now)
         self._check_open_holds(patient_id, now)
         step = dt.timedelta(minutes=schedule.slot_minutes)
         count = self._slot_count(exams, schedule)
@@ -559,10 +578,10 @@ class BookingService:
             raise BookingError("Ce rendez-vous ne peut pas être déplacé.")
         now = self._clock()
         self._check_deadline(row, now)
-        site, schedule = self._site_schedule(row.site_id)
+        site, schedule, closures = self._site_schedule(row.site_id, *_local_days_of(starts_at))
         exam_ids = self._open_exams(row)
         exams = self._exams(exam_ids)
-        starts = self._check_start(site, schedule, exams, starts_at, now)
+        starts = self._check_start(schedule, closures, exams, starts_at, now)
         step = dt.timedelta(minutes=schedule.slot_minutes)
         count = self._slot_count(exams, schedule)
         expires = row.hold_expires_at if row.status == AppointmentStatus.HELD.value else None
@@ -777,15 +796,25 @@ class BookingService:
             raise UnknownSiteError
         return _SiteRef(found.id, found.name, found.timezone)
 
-    def _site_schedule(self, site_id: uuid.UUID) -> tuple[_SiteRef, Schedule]:
-        """The site and its schedule in one query; a site without one is unknown here too."""
+    def _site_schedule(
+        self, site_id: uuid.UUID, closures_from: dt.date, closures_to: dt.date
+    ) -> tuple[_SiteRef, Schedule, list[Closure]]:
+        """The site, its schedule and its closures overlapping the given local days, in one
+        query; a site without a schedule is unknown here too."""
         if not isinstance(site_id, uuid.UUID):
             raise UnknownSiteError
-        found = self._session.execute(
-            _SITE_WITH_SCHEDULE, {"tenant": self._tenant_id, "site": site_id}
-        ).first()
-        if found is None:
+        rows = self._session.execute(
+            _SITE_WITH_SCHEDULE,
+            {
+                "tenant": self._tenant_id,
+                "site": site_id,
+                "first": closures_from,
+                "last": closures_to,
+            },
+        ).all()
+        if not rows:
             raise UnknownSiteError
+        found = rows[0]
         try:
             hours = OpeningHours.parse(found.opening_hours or {})
             schedule = Schedule(
@@ -797,14 +826,12 @@ class BookingService:
             )
         except (OpeningHoursError, ValueError):
             raise UnknownSiteError from None
-        return _SiteRef(found.id, found.name, found.timezone), schedule
-
-    def _closures(self, site_id: uuid.UUID, first: dt.date, last: dt.date) -> list[Closure]:
-        rows = self._session.execute(
-            _CLOSURES,
-            {"tenant": self._tenant_id, "site": site_id, "first": first, "last": last},
-        )
-        return [Closure(row.starts_on, row.ends_on) for row in rows]
+        closures = [
+            Closure(row.starts_on, row.ends_on)
+            for row in rows
+            if row.starts_on is not None and row.ends_on is not None
+        ]
+        return _SiteRef(found.id, found.name, found.timezone), schedule, closures
 
     def _exams(self, exam_ids: Sequence[uuid.UUID]) -> list[_ExamRef]:
         """Active exams of this organization, in the order asked, duplicates dropped."""
@@ -842,8 +869,8 @@ class BookingService:
 
     def _check_start(
         self,
-        site: _SiteRef,
         schedule: Schedule,
+        closures: Sequence[Closure],
         exams: Sequence[_ExamRef],
         starts_at: dt.datetime,
         now: dt.datetime,
@@ -864,8 +891,7 @@ class BookingService:
                 f"On ne peut réserver qu'à {self._settings.booking_horizon_days} jours au plus.",
                 field="starts_at",
             )
-        day = starts.astimezone(ZoneInfo(schedule.timezone)).date()
-        if is_visit_start(schedule, self._closures(site.id, day, day), starts, rules, now):
+        if is_visit_start(schedule, closures, starts, rules, now):
             return starts
         raise BookingError(
             "Ce créneau n'est pas proposé pour ces examens. Choisissez un créneau de la liste.",

@@ -399,9 +399,7 @@ class ReminderJob:
         masked = (content.phrase,) if content.phrase and content.phrase.strip() else ()
         try:
             self._sms.send(
-                OutgoingSms(
-                    to=phone, text=sms_text(content), category=SMS_CATEGORY, masked=masked
-                )
+                OutgoingSms(to=phone, text=sms_text(content), category=SMS_CATEGORY, masked=masked)
             )
         except (SmsError, ValueError) as exc:
             _log.warning("reminder.sms_failed", appointment_id=str(appointment_id), reason=str(exc))

@@ -28,8 +28,9 @@ def run(
     ] = False,
 ) -> None:
     """Delete expired holds and prescriptions past LABVAULT_PRESCRIPTION_RETENTION_DAYS
-    after the visit; erase the pre-registration, exams and home address of appointments
-    older than LABVAULT_APPOINTMENT_RETENTION_DAYS (the planning row stays)."""
+    after the visit (its current date); erase the pre-registration, exams and home address
+    of appointments older than LABVAULT_APPOINTMENT_RETENTION_DAYS (the planning row stays);
+    release slot claims left by cancelled, missed or finished appointments."""
     from labvault.cli import _audit_context, _progress, _runtime, _seal_events, console
 
     report = RetentionReport()

@@ -87,9 +87,7 @@ class RetentionReport:
 
     @property
     def total(self) -> int:
-        return (
-            self.holds + self.documents + self.preregistrations + self.appointments + self.claims
-        )
+        return self.holds + self.documents + self.preregistrations + self.appointments + self.claims
 
     def purpose(self) -> str:
         """The counts as an audit token (no personal data: numbers), short enough for the

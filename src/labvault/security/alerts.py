@@ -36,6 +36,8 @@ _log = get_logger("labvault.security.alerts")
 
 KIND_LABELS: dict[str, str] = {
     "break-glass": "accès exceptionnel (bris de glace) à un dossier patient",
+    "desk-walk-in-limit": "limite quotidienne de recherches de patients sans rendez-vous "
+    "atteinte par un compte d'accueil",
 }
 
 

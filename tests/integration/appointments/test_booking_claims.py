@@ -11,17 +11,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from booking_world import BookingWorld, build_booking_world, next_slot
+from booking_world import PARIS, BookingWorld, build_booking_world, next_slot
 from sqlalchemy import Engine, event, select
 
 from access_world import NOW, build_world
 from labvault.appointments.models import SlotClaim
-from labvault.appointments.services import SlotTakenError
+from labvault.appointments.services import BookingError, SlotTakenError
 from labvault.appointments.views import AppointmentView
 from labvault.core.access.principals import SystemPrincipal
-from labvault.core.audit.events import audited_transaction
+from labvault.core.audit.events import AuditTrail, audited_transaction
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
+from labvault.schedules.services import SiteScheduleService
 
 JOB = SystemPrincipal("test:booking-claims")
 NINE = next_slot((NOW + dt.timedelta(days=1)).date(), 9)
@@ -133,3 +134,37 @@ def _all_claims(bw: BookingWorld) -> list[tuple[uuid.UUID, dt.datetime, int]]:
             )
         )
         return [(appointment, starts_at, box) for appointment, starts_at, box in rows]
+
+
+def test_closed_days_offer_nothing_to_search_hold_or_reschedule(bw: BookingWorld) -> None:
+    """Closures come with the site's schedule (one query): a closed local day has no slot,
+    a hold or a move into it is refused, the days around it are untouched."""
+    tomorrow = NINE.astimezone(PARIS).date()
+    after = tomorrow + dt.timedelta(days=1)
+    with transaction(bw.world.sessions) as session:
+        schedules = SiteScheduleService(
+            session, AuditTrail(session, JOB), bw.world.tenant, clock=_clock
+        )
+        schedules.add_closure(bw.annex, starts_on=tomorrow, ends_on=tomorrow, reason="Inventaire")
+    glucose = [bw.exams["glucose"]]
+    with audited_transaction(bw.world.sessions) as session:
+        slots = bw.service(session, JOB, _clock).search_slots(bw.annex, glucose, tomorrow, after)
+    days = {slot.starts_at.astimezone(PARIS).date() for slot in slots}
+    assert days == {after}
+    with pytest.raises(BookingError, match="pas proposé"):
+        _hold(bw, "today", "glucose", NINE)
+    with pytest.raises(BookingError, match="pas proposé"):
+        _hold(bw, "today", "glucose", next_slot(tomorrow, 17, 45))  # the day's last slot
+    held = _hold(bw, "today", "glucose", NINE + dt.timedelta(days=1))
+    with (
+        pytest.raises(BookingError, match="pas proposé"),
+        audited_transaction(bw.world.sessions) as session,
+    ):
+        bw.service(session, JOB, _clock).reschedule(held.id, NINE)
+    assert _boxes(bw, held.id) == [(NINE + dt.timedelta(days=1), 0)]
+    # The main site is open that day.
+    with audited_transaction(bw.world.sessions) as session:
+        view = bw.service(session, JOB, _clock).hold(
+            bw.world.patients["tomorrow"], bw.main, glucose, NINE
+        )
+    assert view.starts_at == NINE

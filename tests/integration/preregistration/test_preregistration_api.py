@@ -4,18 +4,22 @@ hostile input gets a clear French error with nothing written; what is stored is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import random
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from caller_world import (
     ORIGIN,
@@ -554,3 +558,254 @@ def test_uploads_and_declarations_are_ciphertext_at_rest(
         dump = pg_dump(url)
         assert b"patient_documents" in dump
         assert leaked(dump, values) == []
+
+
+# --- audited refusals (L4) ------------------------------------------------------------------
+
+
+def denied(runtime: Runtime) -> list[tuple[str, str | None, uuid.UUID | None, str | None]]:
+    with runtime.audit_sessions() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.outcome == "denied"))
+        return [(e.action, e.target_type, e.target_id, e.purpose) for e in rows]
+
+
+def test_out_of_scope_reads_answer_the_one_404_and_leave_a_denied_event(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    appointment_id = appointment_of(cw, "today")
+    own = as_(client, cw, PATIENT_OWN)
+    document = upload(client, own, appointment_id, pdf()).json()["id"]
+    assert denied(alpha) == []
+
+    as_(client, cw, PATIENT_OTHER)
+    absent = uuid.uuid4()
+    answers = [
+        client.get(f"/api/v1/appointments/{appointment_id}/preregistration"),
+        client.get(f"/api/v1/documents/{document}"),
+        client.get(f"/api/v1/patients/{cw.world.patients['today']}/documents"),
+        client.get(f"/api/v1/documents/{absent}"),
+    ]
+    assert {a.status_code for a in answers} == {404}
+    assert len({a.content for a in answers}) == 1, "refused and absent: the same bytes"
+    assert denied(alpha) == [
+        ("patient:record:read", "appointment", appointment_id, "preregistration-read"),
+        ("patient:document:read", "document", uuid.UUID(document), "prescription-read"),
+        ("patient:document:read", "patient", cw.world.patients["today"], "prescription-read"),
+        ("patient:document:read", "document", absent, "prescription-read"),
+    ]
+    # A staff member without the pre-registration's fields (the sampler) is refused too.
+    as_(client, cw, "sampler")
+    assert client.get(f"/api/v1/appointments/{appointment_id}/preregistration").status_code == 404
+    assert len(denied(alpha)) == 5
+    # Writes on another's objects too; nothing is written.
+    other = as_(client, cw, PATIENT_OTHER)
+    assert client.delete(f"/api/v1/documents/{document}", headers=other).status_code == 404
+    assert upload(client, other, appointment_id, pdf()).status_code == 404
+    put = client.put(
+        f"/api/v1/appointments/{appointment_id}/preregistration",
+        json=declaration(cw),
+        headers=other,
+    )
+    assert put.status_code == 404
+    assert [d[0] for d in denied(alpha)[5:]] == [
+        "patient:document:delete",
+        "patient:document:upload",
+        "patient:preregistration:update",
+    ]
+    assert count(cw, PatientDocument) == 1
+    assert count(cw, Preregistration) == 0
+
+
+# --- a NIR carried by another record (L3) and concurrent writes (L2) ------------------------
+
+FIXED_NOW = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's clock fixed, so that two answers can be compared byte for byte."""
+    from labvault.preregistration import routes
+    from labvault.preregistration.services import PreregistrationService
+
+    def fixed(caller: Any) -> PreregistrationService:
+        return PreregistrationService(
+            caller.session, caller.keyring(), caller.scope(), caller.runtime.settings,
+            now=FIXED_NOW,
+        )  # fmt: skip
+
+    monkeypatch.setattr(routes, "service_of", fixed)
+
+
+def _record_nir(cw: CallerWorld, patient_id: uuid.UUID) -> bytes | None:
+    with cw.world.sessions() as session:
+        return session.scalar(select(Patient.nir_index).where(Patient.id == patient_id))
+
+
+def _reset(cw: CallerWorld, patient_id: uuid.UUID) -> None:
+    """Forget the declaration and the NIR the record took: the state before declaring."""
+    with transaction(cw.world.sessions) as session:
+        session.execute(delete(Preregistration))
+        session.execute(
+            update(Patient)
+            .where(Patient.id == patient_id)
+            .values(nir_index=None, ins_number=None, ins_oid=None)
+        )
+
+
+def _add_record_with_nir(cw: CallerWorld, runtime: Runtime, nir: Any, born: dt.date) -> uuid.UUID:
+    with transaction(cw.world.sessions) as session:
+        keyring = TenantKeyring(
+            session, runtime.key_provider, cw.world.tenant, SystemPrincipal("test:prereg")
+        )
+        created = PatientRepository(session, keyring).register_many(
+            [
+                PatientInput(
+                    birth_name="Autre", first_names="Dossier", birth_date=born, sex=Sex.MALE,
+                    nir=nir,
+                )
+            ]
+        )  # fmt: skip
+        return created.created[0]
+
+
+def _history_events(alpha: Runtime, patient_id: uuid.UUID) -> Counter[str]:
+    """What the patient's access history holds about ``patient_id``, by action."""
+    with alpha.audit_sessions() as session:
+        return Counter(
+            session.scalars(
+                select(AuditEvent.action).where(
+                    AuditEvent.target_type == "patient", AuditEvent.target_id == patient_id
+                )
+            )
+        )
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_a_nir_carried_by_another_record_gets_the_same_answer_byte_for_byte(
+    client: TestClient, cw: CallerWorld, alpha: Runtime
+) -> None:
+    child_id, appointment_id = add_minor_without_nir(cw, alpha)
+    headers = as_(client, cw, PATIENT_OWN)
+    url = f"/api/v1/appointments/{appointment_id}/preregistration"
+    born = dt.date.fromisoformat(client.get(f"/api/v1/patients/{child_id}").json()["birth_date"])
+    nir = synthetic_nir(random.Random(29), sex=1, birth_date=born)
+    body = {
+        "birth_name": "Petitjean", "first_names": "Noé", "birth_date": born.isoformat(),
+        "sex": "M", "nir": nir.formatted(), "third_party_payment": True,
+    }  # fmt: skip
+
+    start = _history_events(alpha, child_id)
+    free = client.put(url, json=body, headers=headers)
+    assert free.status_code == 200, free.text
+    assert _record_nir(cw, child_id) is not None, "a free NIR goes on the record"
+    free_events = _history_events(alpha, child_id) - start
+
+    _reset(cw, child_id)
+    _add_record_with_nir(cw, alpha, nir, born)  # now another record carries it
+    start = _history_events(alpha, child_id)
+    taken = client.put(url, json=body, headers=headers)
+    assert taken.status_code == 200, taken.text
+    assert (taken.status_code, taken.content) == (free.status_code, free.content)
+    assert taken.headers["content-type"] == free.headers["content-type"]
+    assert _record_nir(cw, child_id) is None, "the record does not take another's NIR"
+    # The patient's access history tells the two apart no more than the answer does.
+    assert _history_events(alpha, child_id) - start == free_events
+    # Declared again without the NIR (it is known): still accepted, the same way.
+    again = client.put(url, json={**body, "nir": None}, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["preregistration"]["nir"] == free.json()["preregistration"]["nir"]
+    # The desk sees the NIR as declared, in the pre-registration.
+    as_(client, cw, "receptionist")
+    desk = client.get(url)
+    assert desk.status_code == 200, desk.text
+    assert desk.json()["preregistration"]["nir"] == free.json()["preregistration"]["nir"]
+
+
+def test_a_nir_taken_between_the_check_and_the_write_is_not_a_500(
+    client: TestClient, cw: CallerWorld, alpha: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two patients completing the same NIR at once: the second write meets the unique
+    blind index; it is dropped in a SAVEPOINT and the declaration is accepted as usual."""
+    child_id, appointment_id = add_minor_without_nir(cw, alpha)
+    headers = as_(client, cw, PATIENT_OWN)
+    born = dt.date.fromisoformat(client.get(f"/api/v1/patients/{child_id}").json()["birth_date"])
+    nir = synthetic_nir(random.Random(31), sex=1, birth_date=born)
+    _add_record_with_nir(cw, alpha, nir, born)
+    # As if the other record had taken it after this request looked.
+    monkeypatch.setattr(PatientRepository, "_nir_taken", lambda self, index: False)
+    answer = client.put(
+        f"/api/v1/appointments/{appointment_id}/preregistration",
+        json={
+            "birth_name": "Petitjean", "first_names": "Noé", "birth_date": born.isoformat(),
+            "sex": "M", "nir": nir.formatted(), "used_name": "Grandjean",
+        },
+        headers=headers,
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert _record_nir(cw, child_id) is None
+    record = client.get(f"/api/v1/patients/{child_id}").json()
+    assert record["used_name"] == "Grandjean", "the rest of the completion is kept"
+    assert count(cw, Preregistration) == 1
+
+
+def _race(monkeypatch: pytest.MonkeyPatch, method: str, calls: list[Any], parties: int = 2) -> None:
+    """Make ``PreregistrationService.<method>`` wait (up to 3 s) until every request has
+    reached it: without a lock taken before, all would read the same state."""
+    from labvault.preregistration.services import PreregistrationService
+
+    barrier = threading.Barrier(parties, timeout=3)
+    original = getattr(PreregistrationService, method)
+
+    def waiting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        calls.append(result)
+        # On a timeout the other request is waiting on the lock, as it should.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return result
+
+    monkeypatch.setattr(PreregistrationService, method, waiting)
+
+
+def _at_once(*requests: Any) -> list[Response]:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda request: request(), requests))
+
+
+def test_two_declarations_at_once_on_one_appointment_are_serialized(
+    client: TestClient, cw: CallerWorld, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: row locks are PostgreSQL's")
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    url = f"/api/v1/appointments/{appointment_id}/preregistration"
+    calls: list[Any] = []
+    _race(monkeypatch, "_stored", calls)
+    answers = _at_once(
+        lambda: client.put(url, json=declaration(cw, third_party_payment=True), headers=headers),
+        lambda: client.put(url, json=declaration(cw, third_party_payment=False), headers=headers),
+    )
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert count(cw, Preregistration) == 1
+    assert sum(1 for c in calls if c is not None) == 1, "the second saw the first's row"
+
+
+def test_two_uploads_at_once_cannot_pass_the_five_documents_limit(
+    client: TestClient, cw: CallerWorld, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: row locks are PostgreSQL's")
+    appointment_id = appointment_of(cw, "today")
+    headers = as_(client, cw, PATIENT_OWN)
+    for _ in range(4):
+        assert upload(client, headers, appointment_id, pdf()).status_code == 201
+    calls: list[Any] = []
+    _race(monkeypatch, "_count_documents", calls)
+    answers = _at_once(
+        lambda: upload(client, headers, appointment_id, pdf()),
+        lambda: upload(client, headers, appointment_id, pdf()),
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    assert count(cw, PatientDocument) == 5
+    assert sorted(calls) == [4, 5]

@@ -5,6 +5,7 @@ patients get the one "page introuvable"."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from caller_world import (
     ORIGIN,
@@ -30,6 +31,8 @@ from labvault.app import create_app
 from labvault.appointments.models import Appointment, PatientDocument, Preregistration
 from labvault.core.config import Settings
 from labvault.core.runtime import Runtime
+from labvault.patients.models import Patient
+from labvault.patients.services import PatientRepository
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -204,3 +207,94 @@ def test_staff_and_other_patients_get_the_one_404_page(
     assert client.get(url).status_code == 404
     expected = 200 if name == PATIENT_OTHER else 404
     assert client.get("/compte/documents").status_code == expected
+
+
+def test_the_upload_page_reads_no_body_before_knowing_the_session_and_the_appointment(
+    client: TestClient, cw: CallerWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 10 MB per request are read only for a signed-in patient on an appointment of
+    theirs: anonymous and foreign requests are answered first (as by the API route)."""
+    from labvault.preregistration import pages
+
+    reads: list[int] = []
+    original = pages.read_upload
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(pages, "read_upload", counting)
+    own = appointment_of(cw, "today")
+    foreign = appointment_of(cw, "tomorrow")
+    body = {"file": ("o.pdf", b"%PDF-1.7\n" + bytes(40 * 1024), "application/pdf")}
+
+    client.cookies.clear()
+    anonymous = client.post(
+        f"/compte/rendez-vous/{own}/ordonnance", files=body, follow_redirects=False
+    )
+    assert anonymous.status_code in (302, 303), anonymous.status_code
+    assert "/compte/connexion" in anonymous.headers["location"]
+    as_(client, cw, PATIENT_OWN)
+    for target in (foreign, uuid.uuid4()):
+        answer = client.post(f"/compte/rendez-vous/{target}/ordonnance", files=body)
+        assert answer.status_code == 404
+        assert "Page introuvable" in answer.text
+    as_(client, cw, "receptionist")
+    assert client.post(f"/compte/rendez-vous/{own}/ordonnance", files=body).status_code == 404
+    assert reads == []
+    assert count(cw, PatientDocument) == 0
+
+    as_(client, cw, PATIENT_OWN)
+    too_big = client.post(f"/compte/rendez-vous/{own}/ordonnance", files=body)
+    assert too_big.status_code == 413
+    assert reads == [1]
+
+
+def test_the_form_shows_a_declared_nir_the_same_whether_the_record_took_it_or_not(
+    client: TestClient, cw: CallerWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NIR is known once declared: on the record (when free) or in the declaration
+    (when another record carries it). The form of another visit shows it the same way."""
+    person = cw.world.inputs["today"]
+    assert person.nir is not None
+    as_(client, cw, PATIENT_OWN)
+    first = appointment_of(cw, "today")
+    page = client.get(form_url(first))
+    assert "Déjà indiqué" in page.text  # the record's NIR
+    with cw.world.sessions() as session, session.begin():
+        session.execute(
+            update(Patient)
+            .where(Patient.id == cw.world.patients["today"])
+            .values(nir_index=None, ins_number=None)
+        )
+    # As when another record carries the NIR: the record has none, the declaration has it.
+    monkeypatch.setattr(PatientRepository, "_nir_taken", lambda self, index: True)
+    saved = client.post(
+        form_url(first),
+        data={**fields(cw, nir=person.nir.formatted()), "csrf_token": csrf_of(page)},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303, saved.text
+    with cw.world.sessions() as session:
+        assert (
+            session.scalar(
+                select(Patient.nir_index).where(Patient.id == cw.world.patients["today"])
+            )
+            is None
+        )
+        second = Appointment(
+            tenant_id=cw.world.tenant,
+            patient_id=cw.world.patients["today"],
+            site_id=session.scalar(select(Appointment.site_id).where(Appointment.id == first)),
+            starts_at=session.scalar(select(Appointment.starts_at).where(Appointment.id == first))
+            + dt.timedelta(days=7),
+            status="booked",
+        )
+        session.add(second)
+        session.commit()
+        second_id = second.id
+    other_form = client.get(form_url(second_id))
+    assert other_form.status_code == 200
+    masked = re.search(r"Déjà indiqué[^<]*", other_form.text)
+    assert masked is not None, "the declared NIR is known, as the record's would be"
+    assert person.nir.compact not in other_form.text

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from labvault.appointments.services import _local_days_of
 from labvault.schedules.hours import OpeningHours
 from labvault.schedules.slots import (
     Closure,
@@ -108,3 +109,21 @@ def test_a_start_is_checked_in_its_site_time_zone_whatever_its_offset() -> None:
     assert not is_visit_start(walk_ins_only, [], nine, exams, now)
     with pytest.raises(ValueError, match="aware"):
         is_visit_start(schedule, [], nine.replace(tzinfo=None), exams, now)
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12", "Europe/Paris", "UTC"])
+def test_the_closures_read_for_a_start_cover_its_local_day_in_any_zone(zone: str) -> None:
+    tz = ZoneInfo(zone)
+    for hour in range(0, 24 * 3, 1):
+        start = dt.datetime(2026, 12, 6, tzinfo=dt.UTC) + dt.timedelta(hours=hour)
+        first, last = _local_days_of(start.astimezone(tz))
+        assert first <= start.astimezone(tz).date() <= last
+        assert (last - first).days == 2
+
+
+def test_no_closures_are_read_for_a_start_that_will_be_refused() -> None:
+    for value in (dt.datetime(2026, 12, 7, 9), "2026-12-07T09:00", 0, dt.date(2026, 12, 7)):
+        first, last = _local_days_of(value)
+        assert first > last
+    first, last = _local_days_of(dt.datetime.min.replace(tzinfo=dt.UTC))
+    assert first > last

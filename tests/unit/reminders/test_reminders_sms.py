@@ -191,9 +191,7 @@ PRODUCTION_SMS_MESSAGE = (
 
 
 @pytest.mark.parametrize("value", ["file:", "file:/srv/sms/outbox.jsonl"])
-def test_production_refuses_the_file_outbox_with_a_clear_error(
-    value: str, tmp_path: Path
-) -> None:
+def test_production_refuses_the_file_outbox_with_a_clear_error(value: str, tmp_path: Path) -> None:
     key = f"file:{tmp_path / 'secrets' / 'root.key'}"  # outside the data dir: not the issue
     with pytest.raises(ConfigurationError) as refused:
         load_settings(
@@ -206,7 +204,9 @@ def test_production_refuses_the_file_outbox_with_a_clear_error(
 
 def test_the_default_transport_depends_on_the_environment(tmp_path: Path) -> None:
     key = f"file:{tmp_path / 'secrets' / 'root.key'}"
-    production = load_settings(data_dir=tmp_path / "data", key_provider=key, environment="production")
+    production = load_settings(
+        data_dir=tmp_path / "data", key_provider=key, environment="production"
+    )
     assert production.sms_transport == "none:"
     for environment in ("development", "test"):
         settings = load_settings(data_dir=tmp_path, environment=environment)
