@@ -19,7 +19,9 @@ see ``bench/README.md``), with a real key file, one organization, one site open 
 
 Figures: bookings/s (confirmed bookings over the run's wall time), the p50/p99 latency of a
 whole booking (search + hold + confirm) and of each step, conflicts; the baseline's
-transactions/s and p50/p99; ratios. With ``--processes 1`` (the default) the clients are
+transactions/s and p50/p99; ratios; the client processes' CPU per booking and per baseline
+transaction (steadier than rates on a shared machine: it is what one booking costs the
+application, whatever else runs). With ``--processes 1`` (the default) the clients are
 threads of one process: Python work (sealing, SQLAlchemy) shares one interpreter lock, as
 one application worker does. ``--processes N`` spreads the same clients over N processes,
 each with its own engine and a pool of its share of the connections, as N application
@@ -93,6 +95,8 @@ class Timings:
     booking: list[float] = field(default_factory=list)
     conflicts: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    cpu: float = 0.0
+    """CPU seconds the client processes used in the phase (all their threads)."""
 
     def merge(self, other: Timings) -> None:
         with self.lock:
@@ -101,6 +105,7 @@ class Timings:
             self.confirm += other.confirm
             self.booking += other.booking
             self.conflicts += other.conflicts
+            self.cpu += other.cpu
             for name, count in other.errors.items():
                 self.errors[name] = self.errors.get(name, 0) + count
 
@@ -208,7 +213,8 @@ def _baseline(
     seconds: float,
     first: int = 0,
     gate: Callable[[], object] | None = None,
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, float]:
+    """Latencies, wall time and this process's CPU seconds."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -225,7 +231,9 @@ def _baseline(
         with lock:
             latencies.extend(mine)
 
-    return latencies, _run_threads(clients, seconds, work, first, gate)
+    cpu = time.process_time()
+    wall = _run_threads(clients, seconds, work, first, gate)
+    return latencies, wall, time.process_time() - cpu
 
 
 def _bookings(
@@ -281,7 +289,10 @@ def _bookings(
                 mine.errors[type(error).__name__] = mine.errors.get(type(error).__name__, 0) + 1
         timings.merge(mine)
 
-    return timings, _run_threads(clients, seconds, work, first, gate)
+    cpu = time.process_time()
+    wall = _run_threads(clients, seconds, work, first, gate)
+    timings.cpu = time.process_time() - cpu
+    return timings, wall
 
 
 def _engine(runtime: Runtime, clients: int) -> Engine:
@@ -294,7 +305,8 @@ def _engine(runtime: Runtime, clients: int) -> Engine:
     )
 
 
-ProcessResult = tuple[list[float], Timings, float, str | None]
+ProcessResult = tuple[list[float], Timings, float, float, str | None]
+"""Baseline latencies, booking timings, wall seconds, baseline CPU seconds, error."""
 
 
 def _client_process(
@@ -310,8 +322,8 @@ def _client_process(
         engine = _engine(runtime, clients)
         try:
             if phase.kind == "baseline":
-                latencies, wall = _baseline(engine, clients, phase.seconds, first, gate.wait)
-                results.put((latencies, Timings(), wall, None))
+                latencies, wall, cpu = _baseline(engine, clients, phase.seconds, first, gate.wait)
+                results.put((latencies, Timings(), wall, cpu, None))
             else:
                 sessions = make_session_factory(engine, session_info(phase.world.tenant))
                 timings, wall = _bookings(
@@ -324,18 +336,21 @@ def _client_process(
                     first,
                     gate.wait,
                 )
-                results.put(([], timings, wall, None))
+                results.put(([], timings, wall, 0.0, None))
         finally:
             engine.dispose()
             runtime.close()
     except BaseException as exc:
-        results.put(([], Timings(), 0.0, f"{type(exc).__name__}: {exc}"))
+        results.put(([], Timings(), 0.0, 0.0, f"{type(exc).__name__}: {exc}"))
         raise
 
 
-def _in_processes(phase: Phase, clients: int, processes: int) -> tuple[list[float], Timings, float]:
+def _in_processes(
+    phase: Phase, clients: int, processes: int
+) -> tuple[list[float], Timings, float, float]:
     """Run ``phase`` with ``clients`` split over ``processes`` processes released together:
-    the baseline's latencies, the bookings' timings, and the longest process's wall time."""
+    the baseline's latencies, the bookings' timings, the longest process's wall time and the
+    baseline's CPU seconds (all processes)."""
     context = multiprocessing.get_context("spawn")  # nothing of this process is inherited
     gate = context.Barrier(processes, timeout=300)
     results: multiprocessing.Queue[ProcessResult] = context.Queue()
@@ -352,10 +367,11 @@ def _in_processes(phase: Phase, clients: int, processes: int) -> tuple[list[floa
     latencies: list[float] = []
     timings = Timings()
     walls: list[float] = []
+    cpu = 0.0
     try:
         for _ in workers:
             try:
-                got, theirs, wall, error = results.get(timeout=phase.seconds + 600)
+                got, theirs, wall, their_cpu, error = results.get(timeout=phase.seconds + 600)
             except Empty:
                 raise SystemExit(f"{phase.kind}: a client process did not answer") from None
             if error is not None:
@@ -363,12 +379,13 @@ def _in_processes(phase: Phase, clients: int, processes: int) -> tuple[list[floa
             latencies += got
             timings.merge(theirs)
             walls.append(wall)
+            cpu += their_cpu
     finally:
         for worker in workers:
             worker.join(timeout=60)
             if worker.is_alive():
                 worker.terminate()
-    return latencies, timings, max(walls)
+    return latencies, timings, max(walls), cpu
 
 
 def _ms(samples: list[float]) -> tuple[str, str]:
@@ -407,17 +424,19 @@ def main(argv: list[str] | None = None) -> int:
                 _create_baseline_table(engine)
                 if args.processes == 1:
                     sessions = make_session_factory(engine, session_info(world.tenant))
-                    base, base_wall = _baseline(engine, args.clients, args.baseline_seconds)
+                    base, base_wall, base_cpu = _baseline(
+                        engine, args.clients, args.baseline_seconds
+                    )
                     timings, wall = _bookings(
                         runtime, sessions, world, args.clients, args.seconds, args.days
                     )
                 else:
                     engine.dispose()  # the client processes open their own
                     spec = Phase("baseline", url, str(key_file), world, 0.0, args.days)
-                    base, _, base_wall = _in_processes(
+                    base, _, base_wall, base_cpu = _in_processes(
                         replace(spec, seconds=args.baseline_seconds), args.clients, args.processes
                     )
-                    _, timings, wall = _in_processes(
+                    _, timings, wall, _ = _in_processes(
                         replace(spec, kind="booking", seconds=args.seconds),
                         args.clients,
                         args.processes,
@@ -451,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         ("  confirm", timings.confirm),
     ):
         table.add_row(name, "", *_ms(samples), "")
+    table.caption = (
+        f"CPU of the client process{'es' if args.processes > 1 else ''} (the application's "
+        f"side; the server's is not counted): {base_cpu / max(1, len(base)) * 1e3:.2f} ms per "
+        f"baseline transaction, {timings.cpu / max(1, booked) * 1e3:.1f} ms per booking"
+    )
     console.print(table)
     return 0
 

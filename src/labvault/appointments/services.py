@@ -945,7 +945,7 @@ class BookingService:
         live: dict[dt.datetime, set[int]] = {start: set() for start in starts}
         for claim in seen:
             if claim.expires_at is None or claim.expires_at > now:
-                live[claim.starts_at].add(claim.box)
+                live.setdefault(claim.starts_at, set()).add(claim.box)
         boxes = range(schedule.bookable_boxes)
         tries: dict[dt.datetime, Iterator[int]] = {
             start: iter(

@@ -12,7 +12,8 @@ it has served, per organization, idempotently, audited with counts only.
    history. ``delete_after`` is not moved when the visit is: a document linked to an
    appointment therefore also waits until that appointment's visit (as it is now) plus
    the retention period has passed, and is never deleted while its appointment is still
-   to come. A document of an appointment being anonymised (below) that has no
+   to come; its ``delete_after`` is then moved to that date, so that the patient's list
+   shows when it will really go. A document of an appointment being anonymised (below) that has no
    ``delete_after`` goes with it: nothing outlives the appointment's retention.
 3. Appointments whose visit (``ends_at``, else ``starts_at``) is older than
    ``LABVAULT_APPOINTMENT_RETENTION_DAYS``: their pre-registration is deleted, their sealed
@@ -156,14 +157,22 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+@dataclasses.dataclass(slots=True)
+class _DocumentsDue:
+    due: list[tuple[uuid.UUID, uuid.UUID]] = dataclasses.field(default_factory=list)
+    """(document id, patient id) to delete now."""
+    postponed: list[tuple[uuid.UUID, dt.datetime]] = dataclasses.field(default_factory=list)
+    """(document id, new delete_after): past their date, but their visit moved later."""
+
+
 def _documents_due(
     session: Session,
     tenant_id: uuid.UUID,
     settings: RetentionSettings,
     now: dt.datetime,
     expiring: Select[Any],
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """(document id, patient id) of the documents to delete now (see the module, 2.).
+) -> _DocumentsDue:
+    """The documents to delete now, and those to keep longer (see the module, 2.).
 
     The candidates are selected by dates in SQL; whether a linked appointment's visit is
     old enough is decided here, on its current times (it may have moved since upload)."""
@@ -199,19 +208,21 @@ def _documents_due(
         )
         .order_by(PatientDocument.id)
     ).all()
-    due: list[tuple[uuid.UUID, uuid.UUID]] = []
+    found = _DocumentsDue()
     for row in rows:
         if row.delete_after is None:  # selected because its appointment is anonymised now
-            due.append((row.id, row.patient_id))
+            found.due.append((row.id, row.patient_id))
             continue
         if row.starts_at is None:  # no appointment (any more): the upload's date decides
-            due.append((row.id, row.patient_id))
+            found.due.append((row.id, row.patient_id))
             continue
         visit = _utc(row.ends_at or row.starts_at)
         to_come = row.status in ACTIVE_STATUSES and _utc(row.starts_at) > now
         if not to_come and visit + keep_after <= now:
-            due.append((row.id, row.patient_id))
-    return due
+            found.due.append((row.id, row.patient_id))
+        else:
+            found.postponed.append((row.id, max(visit + keep_after, now + dt.timedelta(days=1))))
+    return found
 
 
 def run_retention(
@@ -229,7 +240,8 @@ def run_retention(
         raise ValueError("the retention job's instant must be timezone-aware")
     cutoff = now - dt.timedelta(days=settings.appointment_retention_days)
     expiring = select(Appointment.id).where(_past_retention(tenant_id, cutoff))
-    documents = _documents_due(session, tenant_id, settings, now, expiring)
+    found = _documents_due(session, tenant_id, settings, now, expiring)
+    documents = found.due
     report = RetentionReport(
         holds=_count(session, select(Appointment.id).where(_expired_holds(tenant_id, now))),
         documents=len(documents),
@@ -246,6 +258,13 @@ def run_retention(
     if dry_run:
         return report
     trail = AuditTrail(session, SystemPrincipal(JOB), context)
+    for document_id, delete_after in found.postponed:
+        session.execute(
+            update(PatientDocument)
+            .where(PatientDocument.tenant_id == tenant_id, PatientDocument.id == document_id)
+            .values(delete_after=delete_after)
+            .execution_options(synchronize_session=False)
+        )
     if documents:
         session.execute(
             delete(PatientDocument)

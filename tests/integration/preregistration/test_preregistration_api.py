@@ -767,16 +767,22 @@ def _race(monkeypatch: pytest.MonkeyPatch, method: str, calls: list[Any], partie
     monkeypatch.setattr(PreregistrationService, method, waiting)
 
 
+POSTGRESQL_ONLY = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+"""SQLite has one writer at a time: row locks are PostgreSQL's."""
+
+
 def _at_once(*requests: Any) -> list[Response]:
     with ThreadPoolExecutor(len(requests)) as pool:
         return list(pool.map(lambda request: request(), requests))
 
 
+@POSTGRESQL_ONLY
 def test_two_declarations_at_once_on_one_appointment_are_serialized(
     client: TestClient, cw: CallerWorld, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite has one writer at a time: row locks are PostgreSQL's")
+    assert backend == "postgresql"
     appointment_id = appointment_of(cw, "today")
     headers = as_(client, cw, PATIENT_OWN)
     url = f"/api/v1/appointments/{appointment_id}/preregistration"
@@ -791,11 +797,11 @@ def test_two_declarations_at_once_on_one_appointment_are_serialized(
     assert sum(1 for c in calls if c is not None) == 1, "the second saw the first's row"
 
 
+@POSTGRESQL_ONLY
 def test_two_uploads_at_once_cannot_pass_the_five_documents_limit(
     client: TestClient, cw: CallerWorld, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite has one writer at a time: row locks are PostgreSQL's")
+    assert backend == "postgresql"
     appointment_id = appointment_of(cw, "today")
     headers = as_(client, cw, PATIENT_OWN)
     for _ in range(4):

@@ -571,6 +571,7 @@ def test_the_cli_sends_tomorrows_reminders_once_and_prints_counts_only(
         assert _leaks(_body(mail), world) == []
     outbox = cli_env.resolved_data_dir / "sms" / "outbox.jsonl"
     assert len(outbox.read_text("utf-8").splitlines()) == 2
+    assert ADULT_PHRASE not in outbox.read_text("utf-8"), "the phrase is masked in the file"
 
     again = runner.invoke(cli, ["reminders", "send", "--day", DAY.isoformat()])
     assert again.exit_code == 0, again.output
@@ -583,6 +584,19 @@ def test_the_cli_sends_tomorrows_reminders_once_and_prints_counts_only(
 
     verified = runner.invoke(cli, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+def test_the_cli_with_no_sms_sender_sends_email_only_and_writes_no_outbox(
+    cli_env: Settings, runtime: Runtime, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABVAULT_PUBLIC_URL", ORIGIN)
+    monkeypatch.setenv("LABVAULT_SMS_SENDER", "none:")
+    sent = runner.invoke(cli, ["reminders", "send", "--day", DAY.isoformat()])
+    assert sent.exit_code == 0, sent.output
+    text = " ".join(sent.output.split())
+    assert "SMS disabled (LABVAULT_SMS_SENDER=none:)" in text
+    assert "3 reminder(s) sent for 2026-12-01 (3 email(s), 0 SMS)" in text
+    assert not (cli_env.resolved_data_dir / "sms").exists()
 
 
 @pytest.mark.parametrize("day", ["0", "2026-13-01", "01/12/2026", "demain", "2026-12-1"])

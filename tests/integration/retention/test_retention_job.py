@@ -340,6 +340,10 @@ def test_the_cli_runs_every_organization_and_dry_run_changes_nothing(
     assert verified.exit_code == 0, verified.output
 
 
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
 def _add(
     runtime: Runtime,
     world: World,
@@ -422,6 +426,13 @@ def test_a_prescription_waits_for_its_rescheduled_visit_plus_the_retention_perio
     assert str(moved_later) in documents
     assert str(visited_recently) in documents
     assert str(visited_long_ago) not in documents
+    # Their date now says when they will really go: the visit as it is + 30 days.
+    with runtime.tenant_sessions(world.tenant)() as session:
+        rows = session.execute(select(PatientDocument.id, PatientDocument.delete_after)).all()
+        dates = {row[0]: row[1] for row in rows}
+    assert _utc(dates[moved_later]) == NOW + 35 * day
+    assert _utc(dates[visited_recently]) == NOW - 10 * day + dt.timedelta(minutes=10) + 30 * day
+    assert _run(runtime, world).documents == 0, "a second run changes nothing"
 
     # Thirty days after the moved visit, it goes too; the recent one went twenty days ago.
     later = _run(runtime, world, now=NOW + 36 * day)
