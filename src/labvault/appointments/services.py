@@ -532,8 +532,6 @@ class BookingService:
             self._session.execute(
                 _UPDATE_APPOINTMENT, {"tenant": self._tenant_id, "row_id": row.id, **confirmed}
             )
-            for name, value in confirmed.items():  # the session's copy, as now stored
-                set_committed_value(row, name, value)
             self._audit.record(
                 AuditAction.APPOINTMENT_BOOKING_CONFIRM,
                 tenant_id=self._tenant_id,
@@ -541,6 +539,10 @@ class BookingService:
                 target_id=row.id,
                 purpose=PURPOSE_BOOKING,
             )
+        # The session's copy, as now stored (only once the SAVEPOINT is released: a rolled
+        # back confirmation leaves it as the database has it).
+        for name, value in confirmed.items():
+            set_committed_value(row, name, value)
         return self._views([row], site)[0]
 
     def cancel(self, appointment_id: uuid.UUID) -> AppointmentView:
