@@ -211,6 +211,9 @@ class Visit:
 
     def check(self) -> None:
         """The page now shown passes the accessibility basics and every page was no-store."""
+        # After a form's navigation the stylesheet may still be loading on a busy machine,
+        # and an unstyled page is wider than a phone.
+        self.page.wait_for_load_state("load")
         problems = self.page.evaluate(PAGE_PROBLEMS)
         assert problems == [], f"{self.page.url}: {problems}"
         for response in self.documents:

@@ -102,6 +102,7 @@ def visit(browser: Browser, live_server: LiveServer) -> Iterator[Visit]:
 
 def check_reset_page(visit: Visit) -> None:
     """``Visit.check`` for the page with a script: ours, from our origin, and no other."""
+    visit.page.wait_for_load_state("load")
     problems = [p for p in visit.page.evaluate(PAGE_PROBLEMS) if p != "a script"]
     assert problems == [], f"{visit.page.url}: {problems}"
     scripts = visit.page.evaluate(

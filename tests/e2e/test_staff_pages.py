@@ -133,6 +133,7 @@ def visit(browser: Browser, staff_server: StaffServer) -> Iterator[Visit]:
 
 def check_invitation_page(visit: Visit) -> None:
     """``Visit.check`` for the page with a script: ours, from our origin, and no other."""
+    visit.page.wait_for_load_state("load")
     problems = visit.page.evaluate(PAGE_PROBLEMS)
     assert problems == [], f"{visit.page.url}: {problems}"
     scripts = visit.page.evaluate(

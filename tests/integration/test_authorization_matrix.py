@@ -402,7 +402,20 @@ def _reaches(
     return now - before <= starts_at < now + after
 
 
-def expected_allowed(matrix: Matrix, entry: RouteAccess, role: str, record: str) -> bool:
+NOT_FOR_SITE_TODAY = frozenset(
+    {
+        "POST /api/v1/appointments/{appointment_id}/cancel",
+        "POST /api/v1/appointments/{appointment_id}/reschedule",
+    }
+)
+"""Booking API changes a ``site-today`` grant (the sampler's appointment:update) does not
+make: BookingService refuses them (the desk's actions cover a sampler's work), whatever
+the record."""
+
+
+def expected_allowed(
+    matrix: Matrix, entry: RouteAccess, role: str, record: str, key: str = ""
+) -> bool:
     kind = "patient" if role == PATIENT_SUBJECT else "staff"
     if kind not in entry.account_kinds or (entry.roles and role not in entry.roles):
         return False
@@ -411,6 +424,8 @@ def expected_allowed(matrix: Matrix, entry: RouteAccess, role: str, record: str)
     compiled = compiled_for(role)
     grant = compiled.grant_for(entry.resource, entry.interaction)
     if grant is None:
+        return False
+    if key in NOT_FOR_SITE_TODAY and grant.records is RecordScope.SITE_TODAY:
         return False
     for name in entry.needs_fields:
         # "<resource>.<field>": a field the caller's read of that other resource reveals.
@@ -968,7 +983,7 @@ def test_policy_routes_answer_exactly_what_the_policy_and_the_relationship_allow
                     if _found(answer, record_id) != visible:
                         mismatches.append(f"{role} x {record}: found is not {visible}")
                 continue
-            allowed = expected_allowed(matrix, entry, role, record)
+            allowed = expected_allowed(matrix, entry, role, record, key)
             granted_somewhere = granted_somewhere or allowed
             if allowed and not 200 <= answer.status_code < 300:
                 mismatches.append(f"{role} x {record}: {answer.status_code}, expected 2xx")

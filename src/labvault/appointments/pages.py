@@ -51,6 +51,9 @@ MAX_WEEKS: Final = 13
 """How far the week-by-week search goes (the booking horizon is about 90 days)."""
 MAX_FIELD: Final = 64
 """Longest id, date or instant a form field may carry (anything longer is refused)."""
+MIN_YEAR: Final = 1900
+MAX_YEAR: Final = 2999
+"""Dates outside these years are refused as malformed (no date arithmetic overflows)."""
 
 NOTICES: Final = {
     "rendez-vous-confirme": "Votre rendez-vous est confirmé.",
@@ -262,7 +265,10 @@ def _instant(value: str) -> dt.datetime | None:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else None
+    # Years far off overflow when moved to UTC (0001 minus an offset, 9999 plus one).
+    if moment.tzinfo is None or not MIN_YEAR <= moment.year <= MAX_YEAR:
+        return None
+    return moment
 
 
 def _week(value: str) -> int | None:
@@ -837,9 +843,10 @@ def _day(value: str) -> dt.date | None:
     if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         return None
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         return None
+    return day if MIN_YEAR <= day.year <= MAX_YEAR else None
 
 
 @router.post("/domicile")

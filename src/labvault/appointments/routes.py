@@ -6,7 +6,8 @@ Every call runs for the signed-in caller (``labvault.accounts.callers``) through
 patient: a patient account acts for its own record and its dependents, the desk for the
 patients of its sites. Absent, out of scope and not granted all answer the same 404.
 Refusals the user can act on are problem+json with a stable ``code``: 409 ``slot_taken``,
-``hold_expired``, ``deadline_passed``; 422 ``invalid``, ``not_bookable``.
+``hold_expired``, ``deadline_passed``, ``too_many_appointments``; 422 ``invalid``,
+``not_bookable``.
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1", tags=["appointments"])
 
 DEFAULT_SEARCH_DAYS = 7
-CONFLICTS = frozenset({"slot_taken", "hold_expired", "deadline_passed"})
+CONFLICTS = frozenset({"slot_taken", "hold_expired", "deadline_passed", "too_many_appointments"})
 NO_STORE = {"Cache-Control": "no-store"}
 
 _CONFLICT = problem(
     "`code` says why: `slot_taken` (every box of the slot was just taken: pick another), "
     "`hold_expired` (the hold lapsed and its slot was taken), `deadline_passed` (too close "
-    "to the appointment for a patient to change it online)."
+    "to the appointment for a patient to change it online), `too_many_appointments` (a "
+    "patient account has enough appointments to come for this record or in all)."
 )
 _INVALID = problem(
     "Invalid input (`errors` per field, or `code` `invalid` / `not_bookable` with a French "

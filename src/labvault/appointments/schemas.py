@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
-from labvault.appointments.services import MAX_EXAMS
+from labvault.appointments.services import MAX_EXAMS, MAX_YEAR, MIN_YEAR
 from labvault.appointments.views import AppointmentView, HomeAddress
 from labvault.catalog.models import Exam
 from labvault.organizations.models import Site
@@ -34,14 +34,15 @@ INSTANT_MESSAGE = (
 
 
 def parse_date(value: object) -> dt.date:
-    """A calendar date written ``AAAA-MM-JJ``, nothing else (not 0, not "0")."""
+    """A calendar date written ``AAAA-MM-JJ`` from 1900 to 2999, nothing else (not 0, not
+    "0", not a year whose arithmetic overflows)."""
     if isinstance(value, str) and ISO_DATE.fullmatch(value.strip()):
         try:
             day = dt.date.fromisoformat(value.strip())
         except ValueError:
             pass
         else:
-            if day.year >= 1900:
+            if MIN_YEAR <= day.year <= MAX_YEAR:
                 return day
     raise ValueError(DATE_MESSAGE)
 
@@ -54,7 +55,8 @@ def parse_instant(value: object) -> dt.datetime:
         except ValueError:
             pass
         else:
-            if moment.tzinfo is not None and moment.year >= 1900:
+            # Bounded before moving to UTC: 0001 minus an offset or 9999 plus one overflows.
+            if moment.tzinfo is not None and MIN_YEAR <= moment.year <= MAX_YEAR:
                 return moment.astimezone(dt.UTC)
     raise ValueError(INSTANT_MESSAGE)
 

@@ -16,7 +16,14 @@ Why it is built this way:
   patient's key through :class:`PatientRepository` only; ids go into audit events, never
   names of exams.
 - Authorization is the access policy's ``appointment`` resource on the patient: a record
-  out of scope looks exactly like an absent one (an audited refusal, answered 404).
+  out of scope looks exactly like an absent one (an audited refusal, answered 404; a read
+  refused leaves a denied event too). For staff, the relationship puts a patient in their
+  care, but of that patient's appointments they reach their sites' only, and a
+  ``site-today`` grant (the sampler) today's only, which it does not cancel or move here.
+- A change of an existing appointment locks its row first (``SELECT ... FOR UPDATE``), so
+  two changes of one appointment run one after the other and none leaks a claim.
+- A patient account keeps a few appointments to come (per record and in all), counted
+  under a per-record advisory lock on PostgreSQL; staff are not limited.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -44,14 +51,15 @@ from labvault.appointments.models import (
     Appointment,
     AppointmentKind,
     AppointmentStatus,
+    PatientDocument,
     SlotClaim,
 )
 from labvault.appointments.views import AppointmentView, HomeAddress
 from labvault.catalog.models import Exam
-from labvault.core.access.policies import Interaction
+from labvault.core.access.policies import Interaction, RecordScope
 from labvault.core.access.principals import PrincipalKind
 from labvault.core.audit.actions import AuditAction
-from labvault.core.audit.events import AuditedRefusalError
+from labvault.core.audit.events import AuditedRefusalError, Outcome
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import Keyring
 from labvault.core.db import utcnow
@@ -78,7 +86,17 @@ PURPOSE_BOOKING = "booking"
 PURPOSE_VIEW = "appointments"
 MAX_EXAMS = 20
 MAX_OPEN_HOLDS = 3
-"""Unconfirmed, unexpired holds a patient account may have per record at once."""
+"""Unconfirmed, unexpired holds a patient account may have per record at once: they count
+among its appointments to come, so :data:`MAX_LIVE_PER_RECORD` (no more) enforces it."""
+MAX_LIVE_PER_RECORD = 3
+"""Appointments to come (booked, or held and not expired; at a site or at home) a patient
+account may have per record: confirming each hold must not let one account take a day's
+slots (slot squatting)."""
+MAX_LIVE_PER_ACCOUNT = 6
+"""The same, across every record the account acts for (its own and its dependents')."""
+BOOKING_LOCK_SPACE = 0x6C76_0006
+"""First key of the PostgreSQL advisory locks that serialize one record's bookings (the
+second key is 32 bits of the patient id)."""
 MAX_SEARCH_DAYS = 31
 """A slot search covers at most this many days, both ends included."""
 ADDRESS_LINE_MAX = 200
@@ -91,6 +109,8 @@ HOME_WINDOWS: dict[str, tuple[dt.time, dt.time]] = {
 }
 """Home-visit time windows, in the site's local time."""
 LIVE_STATUSES = frozenset({AppointmentStatus.HELD.value, AppointmentStatus.BOOKED.value})
+MIN_YEAR, MAX_YEAR = 1900, 2999
+"""Instants outside these years are refused: far-off ones overflow in date arithmetic."""
 CLAIMS_TABLE = cast(Table, SlotClaim.__table__)
 APPOINTMENTS_TABLE = cast(Table, Appointment.__table__)
 CLAIM_KEY = ("tenant_id", "site_id", "starts_at", "box")
@@ -99,6 +119,7 @@ DEADLOCK = "40P01"
 """PostgreSQL's deadlock_detected."""
 
 SLOT_TAKEN_MESSAGE = "Ce créneau vient d'être pris. Choisissez-en un autre."
+INSTANT_INVALID = "Heure du rendez-vous invalide"
 
 # The statements of every booking, built once with bound parameters: building a statement
 # and its cache key on each call cost more Python time than running it.
@@ -160,16 +181,6 @@ _LIVE_CLAIMS_PER_SLOT = (
     )
     .group_by(SlotClaim.starts_at)
 )
-_OPEN_HOLDS = (
-    select(func.count())
-    .select_from(Appointment)
-    .where(
-        Appointment.tenant_id == bindparam("tenant"),
-        Appointment.patient_id == bindparam("patient_id"),
-        Appointment.status == AppointmentStatus.HELD.value,
-        Appointment.hold_expires_at > bindparam("now"),
-    )
-)
 _CLAIMS_OF_SLOTS = select(SlotClaim.starts_at, SlotClaim.box, SlotClaim.expires_at).where(
     SlotClaim.tenant_id == bindparam("tenant"),
     SlotClaim.site_id == bindparam("site"),
@@ -202,6 +213,40 @@ _ROW_WITH_SITE = (
     )
     .where(Appointment.tenant_id == bindparam("tenant"), Appointment.id == bindparam("row_id"))
 )
+_ROW_WITH_SITE_LOCKED = _ROW_WITH_SITE.with_for_update(of=APPOINTMENTS_TABLE).execution_options(
+    populate_existing=True
+)
+"""The same, the appointment's row locked until the transaction ends (no-op on SQLite, which
+serializes writers) and re-read even when the session holds it: two changes of one
+appointment run one after the other, the second one seeing the first one's outcome."""
+_LIVE_PER_RECORD = (
+    select(Appointment.patient_id, func.count())
+    .where(
+        Appointment.tenant_id == bindparam("tenant"),
+        Appointment.patient_id.in_(bindparam("patient_ids", expanding=True)),
+        Appointment.starts_at > bindparam("now"),
+        Appointment.id != bindparam("except_id"),
+        or_(
+            Appointment.status == AppointmentStatus.BOOKED.value,
+            and_(
+                Appointment.status == AppointmentStatus.HELD.value,
+                Appointment.hold_expires_at > bindparam("now"),
+            ),
+        ),
+    )
+    .group_by(Appointment.patient_id)
+)
+"""Appointments to come per record (booked, or held and not expired; site and home)."""
+_BOOKING_LOCK = text("SELECT pg_advisory_xact_lock(:space, :key)")
+_DOCUMENTS_RETENTION = (
+    update(PatientDocument)
+    .where(
+        PatientDocument.tenant_id == bindparam("tenant"),
+        PatientDocument.appointment_id == bindparam("row_id"),
+    )
+    .values(delete_after=bindparam("delete_after"))
+)
+"""A rescheduled visit's documents are kept until its new end plus the retention period."""
 
 _INSERT_CLAIMS: dict[str, Any] = {
     name: insert_into(CLAIMS_TABLE)
@@ -220,7 +265,14 @@ _UPDATE_APPOINTMENT = update(APPOINTMENTS_TABLE).where(
 """Core statements: an appointment written without the ORM's unit of work (SET: the
 parameters named after columns)."""
 
-BookingCode = Literal["invalid", "slot_taken", "deadline_passed", "hold_expired", "not_bookable"]
+BookingCode = Literal[
+    "invalid",
+    "slot_taken",
+    "deadline_passed",
+    "hold_expired",
+    "not_bookable",
+    "too_many_appointments",
+]
 
 
 class BookingError(ValueError):
@@ -297,7 +349,15 @@ def _aware_utc(value: dt.datetime, field: str = "starts_at") -> dt.datetime:
         raise BookingError(
             "Heure du rendez-vous invalide : le fuseau horaire est obligatoire.", field=field
         )
-    return value.astimezone(dt.UTC)
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise BookingError(f"{INSTANT_INVALID} : année hors limites.", field=field)
+    try:
+        moment = value.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        raise BookingError(f"{INSTANT_INVALID} : année hors limites.", field=field) from None
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise BookingError(f"{INSTANT_INVALID} : année hors limites.", field=field)
+    return moment
 
 
 def _clean_text(label: str, value: object, maximum: int, *, required: bool, lines: bool) -> str:
@@ -392,13 +452,24 @@ class BookingService:
         ]
 
     def may_read(self, patient_id: uuid.UUID) -> bool:
-        """Whether the caller may read this patient's appointments (nothing decrypted)."""
-        return self._may(patient_id, Interaction.READ)
+        """Whether the caller may read this patient's appointments (nothing decrypted); a
+        "no" is recorded as a denied read, as the 404 it becomes."""
+        if self._may(patient_id, Interaction.READ):
+            return True
+        self._denied("patient", patient_id)
+        return False
 
     def get(self, appointment_id: uuid.UUID) -> AppointmentView | None:
-        """The appointment, or None when absent or out of the caller's scope."""
+        """The appointment, or None when absent or out of the caller's scope (a staff
+        member: at one of its sites, and today for a ``site-today`` grant); a None is
+        recorded as a denied read."""
         found = self._row_and_site(appointment_id)
-        if found is None or not self._may(found[0].patient_id, Interaction.READ):
+        if (
+            found is None
+            or not self._may(found[0].patient_id, Interaction.READ)
+            or not self._staff_reaches(found[0], Interaction.READ)
+        ):
+            self._denied(TARGET, appointment_id if isinstance(appointment_id, uuid.UUID) else None)
             return None
         return self._views([found[0]], found[1])[0]
 
@@ -407,24 +478,31 @@ class BookingService:
 
         Holds that expired without being confirmed are left out: they are nobody's plans.
         """
-        allowed = self._repo.in_scope_ids(list(patient_ids), RESOURCE, Interaction.READ)
+        wanted = list(dict.fromkeys(patient_ids))
+        allowed = self._repo.in_scope_ids(wanted, RESOURCE, Interaction.READ)
+        for patient_id in wanted:
+            if patient_id not in allowed:
+                self._denied("patient", patient_id if isinstance(patient_id, uuid.UUID) else None)
         if not allowed:
             return []
         now = self._clock()
-        rows = list(
-            self._session.scalars(
-                select(Appointment)
-                .where(
-                    Appointment.tenant_id == self._tenant_id,
-                    Appointment.patient_id.in_(sorted(allowed)),
-                    or_(
-                        Appointment.status != AppointmentStatus.HELD.value,
-                        Appointment.hold_expires_at > now,
-                    ),
-                )
-                .order_by(Appointment.starts_at, Appointment.id)
-            )
+        query = select(Appointment).where(
+            Appointment.tenant_id == self._tenant_id,
+            Appointment.patient_id.in_(sorted(allowed)),
+            or_(
+                Appointment.status != AppointmentStatus.HELD.value,
+                Appointment.hold_expires_at > now,
+            ),
         )
+        staff = self._staff_limits(Interaction.READ)
+        if staff is not None:
+            sites, window = staff
+            query = query.where(Appointment.site_id.in_(sorted(sites)))
+            if window is not None:
+                query = query.where(
+                    Appointment.starts_at >= window[0], Appointment.starts_at < window[1]
+                )
+        rows = list(self._session.scalars(query.order_by(Appointment.starts_at, Appointment.id)))
         return self._views(rows)
 
     def exams(self, exam_ids: Iterable[uuid.UUID]) -> list[Exam]:
@@ -452,10 +530,11 @@ class BookingService:
         """Keep the visit's slots for the patient for ``booking_hold_minutes``."""
         self._require(patient_id, Interaction.CREATE, None)
         site, schedule, closures = self._site_schedule(site_id, *_local_days_of(starts_at))
+        self._require_staff_site(site.id, patient_id)
         exams = self._exams(exam_ids)
         now = self._clock()
         starts = self._check_start(schedule, closures, exams, starts_at, now)
-        self._check_open_holds(patient_id, now)
+        self._check_live_appointments(patient_id, now)
         step = dt.timedelta(minutes=schedule.slot_minutes)
         count = self._slot_count(exams, schedule)
         expires = now + dt.timedelta(minutes=self._settings.booking_hold_minutes)
@@ -509,6 +588,10 @@ class BookingService:
         now = self._clock()
         if row.starts_at <= now:
             raise BookingError("Ce créneau est déjà passé.", "hold_expired", "starts_at")
+        if row.hold_expires_at is not None and row.hold_expires_at <= now:
+            # An expired hold no longer counts among the record's appointments: confirming
+            # it adds one, within the same limits as a new hold.
+            self._check_live_appointments(row.patient_id, now, except_id=row.id)
         with self._all_or_nothing():
             # Claims of an expired hold may have been deleted by another claimant; claims
             # still there are made permanent, so nobody may delete them from now on.
@@ -547,7 +630,7 @@ class BookingService:
 
     def cancel(self, appointment_id: uuid.UUID) -> AppointmentView:
         """Cancel and free the boxes (patients: not after the change deadline)."""
-        row, site, _ = self._existing(appointment_id, Interaction.UPDATE)
+        row, site, _ = self._existing(appointment_id, Interaction.UPDATE, change=True)
         if row.status not in LIVE_STATUSES:
             raise BookingError("Ce rendez-vous ne peut plus être annulé.")
         now = self._clock()
@@ -575,7 +658,7 @@ class BookingService:
     def reschedule(self, appointment_id: uuid.UUID, starts_at: dt.datetime) -> AppointmentView:
         """Move the visit: the new slots are claimed and the old ones released together, or
         nothing changes."""
-        row, _, _ = self._existing(appointment_id, Interaction.UPDATE)
+        row, _, _ = self._existing(appointment_id, Interaction.UPDATE, change=True)
         if row.status not in LIVE_STATUSES or row.kind != AppointmentKind.SITE.value:
             raise BookingError("Ce rendez-vous ne peut pas être déplacé.")
         now = self._clock()
@@ -612,6 +695,15 @@ class BookingService:
             row.reminder_sent_at = None
             row.updated_at = now
             self._session.flush()
+            self._session.execute(
+                _DOCUMENTS_RETENTION,
+                {
+                    "tenant": self._tenant_id,
+                    "row_id": row.id,
+                    "delete_after": row.ends_at
+                    + dt.timedelta(days=self._settings.prescription_retention_days),
+                },
+            )
             self._audit.record(
                 AuditAction.APPOINTMENT_BOOKING_RESCHEDULE,
                 tenant_id=self._tenant_id,
@@ -633,6 +725,7 @@ class BookingService:
         """Ask for a home visit in a time window; the lab assigns a sampler later."""
         self._require(patient_id, Interaction.CREATE, None)
         site = self._site(site_id)
+        self._require_staff_site(site.id, patient_id)
         exams = self._exams(exam_ids)
         if any(not exam.home_sampling for exam in exams):
             raise BookingError(
@@ -671,6 +764,7 @@ class BookingService:
                     "window",
                 )
         clean = validate_address(address)
+        self._check_live_appointments(patient_id, now)
         exam_list = [exam.id for exam in exams]
         appointment_id = uuid.uuid4()
         with self._all_or_nothing():
@@ -723,23 +817,78 @@ class BookingService:
         )
 
     def _existing(
-        self, appointment_id: uuid.UUID, interaction: Interaction
+        self, appointment_id: uuid.UUID, interaction: Interaction, *, change: bool = False
     ) -> tuple[Appointment, _SiteRef, int | None]:
         """The appointment, its site and the site's slot length (None without a schedule),
-        read together; an audited "not found" unless the caller may ``interaction`` on it."""
-        found = self._row_and_site(appointment_id)
+        read together, its row locked for the change to come; an audited "not found" unless
+        the caller may ``interaction`` on it (a staff member: at one of its sites, today
+        for a ``site-today`` grant, which may not ``change`` (cancel, move) it here: the
+        desk's actions cover a sampler's work)."""
+        found = self._row_and_site(appointment_id, lock=True)
         if found is None:
-            raise self._audit.refusal(
-                AppointmentNotFoundError(),
-                AuditAction.APPOINTMENT_BOOKING_REFUSED,
-                tenant_id=self._tenant_id,
-                target_type=TARGET,
-                target_id=appointment_id,
-                purpose=PURPOSE_BOOKING,
-            )
+            raise self._refusal(TARGET, appointment_id)
         row = found[0]
         self._require(row.patient_id, interaction, row.id)
+        limits = self._staff_limits(interaction)
+        if not self._staff_reaches(row, interaction) or (
+            change and limits is not None and limits[1] is not None
+        ):
+            raise self._refusal(TARGET, row.id)
         return found
+
+    def _refusal(self, target_type: str, target_id: uuid.UUID | None) -> AuditedRefusalError:
+        return self._audit.refusal(
+            AppointmentNotFoundError(),
+            AuditAction.APPOINTMENT_BOOKING_REFUSED,
+            tenant_id=self._tenant_id,
+            target_type=target_type,
+            target_id=target_id,
+            purpose=PURPOSE_BOOKING,
+        )
+
+    def _denied(self, target_type: str, target_id: uuid.UUID | None) -> None:
+        """A read refused (answered as absent), recorded in the caller's unit of work."""
+        self._audit.record(
+            AuditAction.APPOINTMENT_BOOKING_REFUSED,
+            tenant_id=self._tenant_id,
+            target_type=target_type,
+            target_id=target_id,
+            purpose=PURPOSE_VIEW,
+            outcome=Outcome.DENIED,
+        )
+
+    def _staff_limits(
+        self, interaction: Interaction
+    ) -> tuple[frozenset[uuid.UUID], tuple[dt.datetime, dt.datetime] | None] | None:
+        """For a staff caller: its sites, and the day its grant is limited to (``site-today``:
+        today in Paris, as its scope measures it), else None; None for anyone else.
+
+        The policy's relationship puts a patient in a staff member's care; what it reaches
+        of that patient's appointments is still its sites' (and its day's) only.
+        """
+        scope = self._scope
+        if not isinstance(scope, AccessScope) or scope.principal.kind is not PrincipalKind.STAFF:
+            return None
+        grant = scope.policy.grant_for(RESOURCE, interaction)
+        window = None
+        if grant is not None and grant.records is RecordScope.SITE_TODAY:
+            window = scope._window(RecordScope.SITE_TODAY)
+        return scope.site_ids, window
+
+    def _staff_reaches(self, row: Appointment, interaction: Interaction) -> bool:
+        limits = self._staff_limits(interaction)
+        if limits is None:
+            return True
+        sites, window = limits
+        if row.site_id not in sites:
+            return False
+        return window is None or window[0] <= row.starts_at < window[1]
+
+    def _require_staff_site(self, site_id: uuid.UUID, patient_id: uuid.UUID) -> None:
+        """A staff member books at one of its sites only (else the same audited 404)."""
+        limits = self._staff_limits(Interaction.CREATE)
+        if limits is not None and site_id not in limits[0]:
+            raise self._refusal("patient", patient_id)
 
     def _is_patient(self) -> bool:
         return (
@@ -762,18 +911,53 @@ class BookingService:
                 "deadline_passed",
             )
 
-    def _check_open_holds(self, patient_id: uuid.UUID, now: dt.datetime) -> None:
-        """A patient account keeps a few slots at once, not a day's worth (slot squatting)."""
+    def _check_live_appointments(
+        self, patient_id: uuid.UUID, now: dt.datetime, *, except_id: uuid.UUID | None = None
+    ) -> None:
+        """A patient account has a few appointments to come per record and in all, not a
+        day's slots (slot squatting); staff are not limited.
+
+        Counted under a lock, so that bookings running at once cannot each see room for one
+        more: on PostgreSQL a transaction-scoped advisory lock per record the account acts
+        for, taken in a fixed order (no deadlock). Any booking of a record takes that
+        record's lock, so it waits for every other booking counted with it, the record's
+        and its account's, even when two accounts (two guardians) share a record. An
+        advisory lock, not a row lock: nothing else (sign-in, the desk, pre-registration)
+        waits on it. SQLite serializes writers already.
+        """
         if not self._is_patient():
             return
-        open_holds = self._session.scalar(
-            _OPEN_HOLDS, {"tenant": self._tenant_id, "patient_id": patient_id, "now": now}
-        )
-        if (open_holds or 0) >= MAX_OPEN_HOLDS:
+        assert isinstance(self._scope, AccessScope)
+        records = sorted(self._scope.own_patient_ids | {patient_id})
+        if self._session.get_bind().dialect.name == "postgresql":
+            for record in records:
+                key = int.from_bytes(record.bytes[:4], "big", signed=True)
+                self._session.execute(_BOOKING_LOCK, {"space": BOOKING_LOCK_SPACE, "key": key})
+        counts: dict[uuid.UUID, int] = {
+            record: count
+            for record, count in self._session.execute(
+                _LIVE_PER_RECORD,
+                {
+                    "tenant": self._tenant_id,
+                    "patient_ids": records,
+                    "now": now,
+                    "except_id": except_id or uuid.UUID(int=0),
+                },
+            )
+        }
+        if counts.get(patient_id, 0) >= MAX_LIVE_PER_RECORD:
             raise BookingError(
-                "Plusieurs créneaux sont déjà réservés en attente de confirmation pour cette "
-                "personne. Confirmez-les ou attendez quelques minutes.",
-                field="starts_at",
+                f"Cette personne a déjà {MAX_LIVE_PER_RECORD} rendez-vous à venir. Annulez-en "
+                "un ou appelez le laboratoire.",
+                "too_many_appointments",
+                "patient_id",
+            )
+        if sum(counts.values()) >= MAX_LIVE_PER_ACCOUNT:
+            raise BookingError(
+                f"Votre compte a déjà {MAX_LIVE_PER_ACCOUNT} rendez-vous à venir. Annulez-en "
+                "un ou appelez le laboratoire.",
+                "too_many_appointments",
+                "patient_id",
             )
 
     def _deadline(self) -> dt.timedelta:
@@ -1129,13 +1313,15 @@ class BookingService:
         )
 
     def _row_and_site(
-        self, appointment_id: uuid.UUID
+        self, appointment_id: uuid.UUID, *, lock: bool = False
     ) -> tuple[Appointment, _SiteRef, int | None] | None:
-        """The appointment with its site and the site's slot length, in one query."""
+        """The appointment with its site and the site's slot length, in one query (its row
+        locked with ``lock``)."""
         if not isinstance(appointment_id, uuid.UUID):
             return None
         found = self._session.execute(
-            _ROW_WITH_SITE, {"tenant": self._tenant_id, "row_id": appointment_id}
+            _ROW_WITH_SITE_LOCKED if lock else _ROW_WITH_SITE,
+            {"tenant": self._tenant_id, "row_id": appointment_id},
         ).first()
         if found is None:
             return None

@@ -200,6 +200,8 @@ def test_hold_confirm_and_the_slot_taken_meanwhile(
         {"starts_at": "2020-01-01T09:00:00+01:00"},
         {"starts_at": "2026-12-01T09:00:00"},  # no time zone
         {"starts_at": "demain 9h"},
+        {"starts_at": "9999-12-31T23:00:00-05:00"},  # overflows in UTC (was a 500)
+        {"starts_at": "0001-01-01T00:00:00+01:00"},
         {"starts_at": "next"},  # replaced below by a time that is not a slot start
         {"site_id": "0"},
         {"site_id": "unknown"},

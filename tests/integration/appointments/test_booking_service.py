@@ -13,7 +13,12 @@ from booking_world import BookingWorld, build_booking_world, next_slot
 from sqlalchemy import func, select
 
 from access_world import NOW, build_world
-from labvault.appointments.models import Appointment, AppointmentStatus, SlotClaim
+from labvault.appointments.models import (
+    Appointment,
+    AppointmentStatus,
+    PatientDocument,
+    SlotClaim,
+)
 from labvault.appointments.services import (
     AppointmentNotFoundError,
     BookingError,
@@ -495,27 +500,88 @@ def test_a_system_job_books_for_anyone(bw: BookingWorld, clock: Clock) -> None:
 
 
 def test_a_patient_account_cannot_squat_slots(bw: BookingWorld, clock: Clock) -> None:
-    """Three unconfirmed holds at once per record; confirming or waiting frees the way."""
-    patient, glucose = bw.world.patients["today"], [bw.exams["glucose"]]
-    holds = [
-        _as(bw, clock, "today", lambda s, m=m: s.hold(patient, bw.annex, glucose, NINE + m))
-        for m in (dt.timedelta(minutes=15 * i) for i in range(3))
-    ]
-    fourth = NINE + dt.timedelta(hours=1)
+    """At most MAX_LIVE_PER_RECORD appointments to come per record and MAX_LIVE_PER_ACCOUNT
+    across the account's records: holds not expired and bookings, at a site or at home;
+    confirming each hold or letting holds lapse does not get round it. Staff are not
+    limited."""
+    glucose = [bw.exams["glucose"]]
+    mine, second, third = (bw.world.patients[n] for n in ("no_appointment", "29_days_ago",
+                                                          "45_days_ago"))  # fmt: skip
+    family = ("29_days_ago", "45_days_ago")
+
+    def as_family(action: Callable[[BookingService], Any]) -> Any:
+        return _as(bw, clock, "no_appointment", action, *family)
+
+    def at(minutes: int) -> dt.datetime:
+        return NINE + dt.timedelta(minutes=minutes)
+
+    holds = [as_family(lambda s, m=m: s.hold(mine, bw.annex, glucose, at(m))) for m in (0, 15, 30)]
+    as_family(lambda s: s.confirm(holds[0].id))
     before = _counts(bw)
-    with pytest.raises(BookingError, match="en attente de confirmation"):
-        _as(bw, clock, "today", lambda s: s.hold(patient, bw.annex, glucose, fourth))
-    assert _counts(bw) == before
-    _as(bw, clock, "today", lambda s: s.confirm(holds[0].id))
-    _as(bw, clock, "today", lambda s: s.hold(patient, bw.annex, glucose, fourth))
-    # The desk is not limited.
-    for minutes in (75, 90, 105):
-        _staff(
-            bw,
-            clock,
-            "receptionist",
-            lambda s, m=minutes: s.hold(patient, bw.annex, glucose, NINE + dt.timedelta(minutes=m)),
+    with pytest.raises(BookingError, match="Cette personne a déjà 3 rendez-vous") as refused:
+        as_family(lambda s: s.hold(mine, bw.annex, glucose, at(60)))
+    assert refused.value.code == "too_many_appointments"
+    with pytest.raises(BookingError, match="déjà 3 rendez-vous"):
+        as_family(
+            lambda s: s.request_home_visit(mine, bw.annex, glucose, TOMORROW, "morning", ADDRESS)
         )
+    assert _counts(bw) == before
+
+    # Lapsed holds no longer count; confirming one later counts again.
+    clock.now += dt.timedelta(minutes=bw.runtime.settings.booking_hold_minutes + 1)
+    later = [as_family(lambda s, m=m: s.hold(mine, bw.annex, glucose, at(m))) for m in (60, 75)]
+    with pytest.raises(BookingError, match="déjà 3 rendez-vous"):
+        as_family(lambda s: s.confirm(holds[1].id))
+    as_family(lambda s: s.cancel(later[0].id))
+    assert as_family(lambda s: s.confirm(holds[1].id)).status is AppointmentStatus.BOOKED
+
+    # The account's other records: 6 in all.
+    for minutes in (90, 105):
+        as_family(lambda s, m=minutes: s.hold(second, bw.annex, glucose, at(m)))
+    as_family(
+        lambda s: s.request_home_visit(second, bw.annex, glucose, TOMORROW, "morning", ADDRESS)
+    )
+    with pytest.raises(BookingError, match="Votre compte a déjà 6 rendez-vous") as account:
+        as_family(lambda s: s.hold(third, bw.annex, glucose, at(120)))
+    assert account.value.code == "too_many_appointments"
+
+    # The desk is not limited.
+    patient = bw.world.patients["tomorrow"]
+    for minutes in (0, 15, 30, 45):
+        _staff(
+            bw, clock, "receptionist", lambda s, m=minutes: s.hold(patient, bw.main, glucose, at(m))
+        )
+
+
+def test_reschedule_moves_the_documents_retention(bw: BookingWorld, clock: Clock) -> None:
+    """A prescription is kept until the visit's end plus the retention period: moving the
+    visit moves that date, in the same transaction."""
+    patient = bw.world.patients["today"]
+    held = _as(bw, clock, "today", lambda s: s.hold(patient, bw.main, [bw.exams["glucose"]], NINE))
+    _as(bw, clock, "today", lambda s: s.confirm(held.id))
+    retention = dt.timedelta(days=bw.runtime.settings.prescription_retention_days)
+    document_id = uuid.uuid4()
+    with transaction(bw.world.sessions) as session:
+        session.add(
+            PatientDocument(
+                id=document_id,
+                tenant_id=bw.world.tenant,
+                patient_id=patient,
+                appointment_id=held.id,
+                media_type="application/pdf",
+                size_bytes=3,
+                content=b"pdf",
+                consent_at=clock.now,
+                delete_after=held.ends_at + retention,
+            )
+        )
+    later = NINE + dt.timedelta(days=3)
+    moved = _as(bw, clock, "today", lambda s: s.reschedule(held.id, later))
+    assert moved.ends_at is not None
+    with transaction(bw.world.sessions) as session:
+        document = session.get(PatientDocument, document_id)
+        assert document is not None
+        assert document.delete_after == moved.ends_at + retention
 
 
 def test_a_hold_whose_slot_has_started_cannot_be_confirmed(bw: BookingWorld, clock: Clock) -> None:

@@ -316,6 +316,8 @@ def test_exams_without_appointment_show_the_site_hours(
         ({"starts_at": 0}, "Choisissez un créneau de la liste."),
         ({"starts_at": "2020-01-06T08:00:00+00:00"}, "Ce créneau est déjà passé."),
         ({"starts_at": "2099-01-05T08:00:00"}, "Choisissez un créneau de la liste."),
+        ({"starts_at": "0001-01-01T00:30:00+01:00"}, "Choisissez un créneau de la liste."),
+        ({"starts_at": "9999-12-31T23:30:00-01:00"}, "Choisissez un créneau de la liste."),
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_written(
@@ -492,6 +494,8 @@ def test_a_home_visit_request_and_its_hostile_input(
         ({"day": "0"}, "Indiquez la date de la visite au format AAAA-MM-JJ."),
         ({"day": 0}, "Indiquez la date de la visite au format AAAA-MM-JJ."),
         ({"day": "2020-01-01"}, "au plus tard la veille"),
+        ({"day": "9999-12-31"}, "Indiquez la date de la visite au format AAAA-MM-JJ."),
+        ({"day": "0001-01-01"}, "Indiquez la date de la visite au format AAAA-MM-JJ."),
         ({"window": "night"}, "Choisissez le matin ou l&#39;après-midi."),
         ({"exams": [str(bw.exams["cortisol"])]}, "ne peut pas être prélevé à domicile"),
         ({"city": ""}, "Ville : obligatoire."),

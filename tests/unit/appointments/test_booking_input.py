@@ -19,7 +19,7 @@ GOOD = HomeAddress("12 rue des Lilas", "75011", "Paris", "Code 1234\n2e étage")
 
 @pytest.mark.parametrize(
     "value", [0, "0", "", " ", "2026-13-01", "2026-02-30", "01/12/2026", "20261201", None, 1.5,
-              "0001-01-01", "2026-12-01T09:00"]
+              "0001-01-01", "2026-12-01T09:00", "9999-12-31", "3000-01-01"]
 )  # fmt: skip
 def test_dates_are_iso_calendar_dates_only(value: object) -> None:
     with pytest.raises(ValueError, match="AAAA-MM-JJ"):
@@ -33,7 +33,10 @@ def test_a_good_date() -> None:
 @pytest.mark.parametrize(
     "value",
     [0, "0", "2026-12-01", "2026-12-01T09:00", "2026-12-01T09:00:00", "demain", None,
-     "2026-12-01T25:00:00+01:00", "0001-01-01T00:00:00Z", 1764576000],
+     "2026-12-01T25:00:00+01:00", "0001-01-01T00:00:00Z", 1764576000,
+     # Years whose move to UTC overflows (a 500 before these were bounded).
+     "9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00",
+     "3000-01-01T00:00:00Z"],
 )  # fmt: skip
 def test_instants_need_their_offset(value: object) -> None:
     with pytest.raises(ValueError, match="fuseau"):
@@ -118,3 +121,20 @@ def test_api_bodies_refuse_unknown_fields_and_loose_types() -> None:
     ):
         with pytest.raises(ValidationError):
             HomeVisitIn.model_validate({**visit, **changes})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+        dt.datetime(3000, 1, 1, tzinfo=dt.UTC),
+    ],
+)
+def test_far_off_instants_are_a_booking_error_not_an_overflow(value: dt.datetime) -> None:
+    """The service's own check, for callers that build instants without the API's parser
+    (the portal's pages)."""
+    from labvault.appointments.services import _aware_utc
+
+    with pytest.raises(BookingError, match="année hors limites"):
+        _aware_utc(value)
