@@ -42,6 +42,8 @@ from labvault.accounts.webauthn_pages import router as passkey_pages
 from labvault.accounts.webauthn_routes import router as passkey_router
 from labvault.appointments.pages import router as appointment_pages
 from labvault.appointments.routes import router as appointment_router
+from labvault.catalog.pages import router as catalog_pages
+from labvault.catalog.routes import router as catalog_router
 from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
@@ -61,6 +63,8 @@ from labvault.patients.pages import router as patient_pages
 from labvault.patients.routes import router as patient_router
 from labvault.preregistration.pages import router as preregistration_pages
 from labvault.preregistration.routes import router as preregistration_router
+from labvault.schedules.pages import router as schedule_pages
+from labvault.schedules.routes import router as schedule_router
 from labvault.security.pages import router as security_pages
 from labvault.security.routes import router as security_router
 
@@ -168,6 +172,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(linking_pages)
     app.include_router(staff_admin_router)
     app.include_router(staff_admin_pages)
+    app.include_router(catalog_router)
+    app.include_router(catalog_pages)
+    app.include_router(schedule_router)
+    app.include_router(schedule_pages)
     app.include_router(patient_router)
     app.include_router(patient_pages)
     app.include_router(appointment_router)

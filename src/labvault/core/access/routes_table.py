@@ -170,6 +170,11 @@ _SELF = account()
 _PATIENT_SELF = account("patient")
 _PATIENT_SELF_API = account("patient", refusal=403, note="other kinds: 403, not a patient account")
 _ADMIN = roles("organization_admin", note="staff administration")
+_CONFIG = roles("organization_admin", note="exam catalog and site schedules")
+_CONFIG_EXAM = roles("organization_admin", object_from="path:exam_id", note="its catalog's exams")
+_CONFIG_SITE = roles(
+    "organization_admin", object_from="path:site_id", note="its organization's sites"
+)
 _OWN_BOOKING = account(
     "patient",
     object_from="body:patient_id",
@@ -322,6 +327,15 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /api/v1/auth/accounts/{account_id}/unlock": roles(
             "organization_admin", object_from="path:account_id", note="accounts of its organization"
         ),
+        # --- exam catalog and site schedules (API, organization admins) ------------------
+        "GET /api/v1/admin/exams": _CONFIG,
+        "POST /api/v1/admin/exams": _CONFIG,
+        "PATCH /api/v1/admin/exams/{exam_id}": _CONFIG_EXAM,
+        "GET /api/v1/admin/sites/{site_id}/schedule": _CONFIG_SITE,
+        "PUT /api/v1/admin/sites/{site_id}/schedule": _CONFIG_SITE,
+        "GET /api/v1/admin/sites/{site_id}/closures": _CONFIG_SITE,
+        "POST /api/v1/admin/sites/{site_id}/closures": _CONFIG_SITE,
+        "DELETE /api/v1/admin/sites/{site_id}/closures/{closure_id}": _CONFIG_SITE,
         # --- patients (API) --------------------------------------------------------------
         "POST /api/v1/patients/search": policy(
             "patient:search",
@@ -541,6 +555,16 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /administration/personnel/deverrouillage": _ADMIN,
         "GET /administration/personnel/invitation": _ADMIN,
         "POST /administration/personnel/invitation": _ADMIN,
+        # --- pages: exam catalog and site schedules ---------------------------------------
+        "GET /administration/examens": _CONFIG,
+        "POST /administration/examens": _CONFIG,
+        "POST /administration/examens/modification": _CONFIG,
+        "POST /administration/examens/activation": _CONFIG,
+        "GET /administration/sites": _CONFIG,
+        "GET /administration/sites/{site_id}/planning": _CONFIG_SITE,
+        "POST /administration/sites/{site_id}/planning": _CONFIG_SITE,
+        "POST /administration/sites/{site_id}/fermetures": _CONFIG_SITE,
+        "POST /administration/sites/{site_id}/fermetures/suppression": _CONFIG_SITE,
         # --- pre-registration and prescriptions (API and pages) ---------------------------
         "PUT /api/v1/appointments/{appointment_id}/preregistration": policy(
             "appointment:update",
