@@ -36,6 +36,7 @@ def test_a_reset_token_names_its_row_and_carries_256_random_bits() -> None:
         f"{uuid.uuid4()}.{'a' * 43}",
         f"{uuid.uuid4().hex}.{'a' * 100}",
     ],
+    ids=["empty", "no-dot", "no-secret", "short-secret", "bad-hex", "dashed-uuid", "long-secret"],
 )
 def test_anything_else_is_no_reset_token(token: str) -> None:
     assert _reset_selector(token) is None
