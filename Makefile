@@ -26,7 +26,7 @@ typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.import_patients

@@ -6,12 +6,14 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from helpers import leaked, pg_dump, sensitive_values, sqlite_files, write_csv
 from labvault.cli import app
+from labvault.cli import console as cli_console
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
@@ -103,7 +105,12 @@ def test_imported_patients_are_ciphertext_at_rest_and_read_back_intact(
                 ] == [found.id]
 
 
-def test_cli_find_prints_the_decrypted_patient(cli_env: Settings, tmp_path: Path) -> None:
+def test_cli_find_prints_the_decrypted_patient(
+    cli_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI's console read the terminal's width when it was created: wide enough for the
+    # whole table whatever ran before in this process (a test worker has no terminal).
+    monkeypatch.setattr(cli_console, "width", 300)
     rows = list(synthetic_patient_rows(5, seed=7))
     source = write_csv(tmp_path / "patients.csv", rows)
     assert runner.invoke(app, ["init", "--organization", ORGANIZATION]).exit_code == 0
