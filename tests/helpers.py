@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.patients.importer import COLUMNS
 
 PG_ADMIN_URL = os.environ.get(
@@ -121,3 +122,22 @@ def pg_dump(database_url: str) -> bytes:
     ]
     text = _BYTEA_HEX.sub(b"<bytea>", dump)
     return text + b"\n" + b"\n".join(decoded)
+
+
+class AllowEverything:
+    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
+
+    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
+        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
+
+    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
+        return self.hit(rule, *identifiers)
+
+    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
+        return self.hit(rule, *identifiers)
+
+    def reset(self, rule: RateRule, *identifiers: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -35,6 +35,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import status_code_conformance
 
+from helpers import AllowEverything
 from labvault.accounts import routes
 from labvault.accounts.models import Account, AccountKind, AccountStatus
 from labvault.accounts.services import AccountService
@@ -45,7 +46,6 @@ from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
 from labvault.core.mail.message import OutgoingMessage
-from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import create_organization
 
@@ -67,25 +67,6 @@ Credentials = tuple[dict[str, str], dict[str, str]]
 """The cookies and headers of one request with a session."""
 SignIn = Callable[[bool], Credentials]
 """A new session (waiting for its second factor if asked) and its CSRF token."""
-
-
-class AllowEverything:
-    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
-
-    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
-
-    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def reset(self, rule: RateRule, *identifiers: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class LastResetLink:

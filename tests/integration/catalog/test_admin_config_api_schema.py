@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from caller_world import SESSION_COOKIE, CallerWorld, alpha_settings, build_caller_world
+from helpers import AllowEverything
 from labvault.accounts import routes
 from labvault.accounts.webauthn import WebAuthnCredential
 from labvault.app import create_app
@@ -39,7 +40,6 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.events import AuditTrail
 from labvault.core.config import Settings
 from labvault.core.db import transaction
-from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 from labvault.schedules.services import SiteScheduleService
 
@@ -54,25 +54,6 @@ BOUNDED = settings(
 COVERED = r"^/api/v1/admin/(exams|sites)"
 """The exam catalog and the sites' schedules and closures (and the staff admin's site list)."""
 SYSTEM = SystemPrincipal("test:admin-config-schema")
-
-
-class AllowEverything:
-    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
-
-    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
-
-    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def reset(self, rule: RateRule, *identifiers: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 from sqlalchemy import select
 
 from caller_world import SESSION_COOKIE, CallerWorld, alpha_settings, build_caller_world
+from helpers import AllowEverything
 from labvault.accounts import routes
 from labvault.app import create_app
 from labvault.appointments.models import Appointment
 from labvault.core.config import Settings
-from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 
 CHECKS = [not_a_server_error, status_code_conformance]
@@ -39,25 +39,6 @@ BOUNDED = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-
-
-class AllowEverything:
-    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
-
-    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
-
-    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def reset(self, rule: RateRule, *identifiers: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -39,12 +39,12 @@ from caller_world import (
     alpha_settings,
     build_caller_world,
 )
+from helpers import AllowEverything
 from labvault.accounts import routes
 from labvault.accounts.linking import PatientLinks
 from labvault.app import create_app
 from labvault.core.audit.events import audited_transaction
 from labvault.core.config import Settings
-from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
@@ -61,25 +61,6 @@ COVERED = (
 )
 """The health check, the desk's record links, and the patient record and search API (the
 patient's documents are the pre-registration module's)."""
-
-
-class AllowEverything:
-    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
-
-    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
-
-    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def reset(self, rule: RateRule, *identifiers: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -39,10 +39,10 @@ from caller_world import (
     alpha_settings,
     build_caller_world,
 )
+from helpers import AllowEverything
 from labvault.accounts import routes
 from labvault.app import create_app
 from labvault.core.config import Settings
-from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.core.runtime import Runtime
 from labvault.security.models import SecurityAlert
 
@@ -57,25 +57,6 @@ BOUNDED = settings(
 COVERED = r"^/api/v1/(security/|break-glass)"
 """Break-glass grants and the security officers' review of grants and alerts."""
 JUSTIFICATION = "Patiente à l'accueil, rendez-vous pris par téléphone non saisi"
-
-
-class AllowEverything:
-    """A ``RateLimiter`` that never refuses, so generated input reaches the code behind it."""
-
-    def hit(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return RateDecision(allowed=True, retry_after=0.0, remaining=rule.amount)
-
-    def test(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def hit_or_deny(self, rule: RateRule, *identifiers: str) -> RateDecision:
-        return self.hit(rule, *identifiers)
-
-    def reset(self, rule: RateRule, *identifiers: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
