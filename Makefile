@@ -36,6 +36,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.passwords
 	$(BIN)/python -m bench.booking
+	$(BIN)/python -m bench.keys
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

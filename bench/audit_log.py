@@ -491,8 +491,7 @@ def run_verify(runtime: Runtime, audit_log: AuditLog, workers: int = 0) -> int:
     """``workers`` > 1: ranges of positions checked by that many processes, as the CLI does."""
     parallel = ParallelScan(
         database_url=runtime.settings.sqlalchemy_url,
-        provider_setting=runtime.settings.key_provider,
-        default_key_file=str(runtime.settings.key_file),
+        key_provider=runtime.key_provider_config,
         workers=workers,
     )
     with runtime.sessions() as session:

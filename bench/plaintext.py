@@ -84,6 +84,29 @@ class PlaintextIndexer:
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: dt.date) -> bytes:
         return canonical_name_birth_date(birth_name, first_name, birth_date).encode()
 
+    # One generation, never rotated: each lookup has a single candidate.
+
+    @property
+    def generation(self) -> int:
+        return 1
+
+    def nir_candidates(self, compact_nir: str) -> tuple[bytes, ...]:
+        return (self.nir(compact_nir),)
+
+    def email_candidates(self, address: str) -> tuple[bytes, ...]:
+        return (self.email(address),)
+
+    def staff_email_candidates(self, address: str) -> tuple[bytes, ...]:
+        return (self.staff_email(address),)
+
+    def phone_candidates(self, number: str) -> tuple[bytes, ...]:
+        return (self.phone(number),)
+
+    def name_birth_date_candidates(
+        self, birth_name: str, first_name: str, birth_date: dt.date
+    ) -> tuple[bytes, ...]:
+        return (self.name_birth_date(birth_name, first_name, birth_date),)
+
 
 @dataclass(frozen=True, slots=True)
 class PlaintextSealerSpec:

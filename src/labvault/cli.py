@@ -51,13 +51,14 @@ from labvault.core.config import ConfigurationError, Settings, load_settings
 from labvault.core.contact import parse_email, parse_phone
 from labvault.core.crypto.errors import CryptoError
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.crypto.providers import FileKeyProvider, ensure_provider_keys
 from labvault.core.db import describe_database_error, transaction
 from labvault.core.db_roles import RoleError, current_role_problems, grant_app_role
 from labvault.core.migrate import is_up_to_date, upgrade
 from labvault.core.runtime import Runtime
 from labvault.core.tenancy import AUDIT_LOG_SCOPE
 from labvault.core.web.request_context import new_request_id
+from labvault.keys.commands import keys_app
 from labvault.organizations.models import Organization
 from labvault.organizations.services import (
     InvalidOrganizationNameError,
@@ -67,6 +68,7 @@ from labvault.organizations.services import (
     use_organization,
 )
 from labvault.patients.bulk import BatchConflictError, register_records
+from labvault.patients.commands import hold_app, patients_erase, patients_holds
 from labvault.patients.importer import CsvFileError, import_patients, write_rejects
 from labvault.patients.ins import InsOid
 from labvault.patients.nir import Nir, NirError
@@ -93,6 +95,10 @@ app.add_typer(staff_app, name="staff")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(reminders_app, name="reminders")
 app.add_typer(retention_app, name="retention")
+patients_app.command("erase")(patients_erase)
+patients_app.command("holds")(patients_holds)
+patients_app.add_typer(hold_app, name="hold")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 errors = Console(stderr=True)
@@ -169,7 +175,8 @@ def _ensure_initialised(settings: Settings) -> Runtime:
             "[yellow]Back it up apart from the database: without it the data is unreadable.[/]"
         )
     runtime = Runtime(settings)
-    runtime.key_provider  # noqa: B018 - fail now if the key file is missing or exposed
+    # Fail now if the key file is missing or exposed; create a Transit provider's keys.
+    ensure_provider_keys(runtime.key_provider)
     _upgrade_schema(runtime)
     return runtime
 
@@ -313,7 +320,7 @@ def serve(
 
     settings = load_settings()
     with _runtime() as runtime:
-        runtime.key_provider  # noqa: B018 - refuse to start without a usable key
+        runtime.key_provider.versions()  # refuse to start without a reachable, usable key
         with runtime.engine.connect() as connection:
             problems = current_role_problems(connection)
     if problems:
@@ -699,8 +706,7 @@ def audit_verify(
                 parallel=ParallelScan(
                     database_url=runtime.settings.sqlalchemy_url,
                     scope=AUDIT_LOG_SCOPE,
-                    provider_setting=runtime.settings.key_provider,
-                    default_key_file=str(runtime.settings.key_file),
+                    key_provider=runtime.key_provider_config,
                     workers=workers if workers >= 0 else (os.cpu_count() or 1),
                 ),
             )

@@ -15,14 +15,16 @@ Cancel (anonymous, with the link)
 
 Erasure (``labvault accounts purge``, :func:`purge_closed_accounts`)
     Accounts still closing once the grace period has ended are deleted with every row that
-    cascades from them (sessions, codes, factors, passkeys, known devices, the link to their
-    Patient record and to their dependents), and with their wrapped data key: the sealed
-    email address and security phrase left in backups can no longer be decrypted
-    (crypto-shredding). The **Patient record is kept**: a laboratory must keep its patients'
-    records (identity, requests, results) for the periods the law sets; the account was only
-    a way in to them. Staff accounts cannot delete themselves: a staff account carries the
-    accountability of the actions in the audit log and is closed by the organization's
-    administration.
+    cascades from them (sessions, codes, factors, passkeys, known devices, the links to their
+    dependents), and with their wrapped data key: the sealed email address and security
+    phrase left in backups can no longer be decrypted (crypto-shredding). The account's own
+    **Patient record is erased** too (``labvault.patients.erasure``: its data key destroyed,
+    its blind indexes cleared, a tombstone kept) **unless a legal hold keeps it** (lab reports
+    are kept 10 years): then only the account goes, the record stays until the hold ends, and
+    the purge counts it. The request email says so. Dependents' records are not erased:
+    they are their own data subjects; the guardian's links to them go with the account.
+    Staff accounts cannot delete themselves: a staff account carries the accountability of
+    the actions in the audit log and is closed by the organization's administration.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ from labvault.core.audit.events import AuditContext, AuditTrail, Outcome
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
 from labvault.core.ratelimit import RateRule
+from labvault.patients.erasure import (
+    ErasureReport,
+    KeylessKeyring,
+    RecordNotFoundError,
+    erase_unless_held,
+)
+from labvault.patients.models import ErasureRequester
 
 __all__ = [
     "CANCEL_PATH",
@@ -117,8 +126,12 @@ class AccountClosure:
             f"Vous avez demandé la suppression de votre compte le {paris_time(now)} (heure de "
             "Paris). Vous avez été déconnecté de tous vos appareils et vous ne pouvez plus vous "
             f"connecter. Le compte sera définitivement supprimé après le {paris_time(erase_after)}."
-            "\n\nVotre dossier au laboratoire (identité, examens, résultats) n'est pas supprimé :"
-            " la loi impose au laboratoire de le conserver. Seul votre accès en ligne disparaît."
+            "\n\nVotre dossier au laboratoire (identité, examens, résultats) sera effacé en même "
+            "temps, sauf s'il est sous conservation légale (par exemple les comptes rendus "
+            "d'analyses, que la loi impose au laboratoire de conserver 10 ans) : un tel dossier "
+            "n'est pas supprimé, il est conservé jusqu'à la fin de cette obligation. Les dossiers "
+            "des personnes pour qui vous agissez (vos enfants) ne sont pas effacés : seul votre "
+            "accès à ces dossiers disparaît."
             f"\n\nPour annuler la suppression d'ici là, ouvrez ce lien :\n{link}\n\nSi vous "
             "n'avez rien demandé, ouvrez ce lien tout de suite, puis changez votre mot de passe.",
             "account:deletion-requested",
@@ -175,6 +188,10 @@ class AccountClosure:
 class PurgeReport:
     accounts: int
     data_keys: int
+    records_erased: int = 0
+    """The accounts' own Patient records erased (crypto-shredded)."""
+    records_held: int = 0
+    """Their own Patient records kept because a legal hold is active."""
 
 
 def purge_closed_accounts(
@@ -191,17 +208,18 @@ def purge_closed_accounts(
     account (its random id, nothing personal)."""
     cutoff = clock() - dt.timedelta(days=grace_days)
     due = session.execute(
-        select(Account.id, Account.tenant_id, Account.data_key_id).where(
+        select(Account.id, Account.tenant_id, Account.data_key_id, Account.patient_id).where(
             Account.status == AccountStatus.CLOSING.value,
             Account.closing_requested_at.is_not(None),
             Account.closing_requested_at <= cutoff,
         )
     ).all()
-    trail = AuditTrail(session, SystemPrincipal(PURGE_JOB), context)
-    accounts = keys = 0
-    for account_id, tenant_id, data_key_id in due:
+    principal = SystemPrincipal(PURGE_JOB)
+    trail = AuditTrail(session, principal, context)
+    accounts = keys = erased = held = 0
+    for account_id, tenant_id, data_key_id, patient_id in due:
         # Rows of sessions, codes, factors, passkeys, devices and dependents cascade.
-        accounts += _rowcount(
+        deleted = _rowcount(
             session.execute(
                 delete(Account).where(
                     Account.id == account_id,
@@ -210,6 +228,13 @@ def purge_closed_accounts(
                 )
             )
         )
+        if not deleted:
+            continue  # cancelled meanwhile: neither the account nor its record goes
+        accounts += deleted
+        if patient_id is not None:
+            outcome = _erase_own_record(session, tenant_id, patient_id, principal, context)
+            erased += outcome == "erased"
+            held += outcome == "held"
         keys += _rowcount(
             session.execute(
                 delete(DataKeyRecord).where(
@@ -227,7 +252,26 @@ def purge_closed_accounts(
             target_id=account_id,
             purpose="retention",
         )
-    return PurgeReport(accounts, keys)
+    return PurgeReport(accounts, keys, erased, held)
+
+
+def _erase_own_record(
+    session: Session,
+    tenant_id: uuid.UUID,
+    patient_id: uuid.UUID,
+    principal: SystemPrincipal,
+    context: AuditContext | None,
+) -> str:
+    """Erase an account's own Patient record unless a legal hold keeps it (its denied
+    ``patient:record:erase`` event is then recorded); ``erased``, ``held`` or ``gone``."""
+    keyring = KeylessKeyring(session, tenant_id, principal, context)
+    try:
+        outcome = erase_unless_held(session, keyring, patient_id, ErasureRequester.PATIENT)
+    except RecordNotFoundError:
+        return "gone"
+    if isinstance(outcome, ErasureReport):
+        return "gone" if outcome.already_erased else "erased"
+    return "held"
 
 
 def forget_stale_devices(

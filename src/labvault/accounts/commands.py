@@ -26,13 +26,14 @@ def purge() -> None:
     """Erase the accounts whose deletion was requested more than
     LABVAULT_ACCOUNT_DELETION_GRACE_DAYS ago, with their data keys (crypto-shredding).
 
-    Patient records are kept (the laboratory must keep them by law): only the accounts, and
-    their links to those records, go. Also forgets the known devices whose last login is older
-    than LABVAULT_KNOWN_DEVICE_RETENTION_DAYS (400 by default, their cookie's lifetime).
+    Each account's own Patient record is erased too (crypto-shredding) unless a legal hold
+    keeps it; dependents' records are only unlinked. Also forgets the known devices whose
+    last login is older than LABVAULT_KNOWN_DEVICE_RETENTION_DAYS (400 by default, their
+    cookie's lifetime).
     """
     from labvault.cli import _audit_context, _runtime, _seal_events, console
 
-    accounts = data_keys = devices = 0
+    accounts = data_keys = devices = records_erased = records_held = 0
     with _runtime() as runtime:
         with runtime.sessions() as session:
             tenants = list(session.scalars(select(Organization.id).order_by(Organization.id)))
@@ -52,10 +53,16 @@ def purge() -> None:
                 )
             accounts += report.accounts
             data_keys += report.data_keys
+            records_erased += report.records_erased
+            records_held += report.records_held
         _seal_events(runtime)
     console.print(
         f"{accounts} account(s) erased, {data_keys} data key(s) destroyed "
         f"(grace period: {runtime.settings.account_deletion_grace_days} days).",
+        highlight=False,
+    )
+    console.print(
+        f"{records_erased} patient record(s) erased, {records_held} kept under a legal hold.",
         highlight=False,
     )
     console.print(

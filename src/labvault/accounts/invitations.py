@@ -216,13 +216,13 @@ class StaffAccountService(AccountService):
             staff_role = StaffRole(role)
         except ValueError:
             raise InvalidInputError("Rôle inconnu.") from None
-        email_index = self._keyring(by).indexer.staff_email(address)
-        existing = self._find(email_index, AccountKind.STAFF)
+        email_indexes = self._keyring(by).indexer.staff_email_candidates(address)
+        existing = self._find(email_indexes, AccountKind.STAFF)
         if existing is not None and existing.status == AccountStatus.INVITED.value:
             raise AlreadyInvitedError(
                 "Cette personne a déjà une invitation en attente : renouvelez-la."
             )
-        if existing is not None or self._staff_member(email_index) is not None:
+        if existing is not None or self._staff_member(email_indexes) is not None:
             raise InvalidInputError("Un membre du personnel a déjà cette adresse.")
         try:
             staff_id = StaffRepository(self._session, self._keyring(by)).add(
@@ -236,7 +236,6 @@ class StaffAccountService(AccountService):
             raise InvalidInputError("Un des sites n'est pas un site de ce laboratoire.") from None
         account = self._insert_account(
             address,
-            email_index,
             self._hasher.dummy_hash,
             None,
             kind=AccountKind.STAFF,
@@ -256,7 +255,9 @@ class StaffAccountService(AccountService):
             address = parse_email(email)
         except ValueError:
             raise InvalidInputError("Adresse e-mail invalide.") from None
-        account = self._find(self._keyring(by).indexer.staff_email(address), AccountKind.STAFF)
+        account = self._find(
+            self._keyring(by).indexer.staff_email_candidates(address), AccountKind.STAFF
+        )
         if account is None or account.status != AccountStatus.INVITED.value:
             raise InvalidInputError("Aucune invitation en attente pour cette adresse.")
         return self._renew(by, account, address)
@@ -305,10 +306,11 @@ class StaffAccountService(AccountService):
         self._record(AuditAction.STAFF_INVITATION_CREATE, None, by, outcome=Outcome.DENIED)
         raise ForbiddenError
 
-    def _staff_member(self, email_index: bytes) -> StaffMember | None:
+    def _staff_member(self, email_indexes: Sequence[bytes]) -> StaffMember | None:
         return self._session.scalar(
             select(StaffMember).where(
-                StaffMember.tenant_id == self._tenant_id, StaffMember.email_index == email_index
+                StaffMember.tenant_id == self._tenant_id,
+                StaffMember.email_index.in_(email_indexes),
             )
         )
 
@@ -633,7 +635,7 @@ class StaffAccountService(AccountService):
         """An active account for an existing staff member, with a known password and no
         factor yet (its first login enrols one): for the demo."""
         address = parse_email(email)
-        member = self._staff_member(self._keyring(by).indexer.staff_email(address))
+        member = self._staff_member(self._keyring(by).indexer.staff_email_candidates(address))
         if member is None:
             raise InvalidInputError("Aucun membre du personnel n'a cette adresse.")
         return self.provision(

@@ -611,8 +611,8 @@ class PatientLinks:
     def _recipient_phrase(self, keyring: Keyring, address: str) -> str | None:
         """The security phrase of the patient account registered under ``address``, if any:
         the phrase its recipient knows (see the module's docstring)."""
-        index = keyring.indexer.email(address)
-        owner = self._accounts._find(index, AccountKind.PATIENT)
+        indexes = keyring.indexer.email_candidates(address)
+        owner = self._accounts._find(indexes, AccountKind.PATIENT)
         if owner is None or owner.security_phrase is None:
             return None
         mailer = Principal(PrincipalKind.SYSTEM, "system:mailer")
@@ -919,7 +919,7 @@ class PatientLinks:
         except ValueError:
             return None
         account = self._accounts._find(
-            self._accounts._email_index(address, AccountKind.PATIENT), AccountKind.PATIENT
+            self._accounts._email_indexes(address, AccountKind.PATIENT), AccountKind.PATIENT
         )
         if account is None or account.status != AccountStatus.ACTIVE.value:
             return None

@@ -95,6 +95,8 @@ class Account(HasRandomId, Base):
     status: Mapped[str] = mapped_column(String(16))
     email: Mapped[bytes] = mapped_column(RawBytes)
     email_index: Mapped[bytes] = mapped_column(RawBytes(32))
+    index_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """The index-key generation its blind indexes were computed with (see ``keys rotate-index``)."""
     security_phrase: Mapped[bytes | None] = mapped_column(RawBytes)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str | None] = mapped_column(String(32))

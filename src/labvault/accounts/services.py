@@ -29,7 +29,7 @@ import hmac
 import secrets
 import uuid
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn, cast
 
 from sqlalchemy import Table, delete, insert, select, update
@@ -58,7 +58,8 @@ from labvault.core.audit.events import AuditContext, Outcome
 from labvault.core.config import Settings
 from labvault.core.contact import parse_email
 from labvault.core.crypto.derived import DerivedKeys
-from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.errors import DecryptionError
+from labvault.core.crypto.keyring import Indexer, Keyring, TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.otp import (
     match_totp,
@@ -76,6 +77,13 @@ from labvault.core.crypto.passwords import (
     normalize_password,
 )
 from labvault.core.crypto.providers.base import KeyProvider
+from labvault.core.crypto.reindex import (
+    REINDEX_PURPOSE,
+    Reindex,
+    apply_reindexes,
+    count_pending,
+    pending_ids,
+)
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import utcnow
 from labvault.core.mail import Mailer
@@ -328,15 +336,22 @@ class AccountService:
         return hmac.digest(self._code_key.reveal(), message, "sha256")
 
     def _email_index(self, email: str, kind: AccountKind) -> bytes:
-        indexer = self._keyring(ANONYMOUS).indexer
-        return indexer.staff_email(email) if kind is AccountKind.STAFF else indexer.email(email)
+        """The newest generation's index: what a new account stores, and rate limits use."""
+        return _account_email_index(self._keyring(ANONYMOUS).indexer, email, kind)
 
-    def _find(self, email_index: bytes, kind: AccountKind) -> Account | None:
+    def _email_indexes(self, email: str, kind: AccountKind) -> tuple[bytes, ...]:
+        """The address's index under every generation held: what lookups must match."""
+        indexer = self._keyring(ANONYMOUS).indexer
+        if kind is AccountKind.STAFF:
+            return indexer.staff_email_candidates(email)
+        return indexer.email_candidates(email)
+
+    def _find(self, email_indexes: Sequence[bytes], kind: AccountKind) -> Account | None:
         return self._session.scalar(
             select(Account).where(
                 Account.tenant_id == self._tenant_id,
                 Account.kind == kind.value,
-                Account.email_index == email_index,
+                Account.email_index.in_(email_indexes),
             )
         )
 
@@ -432,8 +447,7 @@ class AccountService:
         if security_phrase is not None and not 4 <= len(security_phrase.strip()) <= 80:
             raise InvalidInputError("La phrase de sécurité doit faire de 4 à 80 caractères.")
         password_hash = self._hasher.hash(password)
-        email_index = self._email_index(address, kind)
-        existing = self._find(email_index, kind)
+        existing = self._find(self._email_indexes(address, kind), kind)
         if existing is not None:
             self._audit(AuditAction.ACCOUNT_SIGNUP_REQUEST, existing.id, outcome=Outcome.FAILURE)
             self._send(
@@ -446,7 +460,6 @@ class AccountService:
             return
         account = self._insert_account(
             address,
-            email_index,
             password_hash,
             security_phrase,
             kind=kind,
@@ -465,7 +478,6 @@ class AccountService:
     def _insert_account(
         self,
         address: str,
-        email_index: bytes,
         password_hash: str,
         security_phrase: str | None,
         *,
@@ -476,6 +488,9 @@ class AccountService:
     ) -> Account:
         account_id = uuid.uuid4()
         keyring = self._keyring(ANONYMOUS)
+        # Index and generation from one indexer: a rotation starting meanwhile cannot split them.
+        indexer = keyring.indexer
+        email_index = _account_email_index(indexer, address, kind)
         (key,), key_rows = keyring.new_data_keys(SUBJECT_TYPE, [account_id])
         phrase = security_phrase.strip() if security_phrase else None
         sealed = key.seal_row(
@@ -496,6 +511,7 @@ class AccountService:
                     "status": status.value,
                     "email": sealed["email"],
                     "email_index": email_index,
+                    "index_generation": indexer.generation,
                     "security_phrase": sealed["security_phrase"],
                     "password_hash": password_hash,
                     "role": role,
@@ -524,12 +540,10 @@ class AccountService:
         and staff invitations once accepted). The password policy applies all the same."""
         address = parse_email(email)
         check_new_password(password, context=[address.split("@")[0]])
-        email_index = self._email_index(address, kind)
-        if self._find(email_index, kind) is not None:
+        if self._find(self._email_indexes(address, kind), kind) is not None:
             raise InvalidInputError("Un compte existe déjà pour cette adresse.")
         account = self._insert_account(
             address,
-            email_index,
             self._hasher.hash(password),
             security_phrase,
             kind=kind,
@@ -549,7 +563,7 @@ class AccountService:
             address = parse_email(email)
         except ValueError:
             raise failure from None
-        account = self._find(self._email_index(address, kind), kind)
+        account = self._find(self._email_indexes(address, kind), kind)
         if account is None or account.status != AccountStatus.PENDING_EMAIL.value:
             raise failure
         self._check_rate(SECOND_FACTOR_PER_ACCOUNT, self._identifier(account.email_index))
@@ -590,7 +604,7 @@ class AccountService:
             raise ThrottledError(wait)
         self._check_rate(LOGIN_ACCOUNT_MINUTE, identifier)
         self._check_rate(LOGIN_ACCOUNT_HOUR, identifier)
-        account = self._find(email_index, kind)
+        account = self._find(self._email_indexes(address, kind), kind)
         if account is None:
             self._hasher.verify_dummy(password)
             self._audit(AuditAction.ACCOUNT_LOGIN_FAILURE, None, outcome=Outcome.FAILURE)
@@ -994,7 +1008,7 @@ class AccountService:
             raise InvalidInputError("Adresse e-mail invalide.") from None
         email_index = self._email_index(address, kind)
         self._check_rate(RESET_PER_ADDRESS, self._identifier(email_index), throttled)
-        account = self._find(email_index, kind)
+        account = self._find(self._email_indexes(address, kind), kind)
         if account is not None and self._security_locked(account):
             # A link could not lift this lock: the owner is told whom to ask instead.
             self._retire_links(RESET_PURPOSE, account.id)
@@ -1286,3 +1300,68 @@ __all__ = [
     "ThrottledError",
     "TotpEnrolment",
 ]
+
+
+def _account_email_index(indexer: Indexer, address: str, kind: AccountKind) -> bytes:
+    """Staff accounts use the staff-email key: a staff member who is a patient is unlinkable."""
+    return indexer.staff_email(address) if kind is AccountKind.STAFF else indexer.email(address)
+
+
+class AccountIndexes:
+    """Accounts' email indexes moved to the newest index generation (``keys rotate-index``).
+
+    Each address is opened under its account's key as the keyring's principal (a named
+    system job), one audited read per account with purpose ``keys:rotate-index``.
+    """
+
+    def __init__(self, session: Session, keyring: Keyring) -> None:
+        self._session = session
+        self._keyring = keyring
+
+    def pending_reindex(self, *, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+        generation = self._keyring.indexer.generation
+        tenant_id = self._keyring.tenant_id
+        return pending_ids(
+            self._session, _ACCOUNTS, tenant_id, generation, after=after, limit=limit
+        )
+
+    def count_pending_reindex(self) -> int:
+        generation = self._keyring.indexer.generation
+        return count_pending(self._session, _ACCOUNTS, self._keyring.tenant_id, generation)
+
+    def plan_reindex(self, account_ids: Sequence[uuid.UUID]) -> list[Reindex]:
+        indexer = self._keyring.indexer
+        accounts = list(
+            self._session.scalars(
+                select(Account).where(
+                    Account.tenant_id == self._keyring.tenant_id,
+                    Account.id.in_(account_ids),
+                    Account.index_generation < indexer.generation,
+                )
+            )
+        )
+        keys = self._keyring.open_data_keys(SUBJECT_TYPE, [a.id for a in accounts], REINDEX_PURPOSE)
+        plans = []
+        for account in accounts:
+            key = keys[account.id]
+            if key.id != account.data_key_id:
+                raise DecryptionError(f"{TABLE} row {account.id}: names a data key not its own")
+            email = key.open_row(TABLE, account.id, {"email": account.email})["email"]
+            if email is None:
+                raise DecryptionError(f"{TABLE} row {account.id}: no email to index")
+            kind = AccountKind(account.kind)
+            plans.append(
+                Reindex(
+                    row_id=account.id,
+                    old_generation=account.index_generation,
+                    old={"email_index": account.email_index},
+                    new={
+                        "email_index": _account_email_index(indexer, email.decode(), kind),
+                        "index_generation": indexer.generation,
+                    },
+                )
+            )
+        return plans
+
+    def apply_reindex(self, plans: Sequence[Reindex]) -> int:
+        return apply_reindexes(self._session, _ACCOUNTS, self._keyring.tenant_id, plans)

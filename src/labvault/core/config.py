@@ -6,11 +6,15 @@ machine; production deployments override the database and the key provider.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -54,6 +58,79 @@ def sms_sender_problem(setting: str) -> str | None:
     return None
 
 
+KEY_PROVIDER_FORMS = (
+    "must be 'file:' (key file under data_dir/keys), 'file:/path/to/root.key' or "
+    "'transit:https://bao.internal:8200/<mount>/<key>' (OpenBao/Vault Transit)"
+)
+_TRANSIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TransitSpec:
+    """Where a Transit key is: ``address`` (scheme, host, port), ``mount`` path, ``key`` name."""
+
+    address: str
+    mount: str
+    key: str
+
+
+def key_provider_problem(spec: str) -> str | None:
+    """What is wrong with a LABVAULT_KEY_PROVIDER value, or ``None``."""
+    scheme, colon, _ = spec.partition(":")
+    if colon and scheme == "file":
+        return None
+    if not colon or scheme != "transit":
+        return KEY_PROVIDER_FORMS
+    try:
+        parse_transit_spec(spec)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def parse_transit_spec(spec: str) -> TransitSpec:
+    """``transit:<http(s)://host:port>/<mount>/<key>``; plain http only to a loopback address
+    (the token and every wrapped key cross the connection)."""
+    url = spec.removeprefix("transit:")
+    form = "'transit:https://bao.internal:8200/<mount>/<key>'"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError(f"must look like {form}: the address is malformed") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"must look like {form}: an http(s) address, then the mount and key")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ValueError(
+            f"must look like {form}: no credentials, query or fragment in the address "
+            "(give the token with LABVAULT_TRANSIT_TOKEN_FILE)"
+        )
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if len(segments) < 2 or parts.path.endswith("/"):
+        raise ValueError(f"must look like {form}: the mount path and the key name are missing")
+    if any(not _TRANSIT_NAME.match(s) or s in {".", ".."} for s in segments):
+        raise ValueError(
+            f"must look like {form}: mount and key names take letters, digits, '_', '-', '.'"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            "plain http is only allowed to a loopback address; use https for a remote "
+            "OpenBao/Vault (the token and the wrapped keys cross that connection)"
+        )
+    return TransitSpec(
+        address=f"{parts.scheme}://{parts.netloc}", mount="/".join(segments[:-1]), key=segments[-1]
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """labvault settings. See the README's "Configuration" section."""
 
@@ -71,7 +148,59 @@ class Settings(BaseSettings):
     )
     key_provider: str = Field(
         default="file:",
-        description="'file:' (key file under data_dir/keys), 'file:/path/to/root.key'.",
+        description="'file:' (key file under data_dir/keys), 'file:/path/to/root.key', or "
+        "'transit:https://bao.internal:8200/transit/labvault' (OpenBao/Vault Transit: address, "
+        "mount, key; plain http only to a loopback address).",
+    )
+    previous_key_provider: str | None = Field(
+        default=None,
+        description="During a move between key providers (`labvault keys migrate`): the old "
+        "one, same syntax as LABVAULT_KEY_PROVIDER; what it wrapped still unwraps there.",
+    )
+    transit_token: SecretStr | None = Field(
+        default=None,
+        description="Transit: the token, inline (prefer LABVAULT_TRANSIT_TOKEN_FILE or AppRole).",
+    )
+    transit_token_file: Path | None = Field(
+        default=None,
+        description="Transit: a file holding the token (re-read when the server refuses it, "
+        "e.g. one an OpenBao/Vault agent renews).",
+    )
+    transit_role_id: str | None = Field(
+        default=None, description="Transit: AppRole login, the role id."
+    )
+    transit_secret_id_file: Path | None = Field(
+        default=None, description="Transit: AppRole login, a file holding the secret id."
+    )
+    transit_approle_mount: str = Field(
+        default="approle", description="Transit: where the AppRole auth method is mounted."
+    )
+    transit_ca_file: Path | None = Field(
+        default=None, description="Transit: CA bundle that signed the server's certificate."
+    )
+    transit_client_cert_file: Path | None = Field(
+        default=None, description="Transit: client certificate, for mutual TLS."
+    )
+    transit_client_key_file: Path | None = Field(
+        default=None, description="Transit: the client certificate's private key."
+    )
+    transit_namespace: str | None = Field(
+        default=None, description="Transit: the Vault Enterprise/OpenBao namespace, if any."
+    )
+    transit_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, description="Transit: timeout of each HTTP request."
+    )
+    transit_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Transit: retries of a failed request (connection errors, 5xx, 429), "
+        "with backoff; authentication and validation errors are never retried.",
+    )
+    transit_derivation_key: str | None = Field(
+        default=None,
+        description="Transit: the key that derives the audit seal and checkpoint signing keys "
+        "(HMAC, never rotated); default: '<key>-derivation'.",
     )
     audit_witness_dir: Path | None = Field(
         default=None,
@@ -213,15 +342,56 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("key_provider")
+    @field_validator("key_provider", "previous_key_provider")
     @classmethod
-    def _check_key_provider(cls, value: str) -> str:
-        scheme = value.split(":", 1)[0]
-        if ":" not in value or scheme not in {"file"}:
-            raise ValueError(
-                "LABVAULT_KEY_PROVIDER must look like 'file:' or 'file:/path/to/root.key'"
-            )
+    def _check_key_provider(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = key_provider_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("key_provider", problem)
         return value
+
+    @field_validator("transit_derivation_key")
+    @classmethod
+    def _check_transit_key_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TRANSIT_NAME.match(value):
+            raise ValueError("a Transit key name takes letters, digits, '_', '-' and '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _check_transit_credentials(self) -> Self:
+        """A Transit provider needs exactly one way to authenticate, and whole TLS pairs."""
+        if self.previous_key_provider == self.key_provider:
+            raise PydanticCustomError(
+                "previous_key_provider",
+                "LABVAULT_PREVIOUS_KEY_PROVIDER must differ from LABVAULT_KEY_PROVIDER",
+            )
+        specs = (self.key_provider, self.previous_key_provider or "")
+        if not any(spec.startswith("transit:") for spec in specs):
+            return self
+        approle = self.transit_role_id is not None or self.transit_secret_id_file is not None
+        methods = [self.transit_token is not None, self.transit_token_file is not None, approle]
+        if sum(methods) != 1:
+            raise PydanticCustomError(
+                "transit_credentials",
+                "a transit: key provider needs one way to authenticate: "
+                "LABVAULT_TRANSIT_TOKEN_FILE, LABVAULT_TRANSIT_TOKEN, or LABVAULT_TRANSIT_ROLE_ID "
+                "with LABVAULT_TRANSIT_SECRET_ID_FILE",
+            )
+        if approle and (self.transit_role_id is None or self.transit_secret_id_file is None):
+            raise PydanticCustomError(
+                "transit_approle",
+                "AppRole login needs both LABVAULT_TRANSIT_ROLE_ID and "
+                "LABVAULT_TRANSIT_SECRET_ID_FILE",
+            )
+        if (self.transit_client_cert_file is None) != (self.transit_client_key_file is None):
+            raise PydanticCustomError(
+                "transit_client_cert",
+                "mutual TLS needs both LABVAULT_TRANSIT_CLIENT_CERT_FILE and "
+                "LABVAULT_TRANSIT_CLIENT_KEY_FILE",
+            )
+        return self
 
     @field_validator("sms_sender")
     @classmethod
@@ -248,7 +418,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_key_file_outside_data_dir(self) -> Self:
         """In production the root key must not sit in the data directory (DESIGN, I2)."""
-        if self.environment == "production":
+        if self.environment == "production" and self.key_provider.startswith("file:"):
             data_dir = self.resolved_data_dir
             key_file = self.key_file
             if key_file == data_dir or data_dir in key_file.parents:
@@ -293,9 +463,14 @@ class Settings(BaseSettings):
         The default lives in ``data_dir/keys``, a sibling of ``data_dir/db``: a copy of the
         database directory never carries the key.
         """
-        _, _, path = self.key_provider.partition(":")
-        if path:
+        scheme, _, path = self.key_provider.partition(":")
+        if scheme == "file" and path:
             return Path(path).expanduser().resolve()
+        return self.default_key_file
+
+    @cached_property
+    def default_key_file(self) -> Path:
+        """The key file of a bare ``file:`` provider (current or previous)."""
         return self.resolved_data_dir / "keys" / "root.key"
 
     @cached_property

@@ -16,8 +16,8 @@ from labvault.core.audit.sequencer import AuditLog
 from labvault.core.audit.witness import FileAuditWitness
 from labvault.core.config import Settings
 from labvault.core.crypto.derived import DerivedKeys
-from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_keys
-from labvault.core.crypto.providers import KeyProvider, load_key_provider
+from labvault.core.crypto.keyring import TenantSealerSpec, wrapped_index_key_rows
+from labvault.core.crypto.providers import KeyProvider, KeyProviderConfig, load_key_provider
 from labvault.core.db import create_db_engine, make_session_factory
 from labvault.core.mail import Mailer, load_mailer
 from labvault.core.ratelimit import LimitsRateLimiter, RateLimiter
@@ -68,7 +68,12 @@ class Runtime:
     @cached_property
     def key_provider(self) -> KeyProvider:
         """Loaded on first use; raises a clear KeyProviderError if the key is missing or exposed."""
-        return load_key_provider(self.settings.key_provider, str(self.settings.key_file))
+        return load_key_provider(self.key_provider_config)
+
+    @cached_property
+    def key_provider_config(self) -> KeyProviderConfig:
+        """Where the keys are, picklable: what worker processes rebuild the provider from."""
+        return KeyProviderConfig.from_settings(self.settings)
 
     @cached_property
     def derived_keys(self) -> DerivedKeys:
@@ -106,12 +111,9 @@ class Runtime:
     def sealer_spec(self, session: Session, tenant_id: uuid.UUID) -> TenantSealerSpec:
         """What a worker process needs to seal this tenant's data: settings, wrapped keys."""
         return TenantSealerSpec(
-            provider_setting=self.settings.key_provider,
-            default_key_file=str(self.settings.key_file),
+            key_provider=self.key_provider_config,
             tenant_id=tenant_id,
-            wrapped_index_keys=tuple(
-                (kind.value, blob) for kind, blob in wrapped_index_keys(session, tenant_id).items()
-            ),
+            wrapped_index_keys=wrapped_index_key_rows(session, tenant_id),
         )
 
     def close(self) -> None:
@@ -120,3 +122,7 @@ class Runtime:
             self.admin_engine.dispose()
         if "rate_limiter" in self.__dict__:
             self.rate_limiter.close()
+        if "key_provider" in self.__dict__:
+            close = getattr(self.key_provider, "close", None)  # Transit's HTTP connections
+            if callable(close):
+                close()

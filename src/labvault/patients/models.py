@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
@@ -48,7 +58,8 @@ class Patient(HasRandomId, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT")
     )
-    data_key_id: Mapped[uuid.UUID]
+    data_key_id: Mapped[uuid.UUID | None]
+    """``None`` once the record is erased: its data key is destroyed (crypto-shredding)."""
 
     birth_name: Mapped[bytes] = mapped_column(RawBytes)
     used_name: Mapped[bytes | None] = mapped_column(RawBytes)
@@ -71,6 +82,68 @@ class Patient(HasRandomId, Base):
     email_index: Mapped[bytes | None] = mapped_column(RawBytes(32))
     phone_index: Mapped[bytes | None] = mapped_column(RawBytes(32))
     name_index: Mapped[bytes] = mapped_column(RawBytes(32))
+    index_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """The index-key generation its blind indexes were computed with (see ``keys rotate-index``)."""
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    # Erasure tombstone (``labvault.patients.erasure``): ids, codes and a time, nothing personal.
+    # The sealed columns above stay as they were, unreadable: their data key is gone.
+    erased_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    erased_by_kind: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The erasing principal's kind (``system``, ``staff``...), as in the audit log."""
+    erased_by_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    """The erasing principal's id (e.g. ``system:cli:patients-erase``), as in the audit log."""
+    erasure_requested_by: Mapped[str | None] = mapped_column(String(8), default=None)
+    """Who asked: an :class:`ErasureRequester` value."""
+
+
+class ErasureRequester(enum.StrEnum):
+    """Who asked for a record's erasure."""
+
+    PATIENT = "patient"
+    """The patient, by deleting their account (``labvault accounts purge``)."""
+    STAFF = "staff"
+    CLI = "cli"
+    """An operator, with ``labvault patients erase``."""
+
+
+class LegalHoldReason(enum.StrEnum):
+    """Why a record must be kept: a closed list (free text could hold personal data)."""
+
+    LAB_REPORT_RETENTION = "lab-report-retention"
+    """Medical-analysis reports are kept 10 years."""
+    LITIGATION = "litigation"
+    AUTHORITY_REQUEST = "authority-request"
+    """A court, the health authority or the police asked for the record to be kept."""
+
+
+class LegalHold(HasRandomId, Base):
+    """A record that must not be erased until ``until`` (``None``: until released)."""
+
+    __tablename__ = "legal_holds"
+    __table_args__ = (
+        Index("ix_legal_holds_tenant_id_patient_id", "tenant_id", "patient_id"),
+        # A hold keeps its record: nothing may delete the row underneath it.
+        ForeignKeyConstraint(
+            ["tenant_id", "patient_id"], ["patients.tenant_id", "patients.id"], ondelete="RESTRICT"
+        ),
+        CheckConstraint(
+            "reason IN ('lab-report-retention', 'litigation', 'authority-request')",
+            name="reason_known",
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    patient_id: Mapped[uuid.UUID]
+    reason: Mapped[str] = mapped_column(String(32))
+    until: Mapped[dt.date | None] = mapped_column(Date, default=None)
+    """Last day of the hold (Europe/Paris), inclusive; ``None``: until released."""
+    placed_by: Mapped[str] = mapped_column(String(128))
+    """The principal id that placed it, as in the audit log."""
+    placed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    released_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    released_at: Mapped[dt.datetime | None] = mapped_column(default=None)

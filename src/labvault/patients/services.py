@@ -7,14 +7,16 @@ come from the keyring, whose ``open_data_keys`` is the decrypt choke point.
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import ColumnElement, Select, Table, insert, select
+from sqlalchemy import ColumnElement, Select, Table, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from labvault.appointments.models import IdentityCheck
 from labvault.core.access.policies import Interaction
@@ -22,8 +24,15 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import Keyring, Sealer
+from labvault.core.crypto.keyring import Indexer, Keyring, Sealer
 from labvault.core.crypto.models import DataKeyRecord
+from labvault.core.crypto.reindex import (
+    REINDEX_PURPOSE,
+    Reindex,
+    apply_reindexes,
+    count_pending,
+    pending_ids,
+)
 from labvault.core.db import utcnow
 from labvault.patients.ins import IdentityStatus, InsOid, Sex
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
@@ -35,8 +44,8 @@ from labvault.patients.scope import (
     AccessScope,
     IdentityVerification,
     SystemAccess,
-    in_scope,
 )
+from labvault.patients.scope import in_scope as policy_scope
 
 TABLE = Patient.__tablename__
 SUBJECT_TYPE = "patient"
@@ -44,6 +53,21 @@ DEFAULT_WRITE_PURPOSE = "registration"
 MAX_SEARCH_RESULTS = 50
 PATIENTS_TABLE = cast(Table, Patient.__table__)
 DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
+
+
+def in_scope(
+    scope: AccessScope | SystemAccess | IdentityVerification,
+    patient_id: InstrumentedAttribute[uuid.UUID],
+    resource: str,
+    interaction: Interaction,
+) -> tuple[ColumnElement[bool], frozenset[str] | None]:
+    """The policy's condition (``labvault.patients.scope.in_scope``), erased records excluded.
+
+    Every read and write of this repository goes through here, so an erased record (its
+    data key destroyed) is absent for everyone, system jobs included: the same "not found"
+    as an unknown id, never a decryption error."""
+    where, fields = policy_scope(scope, patient_id, resource, interaction)
+    return and_(where, Patient.erased_at.is_(None)), fields
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -102,6 +126,9 @@ class PreparedPatient:
     name_index: bytes
     row: dict[str, object]
     key_row: dict[str, object]
+    # Every generation's digests, newest first: duplicates are found during an index rotation.
+    nir_candidates: tuple[bytes, ...] = ()
+    name_candidates: tuple[bytes, ...] = ()
 
     def __repr__(self) -> str:
         return "PreparedPatient(...)"
@@ -114,10 +141,12 @@ def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[Pre
     keys, key_rows = sealer.new_data_keys(SUBJECT_TYPE, patient_ids)
     prepared = []
     for person, patient_id, key, key_row in zip(inputs, patient_ids, keys, key_rows, strict=True):
-        nir_index = indexer.nir(person.nir.compact) if person.nir else None
-        name_index = indexer.name_birth_date(
+        nir_candidates = indexer.nir_candidates(person.nir.compact) if person.nir else ()
+        name_candidates = indexer.name_birth_date_candidates(
             person.birth_name, person.first_given_name, person.birth_date
         )
+        nir_index = nir_candidates[0] if nir_candidates else None
+        name_index = name_candidates[0]
         row: dict[str, object] = dict(_seal_patient(key, patient_id, person))
         row.update(
             id=patient_id,
@@ -128,8 +157,11 @@ def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[Pre
             email_index=indexer.email(person.email) if person.email else None,
             phone_index=indexer.phone(person.phone) if person.phone else None,
             name_index=name_index,
+            index_generation=indexer.generation,
         )
-        prepared.append(PreparedPatient(nir_index, name_index, row, key_row))
+        prepared.append(
+            PreparedPatient(nir_index, name_index, row, key_row, nir_candidates, name_candidates)
+        )
     return prepared
 
 
@@ -152,6 +184,11 @@ RAISED_BY_DOCUMENT: Mapping[IdentityStatus, IdentityStatus] = {
     IdentityStatus.RECUP: IdentityStatus.QUAL,
 }
 """What seeing a valid identity document makes of an identity status (INS rules)."""
+
+
+class ErasureState(enum.StrEnum):
+    LIVE = "live"
+    ERASED = "erased"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,17 +259,18 @@ class PatientRepository:
             raise ValueError("prepared patients belong to another organization")
         result = RegistrationResult()
         by_nir, by_name = self._existing(
-            [p.nir_index for p in prepared if p.nir_index is not None],
-            [p.name_index for p in prepared],
+            [c for p in prepared for c in _nir_lookups(p)],
+            [c for p in prepared for c in _name_lookups(p)],
         )
         key_rows: list[dict[str, object]] = []
         rows: list[dict[str, object]] = []
         now = utcnow()
         for position, patient in enumerate(prepared):
-            nir_index, name_index = patient.nir_index, patient.name_index
-            match = by_nir.get(nir_index) if nir_index is not None else None
+            nir_index = patient.nir_index
+            match = next((by_nir[c] for c in _nir_lookups(patient) if c in by_nir), None)
             if match is None:
-                for candidate_id, candidate_nir in by_name.get(name_index, ()):
+                named = (pair for c in _name_lookups(patient) for pair in by_name.get(c, ()))
+                for candidate_id, candidate_nir in named:
                     if nir_index is None or candidate_nir is None:
                         match = candidate_id
                         break
@@ -242,9 +280,10 @@ class PatientRepository:
             patient_id = patient.row["id"]
             assert isinstance(patient_id, uuid.UUID)
             result.created[position] = patient_id
-            if nir_index is not None:
-                by_nir[nir_index] = patient_id
-            by_name.setdefault(name_index, []).append((patient_id, nir_index))
+            for candidate in _nir_lookups(patient):
+                by_nir[candidate] = patient_id
+            for candidate in _name_lookups(patient):
+                by_name.setdefault(candidate, []).append((patient_id, nir_index))
             key_rows.append(patient.key_row)
             rows.append(
                 {**patient.row, "tenant_id": tenant_id, "created_at": now, "updated_at": now}
@@ -315,13 +354,9 @@ class PatientRepository:
         )
         for column, blob in sealed.items():
             setattr(patient, column, blob)
-        indexer = self._keyring.indexer
-        if "email" in changes:
-            email = changes["email"]
-            patient.email_index = indexer.email(email) if email else None
-        if "phone" in changes:
-            phone = changes["phone"]
-            patient.phone_index = indexer.phone(phone) if phone else None
+        # Every index follows, not just the changed ones: the row moves to the newest
+        # index generation as a whole (``keys rotate-index`` then leaves it alone).
+        _set_indexes(patient, _indexes(self._keyring.indexer, _open_patient(key, patient)))
         patient.updated_at = utcnow()
         self._session.flush()
         self._keyring.audit.record(
@@ -436,22 +471,26 @@ class PatientRepository:
         return found is not None
 
     def find_by_nir(self, nir: Nir, *, purpose: str) -> list[PatientRecord]:
-        index = self._keyring.indexer.nir(nir.compact)
-        return self._search(AuditAction.PATIENT_SEARCH_NIR, Patient.nir_index == index, purpose)
+        indexes = self._keyring.indexer.nir_candidates(nir.compact)
+        return self._search(AuditAction.PATIENT_SEARCH_NIR, Patient.nir_index.in_(indexes), purpose)
 
     def find_by_email(self, email: str, *, purpose: str) -> list[PatientRecord]:
-        index = self._keyring.indexer.email(email)
-        return self._search(AuditAction.PATIENT_SEARCH_EMAIL, Patient.email_index == index, purpose)
+        indexes = self._keyring.indexer.email_candidates(email)
+        match = Patient.email_index.in_(indexes)
+        return self._search(AuditAction.PATIENT_SEARCH_EMAIL, match, purpose)
 
     def find_by_phone(self, phone: str, *, purpose: str) -> list[PatientRecord]:
-        index = self._keyring.indexer.phone(phone)
-        return self._search(AuditAction.PATIENT_SEARCH_PHONE, Patient.phone_index == index, purpose)
+        indexes = self._keyring.indexer.phone_candidates(phone)
+        match = Patient.phone_index.in_(indexes)
+        return self._search(AuditAction.PATIENT_SEARCH_PHONE, match, purpose)
 
     def find_by_name(
         self, birth_name: str, first_name: str, birth_date: dt.date, *, purpose: str
     ) -> list[PatientRecord]:
-        index = self._keyring.indexer.name_birth_date(birth_name, first_name, birth_date)
-        return self._search(AuditAction.PATIENT_SEARCH_NAME, Patient.name_index == index, purpose)
+        indexer = self._keyring.indexer
+        indexes = indexer.name_birth_date_candidates(birth_name, first_name, birth_date)
+        match = Patient.name_index.in_(indexes)
+        return self._search(AuditAction.PATIENT_SEARCH_NAME, match, purpose)
 
     def _search(
         self, action: AuditAction, match: ColumnElement[bool], purpose: str
@@ -632,13 +671,138 @@ class PatientRepository:
         )
         return filled
 
-    def _nir_taken(self, index: bytes) -> bool:
-        """Whether a record of the tenant carries the NIR of blind index ``index``."""
+    # -- erasure by crypto-shredding (the rules are ``labvault.patients.erasure``'s) -------
+
+    def lock_for_erasure(self, patient_id: uuid.UUID) -> ErasureState | None:
+        """Lock the record (FOR UPDATE) and say whether it is live or already erased;
+        ``None`` when the tenant has no such record. Named system jobs only; decrypts nothing."""
+        self._require_system_access("erase records")
+        erased_at = self._session.execute(
+            select(Patient.erased_at)
+            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id)
+            .with_for_update()
+        ).one_or_none()
+        if erased_at is None:
+            return None
+        return ErasureState.LIVE if erased_at[0] is None else ErasureState.ERASED
+
+    def shred(self, patient_id: uuid.UUID, *, requested_by: str, now: dt.datetime) -> None:
+        """Destroy the record's data key and blind indexes and write its tombstone.
+
+        The sealed columns stay as they are: without the key nothing opens them, here or in
+        any backup once the root key versions that wrapped it are retired. The name index
+        gets random bytes (it is NOT NULL: no HMAC output will ever equal them), the others
+        NULL, so no lookup (search, registration, break-glass) finds the record again."""
+        self._require_system_access("erase records")
+        tenant_id, principal = self._keyring.tenant_id, self._keyring.principal
+        updated = self._session.execute(
+            update(Patient)
+            .where(
+                Patient.tenant_id == tenant_id,
+                Patient.id == patient_id,
+                Patient.erased_at.is_(None),
+            )
+            .values(
+                data_key_id=None,
+                nir_index=None,
+                email_index=None,
+                phone_index=None,
+                name_index=os.urandom(32),
+                erased_at=now,
+                erased_by_kind=principal.kind.value,
+                erased_by_id=principal.id,
+                erasure_requested_by=requested_by,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(updated, "rowcount", 0) != 1:
+            raise LookupError("the record is unknown or already erased")
+        self._session.execute(
+            delete(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.subject_type == SUBJECT_TYPE,
+                DataKeyRecord.subject_id == patient_id,
+            )
+        )
+
+    def _require_system_access(self, what: str) -> None:
+        if not isinstance(self._access, SystemAccess):
+            raise AccessDeniedError(f"only a named system job may {what}")
+
+    # -- blind-index rotation (``labvault keys rotate-index``) ------------------------------
+
+    def pending_reindex(self, *, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+        """Records whose blind indexes predate the newest index generation, in id order."""
+        self._require_system_access("re-index records")
+        generation = self._keyring.indexer.generation
+        tenant_id = self._keyring.tenant_id
+        return pending_ids(
+            self._session, PATIENTS_TABLE, tenant_id, generation, after=after, limit=limit
+        )
+
+    def count_pending_reindex(self) -> int:
+        self._require_system_access("re-index records")
+        generation = self._keyring.indexer.generation
+        return count_pending(self._session, PATIENTS_TABLE, self._keyring.tenant_id, generation)
+
+    def plan_reindex(self, patient_ids: Sequence[uuid.UUID]) -> list[Reindex]:
+        """Every blind index of these records recomputed under the newest generation.
+
+        Each record is decrypted (its key opened and audited with purpose
+        ``keys:rotate-index``); records already at the newest generation are skipped. A
+        record whose data key is gone (erased) has nothing left to index: only its
+        generation moves, its index columns are left as they are.
+        """
+        self._require_system_access("re-index records")
+        indexer = self._keyring.indexer
+        tenant_id = self._keyring.tenant_id
+        patients = list(
+            self._session.scalars(
+                select(Patient).where(
+                    Patient.tenant_id == tenant_id,
+                    Patient.id.in_(patient_ids),
+                    Patient.index_generation < indexer.generation,
+                )
+            )
+        )
+        keyed = set(
+            self._session.scalars(
+                select(DataKeyRecord.subject_id).where(
+                    DataKeyRecord.tenant_id == tenant_id,
+                    DataKeyRecord.subject_type == SUBJECT_TYPE,
+                    DataKeyRecord.subject_id.in_([p.id for p in patients]),
+                )
+            )
+        )
+        keys = self._keyring.open_data_keys(
+            SUBJECT_TYPE, [p.id for p in patients if p.id in keyed], REINDEX_PURPOSE
+        )
+        plans = []
+        for patient in patients:
+            key = keys.get(patient.id)
+            new: dict[str, bytes | int | None] = (
+                _indexes(indexer, _open_patient(key, patient))
+                if key is not None
+                else {"index_generation": indexer.generation}
+            )
+            old = {column: getattr(patient, column) for column in INDEX_COLUMNS}
+            plans.append(Reindex(patient.id, patient.index_generation, old, new))
+        return plans
+
+    def apply_reindex(self, plans: Sequence[Reindex]) -> int:
+        """Write plans back unless the record changed since it was read; records moved."""
+        self._require_system_access("re-index records")
+        return apply_reindexes(self._session, PATIENTS_TABLE, self._keyring.tenant_id, plans)
+
+    def _nir_taken(self, indexes: Sequence[bytes]) -> bool:
+        """Whether a record of the tenant carries the NIR of these blind indexes (one per
+        index generation: a record not yet moved to the newest counts too)."""
         return (
             self._session.scalar(
-                select(Patient.id).where(
-                    Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index == index
-                )
+                select(Patient.id)
+                .where(Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index.in_(indexes))
+                .limit(1)
             )
             is not None
         )
@@ -647,20 +811,55 @@ class PatientRepository:
         """Write the NIR and its blind index on ``patient`` in a SAVEPOINT; ``False`` (and
         the record as it was) when another record of the tenant has that NIR, or took it
         meanwhile."""
-        if self._nir_taken(self._keyring.indexer.nir(nir)):
+        if self._nir_taken(self._keyring.indexer.nir_candidates(nir)):
             return False
         try:
             with self._session.begin_nested():
-                patient.nir_index = self._keyring.indexer.nir(nir)
                 patient.ins_oid = InsOid.NIR.value
                 blob = key.seal_row(TABLE, patient.id, {"ins_number": nir.encode()})
                 patient.ins_number = blob["ins_number"]
+                _set_indexes(patient, _indexes(self._keyring.indexer, _open_patient(key, patient)))
                 patient.updated_at = utcnow()
                 self._session.flush()
         except IntegrityError:
             # The savepoint's rollback expired the record: it is read again as committed.
             return False
         return True
+
+
+def _nir_lookups(patient: PreparedPatient) -> tuple[bytes, ...]:
+    if patient.nir_candidates:
+        return patient.nir_candidates
+    return () if patient.nir_index is None else (patient.nir_index,)
+
+
+def _name_lookups(patient: PreparedPatient) -> tuple[bytes, ...]:
+    return patient.name_candidates or (patient.name_index,)
+
+
+INDEX_COLUMNS = ("nir_index", "email_index", "phone_index", "name_index")
+
+
+def _indexes(indexer: Indexer, record: PatientRecord) -> dict[str, bytes | int | None]:
+    """Every blind index of a fully opened record under the newest generation, and that
+    generation: what a row must carry so that ``keys rotate-index`` has nothing to do."""
+    if record.birth_name is None or record.first_names is None or record.birth_date is None:
+        raise DecryptionError(f"{TABLE} row {record.id}: identity fields missing, cannot index")
+    nir = record.nir
+    return {
+        "nir_index": indexer.nir(nir.compact) if nir else None,
+        "email_index": indexer.email(record.email) if record.email else None,
+        "phone_index": indexer.phone(record.phone) if record.phone else None,
+        "name_index": indexer.name_birth_date(
+            record.birth_name, record.first_names, record.birth_date
+        ),
+        "index_generation": indexer.generation,
+    }
+
+
+def _set_indexes(patient: Patient, indexes: Mapping[str, bytes | int | None]) -> None:
+    for column, value in indexes.items():
+        setattr(patient, column, value)
 
 
 def _seal_patient(

@@ -161,13 +161,15 @@ class BreakGlassService:
             raise self._refuse(str(exc)) from None
         indexer = self._keyring.indexer
         if patient.nir is not None:
-            match = Patient.nir_index == indexer.nir(patient.nir.compact)
+            match = Patient.nir_index.in_(indexer.nir_candidates(patient.nir.compact))
         else:
             assert patient.birth_name
             assert patient.first_name
             assert patient.birth_date
-            match = Patient.name_index == indexer.name_birth_date(
-                patient.birth_name, patient.first_name, patient.birth_date
+            match = Patient.name_index.in_(
+                indexer.name_birth_date_candidates(
+                    patient.birth_name, patient.first_name, patient.birth_date
+                )
             )
         found = list(
             self._session.scalars(

@@ -6,7 +6,15 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Boolean, ForeignKey, ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labvault.core.db import Base, HasRandomId, RawBytes, utcnow
@@ -42,6 +50,8 @@ class StaffMember(HasRandomId, Base):
     last_name: Mapped[bytes] = mapped_column(RawBytes)
     email: Mapped[bytes] = mapped_column(RawBytes)
     email_index: Mapped[bytes] = mapped_column(RawBytes(32))
+    index_generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """The index-key generation its blind indexes were computed with (see ``keys rotate-index``)."""
     role: Mapped[str] = mapped_column(String(32))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

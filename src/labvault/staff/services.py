@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from labvault.core.audit.actions import AuditAction
@@ -14,10 +15,18 @@ from labvault.core.contact import parse_email
 from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import Keyring
 from labvault.core.crypto.models import DataKeyRecord
+from labvault.core.crypto.reindex import (
+    REINDEX_PURPOSE,
+    Reindex,
+    apply_reindexes,
+    count_pending,
+    pending_ids,
+)
 from labvault.organizations.models import Site
 from labvault.staff.models import ENCRYPTED_FIELDS, StaffMember, StaffRole, StaffSite
 
 TABLE = StaffMember.__tablename__
+STAFF_TABLE = cast(Table, StaffMember.__table__)
 
 
 class UnknownSiteError(LookupError):
@@ -76,6 +85,7 @@ class StaffRepository:
             tenant_id=tenant_id,
             data_key_id=key.id,
             email_index=self._keyring.indexer.staff_email(email),
+            index_generation=self._keyring.indexer.generation,
             role=role.value,
         )
         self._session.execute(insert(DataKeyRecord), key_rows)
@@ -123,3 +133,60 @@ class StaffRepository:
                 )
             )
         return records
+
+    # -- blind-index rotation (``labvault keys rotate-index``) ------------------------------
+
+    def pending_reindex(self, *, after: uuid.UUID | None, limit: int) -> Sequence[uuid.UUID]:
+        """Staff members whose email index predates the newest index generation."""
+        generation = self._keyring.indexer.generation
+        return pending_ids(
+            self._session,
+            STAFF_TABLE,
+            self._keyring.tenant_id,
+            generation,
+            after=after,
+            limit=limit,
+        )
+
+    def count_pending_reindex(self) -> int:
+        generation = self._keyring.indexer.generation
+        return count_pending(self._session, STAFF_TABLE, self._keyring.tenant_id, generation)
+
+    def plan_reindex(self, staff_ids: Sequence[uuid.UUID]) -> Sequence[Reindex]:
+        """Each member's email index recomputed under the newest generation (keys opened and
+        audited with purpose ``keys:rotate-index``); members already there are skipped."""
+        indexer = self._keyring.indexer
+        members = list(
+            self._session.scalars(
+                select(StaffMember).where(
+                    StaffMember.tenant_id == self._keyring.tenant_id,
+                    StaffMember.id.in_(staff_ids),
+                    StaffMember.index_generation < indexer.generation,
+                )
+            )
+        )
+        keys = self._keyring.open_data_keys(SUBJECT_TYPE, [m.id for m in members], REINDEX_PURPOSE)
+        plans = []
+        for member in members:
+            key = keys[member.id]
+            if key.id != member.data_key_id:
+                raise DecryptionError(f"{TABLE} row {member.id}: names a data key not its own")
+            email = key.open_row(TABLE, member.id, {"email": member.email})["email"]
+            if email is None:
+                raise DecryptionError(f"{TABLE} row {member.id}: no email to index")
+            plans.append(
+                Reindex(
+                    row_id=member.id,
+                    old_generation=member.index_generation,
+                    old={"email_index": member.email_index},
+                    new={
+                        "email_index": indexer.staff_email(email.decode()),
+                        "index_generation": indexer.generation,
+                    },
+                )
+            )
+        return plans
+
+    def apply_reindex(self, plans: Sequence[Reindex]) -> int:
+        """Write plans back unless the row changed since it was read; rows moved."""
+        return apply_reindexes(self._session, STAFF_TABLE, self._keyring.tenant_id, plans)

@@ -1,7 +1,8 @@
 """Account deletion request, cancel link and erasure job, over HTTP and the CLI against a
 real database (both backends), key file and mailer: request -> no login (the answer of a
 wrong password) -> cancel restores; after the grace period ``labvault accounts purge``
-erases the account and its data key, keeps the Patient record, and the audit log verifies."""
+erases the account and its data key and its own Patient record (not its dependents'), or
+keeps that record while a legal hold is active; the audit log verifies."""
 
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ def test_request_cancel_then_purge_after_the_grace_period(
     assert account.closing_requested_at is not None
     assert _count(runtime, AccountSession, AccountSession.revoked_at.is_(None)) == 0
     mail = _mails(runtime)[-1]
-    assert "n'est pas supprimé" in mail
+    assert "sera effacé en même temps, sauf s'il est sous conservation légale" in mail
+    assert "conservé jusqu'à la fin de cette obligation" in mail
+    assert "(vos enfants) ne sont pas effacés" in mail
     token = _cancel_token(runtime)
 
     # A closing account cannot log in, and says so exactly as a wrong password does.
@@ -189,6 +192,11 @@ def test_request_cancel_then_purge_after_the_grace_period(
     assert account is not None
     account_id, data_key_id = account.id, account.data_key_id
     own_patient = account.patient_id
+    assert own_patient is not None
+    with runtime.sessions() as session:
+        child = session.scalars(
+            select(AccountDependent.patient_id).where(AccountDependent.account_id == account_id)
+        ).one()
 
     early = runner.invoke(cli, ["accounts", "purge"])
     assert early.exit_code == 0, early.output
@@ -203,6 +211,7 @@ def test_request_cancel_then_purge_after_the_grace_period(
     purged = runner.invoke(cli, ["accounts", "purge"])
     assert purged.exit_code == 0, purged.output
     assert "1 account(s) erased, 1 data key(s) destroyed" in purged.output
+    assert "1 patient record(s) erased, 0 kept under a legal hold" in purged.output
     assert EMAIL not in purged.output
     assert str(account_id) not in purged.output
     assert _account(runtime) is None
@@ -215,8 +224,12 @@ def test_request_cancel_then_purge_after_the_grace_period(
         (KnownDevice, KnownDevice.account_id),
     ):
         assert _count(runtime, model, column == account_id) == 0, model
-    assert _count(runtime, Patient) == patients, "the Patient records are kept"
-    assert _count(runtime, Patient, Patient.id == own_patient) == 1
+    assert _count(runtime, Patient) == patients, "rows stay: erased records are tombstones"
+    erased = (Patient.id == own_patient, Patient.erased_at.is_not(None))
+    assert _count(runtime, Patient, *erased, Patient.erasure_requested_by == "patient") == 1
+    assert _count(runtime, DataKeyRecord, DataKeyRecord.subject_id == own_patient) == 0
+    assert _count(runtime, Patient, Patient.id == child, Patient.erased_at.is_(None)) == 1
+    assert _count(runtime, DataKeyRecord, DataKeyRecord.subject_id == child) == 1
     again_purged = runner.invoke(cli, ["accounts", "purge"])
     assert "0 account(s) erased" in again_purged.output, "idempotent"
 
@@ -231,6 +244,7 @@ def test_request_cancel_then_purge_after_the_grace_period(
         "account:deletion:cancel",
         "account:deletion:failure",
         "account:deletion:erase",
+        "patient:record:erase",
     ):
         assert tag in actions, tag
     verified = runner.invoke(cli, ["audit", "verify"])
@@ -280,7 +294,7 @@ def test_the_deletion_pages(client: TestClient, runtime: Runtime) -> None:
     page = client.get("/compte/suppression")
     assert page.status_code == 200
     assert "n'est pas supprimé" in page.text
-    assert "la loi impose au laboratoire de le conserver" in page.text
+    assert "que la loi impose au laboratoire de conserver 10 ans" in page.text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     asked = client.post("/compte/suppression", data={"csrf_token": csrf}, follow_redirects=False)
     assert asked.status_code == 303
@@ -354,3 +368,37 @@ def test_the_purge_reaches_the_accounts_of_every_organization(
     assert "2 account(s) erased, 2 data key(s) destroyed" in purged.output
     with runtime.admin_sessions() as session:
         assert session.scalars(select(Account.id).where(Account.id.in_(erased))).all() == []
+
+
+def test_the_purge_keeps_a_record_under_legal_hold(client: TestClient, runtime: Runtime) -> None:
+    """The account goes; its own record stays while the hold lasts, and the refused erasure
+    is in the audit log."""
+    from labvault.core.access.principals import SystemPrincipal
+    from labvault.patients.erasure import KeylessKeyring
+    from labvault.patients.holds import place_hold
+    from labvault.patients.models import LegalHoldReason
+
+    with transaction(runtime.sessions) as session:
+        account = session.scalars(select(Account)).one()
+        own = account.patient_id
+        assert own is not None
+        account.status = AccountStatus.CLOSING.value
+        account.closing_requested_at = utcnow() - dt.timedelta(days=31)
+        keyring = KeylessKeyring(session, account.tenant_id, SystemPrincipal("test:closure"))
+        place_hold(session, keyring, own, LegalHoldReason.LAB_REPORT_RETENTION)
+    purged = runner.invoke(cli, ["accounts", "purge"])
+    assert purged.exit_code == 0, purged.output
+    assert "1 account(s) erased" in purged.output
+    assert "0 patient record(s) erased, 1 kept under a legal hold" in purged.output
+    assert _account(runtime) is None
+    assert _count(runtime, Patient, Patient.id == own, Patient.erased_at.is_(None)) == 1
+    assert _count(runtime, DataKeyRecord, DataKeyRecord.subject_id == own) == 1
+    with runtime.sessions() as session:
+        refused = session.execute(
+            select(AuditEvent.outcome).where(
+                AuditEvent.action == "patient:record:erase", AuditEvent.target_id == own
+            )
+        ).all()
+    assert [outcome for (outcome,) in refused] == ["denied"]
+    verified = runner.invoke(cli, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output

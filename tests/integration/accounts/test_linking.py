@@ -917,7 +917,7 @@ def test_the_desk_reaches_only_patients_in_care_at_the_receptionists_sites(
 
     def run(service: AccountService, links: PatientLinks) -> None:
         account = service._find(
-            service._email_index(ACCOUNT_EMAIL, AccountKind.PATIENT), AccountKind.PATIENT
+            service._email_indexes(ACCOUNT_EMAIL, AccountKind.PATIENT), AccountKind.PATIENT
         )
         staff = service.account(receptionist_id)
         assert account is not None

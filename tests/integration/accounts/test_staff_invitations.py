@@ -189,7 +189,7 @@ class Lab:
 
     def account(self, email: str) -> Account:
         with self.unit() as service:
-            index = service._email_index(email, AccountKind.STAFF)
+            index = service._email_indexes(email, AccountKind.STAFF)
             found = service._find(index, AccountKind.STAFF)
             assert found is not None
             return found

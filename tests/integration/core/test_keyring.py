@@ -122,6 +122,7 @@ def test_keys_refuse_to_be_pickled_and_the_worker_spec_carries_none(runtime: Run
         material = base64.b64decode(root["material"])
         assert material not in shipped
         assert root["material"].encode() not in shipped
-    for index_key in sealer.indexer._keys.values():
-        assert index_key not in shipped
-    assert {blob for _, blob in spec.wrapped_index_keys} == {bytes(w) for w in wrapped}
+    for _, keys in sealer.indexer._generations:
+        for index_key in keys.values():
+            assert index_key not in shipped
+    assert {blob for _, _, blob in spec.wrapped_index_keys} == {bytes(w) for w in wrapped}

@@ -35,6 +35,7 @@ TENANT_OWNED = {
     "exams",
     "site_schedules",
     "site_closures",
+    "legal_holds",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

@@ -268,8 +268,10 @@ def test_a_missing_key_file_stops_the_import_before_anything_is_written(
         tenant = create_organization(session, runtime.key_provider, "Labo").id
     source = write_csv(tmp_path / "p.csv", synthetic_patient_rows(30, seed=2))
     with transaction(runtime.sessions) as session:
+        spec = runtime.sealer_spec(session, tenant)
         spec = dataclasses.replace(
-            runtime.sealer_spec(session, tenant), provider_setting=f"file:{tmp_path}/nope.key"
+            spec,
+            key_provider=dataclasses.replace(spec.key_provider, spec=f"file:{tmp_path}/no.key"),
         )
     with pytest.raises(KeyProviderError, match="labvault init"):
         import_patients(

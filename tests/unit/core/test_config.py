@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from labvault.core.config import ConfigurationError, Settings, load_settings
+from labvault.core.config import (
+    ConfigurationError,
+    Settings,
+    key_provider_problem,
+    load_settings,
+    parse_transit_spec,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -364,3 +370,151 @@ def test_settings_class_refuses_the_production_default_directly() -> None:
 
     with pytest.raises(ValidationError, match="must live outside LABVAULT_DATA_DIR"):
         Settings(environment="production")
+
+
+# --- the Transit key provider -------------------------------------------------------------------
+
+TRANSIT = "transit:https://bao.internal:8200/transit/labvault"
+
+
+@pytest.mark.parametrize(
+    ("spec", "address", "mount", "key"),
+    [
+        (TRANSIT, "https://bao.internal:8200", "transit", "labvault"),
+        ("transit:https://kms.example/ns/lab/transit/app-key", "https://kms.example",
+         "ns/lab/transit", "app-key"),
+        ("transit:http://127.0.0.1:8200/transit/k", "http://127.0.0.1:8200", "transit", "k"),
+        ("transit:http://localhost:8200/transit/k.v2", "http://localhost:8200", "transit", "k.v2"),
+        ("transit:http://[::1]:8200/t_1/k", "http://[::1]:8200", "t_1", "k"),
+    ],
+)  # fmt: skip
+def test_transit_specs_name_address_mount_and_key(
+    spec: str, address: str, mount: str, key: str
+) -> None:
+    where = parse_transit_spec(spec)
+    assert (where.address, where.mount, where.key) == (address, mount, key)
+    assert key_provider_problem(spec) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("transit:", "an http(s) address"),
+        ("transit:bao.internal:8200/transit/labvault", "an http(s) address"),
+        ("transit:ftp://bao.internal/transit/labvault", "an http(s) address"),
+        ("transit:https://bao.internal:8200", "mount path and the key name are missing"),
+        ("transit:https://bao.internal:8200/labvault", "mount path and the key name are missing"),
+        ("transit:https://bao.internal:8200/transit/labvault/", "are missing"),
+        ("transit:https://bao.internal:8200/transit//labvault", "letters, digits"),
+        ("transit:https://bao.internal:8200/transit/lab vault", "letters, digits"),
+        ("transit:https://bao.internal:8200/transit/../labvault", "letters, digits"),
+        ("transit:https://bao.internal:99999/transit/labvault", "malformed"),
+        ("transit:https://root:s3cret@bao.internal/transit/labvault", "no credentials"),
+        ("transit:https://bao.internal/transit/labvault?token=x", "no credentials"),
+        ("transit:http://bao.internal:8200/transit/labvault", "only allowed to a loopback"),
+        ("transit:http://10.0.0.8:8200/transit/labvault", "only allowed to a loopback"),
+    ],
+)
+def test_bad_transit_specs_say_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, spec: str, problem: str
+) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", spec)
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN_FILE", "/run/secrets/bao-token")
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "LABVAULT_KEY_PROVIDER" in message
+    assert problem in message
+    assert "s3cret" not in message
+
+
+def test_a_transit_provider_reads_its_options_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    monkeypatch.setenv("LABVAULT_TRANSIT_ROLE_ID", "role-1")
+    monkeypatch.setenv("LABVAULT_TRANSIT_SECRET_ID_FILE", str(tmp_path / "secret-id"))
+    monkeypatch.setenv("LABVAULT_TRANSIT_CA_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("LABVAULT_TRANSIT_NAMESPACE", "lab")
+    monkeypatch.setenv("LABVAULT_TRANSIT_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("LABVAULT_TRANSIT_RETRIES", "1")
+    monkeypatch.setenv("LABVAULT_TRANSIT_DERIVATION_KEY", "labvault-derive")
+    settings = load_settings()
+    assert settings.transit_role_id == "role-1"
+    assert settings.transit_secret_id_file == tmp_path / "secret-id"
+    assert settings.transit_ca_file == tmp_path / "ca.pem"
+    assert (settings.transit_namespace, settings.transit_approle_mount) == ("lab", "approle")
+    assert (settings.transit_timeout_seconds, settings.transit_retries) == (2.5, 1)
+    assert settings.transit_derivation_key == "labvault-derive"
+
+
+def test_the_inline_transit_token_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN", "s.very-secret-token")
+    settings = load_settings()
+    assert settings.transit_token is not None
+    assert settings.transit_token.get_secret_value() == "s.very-secret-token"
+    assert "very-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        ({}, "needs one way to authenticate"),
+        (
+            {"LABVAULT_TRANSIT_TOKEN": "t", "LABVAULT_TRANSIT_TOKEN_FILE": "/run/t"},
+            "needs one way to authenticate",
+        ),
+        ({"LABVAULT_TRANSIT_ROLE_ID": "r"}, "needs both LABVAULT_TRANSIT_ROLE_ID"),
+        ({"LABVAULT_TRANSIT_SECRET_ID_FILE": "/run/s"}, "needs both LABVAULT_TRANSIT_ROLE_ID"),
+        (
+            {"LABVAULT_TRANSIT_TOKEN_FILE": "/run/t", "LABVAULT_TRANSIT_CLIENT_CERT_FILE": "/c"},
+            "LABVAULT_TRANSIT_CLIENT_KEY_FILE",
+        ),
+        (
+            {"LABVAULT_TRANSIT_TOKEN_FILE": "/run/t", "LABVAULT_TRANSIT_DERIVATION_KEY": "a/b"},
+            "LABVAULT_TRANSIT_DERIVATION_KEY",
+        ),
+        ({"LABVAULT_TRANSIT_TOKEN_FILE": "/run/t", "LABVAULT_TRANSIT_RETRIES": "50"}, "RETRIES"),
+    ],
+    ids=["none", "two", "role-only", "secret-only", "cert-only", "bad-name", "retries"],
+)
+def test_transit_credentials_and_options_are_checked(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], problem: str
+) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=problem):
+        load_settings()
+
+
+def test_transit_credentials_are_not_required_by_the_file_provider() -> None:
+    assert load_settings().transit_token is None
+
+
+def test_production_with_transit_has_no_key_file_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_ENVIRONMENT", "production")
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN_FILE", "/run/secrets/bao-token")
+    assert load_settings().key_provider == TRANSIT
+
+
+def test_the_previous_key_provider_takes_the_same_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    monkeypatch.setenv("LABVAULT_PREVIOUS_KEY_PROVIDER", "file:")
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN_FILE", "/run/secrets/bao-token")
+    assert load_settings().previous_key_provider == "file:"
+    monkeypatch.setenv("LABVAULT_PREVIOUS_KEY_PROVIDER", "vault:old")
+    with pytest.raises(ConfigurationError, match="LABVAULT_PREVIOUS_KEY_PROVIDER"):
+        load_settings()
+    monkeypatch.setenv("LABVAULT_PREVIOUS_KEY_PROVIDER", TRANSIT)
+    with pytest.raises(ConfigurationError, match="must differ"):
+        load_settings()
+
+
+def test_every_key_provider_setting_is_described() -> None:
+    names = [n for n in Settings.model_fields if n.startswith(("transit_", "previous_key"))]
+    assert len(names) == 13
+    for name in names:
+        assert Settings.model_fields[name].description, name

@@ -107,6 +107,16 @@ class AuditAction(enum.StrEnum):
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
+    KEYS_ROOT_ROTATE = "keys:root:rotate"
+    KEYS_ROOT_RETIRE = "keys:root:retire"
+    KEYS_REWRAP_BATCH = "keys:rewrap:batch"
+    KEYS_REWRAP_COMPLETE = "keys:rewrap:complete"
+    KEYS_PROVIDER_MIGRATE = "keys:provider:migrate"
+    KEYS_INDEX_ROTATE = "keys:index:rotate"
+    KEYS_INDEX_COMPLETE = "keys:index:complete"
+    PATIENT_RECORD_ERASE = "patient:record:erase"
+    PATIENT_LEGAL_HOLD_PLACE = "patient:legal-hold:place"
+    PATIENT_LEGAL_HOLD_RELEASE = "patient:legal-hold:release"
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +289,7 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.ACCOUNT_DELETION_ERASE: ActionInfo(
         "An account whose deletion grace period ended was erased with its data key "
-        "(crypto-shredding); the Patient record is kept."
+        "(crypto-shredding); its own Patient record is erased too unless a legal hold keeps it."
     ),
     AuditAction.ACCOUNT_DEVICE_EXPIRE: ActionInfo(
         "Devices of an account not seen for LABVAULT_KNOWN_DEVICE_RETENTION_DAYS were forgotten "
@@ -288,6 +298,41 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.AUDIT_LOG_SEARCH: ActionInfo("The audit log was searched."),
     AuditAction.AUDIT_LOG_VERIFY: ActionInfo("The audit log was verified."),
     AuditAction.AUDIT_PROOF_CREATE: ActionInfo("An inclusion proof was issued."),
+    AuditAction.KEYS_ROOT_ROTATE: ActionInfo(
+        "A new root key version was created; new wraps use it (no key material in the event)."
+    ),
+    AuditAction.KEYS_ROOT_RETIRE: ActionInfo(
+        "Root key versions older than the active one were retired: nothing wrapped under "
+        "them, backups included, opens any more."
+    ),
+    AuditAction.KEYS_REWRAP_BATCH: ActionInfo(
+        "A batch of wrapped keys was rewrapped under the active root key version (counts only)."
+    ),
+    AuditAction.KEYS_REWRAP_COMPLETE: ActionInfo(
+        "Every wrapped key is under the active root key version."
+    ),
+    AuditAction.KEYS_PROVIDER_MIGRATE: ActionInfo(
+        "Wrapped keys were moved from one key provider to another (counts only)."
+    ),
+    AuditAction.KEYS_INDEX_ROTATE: ActionInfo(
+        "A new generation of blind-index keys was created; indexes are being recomputed."
+    ),
+    AuditAction.KEYS_INDEX_COMPLETE: ActionInfo(
+        "Every blind index was recomputed under the new index keys; the old ones are destroyed."
+    ),
+    AuditAction.PATIENT_RECORD_ERASE: ActionInfo(
+        "A patient record was erased: its data key was destroyed (crypto-shredding); a "
+        "tombstone and the audit trail remain.",
+        "Effacement de votre dossier",
+    ),
+    AuditAction.PATIENT_LEGAL_HOLD_PLACE: ActionInfo(
+        "A legal hold was placed on a patient record: it cannot be erased until it ends.",
+        "Conservation légale de votre dossier",
+    ),
+    AuditAction.PATIENT_LEGAL_HOLD_RELEASE: ActionInfo(
+        "A legal hold on a patient record was released.",
+        "Fin de conservation légale de votre dossier",
+    ),
     AuditAction.CATALOG_EXAM_CREATE: ActionInfo("An exam was added to the organization's catalog."),
     AuditAction.CATALOG_EXAM_UPDATE: ActionInfo(
         "A catalog exam was changed (label, LOINC, duration, preparation rules or activity)."

@@ -163,6 +163,8 @@ class AuditLog:
         self._signer = CheckpointSigner.from_provider(provider)
         self._trusted = TrustedKeys.from_provider(provider)
         self._seal_key: Secret[bytes] = provider.derive_key(SEAL_LABEL)
+        # Verifying needs the seal key of every root key version ever used (rotations).
+        self._all_seal_keys = [self._seal_key, *provider.derive_keys(SEAL_LABEL)[1:]]
         self._every_events = checkpoint_every_events
         self._every_us = int(checkpoint_every_seconds * 1_000_000)
         self._clock = clock
@@ -179,7 +181,8 @@ class AuditLog:
         return self._trusted
 
     def seal_keys(self) -> list[bytes]:
-        return [self._seal_key.reveal()]
+        """The current seal key first, then those of older root key versions."""
+        return [key.reveal() for key in self._all_seal_keys]
 
     def advance(self, *, force_checkpoint: bool = False) -> AdvanceReport:
         """Sequence every committed event, checkpoint when due, bring the witness up to date.

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
@@ -32,6 +33,9 @@ from labvault.core.audit.merkle import HASH_SIZE, RootAccumulator
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState
 from labvault.core.audit.sequencer import SEAL_LABEL, STATE_ID, EventSealer, checkpoint_of
 from labvault.core.audit.witness import AuditWitness, WitnessError
+
+if TYPE_CHECKING:
+    from labvault.core.crypto.providers import KeyProviderConfig
 
 FETCH_SIZE = 20_000
 RANGE_SIZE = 100_000
@@ -86,8 +90,7 @@ class ParallelScan:
     """
 
     database_url: str
-    provider_setting: str
-    default_key_file: str
+    key_provider: KeyProviderConfig
     workers: int
     scope: str | None = None
     """The row-level security scope its connections take (``tenancy.AUDIT_LOG_SCOPE``)."""
@@ -277,7 +280,7 @@ def _start_worker(parallel: ParallelScan) -> None:
     from labvault.core.crypto.providers import load_key_provider
     from labvault.core.db import create_db_engine
 
-    provider = load_key_provider(parallel.provider_setting, parallel.default_key_file)
+    provider = load_key_provider(parallel.key_provider)
     _worker_sealers = [EventSealer(key.reveal()) for key in provider.derive_keys(SEAL_LABEL)]
     _worker_engine = create_db_engine(parallel.database_url)
     _worker_scope = parallel.scope

@@ -28,6 +28,7 @@ from labvault.core.crypto.envelope import DataKey, FieldKey
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.crypto.providers.base import KeyProvider
+from labvault.core.crypto.providers.config import KeyProviderConfig
 from labvault.core.crypto.secret import Secret
 
 
@@ -43,11 +44,22 @@ def index_key_context(tenant_id: uuid.UUID, kind: IndexKind) -> str:
 
 
 class Indexer(Protocol):
+    """Writes take the newest generation's digest; lookups match every ``*_candidates``."""
+
+    @property
+    def generation(self) -> int: ...
     def nir(self, compact_nir: str) -> bytes: ...
     def email(self, address: str) -> bytes: ...
     def staff_email(self, address: str) -> bytes: ...
     def phone(self, number: str) -> bytes: ...
     def name_birth_date(self, birth_name: str, first_name: str, birth_date: dt.date) -> bytes: ...
+    def nir_candidates(self, compact_nir: str) -> tuple[bytes, ...]: ...
+    def email_candidates(self, address: str) -> tuple[bytes, ...]: ...
+    def staff_email_candidates(self, address: str) -> tuple[bytes, ...]: ...
+    def phone_candidates(self, number: str) -> tuple[bytes, ...]: ...
+    def name_birth_date_candidates(
+        self, birth_name: str, first_name: str, birth_date: dt.date
+    ) -> tuple[bytes, ...]: ...
 
 
 class Sealer(Protocol):
@@ -84,14 +96,20 @@ class Keyring(Sealer, Protocol):
     ) -> dict[uuid.UUID, FieldKey]: ...
 
 
-def create_index_keys(session: Session, provider: KeyProvider, tenant_id: uuid.UUID) -> None:
-    """Give a new tenant its blind-index keys (one per kind), wrapped."""
+def create_index_keys(
+    session: Session, provider: KeyProvider, tenant_id: uuid.UUID, generation: int = 1
+) -> None:
+    """Give a tenant a generation of blind-index keys (one per kind), wrapped.
+
+    Generation 1 when the tenant is created; the next one when ``keys rotate-index`` starts.
+    """
     for kind in IndexKind:
         material = Secret(os.urandom(INDEX_KEY_BYTES))
         session.add(
             IndexKeyRecord(
                 tenant_id=tenant_id,
                 kind=kind.value,
+                generation=generation,
                 wrapped_key=provider.wrap(material, index_key_context(tenant_id, kind)),
                 provider=provider.name,
             )
@@ -126,15 +144,23 @@ def _new_data_keys(
 
 
 def _unwrap_index_keys(
-    provider: KeyProvider, tenant_id: uuid.UUID, wrapped: Mapping[IndexKind, bytes]
+    provider: KeyProvider, tenant_id: uuid.UUID, wrapped: Mapping[tuple[int, IndexKind], bytes]
 ) -> BlindIndexer:
-    if set(wrapped) != set(IndexKind):
+    """Every generation held (two while a rotation runs), each with a key per kind."""
+    generations = {generation for generation, _ in wrapped}
+    if not generations or any(
+        {kind for g, kind in wrapped if g == generation} != set(IndexKind)
+        for generation in generations
+    ):
         raise KeyProviderError("this organization's blind-index keys are missing")
-    kinds = list(wrapped)
+    slots = list(wrapped)
     secrets = provider.unwrap_many(
-        [(wrapped[kind], index_key_context(tenant_id, kind)) for kind in kinds]
+        [(wrapped[slot], index_key_context(tenant_id, slot[1])) for slot in slots]
     )
-    return BlindIndexer(dict(zip(kinds, secrets, strict=True)))
+    by_generation: dict[int, dict[IndexKind, Secret[bytes]]] = {}
+    for (generation, kind), secret in zip(slots, secrets, strict=True):
+        by_generation.setdefault(generation, {})[kind] = secret
+    return BlindIndexer.from_generations(by_generation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,32 +184,45 @@ class TenantSealer:
 class TenantSealerSpec:
     """How a worker builds its own :class:`TenantSealer`: where the keys are, not the keys.
 
-    It carries the key provider's setting and the tenant's *wrapped* index keys; each
-    worker unwraps them itself, so no key material crosses a process boundary.
+    It carries the key provider's configuration and the tenant's *wrapped* index keys (kind,
+    generation, blob); each worker unwraps them itself, so no key material crosses a
+    process boundary.
     """
 
-    provider_setting: str
-    default_key_file: str
+    key_provider: KeyProviderConfig
     tenant_id: uuid.UUID
-    wrapped_index_keys: tuple[tuple[str, bytes], ...]
+    wrapped_index_keys: tuple[tuple[str, int, bytes], ...]
 
     def build(self) -> TenantSealer:
         from labvault.core.crypto.providers import load_key_provider
 
-        provider = load_key_provider(self.provider_setting, self.default_key_file)
-        wrapped = {IndexKind(kind): blob for kind, blob in self.wrapped_index_keys}
+        provider = load_key_provider(self.key_provider)
+        wrapped = {(gen, IndexKind(kind)): blob for kind, gen, blob in self.wrapped_index_keys}
         return TenantSealer(
             provider, self.tenant_id, _unwrap_index_keys(provider, self.tenant_id, wrapped)
         )
 
 
-def wrapped_index_keys(session: Session, tenant_id: uuid.UUID) -> dict[IndexKind, bytes]:
+def wrapped_index_keys(
+    session: Session, tenant_id: uuid.UUID
+) -> dict[tuple[int, IndexKind], bytes]:
+    """The tenant's wrapped index keys by (generation, kind): every generation still held."""
     rows = session.execute(
-        select(IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
+        select(IndexKeyRecord.generation, IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
             IndexKeyRecord.tenant_id == tenant_id
         )
     ).all()
-    return {IndexKind(kind): bytes(wrapped) for kind, wrapped in rows}
+    return {(generation, IndexKind(kind)): bytes(blob) for generation, kind, blob in rows}
+
+
+def wrapped_index_key_rows(
+    session: Session, tenant_id: uuid.UUID
+) -> tuple[tuple[str, int, bytes], ...]:
+    """``wrapped_index_keys`` as ``TenantSealerSpec`` ships it: (kind, generation, blob)."""
+    return tuple(
+        (kind.value, generation, blob)
+        for (generation, kind), blob in wrapped_index_keys(session, tenant_id).items()
+    )
 
 
 class TenantKeyring:

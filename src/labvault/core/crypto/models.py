@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labvault.core.db import Base, RawBytes, utcnow
@@ -36,16 +36,20 @@ class DataKeyRecord(Base):
 
 
 class IndexKeyRecord(Base):
-    """One tenant's blind-index key for one kind of value, wrapped."""
+    """One tenant's blind-index key for one kind of value and generation, wrapped.
+
+    A tenant holds one generation, or two while ``keys rotate-index`` recomputes its indexes.
+    """
 
     __tablename__ = "index_keys"
-    __table_args__ = (UniqueConstraint("tenant_id", "kind"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "kind", "generation"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT")
     )
     kind: Mapped[str] = mapped_column(String(32))
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     wrapped_key: Mapped[bytes] = mapped_column(RawBytes)
     provider: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -17,8 +17,7 @@ def _verify(runtime: Runtime, workers: int) -> VerifyReport:
     audit_log = runtime.audit_log
     parallel = ParallelScan(
         database_url=runtime.settings.sqlalchemy_url,
-        provider_setting=runtime.settings.key_provider,
-        default_key_file=str(runtime.settings.key_file),
+        key_provider=runtime.key_provider_config,
         workers=workers,
         scope=AUDIT_LOG_SCOPE,
     )

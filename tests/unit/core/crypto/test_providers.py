@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import stat
@@ -20,6 +21,7 @@ from labvault.core.crypto.providers import (
     MemoryKeyProvider,
     load_key_provider,
 )
+from labvault.core.crypto.providers.config import KeyProviderConfig
 from labvault.core.crypto.providers.file import KEY_FILE_FORMAT
 from labvault.core.crypto.providers.local import LocalKeyProvider
 from labvault.core.crypto.secret import Secret
@@ -48,7 +50,8 @@ def error_text(exc: BaseException) -> str:
 
 
 def key_file_document(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return document
 
 
 def write_key_file(path: Path, content: str, mode: int = 0o600) -> None:
@@ -349,7 +352,7 @@ def _bad_key_files(material: str) -> dict[str, tuple[str, str]]:
     return {
         "not-json": (json.dumps(good)[:-5] + ", }", "malformed"),
         "trailing-garbage": (json.dumps(good) + " " + material, "malformed"),
-        "wrong-format": (json.dumps(_document(material, format="labvault-keyfile/2")), "not a"),
+        "wrong-format": (json.dumps(_document(material, format="labvault-keyfile/99")), "not a"),
         "no-format": (json.dumps({k: v for k, v in good.items() if k != "format"}), "not a"),
         "no-keys": (json.dumps({**_document(material), "keys": None, "m": material}), "malformed"),
         "keys-missing": (
@@ -476,9 +479,10 @@ def test_old_root_key_still_unwraps_after_rotation_in_the_file(tmp_path: Path) -
     assert wrapped_new[1:17] == new_id.bytes
     assert wrapped_old[1:17] == old_id.bytes
     assert rotated.unwrap(wrapped_new, CONTEXT).reveal() == material.reveal()
-    # The provider loaded before the rotation does not know the new root key.
-    with pytest.raises(KeyProviderError, match="not loaded"):
-        original.unwrap(wrapped_new, CONTEXT)
+    # The provider loaded before the rotation re-reads the file for the unknown root key.
+    assert original.active_key_id == old_id
+    assert original.unwrap(wrapped_new, CONTEXT).reveal() == material.reveal()
+    assert original.active_key_id == new_id
     assert "keys=2" in repr(rotated)
 
 
@@ -503,7 +507,7 @@ def test_removing_a_root_key_makes_its_blobs_unreadable(tmp_path: Path) -> None:
 def test_load_key_provider_file_with_explicit_path(tmp_path: Path) -> None:
     path = tmp_path / "elsewhere.key"
     created = FileKeyProvider.create(path)
-    provider = load_key_provider(f"file:{path}", str(tmp_path / "default.key"))
+    provider = load_key_provider(KeyProviderConfig(f"file:{path}", str(tmp_path / "default.key")))
     assert isinstance(provider, FileKeyProvider)
     assert provider.path == path
     assert provider.unwrap(created.wrap(dek(), "c"), "c") == dek()
@@ -512,14 +516,14 @@ def test_load_key_provider_file_with_explicit_path(tmp_path: Path) -> None:
 def test_load_key_provider_file_uses_the_default_path(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "root.key"
     FileKeyProvider.create(path)
-    provider = load_key_provider("file:", str(path))
+    provider = load_key_provider(KeyProviderConfig("file:", str(path)))
     assert isinstance(provider, FileKeyProvider)
     assert provider.path == path
 
 
 def test_load_key_provider_refuses_unknown_schemes(tmp_path: Path) -> None:
     with pytest.raises(KeyProviderError, match="unknown key provider scheme"):
-        load_key_provider("vault:transit", str(tmp_path / "root.key"))
+        load_key_provider(KeyProviderConfig("vault:transit", str(tmp_path / "root.key")))
 
 
 # --- FileKeyProvider: symlinks, ownership, directory ---------------------------------------------
@@ -633,3 +637,321 @@ def test_a_fifo_is_not_a_key_file_and_does_not_hang(tmp_path: Path) -> None:
     os.mkfifo(path, 0o600)
     with pytest.raises(KeyProviderError, match="not a regular file"):
         FileKeyProvider(path)
+
+
+# --- rotation, reload, retirement ---------------------------------------------------------------
+
+SEAL = "labvault/v1|audit|event-seal"
+SIGNING = "labvault/v1|audit|checkpoint-signing"
+
+
+def test_rotate_makes_a_new_active_version_and_old_blobs_still_unwrap(
+    provider: LocalKeyProvider,
+) -> None:
+    material = Secret(os.urandom(32))
+    old_blob = provider.wrap(material, CONTEXT)
+    (first,) = provider.versions()
+    assert first.active
+    assert first.can_unwrap
+    assert first.label == f"{provider.name}:{provider.active_key_id}"
+
+    version = provider.rotate()
+
+    assert version.active
+    assert version.can_unwrap
+    assert version.label != first.label
+    assert [v.label for v in provider.versions()] == [first.label, version.label]
+    assert [v.active for v in provider.versions()] == [False, True]
+    new_blob = provider.wrap(material, CONTEXT)
+    assert provider.version_of(old_blob) == first.label
+    assert provider.version_of(new_blob) == version.label
+    assert not provider.is_current(old_blob)
+    assert provider.is_current(new_blob)
+    assert provider.owns(old_blob)
+    assert provider.owns(new_blob)
+    assert provider.unwrap(old_blob, CONTEXT).reveal() == material.reveal()
+    # Derivations: the active version's first, the old one's still there for verifiers.
+    assert len(provider.derive_keys(SEAL)) == 2
+    assert provider.derive_keys(SEAL)[0] == provider.derive_key(SEAL)
+
+
+def test_rewrap_many_moves_blobs_to_the_active_version(provider: LocalKeyProvider) -> None:
+    materials = [Secret(os.urandom(32)) for _ in range(3)]
+    contexts = [f"{CONTEXT}|{n}" for n in range(3)]
+    blobs = provider.wrap_many(list(zip(materials, contexts, strict=True)))
+    provider.rotate()
+    rewrapped = provider.rewrap_many(list(zip(blobs, contexts, strict=True)))
+    assert all(provider.is_current(blob) for blob in rewrapped)
+    opened = provider.unwrap_many(list(zip(rewrapped, contexts, strict=True)))
+    assert [s.reveal() for s in opened] == [m.reveal() for m in materials]
+
+
+def test_rewrap_many_checks_every_blob_before_returning(provider: LocalKeyProvider) -> None:
+    good = provider.wrap(dek(), CONTEXT)
+    moved = provider.wrap(dek(), OTHER_CONTEXT)
+    with pytest.raises(DecryptionError):
+        provider.rewrap_many([(good, CONTEXT), (moved, CONTEXT)])
+
+
+def test_version_of_refuses_foreign_blobs(provider: LocalKeyProvider) -> None:
+    foreign = MemoryKeyProvider().wrap(dek(), CONTEXT)
+    assert not provider.owns(foreign)
+    assert not provider.owns(b"\x02" + foreign[1:])
+    assert not provider.owns(b"short")
+    with pytest.raises(KeyProviderError, match="not a wrapped key"):
+        provider.version_of(foreign)
+
+
+def test_retire_keeps_preserved_derivations_and_stops_unwrapping(
+    provider: LocalKeyProvider,
+) -> None:
+    old_blob = provider.wrap(dek(), CONTEXT)
+    seal_before = provider.derive_key(SEAL)
+    signing_before = provider.derive_key(SIGNING)
+    other_before = provider.derive_key("labvault/v1|audit|client-address")
+    old_label = provider.versions()[0].label
+    provider.rotate()
+    new_blob = provider.wrap(dek(), CONTEXT)
+
+    (gone,) = provider.retire([SEAL, SIGNING])
+
+    assert gone.label == old_label
+    assert not gone.can_unwrap
+    assert not gone.active
+    assert [v.can_unwrap for v in provider.versions()] == [False, True]
+    with pytest.raises(KeyProviderError, match="retired") as caught:
+        provider.unwrap(old_blob, CONTEXT)
+    assert old_label.split(":", 1)[1] in str(caught.value)
+    assert provider.owns(old_blob)
+    assert provider.version_of(old_blob) == old_label
+    with pytest.raises(KeyProviderError, match="retired"):
+        provider.rewrap_many([(old_blob, CONTEXT)])
+    assert provider.unwrap(new_blob, CONTEXT).reveal() == dek().reveal()
+    # What verifiers need survives; nothing else of the old root does.
+    assert seal_before in provider.derive_keys(SEAL)
+    assert signing_before in provider.derive_keys(SIGNING)
+    assert provider.derive_keys(SEAL)[0] == provider.derive_key(SEAL) != seal_before
+    assert other_before not in provider.derive_keys("labvault/v1|audit|client-address")
+    assert provider.retire([SEAL, SIGNING]) == []  # nothing left to retire
+
+
+def test_retire_all_leaves_only_preserved_derivations(provider: LocalKeyProvider) -> None:
+    blob = provider.wrap(dek(), CONTEXT)
+    seal = provider.derive_key(SEAL)
+    retired = provider.retire_all([SEAL])
+    assert [v.can_unwrap for v in retired] == [False]
+    with pytest.raises(KeyProviderError, match="retired"):
+        provider.unwrap(blob, CONTEXT)
+    with pytest.raises(KeyProviderError, match="can no longer wrap"):
+        provider.wrap(dek(), CONTEXT)
+    assert provider.derive_keys(SEAL) == [seal]
+    assert provider.derive_key(SEAL) == seal
+    with pytest.raises(KeyProviderError, match="not preserved"):
+        provider.derive_key(SIGNING)
+
+
+def test_file_rotation_is_durable_and_the_file_stays_private(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    blob = provider.wrap(dek(), CONTEXT)
+    version = provider.rotate()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["root.key"], "no temporary file left"
+    document = key_file_document(path)
+    assert document["format"] == KEY_FILE_FORMAT, "unchanged format while nothing is retired"
+    assert document["active"] == version.label.removeprefix("file:")
+    assert len(document["keys"]) == 2
+    reloaded = FileKeyProvider(path)
+    assert reloaded.versions() == provider.versions()
+    assert reloaded.unwrap(blob, CONTEXT).reveal() == dek().reveal()
+    assert reloaded.is_current(reloaded.wrap(dek(), CONTEXT))
+
+
+def test_file_retirement_drops_material_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    backup = provider.wrap(dek(), CONTEXT)  # a copy kept in a backup
+    old_material = key_file_document(path)["keys"][0]["material"]
+    provider.rotate()
+    provider.retire([SEAL, SIGNING])
+
+    text = path.read_text(encoding="utf-8")
+    assert old_material not in text
+    document = json.loads(text)
+    assert document["format"] == "labvault-keyfile/2"
+    old_entry, new_entry = document["keys"]
+    assert "material" not in old_entry
+    assert set(old_entry["derived"]) == {SEAL, SIGNING}
+    assert old_entry["retired"]
+    assert old_entry["created"]
+    assert "material" in new_entry
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # A fresh process can never open the backup again, but still verifies old seals.
+    reloaded = FileKeyProvider(path)
+    with pytest.raises(KeyProviderError, match="retired"):
+        reloaded.unwrap(backup, CONTEXT)
+    assert reloaded.derive_keys(SEAL) == provider.derive_keys(SEAL)
+    assert len(reloaded.derive_keys(SEAL)) == 2
+    assert reloaded.versions() == provider.versions()
+
+
+def test_a_running_process_reloads_the_file_for_an_unknown_root_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    server = FileKeyProvider.create(path)  # a long-running process
+    old_active = server.active_key_id
+    cli = FileKeyProvider(path)
+    cli.rotate()
+    # Until it meets the new key, the server keeps wrapping under the key it loaded.
+    assert server.active_key_id == old_active
+    assert server.wrap(dek(), CONTEXT)[1:17] == old_active.bytes
+    new_blob = cli.wrap(dek(), CONTEXT)
+    assert server.unwrap(new_blob, CONTEXT).reveal() == dek().reveal()
+    # From that reload on, it wraps under the new active key.
+    assert server.active_key_id == cli.active_key_id
+    assert server.is_current(new_blob)
+
+
+def test_an_unchanged_file_is_not_reread_for_unknown_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    stranger = FileKeyProvider.create(tmp_path / "other" / "root.key").wrap(dek(), CONTEXT)
+    reads: list[Path] = []
+    original = FileKeyProvider.reload
+
+    def counting_reload(self: FileKeyProvider) -> None:
+        reads.append(self.path)
+        original(self)
+
+    monkeypatch.setattr(FileKeyProvider, "reload", counting_reload)
+    for _ in range(3):
+        with pytest.raises(KeyProviderError, match="not loaded"):
+            provider.unwrap(stranger, CONTEXT)
+    assert reads == []
+    assert not provider.owns(stranger)
+
+
+def test_a_running_process_drops_retired_material_on_reload(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    server = FileKeyProvider.create(path)
+    old_blob = server.wrap(dek(), CONTEXT)
+    cli = FileKeyProvider(path)
+    cli.rotate()
+    cli.retire([SEAL])
+    server.unwrap(cli.wrap(dek(), CONTEXT), CONTEXT)  # meets the new key: reloads
+    with pytest.raises(KeyProviderError, match="retired"):
+        server.unwrap(old_blob, CONTEXT)
+
+
+def test_concurrent_rotations_keep_every_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    first = FileKeyProvider.create(path)
+    second = FileKeyProvider(path)  # loaded before the first one rotates
+    first.rotate()
+    second.rotate()  # re-reads the file under the lock: the first rotation survives
+    assert len(FileKeyProvider(path).versions()) == 3
+
+
+def test_a_crash_before_the_swap_leaves_the_old_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    before = path.read_bytes()
+    blob = provider.wrap(dek(), CONTEXT)
+
+    def crash(*_args: object) -> None:
+        raise OSError(errno.EIO, "simulated crash")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        provider.rotate()
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["root.key"]
+    assert FileKeyProvider(path).unwrap(blob, CONTEXT).reveal() == dek().reveal()
+    assert len(provider.versions()) == 1, "the process did not switch to an unsaved key"
+
+
+def test_rotation_fsyncs_the_new_file_before_the_swap_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    provider.rotate()
+    assert calls == ["fsync-file", "replace", "fsync-dir"]
+
+
+def test_a_stale_temporary_file_from_a_crash_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    stale = path.with_name(".root.key.0123.tmp")
+    write_key_file(stale, "{}")
+    provider.rotate()
+    assert not stale.exists()
+
+
+def test_rotation_keeps_the_loader_checks(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    path.chmod(0o644)
+    with pytest.raises(KeyProviderError, match="accessible to other users"):
+        provider.rotate()
+    assert len(key_file_document(path)["keys"]) == 1
+
+
+def test_a_version_1_key_file_without_created_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "root.key"
+    key_id = uuid.uuid4()
+    document = {
+        "format": KEY_FILE_FORMAT,
+        "active": str(key_id),
+        "keys": [{"id": str(key_id), "material": b64_key()}],
+    }
+    write_key_file(path, json.dumps(document))
+    (version,) = FileKeyProvider(path).versions()
+    assert version.created is None
+    assert version.active
+
+
+def test_reprs_of_rotated_and_retired_providers_hold_no_material(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    provider.rotate()
+    provider.retire([SEAL])
+    text = repr(provider) + repr(provider.versions())
+    for entry in key_file_document(path)["keys"]:
+        for value in [entry.get("material"), *entry.get("derived", {}).values()]:
+            if value:
+                assert value not in text
+
+
+def test_a_key_file_migrated_away_from_reloads_retired(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    provider = FileKeyProvider.create(path)
+    blob = provider.wrap(dek(), CONTEXT)
+    seal = provider.derive_key(SEAL)
+    provider.retire_all([SEAL, SIGNING])
+    assert "material" not in path.read_text(encoding="utf-8")
+    reloaded = FileKeyProvider(path)
+    assert [v.can_unwrap for v in reloaded.versions()] == [False]
+    assert reloaded.derive_keys(SEAL) == [seal]
+    with pytest.raises(KeyProviderError, match="retired"):
+        reloaded.unwrap(blob, CONTEXT)
+    with pytest.raises(KeyProviderError, match="can no longer wrap"):
+        reloaded.wrap(dek(), CONTEXT)

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from labvault.core.crypto.secret import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One version of a provider's root key, as the operator sees it (never its material).
+
+    ``label`` names the version in a way stable across processes: ``file:<uuid>`` for a key
+    file's root key, ``transit:<key name>:v<n>`` for an OpenBao/Vault Transit key version.
+    ``active``: new wraps use it (exactly one version is active). ``can_unwrap``: False once
+    retired; what was wrapped under it (in the database or any backup) no longer opens.
+    """
+
+    label: str
+    active: bool
+    can_unwrap: bool
+    created: dt.datetime | None = None
 
 
 @runtime_checkable
 class KeyProvider(Protocol):
     """Wraps key material under a root key held outside the database.
 
-    ``context`` is bound to the wrapped blob (associated data): a wrapped key copied to
-    another tenant or key id will not unwrap. Batch methods exist so that remote providers
-    (OpenBao/Vault Transit) can serve bulk jobs in few round trips.
+    ``context`` is bound to the wrapped blob (associated data, or the Transit derivation
+    context): a wrapped key copied to another tenant or key id will not unwrap. Batch methods
+    exist so that remote providers (OpenBao/Vault Transit) serve bulk jobs in few round trips.
     """
 
     @property
@@ -33,5 +51,51 @@ class KeyProvider(Protocol):
         ...
 
     def derive_keys(self, label: str) -> list[Secret[bytes]]:
-        """``label``'s key under every root key version still held, the current one first."""
+        """``label``'s key under every root key version still held, the current one first.
+
+        Retiring a version for unwrapping keeps what verifiers need: derivations of the
+        labels that seal the audit log survive a retirement (see ``retire``).
+        """
+        ...
+
+    # Rotation and retirement (``labvault keys``).
+
+    def owns(self, wrapped: bytes) -> bool:
+        """Whether ``wrapped`` is in this provider's format, under a root key it knows."""
+        ...
+
+    def is_current(self, wrapped: bytes) -> bool:
+        """Whether ``wrapped`` is under the active version (a rewrap would not change it)."""
+        ...
+
+    def version_of(self, wrapped: bytes) -> str:
+        """The ``KeyVersion.label`` that ``wrapped`` is under; ``KeyProviderError`` if not ours."""
+        ...
+
+    def rewrap_many(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]:
+        """Each blob wrapped again under the active version, same context.
+
+        The plaintext key is never handed to the caller: Transit rewraps on its side, local
+        providers unwrap and wrap inside this call. Raises ``DecryptionError`` if any blob
+        does not authenticate for its context, before returning anything.
+        """
+        ...
+
+    def versions(self) -> list[KeyVersion]:
+        """Every root key version this provider holds, oldest first."""
+        ...
+
+    def rotate(self) -> KeyVersion:
+        """Create a new root key version and make it the active one; returns it."""
+        ...
+
+    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
+        """Stop unwrapping under every version but the active one; returns those retired.
+
+        The derivations of ``preserved_labels`` (the audit seal and checkpoint signing
+        labels) under each retired version are kept so old audit events still verify; key
+        material able to unwrap is destroyed (file) or disallowed (Transit
+        ``min_decryption_version``). Callers must first check that nothing current is still
+        wrapped under a retiring version (``labvault keys retire`` does).
+        """
         ...

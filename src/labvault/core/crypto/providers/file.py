@@ -1,24 +1,57 @@
-"""Root keys in a 0600 key file outside the data directory: the embedded default."""
+"""Root keys in a 0600 key file outside the data directory: the embedded default.
+
+Rotation and retirement rewrite the key file atomically (a temporary 0600 file in the same
+directory, fsync, ``os.replace``, fsync of the directory), under an exclusive lock on the
+directory, so a crash leaves either the old file or the new one, never half of one.
+
+A process reads the key file when it starts. When another process (``labvault keys
+rotate``) adds a root key, a running process meets blobs wrapped under a root key it does
+not know: it then re-reads the file once (if it changed) and retries. From that reload on it
+also wraps under the new active key and forgets retired material; until then it keeps
+wrapping under the key that was active when it last read the file. So after ``labvault keys
+rotate``, restart the application (or let it reload) before ``labvault keys rewrap``, and
+rewrap again if ``keys status`` still shows keys under an old version.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import datetime as dt
 import errno
+import fcntl
 import json
 import os
 import stat
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from labvault.core.crypto.errors import KeyProviderError
-from labvault.core.crypto.providers.local import LocalKeyProvider
+from labvault.core.crypto.providers.base import KeyVersion
+from labvault.core.crypto.providers.local import (
+    KeyState,
+    LocalKeyProvider,
+    RetiredKey,
+    new_root_key,
+    now,
+    retired,
+    rotated,
+)
 from labvault.core.crypto.secret import Secret
 
 KEY_FILE_FORMAT = "labvault-keyfile/1"
+"""Written while no root key is retired: every entry holds material."""
+KEY_FILE_FORMAT_RETIRED = "labvault-keyfile/2"
+"""Written once a root key is retired (entries without material), so an older labvault
+refuses the file clearly instead of misreading it."""
+_FORMATS = (KEY_FILE_FORMAT, KEY_FILE_FORMAT_RETIRED)
+
+_Fingerprint = tuple[int, int, int, int]
 
 
 class FileKeyProvider(LocalKeyProvider):
@@ -26,8 +59,9 @@ class FileKeyProvider(LocalKeyProvider):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        root_keys, active = _read_key_file(path)
-        super().__init__(root_keys, active)
+        state, self._fingerprint = _read_key_file(path)
+        super().__init__(state.roots, state.active, retired=state.retired, created=state.created)
+        self._install(state)  # keeps the file's order of versions
 
     @property
     def name(self) -> str:
@@ -43,17 +77,7 @@ class FileKeyProvider(LocalKeyProvider):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         _check_directory(path.parent)
         key_id = uuid.uuid4()
-        document = {
-            "format": KEY_FILE_FORMAT,
-            "active": str(key_id),
-            "keys": [
-                {
-                    "id": str(key_id),
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "material": base64.b64encode(AESGCM.generate_key(bit_length=256)).decode(),
-                }
-            ],
-        }
+        state = KeyState(roots={key_id: new_root_key()}, active=key_id, created={key_id: now()})
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o600)
@@ -62,11 +86,128 @@ class FileKeyProvider(LocalKeyProvider):
                 f"key file {path} already exists; refusing to replace it"
             ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
+            handle.write(_serialize(state))
             handle.flush()
             os.fsync(handle.fileno())
         return cls(path)
+
+    def reload(self) -> None:
+        """Read the key file again: new root keys, the active one, retirements."""
+        with self._lock:
+            state, self._fingerprint = _read_key_file(self.path)
+            self._install(state)
+
+    def _aead_after_reload(self, root_id: uuid.UUID) -> AESGCM | None:
+        with self._lock:
+            if not self._knows(root_id) and _fingerprint(self.path) != self._fingerprint:
+                self.reload()
+            return self._aeads.get(root_id)
+
+    def rotate(self) -> KeyVersion:
+        """Append a new random root key to the key file and make it the active one."""
+        state = self._rewrite(rotated)
+        return self._version(state, state.active)
+
+    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
+        """Drop from the key file the material of every root key but the active one."""
+        return self._retire(preserved_labels, keep_active=True)
+
+    def retire_all(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
+        """Drop every root key's material (a key file migrated away from)."""
+        return self._retire(preserved_labels, keep_active=False)
+
+    def _retire(self, preserved_labels: Sequence[str], *, keep_active: bool) -> list[KeyVersion]:
+        retired_ids: list[uuid.UUID] = []
+
+        def change(state: KeyState) -> KeyState:
+            new_state, ids = retired(state, preserved_labels, keep_active=keep_active)
+            retired_ids.extend(ids)
+            return new_state
+
+        state = self._rewrite(change)
+        return [self._version(state, key_id) for key_id in retired_ids]
+
+    def _rewrite(self, change: Any) -> KeyState:
+        """Apply ``change`` to the key file as it is now (another process may have changed
+        it since this one read it), write the result atomically, and use it."""
+        with self._lock, _directory_lock(self.path.parent):
+            current, _ = _read_key_file(self.path)
+            state: KeyState = change(current)
+            _replace_key_file(self.path, _serialize(state))
+            self.reload()
+            return self._state
+
+
+def _serialize(state: KeyState) -> str:
+    entries: list[dict[str, Any]] = []
+    for key_id in state.order:
+        entry: dict[str, Any] = {"id": str(key_id)}
+        created = state.created_at(key_id)
+        if created is not None:
+            entry["created"] = created.isoformat(timespec="seconds")
+        gone = state.retired.get(key_id)
+        if gone is None:
+            entry["material"] = _b64(state.roots[key_id])
+        else:
+            entry["retired"] = gone.retired.isoformat(timespec="seconds")
+            entry["derived"] = {label: _b64(key) for label, key in sorted(gone.derived.items())}
+        entries.append(entry)
+    document = {
+        "format": KEY_FILE_FORMAT_RETIRED if state.retired else KEY_FILE_FORMAT,
+        "active": str(state.active),
+        "keys": entries,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _b64(secret: Secret[bytes]) -> str:
+    return base64.b64encode(secret.reveal()).decode()
+
+
+def _replace_key_file(path: Path, content: str) -> None:
+    """Write ``content`` to a new 0600 file beside ``path``, make it durable, then swap it in."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)  # left by a crash mid-write; the lock is held
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """One key file writer at a time, across processes (two rotations must not race)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fingerprint(path: Path) -> _Fingerprint | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def _check_directory(directory: Path) -> None:
@@ -122,7 +263,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_key_file(path: Path) -> tuple[dict[uuid.UUID, Secret[bytes]], uuid.UUID]:
+def _read_key_file(path: Path) -> tuple[KeyState, _Fingerprint]:
     # Every check is made on the open descriptor, and the content is read from that same
     # descriptor: the file cannot be swapped between the check and the read.
     fd = _open_key_file(path)
@@ -146,21 +287,51 @@ def _read_key_file(path: Path) -> tuple[dict[uuid.UUID, Secret[bytes]], uuid.UUI
         raw = _read_all(fd)
     finally:
         os.close(fd)
+    fingerprint = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
     try:
         document = json.loads(raw.decode("utf-8"))
-        if document.get("format") != KEY_FILE_FORMAT:
+        if document.get("format") not in _FORMATS:
             raise KeyProviderError(f"key file {path} is not a {KEY_FILE_FORMAT} file")
-        keys: dict[uuid.UUID, Secret[bytes]] = {}
+        roots: dict[uuid.UUID, Secret[bytes]] = {}
+        retired_keys: dict[uuid.UUID, RetiredKey] = {}
+        created: dict[uuid.UUID, dt.datetime | None] = {}
+        order: list[uuid.UUID] = []
         for entry in document["keys"]:
-            material = base64.b64decode(entry["material"], validate=True)
-            if len(material) != 32:
-                raise KeyProviderError(f"key file {path}: root key {entry['id']} is not 32 bytes")
-            keys[uuid.UUID(entry["id"])] = Secret(material)
+            key_id = uuid.UUID(entry["id"])
+            if key_id in order:
+                raise KeyProviderError(f"key file {path}: root key {key_id} appears twice")
+            order.append(key_id)
+            stamp = entry.get("created")
+            created[key_id] = None if stamp is None else _parse_time(stamp)
+            if "material" in entry:
+                material = base64.b64decode(entry["material"], validate=True)
+                if len(material) != 32:
+                    raise KeyProviderError(
+                        f"key file {path}: root key {entry['id']} is not 32 bytes"
+                    )
+                roots[key_id] = Secret(material)
+            else:
+                retired_keys[key_id] = RetiredKey(
+                    derived={
+                        str(label): Secret(base64.b64decode(value, validate=True))
+                        for label, value in entry["derived"].items()
+                    },
+                    retired=_parse_time(entry["retired"]),
+                    created=created[key_id],
+                )
         active = uuid.UUID(document["active"])
     except KeyProviderError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
         raise KeyProviderError(f"key file {path} is malformed") from None
-    if active not in keys:
+    if active not in roots and active not in retired_keys:
         raise KeyProviderError(f"key file {path}: the active key is not in the file")
-    return keys, active
+    state = KeyState(roots=roots, active=active, retired=retired_keys, created=created, order=order)
+    return state, fingerprint
+
+
+def _parse_time(value: object) -> dt.datetime:
+    if not isinstance(value, str):
+        raise ValueError("not a time")
+    moment = dt.datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)

@@ -1,19 +1,19 @@
-"""In-memory key provider for unit tests: same wrapping as the file provider, no disk."""
+"""In-memory key provider for unit tests: same wrapping as the file provider, no disk.
+
+Rotation and retirement change this process's keys only (see ``LocalKeyProvider``).
+"""
 
 from __future__ import annotations
 
 import uuid
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from labvault.core.crypto.providers.local import LocalKeyProvider
-from labvault.core.crypto.secret import Secret
+from labvault.core.crypto.providers.local import LocalKeyProvider, new_root_key, now
 
 
 class MemoryKeyProvider(LocalKeyProvider):
     def __init__(self) -> None:
         key_id = uuid.uuid4()
-        super().__init__({key_id: Secret(AESGCM.generate_key(bit_length=256))}, key_id)
+        super().__init__({key_id: new_root_key()}, key_id, created={key_id: now()})
 
     @property
     def name(self) -> str:

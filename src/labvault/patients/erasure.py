@@ -1,0 +1,279 @@
+"""Erasing a patient record by crypto-shredding.
+
+What :func:`erase_patient` does, in the caller's transaction:
+
+- refuses while a legal hold is active (:class:`LegalHoldError`, audited as denied);
+- deletes the record's ``data_keys`` row. Everything sealed under that key stays where it is
+  and can no longer be opened by anyone: the record's fields, the identity checks' document
+  kinds, every backup copy too once the root key versions that wrapped the key are retired
+  (``labvault keys retire``);
+- NULLs the NIR, email and phone blind indexes and replaces the name index with random bytes
+  (the column is NOT NULL and read by deduplication and break-glass lookups: random bytes
+  match nothing and spare every reader a NULL case), so no search finds the record again;
+- cancels its held and booked appointments and releases their slot claims; anonymises all its
+  appointments as the retention job does (sealed exams and home address set to NULL, the
+  planning row stays), so no page even tries to open them;
+- deletes its pre-registrations and uploaded documents: they are the patient's own
+  declarations and files, kept only for the visit; leaving unreadable copies would keep
+  storage and nothing of use;
+- unlinks accounts from it (an account's own record, guardians' dependents);
+- writes the tombstone on the row (when, by whom, at whose request) and one
+  ``patient:record:erase`` event. No personal value is written anywhere.
+
+Afterwards the record is absent for every reader, system jobs included: the repository
+filters erased rows out, so its id answers the same "not found" as an unknown one.
+Erasing an erased record again changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from labvault.accounts.models import Account, AccountDependent
+from labvault.appointments.models import (
+    Appointment,
+    AppointmentStatus,
+    PatientDocument,
+    Preregistration,
+    SlotClaim,
+)
+from labvault.core.access.principals import Principal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import AuditContext, AuditedRefusalError, AuditTrail, Outcome
+from labvault.core.crypto.envelope import FieldKey
+from labvault.core.crypto.errors import KeyProviderError
+from labvault.core.crypto.keyring import Indexer, Keyring
+from labvault.core.db import utcnow
+from labvault.patients.holds import RecordNotFoundError, active_hold, describe_hold
+from labvault.patients.models import ErasureRequester, LegalHold
+from labvault.patients.services import SUBJECT_TYPE, ErasureState, PatientRepository
+
+__all__ = [
+    "ErasureReport",
+    "KeylessKeyring",
+    "LegalHoldError",
+    "RecordNotFoundError",
+    "erase_patient",
+    "erase_unless_held",
+]
+
+_CANCELLABLE = (AppointmentStatus.HELD.value, AppointmentStatus.BOOKED.value)
+
+
+class LegalHoldError(AuditedRefusalError):
+    """The record is under a legal hold: nothing was changed. Names the hold, not the person."""
+
+    def __init__(self, hold: LegalHold) -> None:
+        super().__init__(
+            f"this record is under a legal hold ({describe_hold(hold)}): it cannot be erased "
+            f"before the hold ends or is released (hold {hold.id})"
+        )
+        self.hold_id = hold.id
+        self.reason = hold.reason
+        self.until = hold.until
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErasureReport:
+    """What an erasure did, in counts (ids only: safe to print)."""
+
+    patient_id: uuid.UUID
+    already_erased: bool = False
+    appointments_cancelled: int = 0
+    slot_claims_released: int = 0
+    appointments_anonymised: int = 0
+    preregistrations_deleted: int = 0
+    documents_deleted: int = 0
+    account_links_removed: int = 0
+
+
+class KeylessKeyring:
+    """A keyring that holds no key, for jobs that must decrypt nothing (erasure, holds).
+
+    Every key operation raises; only the principal and its audit trail are real.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        tenant_id: uuid.UUID,
+        principal: Principal,
+        context: AuditContext | None = None,
+    ) -> None:
+        self._tenant_id = tenant_id
+        self._principal = principal
+        self._audit = AuditTrail(session, principal, context)
+
+    def __repr__(self) -> str:
+        return f"KeylessKeyring(tenant={self._tenant_id}, principal={self._principal.id})"
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self._tenant_id
+
+    @property
+    def principal(self) -> Principal:
+        return self._principal
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self._audit
+
+    @property
+    def indexer(self) -> Indexer:
+        self._no_keys()
+
+    def new_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID]
+    ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
+        self._no_keys()
+
+    def open_data_keys(
+        self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
+    ) -> dict[uuid.UUID, FieldKey]:
+        self._no_keys()
+
+    def _no_keys(self) -> NoReturn:
+        raise KeyProviderError("this job holds no keys: it neither reads nor writes sealed data")
+
+
+def erase_patient(
+    session: Session,
+    keyring: Keyring,
+    patient_id: uuid.UUID,
+    requested_by: ErasureRequester,
+    *,
+    now: dt.datetime | None = None,
+) -> ErasureReport:
+    """Erase the record (see the module docstring); the caller commits.
+
+    Raises :class:`RecordNotFoundError` for an id the organization does not have, and
+    :class:`LegalHoldError` while a hold is active: run it in ``audited_transaction`` so
+    the refusal's "denied" event is kept while everything else rolls back."""
+    outcome = erase_unless_held(session, keyring, patient_id, requested_by, now=now, audit=False)
+    if isinstance(outcome, LegalHold):
+        raise keyring.audit.refusal(
+            LegalHoldError(outcome),
+            AuditAction.PATIENT_RECORD_ERASE,
+            tenant_id=keyring.tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=patient_id,
+            purpose=_purpose(requested_by),
+        )
+    return outcome
+
+
+def erase_unless_held(
+    session: Session,
+    keyring: Keyring,
+    patient_id: uuid.UUID,
+    requested_by: ErasureRequester,
+    *,
+    now: dt.datetime | None = None,
+    audit: bool = True,
+) -> ErasureReport | LegalHold:
+    """Erase the record, or return the active hold that keeps it (nothing changed).
+
+    For batch jobs whose other work must commit (the account purge): a kept record is not
+    an error; with ``audit`` its denied ``patient:record:erase`` event is recorded in this
+    transaction. Raises :class:`RecordNotFoundError` for an unknown id."""
+    now = now or utcnow()
+    tenant_id = keyring.tenant_id
+    repository = PatientRepository(session, keyring)
+    state = repository.lock_for_erasure(patient_id)
+    if state is None:
+        raise RecordNotFoundError
+    if state is ErasureState.ERASED:
+        return ErasureReport(patient_id, already_erased=True)
+    hold = active_hold(session, tenant_id, patient_id, now)
+    if hold is not None:
+        if audit:
+            keyring.audit.record(
+                AuditAction.PATIENT_RECORD_ERASE,
+                tenant_id=tenant_id,
+                target_type=SUBJECT_TYPE,
+                target_id=patient_id,
+                purpose=_purpose(requested_by),
+                outcome=Outcome.DENIED,
+            )
+        return hold
+    report = _clear_related(session, tenant_id, patient_id, now)
+    repository.shred(patient_id, requested_by=requested_by.value, now=now)
+    keyring.audit.record(
+        AuditAction.PATIENT_RECORD_ERASE,
+        tenant_id=tenant_id,
+        target_type=SUBJECT_TYPE,
+        target_id=patient_id,
+        purpose=_purpose(requested_by),
+    )
+    return report
+
+
+def _purpose(requested_by: ErasureRequester) -> str:
+    return f"erasure:{requested_by.value}"
+
+
+def _clear_related(
+    session: Session, tenant_id: uuid.UUID, patient_id: uuid.UUID, now: dt.datetime
+) -> ErasureReport:
+    """Appointments, claims, declarations, documents and account links of the record."""
+    theirs = (Appointment.tenant_id == tenant_id, Appointment.patient_id == patient_id)
+    appointment_ids = select(Appointment.id).where(*theirs).scalar_subquery()
+    claims = session.execute(
+        delete(SlotClaim).where(
+            SlotClaim.tenant_id == tenant_id, SlotClaim.appointment_id.in_(appointment_ids)
+        )
+    )
+    cancelled = session.execute(
+        update(Appointment)
+        .where(*theirs, Appointment.status.in_(_CANCELLABLE))
+        .values(status=AppointmentStatus.CANCELLED.value, cancelled_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    anonymised = session.execute(
+        update(Appointment)
+        .where(*theirs, Appointment.anonymised_at.is_(None))
+        .values(exams=None, home_address=None, anonymised_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    preregistrations = session.execute(
+        delete(Preregistration).where(
+            Preregistration.tenant_id == tenant_id, Preregistration.patient_id == patient_id
+        )
+    )
+    documents = session.execute(
+        delete(PatientDocument).where(
+            PatientDocument.tenant_id == tenant_id, PatientDocument.patient_id == patient_id
+        )
+    )
+    dependents = session.execute(
+        delete(AccountDependent).where(
+            AccountDependent.tenant_id == tenant_id, AccountDependent.patient_id == patient_id
+        )
+    )
+    owners = session.execute(
+        update(Account)
+        .where(Account.tenant_id == tenant_id, Account.patient_id == patient_id)
+        .values(patient_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return ErasureReport(
+        patient_id,
+        appointments_cancelled=_count(cancelled),
+        slot_claims_released=_count(claims),
+        appointments_anonymised=_count(anonymised),
+        preregistrations_deleted=_count(preregistrations),
+        documents_deleted=_count(documents),
+        account_links_removed=_count(dependents) + _count(owners),
+    )
+
+
+def _count(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
