@@ -8,10 +8,11 @@ import pickle
 import uuid
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from labvault.core.access.decrypt import DecryptDeniedError, DecryptRequest
 from labvault.core.access.principals import SystemPrincipal
+from labvault.core.audit.models import AuditEvent
 from labvault.core.crypto.errors import DecryptionError
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
@@ -126,3 +127,39 @@ def test_keys_refuse_to_be_pickled_and_the_worker_spec_carries_none(runtime: Run
         for index_key in keys.values():
             assert index_key not in shipped
     assert {blob for _, _, blob in spec.wrapped_index_keys} == {bytes(w) for w in wrapped}
+
+
+def test_a_subject_opened_twice_is_audited_twice_and_unwrapped_once(runtime: Runtime) -> None:
+    """With Transit every unwrap is a network call: one per subject per request, not per use."""
+    tenant, (first, second, _) = _setup(runtime)
+    calls: list[int] = []
+    provider = runtime.key_provider
+    original = provider.unwrap_many
+
+    def counting(items):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        return original(items)
+
+    with runtime.sessions() as session:
+        before = session.scalar(select(func.count()).select_from(AuditEvent))
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, provider, tenant, SystemPrincipal("test:read"))
+        provider.unwrap_many = counting  # type: ignore[method-assign]
+        try:
+            once = keyring.open_data_keys("patient", [first], purpose="care")
+            again = keyring.open_data_keys("patient", [first, second], purpose="billing")
+        finally:
+            del provider.unwrap_many  # type: ignore[method-assign]
+    assert calls == [1, 1]  # `first` is not unwrapped a second time
+    assert again[first] is once[first]
+    with runtime.sessions() as session:
+        after = session.scalar(select(func.count()).select_from(AuditEvent))
+    assert after - before == 3  # first (care), first (billing), second (billing)
+    with transaction(runtime.sessions) as session:
+        fresh = TenantKeyring(session, provider, tenant, SystemPrincipal("test:read"))
+        provider.unwrap_many = counting  # type: ignore[method-assign]
+        try:
+            fresh.open_data_keys("patient", [first], purpose="care")
+        finally:
+            del provider.unwrap_many  # type: ignore[method-assign]
+    assert calls == [1, 1, 1]  # a new keyring (a new request) unwraps again: no global cache

@@ -243,6 +243,9 @@ class TenantKeyring:
         self._guards = tuple(guards)
         self._audit = AuditTrail(session, principal, context)
         self._indexer: BlindIndexer | None = None
+        # Unwrapped once per keyring (one request or one job batch): a second open of the
+        # same subject is guarded and audited again but costs no second provider call.
+        self._opened: dict[tuple[str, uuid.UUID], FieldKey] = {}
 
     def __repr__(self) -> str:
         return f"TenantKeyring(tenant={self._tenant_id}, principal={self._principal.id})"
@@ -309,15 +312,22 @@ class TenantKeyring:
             target_ids=wanted,
             purpose=purpose,
         )
+        unopened = [s for s in wanted if (subject_type, s) not in self._opened]
+        if unopened:
+            self._unwrap(subject_type, unopened)
+        return {s: self._opened[(subject_type, s)] for s in wanted}
+
+    def _unwrap(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> None:
+        """One provider call for every key of ``subject_ids``, kept for this keyring's life."""
         rows = self._session.execute(
             select(DataKeyRecord.subject_id, DataKeyRecord.id, DataKeyRecord.wrapped_key).where(
                 DataKeyRecord.tenant_id == self._tenant_id,
                 DataKeyRecord.subject_type == subject_type,
-                DataKeyRecord.subject_id.in_(wanted),
+                DataKeyRecord.subject_id.in_(subject_ids),
             )
         ).all()
         found = {subject_id: (key_id, bytes(blob)) for subject_id, key_id, blob in rows}
-        missing = [subject for subject in wanted if subject not in found]
+        missing = [subject for subject in subject_ids if subject not in found]
         if missing:
             raise KeyProviderError(
                 f"{len(missing)} data key(s) not found (erased subject or another tenant's)"
@@ -325,7 +335,8 @@ class TenantKeyring:
         secrets = self._provider.unwrap_many(
             [
                 (found[s][1], data_key_context(self._tenant_id, subject_type, s, found[s][0]))
-                for s in wanted
+                for s in subject_ids
             ]
         )
-        return {s: DataKey(found[s][0], secret) for s, secret in zip(wanted, secrets, strict=True)}
+        for s, secret in zip(subject_ids, secrets, strict=True):
+            self._opened[(subject_type, s)] = DataKey(found[s][0], secret)

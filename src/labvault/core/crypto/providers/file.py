@@ -25,7 +25,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +127,12 @@ class FileKeyProvider(LocalKeyProvider):
         state = self._rewrite(change)
         return [self._version(state, key_id) for key_id in retired_ids]
 
-    def _rewrite(self, change: Any) -> KeyState:
+    def _rewrite(self, change: Callable[[KeyState], KeyState]) -> KeyState:
         """Apply ``change`` to the key file as it is now (another process may have changed
         it since this one read it), write the result atomically, and use it."""
         with self._lock, _directory_lock(self.path.parent):
             current, _ = _read_key_file(self.path)
-            state: KeyState = change(current)
+            state = change(current)
             _replace_key_file(self.path, _serialize(state))
             self.reload()
             return self._state
