@@ -1,9 +1,10 @@
 """``labvault keys``: rotate the root key, rewrap every wrapped key, retire old versions,
 migrate to another key provider. Prints labels and counts, never key material.
 
-The usual sequence: ``keys rotate``, restart the application (it then wraps under the new
-version), ``keys rewrap`` (resumable: rerun it after a crash), ``keys status``, and once
-backups taken before the rotation may become unreadable, ``keys retire``.
+The usual sequence: ``keys rotate`` (running processes wrap under the new version from
+their next wrap: the key file is followed, Transit is asked), ``keys rewrap`` (resumable:
+rerun it after a crash), ``keys status``, and once backups taken before the rotation may
+become unreadable, ``keys retire``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from labvault.core.crypto.rewrap import (
     rewrap,
 )
 from labvault.core.db import transaction
+from labvault.keys.index_commands import register as register_index_commands
 from labvault.organizations.models import Organization
 
 if TYPE_CHECKING:
@@ -118,7 +120,7 @@ def _print_census(counts: Census) -> None:
 
 @keys_app.command("rotate")
 def rotate() -> None:
-    """Create a new root key version; new wraps use it (after an application restart)."""
+    """Create a new root key version; every process wraps new keys under it from now on."""
     from labvault.cli import _runtime, _seal_events, console
 
     with _runtime() as runtime:
@@ -127,8 +129,8 @@ def rotate() -> None:
         _seal_events(runtime)
     console.print(f"New active root key version: {version.label}.", highlight=False)
     console.print(
-        "Restart the application so that it wraps new keys under it, then run "
-        "`labvault keys rewrap` to rewrap the existing ones."
+        "New keys are wrapped under it from now on; run `labvault keys rewrap` to rewrap "
+        "the existing ones."
     )
 
 
@@ -176,8 +178,8 @@ def _print_report(report: RewrapReport, command: str) -> None:
     else:
         console.print(
             f"{report.remaining} wrapped keys are still under an older version (written "
-            "meanwhile by a process that has not reloaded its keys): restart the application "
-            f"and run `labvault keys {command}` again."
+            "meanwhile, e.g. by a process still configured with the previous provider): run "
+            f"`labvault keys {command}` again."
         )
 
 
@@ -257,9 +259,9 @@ def migrate_command(
     )
     console.print(
         "The previous provider keeps verifying audit events sealed before the migration and "
-        "unwraps keys that a not yet restarted process wrote meanwhile (run `labvault keys "
-        "rewrap` after the restart). Later, `labvault keys retire` destroys its ability to "
-        "unwrap anything, backups included.",
+        "unwraps keys that a process not yet restarted with these settings wrote meanwhile "
+        "(run `labvault keys rewrap` after the restart). Later, `labvault keys retire` "
+        "destroys its ability to unwrap anything, backups included.",
         highlight=False,
     )
 
@@ -294,9 +296,4 @@ def _target_provider(runtime: Runtime, spec: str) -> KeyProvider:
 
 
 # `labvault keys rotate-index` (blind-index keys) lives in its own module.
-try:
-    from labvault.keys.index_commands import register as _register_index_commands
-except ImportError:  # pragma: no cover - only while that module is absent
-    pass
-else:
-    _register_index_commands(keys_app)
+register_index_commands(keys_app)

@@ -796,20 +796,19 @@ def test_file_retirement_drops_material_from_the_file(tmp_path: Path) -> None:
     assert reloaded.versions() == provider.versions()
 
 
-def test_a_running_process_reloads_the_file_for_an_unknown_root_key(tmp_path: Path) -> None:
+def test_a_running_process_follows_a_rotation_at_its_next_wrap(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "root.key"
     server = FileKeyProvider.create(path)  # a long-running process
-    old_active = server.active_key_id
+    old_blob = server.wrap(dek(), CONTEXT)
     cli = FileKeyProvider(path)
     cli.rotate()
-    # Until it meets the new key, the server keeps wrapping under the key it loaded.
-    assert server.active_key_id == old_active
-    assert server.wrap(dek(), CONTEXT)[1:17] == old_active.bytes
+    # The server's next wrap sees the changed file: new keys go under the new root key.
+    assert server.wrap(dek(), CONTEXT)[1:17] == cli.active_key_id.bytes
+    assert server.active_key_id == cli.active_key_id
     new_blob = cli.wrap(dek(), CONTEXT)
     assert server.unwrap(new_blob, CONTEXT).reveal() == dek().reveal()
-    # From that reload on, it wraps under the new active key.
-    assert server.active_key_id == cli.active_key_id
     assert server.is_current(new_blob)
+    assert server.unwrap(old_blob, CONTEXT).reveal() == dek().reveal()
 
 
 def test_an_unchanged_file_is_not_reread_for_unknown_keys(
@@ -840,9 +839,11 @@ def test_a_running_process_drops_retired_material_on_reload(tmp_path: Path) -> N
     cli = FileKeyProvider(path)
     cli.rotate()
     cli.retire([SEAL])
-    server.unwrap(cli.wrap(dek(), CONTEXT), CONTEXT)  # meets the new key: reloads
+    # At once, with nothing else in between: retired material is gone from running processes.
     with pytest.raises(KeyProviderError, match="retired"):
         server.unwrap(old_blob, CONTEXT)
+    # And none of them can wrap a new key under the retired root key.
+    assert server.wrap(dek(), CONTEXT)[1:17] == cli.active_key_id.bytes
 
 
 def test_concurrent_rotations_keep_every_key(tmp_path: Path) -> None:

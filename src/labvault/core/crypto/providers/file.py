@@ -4,13 +4,12 @@ Rotation and retirement rewrite the key file atomically (a temporary 0600 file i
 directory, fsync, ``os.replace``, fsync of the directory), under an exclusive lock on the
 directory, so a crash leaves either the old file or the new one, never half of one.
 
-A process reads the key file when it starts. When another process (``labvault keys
-rotate``) adds a root key, a running process meets blobs wrapped under a root key it does
-not know: it then re-reads the file once (if it changed) and retries. From that reload on it
-also wraps under the new active key and forgets retired material; until then it keeps
-wrapping under the key that was active when it last read the file. So after ``labvault keys
-rotate``, restart the application (or let it reload) before ``labvault keys rewrap``, and
-rewrap again if ``keys status`` still shows keys under an old version.
+A process reads the key file when it starts, and follows it: before each wrap or unwrap it
+compares the file's identity (device, inode, mtime, size) with what it read, and reads it
+again when it changed. So ``labvault keys rotate`` takes effect in every running process at
+its next wrap, and ``labvault keys retire`` at its next unwrap: a process started before a
+retirement can never wrap a new key under a retired root key, whose material it no longer
+has.
 """
 
 from __future__ import annotations
@@ -96,6 +95,26 @@ class FileKeyProvider(LocalKeyProvider):
         with self._lock:
             state, self._fingerprint = _read_key_file(self.path)
             self._install(state)
+
+    def wrap(self, material: Secret[bytes], context: str) -> bytes:
+        self._refresh_if_changed()
+        return super().wrap(material, context)
+
+    def unwrap(self, wrapped: bytes, context: str) -> Secret[bytes]:
+        self._refresh_if_changed()
+        return super().unwrap(wrapped, context)
+
+    def _refresh_if_changed(self) -> None:
+        """Follow the key file: one ``stat`` per wrap or unwrap, a reload when it changed.
+
+        So every process wraps under the active root key as soon as ``keys rotate`` wrote it,
+        and stops unwrapping under a retired one as soon as ``keys retire`` did: a process
+        started before either never wraps a new patient's key under a retired root key.
+        """
+        if _fingerprint(self.path) != self._fingerprint:
+            with self._lock:
+                if _fingerprint(self.path) != self._fingerprint:
+                    self.reload()
 
     def _aead_after_reload(self, root_id: uuid.UUID) -> AESGCM | None:
         with self._lock:
