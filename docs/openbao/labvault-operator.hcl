@@ -1,6 +1,7 @@
-# The key officer's policy, for `labvault keys rotate` and `labvault keys retire` run by a
-# person (never by the application): create and rotate the wrapping key, raise its minimum
-# decryption version. Still no export and no deletion of keys.
+# The key officer's policy, for `labvault keys rotate` and `labvault keys retire [--destroy]`
+# run by a person (never by the application): create and rotate the wrapping key, raise its
+# minimum decryption version, trim (delete for good) the versions below it. Still no export
+# and no deletion of keys.
 
 path "transit/keys/labvault" {
   capabilities = ["create", "read", "update"]
@@ -11,6 +12,10 @@ path "transit/keys/labvault/rotate" {
 }
 
 path "transit/keys/labvault/config" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/labvault/trim" {
   capabilities = ["update"]
 }
 

@@ -20,8 +20,9 @@ Erasure (``labvault accounts purge``, :func:`purge_closed_accounts`)
     phrase left in backups can no longer be decrypted (crypto-shredding). The account's own
     **Patient record is erased** too (``labvault.patients.erasure``: its data key destroyed,
     its blind indexes cleared, a tombstone kept) **unless a legal hold keeps it** (lab reports
-    are kept 10 years): then only the account goes, the record stays until the hold ends, and
-    the purge counts it. The request email says so. Dependents' records are not erased:
+    are kept 10 years): then only the account goes, the record is marked as pending erasure
+    and the purge counts it; the first purge after every hold on it has ended erases it. The
+    request email says so. Dependents' records are not erased:
     they are their own data subjects; the guardian's links to them go with the account.
     Staff accounts cannot delete themselves: a staff account carries the accountability of
     the actions in the audit log and is closed by the organization's administration.
@@ -55,10 +56,12 @@ from labvault.core.audit.events import AuditContext, AuditTrail, Outcome
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
 from labvault.core.ratelimit import RateRule
+from labvault.organizations.models import Organization
 from labvault.patients.erasure import (
     ErasureReport,
     KeylessKeyring,
     RecordNotFoundError,
+    erase_released,
     erase_unless_held,
 )
 from labvault.patients.models import ErasureRequester
@@ -192,6 +195,8 @@ class PurgeReport:
     """The accounts' own Patient records erased (crypto-shredded)."""
     records_held: int = 0
     """Their own Patient records kept because a legal hold is active."""
+    records_released: int = 0
+    """Records kept under a hold at an earlier purge, erased now that every hold has ended."""
 
 
 def purge_closed_accounts(
@@ -252,7 +257,11 @@ def purge_closed_accounts(
             target_id=account_id,
             purpose="retention",
         )
-    return PurgeReport(accounts, keys, erased, held)
+    released = 0
+    for organization_id in session.scalars(select(Organization.id).order_by(Organization.id)):
+        keyring = KeylessKeyring(session, organization_id, principal, context)
+        released += erase_released(session, keyring, now=clock())
+    return PurgeReport(accounts, keys, erased, held, released)
 
 
 def _erase_own_record(

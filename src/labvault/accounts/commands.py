@@ -33,7 +33,7 @@ def purge() -> None:
     """
     from labvault.cli import _audit_context, _runtime, _seal_events, console
 
-    accounts = data_keys = devices = records_erased = records_held = 0
+    accounts = data_keys = devices = records_erased = records_held = records_released = 0
     with _runtime() as runtime:
         with runtime.sessions() as session:
             tenants = list(session.scalars(select(Organization.id).order_by(Organization.id)))
@@ -55,6 +55,7 @@ def purge() -> None:
             data_keys += report.data_keys
             records_erased += report.records_erased
             records_held += report.records_held
+            records_released += report.records_released
         _seal_events(runtime)
     console.print(
         f"{accounts} account(s) erased, {data_keys} data key(s) destroyed "
@@ -62,7 +63,8 @@ def purge() -> None:
         highlight=False,
     )
     console.print(
-        f"{records_erased} patient record(s) erased, {records_held} kept under a legal hold.",
+        f"{records_erased} patient record(s) erased, {records_held} kept under a legal hold, "
+        f"{records_released} erased now that their legal hold has ended.",
         highlight=False,
     )
     console.print(

@@ -59,7 +59,12 @@ from labvault.core.config import Settings
 from labvault.core.contact import parse_email
 from labvault.core.crypto.derived import DerivedKeys
 from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import Indexer, Keyring, TenantKeyring
+from labvault.core.crypto.keyring import (
+    Indexer,
+    Keyring,
+    TenantKeyring,
+    require_index_generations,
+)
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.otp import (
     match_totp,
@@ -523,6 +528,7 @@ class AccountService:
                 }
             ],
         )
+        require_index_generations(self._session, self._tenant_id, indexer.generations)
         return self._session.get_one(Account, account_id)
 
     def provision(

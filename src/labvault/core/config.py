@@ -368,6 +368,14 @@ class Settings(BaseSettings):
                 "LABVAULT_PREVIOUS_KEY_PROVIDER must differ from LABVAULT_KEY_PROVIDER",
             )
         specs = (self.key_provider, self.previous_key_provider or "")
+        if all(spec.startswith("transit:") for spec in specs):
+            raise PydanticCustomError(
+                "previous_key_provider",
+                "LABVAULT_KEY_PROVIDER and LABVAULT_PREVIOUS_KEY_PROVIDER cannot both be "
+                "transit: providers: Transit's wrapped keys do not name their key, so keys "
+                "under one would pass for the other's. Move between Transit keys by rotating "
+                "the key instead (`labvault keys rotate`, `keys rewrap`, `keys retire`)",
+            )
         if not any(spec.startswith("transit:") for spec in specs):
             return self
         approle = self.transit_role_id is not None or self.transit_secret_id_file is not None

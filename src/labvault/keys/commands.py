@@ -22,7 +22,14 @@ from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.checkpoints import SIGNING_LABEL
 from labvault.core.audit.events import AuditTrail
 from labvault.core.audit.sequencer import SEAL_LABEL
-from labvault.core.crypto.providers.base import KeyProvider
+from labvault.core.crypto.errors import KeyProviderError
+from labvault.core.crypto.providers.base import (
+    ActiveVersionChangedError,
+    DestroysRetiredVersions,
+    KeyProvider,
+    KeyVersion,
+)
+from labvault.core.crypto.providers.chain import KeyChain, active_label
 from labvault.core.crypto.rewrap import (
     DEFAULT_BATCH_SIZE,
     UNKNOWN_VERSION,
@@ -38,6 +45,7 @@ from labvault.keys.index_commands import register as register_index_commands
 from labvault.organizations.models import Organization
 
 if TYPE_CHECKING:
+    from labvault.core.config import Settings
     from labvault.core.runtime import Runtime
 
 __all__ = ["keys_app"]
@@ -184,39 +192,115 @@ def _print_report(report: RewrapReport, command: str) -> None:
 
 
 @keys_app.command("retire")
-def retire() -> None:
+def retire(
+    destroy: Annotated[
+        bool,
+        typer.Option(
+            "--destroy",
+            help="Transit: also delete the retired versions from OpenBao/Vault for good "
+            "(trim), so that no configuration change can make them unwrap again. "
+            "Irreversible. The file provider's retirement already deletes their material.",
+        ),
+    ] = False,
+) -> None:
     """Destroy the ability to unwrap under every version but the active one (and under a
     previous provider's): nothing wrapped under them opens again, backups included.
 
-    Refused while any wrapped key is still under a version that would be retired."""
+    Refused while any wrapped key is still under a version that would be retired, and if
+    a rotation happens between that check and the retirement."""
     from labvault.cli import _runtime, _seal_events, console, errors
 
     with _runtime() as runtime:
         provider = runtime.key_provider
-        retiring = [v.label for v in provider.versions() if v.can_unwrap and not v.active]
-        if not retiring:
+        versions = provider.versions()
+        expected_active = _active(versions)
+        retiring = [v.label for v in versions if v.can_unwrap and not v.active]
+        gone: list[KeyVersion] = []
+        if retiring:
+            counts = census(key_store(runtime), provider)
+            blocking = sum(counts.by_version.get(label, 0) for label in retiring)
+            if blocking:
+                errors.print(
+                    f"[bold red]refused:[/] {blocking} wrapped keys are still under versions "
+                    "that would be retired; run `labvault keys rewrap` first. Nothing was "
+                    "changed.",
+                    highlight=False,
+                )
+                raise typer.Exit(1)
+            try:
+                gone = provider.retire(PRESERVED_LABELS, expected_active)
+            except ActiveVersionChangedError:
+                errors.print(
+                    "[bold red]refused:[/] a rotation happened since the check (the active "
+                    "root key version changed); run `labvault keys rewrap`, then `labvault "
+                    "keys retire` again. Nothing was changed.",
+                    highlight=False,
+                )
+                raise typer.Exit(1) from None
+            purpose = f"keys-retire/v:{len(gone)}"
+            _record(runtime, AuditAction.KEYS_ROOT_RETIRE, "keys-retire", purpose)
+        elif not destroy:
             console.print("No root key version to retire: only the active one can unwrap.")
             return
-        counts = census(key_store(runtime), provider)
-        blocking = sum(counts.by_version.get(label, 0) for label in retiring)
-        if blocking:
-            errors.print(
-                f"[bold red]refused:[/] {blocking} wrapped keys are still under versions that "
-                "would be retired; run `labvault keys rewrap` first. Nothing was changed.",
-                highlight=False,
-            )
-            raise typer.Exit(1)
-        gone = provider.retire(PRESERVED_LABELS)
-        _record(runtime, AuditAction.KEYS_ROOT_RETIRE, "keys-retire", f"keys-retire/v:{len(gone)}")
-        _seal_events(runtime)
+        destroyed = _destroy_retired(provider, expected_active) if destroy else None
+        if destroyed:
+            purpose = f"keys-retire-destroy/v:{len(destroyed)}"
+            _record(runtime, AuditAction.KEYS_ROOT_RETIRE, "keys-retire", purpose)
+        if gone or destroyed:
+            _seal_events(runtime)
+    _print_retirement(gone, destroy, destroyed)
+
+
+def _active(versions: list[KeyVersion]) -> str:
+    for version in versions:
+        if version.active:
+            return version.label
+    raise KeyProviderError("the key provider has no active root key version")
+
+
+def _destroy_retired(provider: KeyProvider, expected_active: str) -> list[KeyVersion] | None:
+    """Delete retired versions that still exist (Transit); None if no configured provider
+    keeps any (the file provider deletes their material when it retires them)."""
+    if isinstance(provider, KeyChain):
+        parts = [(provider.current, expected_active)]
+        parts += [(previous, active_label(previous)) for previous in provider.previous]
+    else:
+        parts = [(provider, expected_active)]
+    keeping = [(part, label) for part, label in parts if isinstance(part, DestroysRetiredVersions)]
+    if not keeping:
+        return None
+    return [version for part, label in keeping for version in part.destroy_retired(label)]
+
+
+def _print_retirement(
+    gone: list[KeyVersion], destroy: bool, destroyed: list[KeyVersion] | None
+) -> None:
+    from labvault.cli import console
+
     for version in gone:
         console.print(
             f"Retired {version.label}: nothing wrapped under it opens any more.", highlight=False
         )
-    console.print(
-        "Audit events sealed under the retired versions still verify (their seal and "
-        "signing derivations were kept)."
-    )
+    if gone:
+        console.print(
+            "Audit events sealed under the retired versions still verify (their seal and "
+            "signing derivations were kept)."
+        )
+    if not destroy:
+        return
+    if destroyed is None:
+        console.print(
+            "The file key provider deletes a version's material when it retires it: "
+            "--destroy is the same as a plain retirement."
+        )
+    elif not destroyed:
+        console.print("No retired root key version left to destroy.")
+    for version in destroyed or []:
+        console.print(
+            f"Destroyed {version.label}: deleted from the key provider for good; no backup "
+            "wrapped under it can ever be opened again.",
+            highlight=False,
+        )
 
 
 @keys_app.command("migrate")
@@ -225,7 +309,15 @@ def migrate_command(
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
 ) -> None:
     """Move every wrapped key to another key provider (same settings otherwise), resumably."""
-    from labvault.cli import CliError, _audit_context, _progress, _runtime, _seal_events, console
+    from labvault.cli import (
+        CliError,
+        _audit_context,
+        _progress,
+        _runtime,
+        _seal_events,
+        console,
+        errors,
+    )
 
     with _runtime() as runtime:
         default_key_file = runtime.settings.default_key_file
@@ -233,6 +325,16 @@ def migrate_command(
         target_spec = to.strip()
         if _same_provider(target_spec, current, default_key_file):
             raise CliError(f"--to names the current key provider ({current}); nothing to move")
+        if _between_transit_keys(runtime.settings, target_spec):
+            errors.print(
+                "[bold red]refused:[/] --to names a Transit key while a Transit key is "
+                "configured (LABVAULT_KEY_PROVIDER or LABVAULT_PREVIOUS_KEY_PROVIDER): Transit's "
+                "wrapped keys do not name their key, so the two could not be told apart. Move "
+                "between Transit keys by rotating the key instead (`labvault keys rotate`, "
+                "`keys rewrap`, `keys retire`). Nothing was changed.",
+                highlight=False,
+            )
+            raise typer.Exit(1)
         source = runtime.key_provider
         target = _target_provider(runtime, target_spec)
         store = key_store(runtime)
@@ -264,6 +366,12 @@ def migrate_command(
         "destroys its ability to unwrap anything, backups included.",
         highlight=False,
     )
+
+
+def _between_transit_keys(settings: Settings, target: str) -> bool:
+    """Whether ``target`` and a configured provider are both Transit keys (see ``KeyChain``)."""
+    configured = (settings.key_provider, settings.previous_key_provider or "")
+    return target.startswith("transit:") and any(spec.startswith("transit:") for spec in configured)
 
 
 def _explicit(spec: str, default_key_file: Path) -> str:

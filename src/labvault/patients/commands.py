@@ -92,7 +92,8 @@ def _describe(report: ErasureReport) -> str:
         f"{report.appointments_anonymised} appointment(s) anonymised, "
         f"{report.preregistrations_deleted} pre-registration(s) and "
         f"{report.documents_deleted} document(s) deleted, "
-        f"{report.account_links_removed} account link(s) removed."
+        f"{report.account_links_removed} account link(s) removed, "
+        f"{report.accounts_deleted} own account(s) deleted."
     )
 
 

@@ -16,7 +16,10 @@ What :func:`erase_patient` does, in the caller's transaction:
 - deletes its pre-registrations and uploaded documents: they are the patient's own
   declarations and files, kept only for the visit; leaving unreadable copies would keep
   storage and nothing of use;
-- unlinks accounts from it (an account's own record, guardians' dependents);
+- deletes the patient's own account (the one whose own record it is), with its data key, as
+  ``labvault accounts purge`` does (its sealed email and email index would otherwise stay,
+  and the account could still sign in), one ``account:deletion:erase`` event each; unlinks
+  the record from guardians' accounts (their dependents), which stay;
 - writes the tombstone on the row (when, by whom, at whose request) and one
   ``patient:record:erase`` event. No personal value is written anywhere.
 
@@ -36,7 +39,8 @@ from typing import Any, NoReturn
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from labvault.accounts.models import Account, AccountDependent
+from labvault.accounts.models import SUBJECT_TYPE as ACCOUNT_SUBJECT_TYPE
+from labvault.accounts.models import Account, AccountDependent, AccountKind
 from labvault.appointments.models import (
     Appointment,
     AppointmentStatus,
@@ -50,6 +54,7 @@ from labvault.core.audit.events import AuditContext, AuditedRefusalError, AuditT
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import Indexer, Keyring
+from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
 from labvault.patients.holds import RecordNotFoundError, active_hold, describe_hold
 from labvault.patients.models import ErasureRequester, LegalHold
@@ -61,6 +66,7 @@ __all__ = [
     "LegalHoldError",
     "RecordNotFoundError",
     "erase_patient",
+    "erase_released",
     "erase_unless_held",
 ]
 
@@ -92,6 +98,8 @@ class ErasureReport:
     preregistrations_deleted: int = 0
     documents_deleted: int = 0
     account_links_removed: int = 0
+    accounts_deleted: int = 0
+    """The patient's own account, deleted with its data key (0 or 1)."""
 
 
 class KeylessKeyring:
@@ -194,6 +202,7 @@ def erase_unless_held(
         return ErasureReport(patient_id, already_erased=True)
     hold = active_hold(session, tenant_id, patient_id, now)
     if hold is not None:
+        repository.mark_erasure_pending(patient_id, requested_by=requested_by.value)
         if audit:
             keyring.audit.record(
                 AuditAction.PATIENT_RECORD_ERASE,
@@ -204,7 +213,10 @@ def erase_unless_held(
                 outcome=Outcome.DENIED,
             )
         return hold
-    report = _clear_related(session, tenant_id, patient_id, now)
+    deleted = _delete_own_accounts(session, keyring, patient_id, _purpose(requested_by))
+    report = dataclasses.replace(
+        _clear_related(session, tenant_id, patient_id, now), accounts_deleted=deleted
+    )
     repository.shred(patient_id, requested_by=requested_by.value, now=now)
     keyring.audit.record(
         AuditAction.PATIENT_RECORD_ERASE,
@@ -216,8 +228,57 @@ def erase_unless_held(
     return report
 
 
+def erase_released(session: Session, keyring: Keyring, *, now: dt.datetime | None = None) -> int:
+    """Erase the tenant's records whose erasure was asked while a legal hold kept them and
+    whose holds have all ended since; how many. Records still held stay pending, silently
+    (their refusal was recorded when the erasure was asked)."""
+    now = now or utcnow()
+    erased = 0
+    for patient_id, requested_by in PatientRepository(session, keyring).pending_erasures():
+        outcome = erase_unless_held(
+            session, keyring, patient_id, ErasureRequester(requested_by), now=now, audit=False
+        )
+        erased += isinstance(outcome, ErasureReport) and not outcome.already_erased
+    return erased
+
+
 def _purpose(requested_by: ErasureRequester) -> str:
     return f"erasure:{requested_by.value}"
+
+
+def _delete_own_accounts(
+    session: Session, keyring: Keyring, patient_id: uuid.UUID, purpose: str
+) -> int:
+    """Delete the patient accounts whose own record this is, with their data keys (their
+    sessions, factors, passkeys, devices and dependents' links cascade); how many."""
+    tenant_id = keyring.tenant_id
+    owned = session.execute(
+        select(Account.id, Account.data_key_id).where(
+            Account.tenant_id == tenant_id,
+            Account.patient_id == patient_id,
+            Account.kind == AccountKind.PATIENT.value,
+        )
+    ).all()
+    for account_id, data_key_id in owned:
+        session.execute(
+            delete(Account).where(Account.tenant_id == tenant_id, Account.id == account_id)
+        )
+        session.execute(
+            delete(DataKeyRecord).where(
+                DataKeyRecord.tenant_id == tenant_id,
+                DataKeyRecord.id == data_key_id,
+                DataKeyRecord.subject_type == ACCOUNT_SUBJECT_TYPE,
+                DataKeyRecord.subject_id == account_id,
+            )
+        )
+        keyring.audit.record(
+            AuditAction.ACCOUNT_DELETION_ERASE,
+            tenant_id=tenant_id,
+            target_type=ACCOUNT_SUBJECT_TYPE,
+            target_id=account_id,
+            purpose=purpose,
+        )
+    return len(owned)
 
 
 def _clear_related(

@@ -6,17 +6,19 @@ come from the keyring, whose ``open_data_keys`` is the decrypt choke point.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, Table, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from labvault.appointments.models import IdentityCheck
 from labvault.core.access.policies import Interaction
@@ -24,7 +26,13 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.envelope import FieldKey
 from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import Indexer, Keyring, Sealer
+from labvault.core.crypto.keyring import (
+    DataKeyNotFoundError,
+    Indexer,
+    Keyring,
+    Sealer,
+    require_index_generations,
+)
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.reindex import (
     REINDEX_PURPOSE,
@@ -129,6 +137,9 @@ class PreparedPatient:
     # Every generation's digests, newest first: duplicates are found during an index rotation.
     nir_candidates: tuple[bytes, ...] = ()
     name_candidates: tuple[bytes, ...] = ()
+    # The index-key generations it was indexed with: storing it checks they are still the
+    # organization's (``require_index_generations``).
+    index_generations: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         return "PreparedPatient(...)"
@@ -160,7 +171,15 @@ def prepare_patients(inputs: Sequence[PatientInput], sealer: Sealer) -> list[Pre
             index_generation=indexer.generation,
         )
         prepared.append(
-            PreparedPatient(nir_index, name_index, row, key_row, nir_candidates, name_candidates)
+            PreparedPatient(
+                nir_index,
+                name_index,
+                row,
+                key_row,
+                nir_candidates,
+                name_candidates,
+                indexer.generations,
+            )
         )
     return prepared
 
@@ -293,6 +312,8 @@ class PatientRepository:
             # split the batch wherever the pattern of empty fields changes).
             self._session.execute(insert(DATA_KEYS_TABLE), key_rows)
             self._session.execute(insert(PATIENTS_TABLE), rows)
+            for generations in {p.index_generations for p in prepared}:
+                require_index_generations(self._session, tenant_id, generations)
             self._keyring.audit.record_many(
                 AuditAction.PATIENT_RECORD_CREATE,
                 tenant_id=tenant_id,
@@ -310,7 +331,9 @@ class PatientRepository:
         if nir_indexes:
             for patient_id, nir_index in self._session.execute(
                 select(Patient.id, Patient.nir_index).where(
-                    Patient.tenant_id == tenant_id, Patient.nir_index.in_(set(nir_indexes))
+                    Patient.tenant_id == tenant_id,
+                    Patient.nir_index.in_(set(nir_indexes)),
+                    Patient.erased_at.is_(None),
                 )
             ):
                 if nir_index is not None:
@@ -319,7 +342,9 @@ class PatientRepository:
         if name_indexes:
             for patient_id, name_index, nir_index in self._session.execute(
                 select(Patient.id, Patient.name_index, Patient.nir_index).where(
-                    Patient.tenant_id == tenant_id, Patient.name_index.in_(set(name_indexes))
+                    Patient.tenant_id == tenant_id,
+                    Patient.name_index.in_(set(name_indexes)),
+                    Patient.erased_at.is_(None),
                 )
             ):
                 by_name.setdefault(name_index, []).append((patient_id, nir_index))
@@ -339,26 +364,25 @@ class PatientRepository:
         changes = update.changes()
         if fields is not None and not set(changes) <= fields:
             return None
-        patient = self._session.scalars(
-            select(Patient).where(
-                Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where
-            )
-        ).one_or_none()
+        patient = self._locked(patient_id, where)
         if patient is None:
             return None
-        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient.id], purpose)[patient.id]
+        key = self._open_keys([patient.id], purpose).get(patient.id)
+        if key is None:
+            return None
         if key.id != patient.data_key_id:
             raise DecryptionError(f"{TABLE} row {patient.id}: names a data key that is not its own")
         sealed = key.seal_row(
             TABLE, patient.id, {c: None if v is None else v.encode() for c, v in changes.items()}
         )
-        for column, blob in sealed.items():
-            setattr(patient, column, blob)
+        # Contact fields are plain strings on the record: the changed values as given.
+        updated = dataclasses.replace(_open_patient(key, patient), **dict[str, Any](changes))
         # Every index follows, not just the changed ones: the row moves to the newest
         # index generation as a whole (``keys rotate-index`` then leaves it alone).
-        _set_indexes(patient, _indexes(self._keyring.indexer, _open_patient(key, patient)))
-        patient.updated_at = utcnow()
-        self._session.flush()
+        indexer = self._keyring.indexer
+        values: dict[str, object] = {**sealed, **_indexes(indexer, updated), "updated_at": utcnow()}
+        if not self._write_live(patient, values, indexer):
+            return None  # erased meanwhile: as absent
         self._keyring.audit.record(
             AuditAction.PATIENT_CONTACT_UPDATE,
             tenant_id=self._keyring.tenant_id,
@@ -367,6 +391,54 @@ class PatientRepository:
             purpose=purpose,
         )
         return _open_patient(key, patient, fields)
+
+    def _locked(self, patient_id: uuid.UUID, where: ColumnElement[bool]) -> Patient | None:
+        """The live record in scope, locked FOR UPDATE (an erasure waits for this write, or
+        this write, on PostgreSQL, finds the record erased and gets ``None``)."""
+        return self._session.scalars(
+            select(Patient)
+            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where)
+            .with_for_update()
+        ).one_or_none()
+
+    def _write_live(
+        self, patient: Patient, values: Mapping[str, object], indexer: Indexer | None = None
+    ) -> bool:
+        """Write ``values`` on the record unless it was erased since it was read (SQLite
+        takes no row lock: an erasure may commit between the read and this write); whether
+        it was written. ``indexer``: the values hold blind indexes computed with it, which
+        must still be the organization's (``require_index_generations``)."""
+        result = self._session.execute(
+            update(Patient)
+            .where(
+                Patient.tenant_id == self._keyring.tenant_id,
+                Patient.id == patient.id,
+                Patient.erased_at.is_(None),
+            )
+            .values(dict(values))
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            return False
+        if indexer is not None:
+            require_index_generations(self._session, self._keyring.tenant_id, indexer.generations)
+        for column, value in values.items():
+            set_committed_value(patient, column, value)
+        return True
+
+    def _open_keys(
+        self, patient_ids: Sequence[uuid.UUID], purpose: str
+    ) -> dict[uuid.UUID, FieldKey]:
+        """The data keys of ``patient_ids``, leaving out records erased since the caller's
+        scope check (their keys are gone: they are absent, never an error)."""
+        wanted = list(dict.fromkeys(patient_ids))
+        for _ in range(len(wanted) + 1):
+            try:
+                return self._keyring.open_data_keys(SUBJECT_TYPE, wanted, purpose)
+            except DataKeyNotFoundError as gone:
+                erased = set(gone.subject_ids)
+                wanted = [patient_id for patient_id in wanted if patient_id not in erased]
+        return {}
 
     # -- content sealed under a patient's key, stored in other tables ---------------------
 
@@ -405,7 +477,9 @@ class PatientRepository:
         ``interaction`` on ``resource`` for this patient."""
         if patient_id not in self.in_scope_ids([patient_id], resource, interaction):
             return None
-        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient_id], purpose)[patient_id]
+        key = self._open_keys([patient_id], purpose).get(patient_id)
+        if key is None:
+            return None
         return key.seal_row(item.table, item.row_id, dict(item.values))
 
     def open_for(
@@ -417,12 +491,11 @@ class PatientRepository:
         wanted = [item for item in items if item.patient_id in allowed]
         if not wanted:
             return {}
-        keys = self._keyring.open_data_keys(
-            SUBJECT_TYPE, [item.patient_id for item in wanted], purpose
-        )
+        keys = self._open_keys([item.patient_id for item in wanted], purpose)
         return {
             item.row_id: keys[item.patient_id].open_row(item.table, item.row_id, dict(item.values))
             for item in wanted
+            if item.patient_id in keys
         }
 
     # -- reads ----------------------------------------------------------------------------
@@ -522,8 +595,8 @@ class PatientRepository:
         self, query: Select[Patient], purpose: str, fields: frozenset[str] | None
     ) -> list[PatientRecord]:
         patients = list(self._session.scalars(query))
-        keys = self._keyring.open_data_keys(SUBJECT_TYPE, [p.id for p in patients], purpose)
-        return [_open_patient(keys[p.id], p, fields) for p in patients]
+        keys = self._open_keys([p.id for p in patients], purpose)
+        return [_open_patient(keys[p.id], p, fields) for p in patients if p.id in keys]
 
     # -- identity checks at the desk --------------------------------------------------------
 
@@ -548,25 +621,25 @@ class PatientRepository:
             where, _ = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
         except AccessDeniedError:
             return None
-        patient = self._session.scalars(
-            select(Patient)
-            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where)
-            .with_for_update()
-        ).one_or_none()
+        patient = self._locked(patient_id, where)
         if patient is None:
             return None
         before = IdentityStatus(patient.identity_status)
         after = RAISED_BY_DOCUMENT.get(before, before)
         now = utcnow()
         check_id = uuid.uuid4()
-        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient_id], purpose)[patient_id]
+        key = self._open_keys([patient_id], purpose).get(patient_id)
+        if key is None:
+            return None
         sealed = key.seal_row(
             "identity_checks", check_id, {"document_kind": document_kind.encode()}
         )["document_kind"]
         assert sealed is not None  # a value was given: never None
-        if after is not before:
-            patient.identity_status = after.value
-            patient.updated_at = now
+        # Written even when the status stays: the conditional write is what tells an
+        # erasure committed since the read (the check would be sealed under a dead key).
+        raised = {"identity_status": after.value, "updated_at": now} if after is not before else {}
+        if not self._write_live(patient, raised or {"updated_at": patient.updated_at}):
+            return None
         check = IdentityCheck(
             id=check_id,
             tenant_id=self._keyring.tenant_id,
@@ -620,14 +693,12 @@ class PatientRepository:
             where, fields = in_scope(self._access, Patient.id, SUBJECT_TYPE, Interaction.UPDATE)
         except AccessDeniedError:
             return frozenset()
-        patient = self._session.scalars(
-            select(Patient)
-            .where(Patient.tenant_id == self._keyring.tenant_id, Patient.id == patient_id, where)
-            .with_for_update()
-        ).one_or_none()
+        patient = self._locked(patient_id, where)
         if patient is None:
             return frozenset()
-        key = self._keyring.open_data_keys(SUBJECT_TYPE, [patient.id], purpose)[patient.id]
+        key = self._open_keys([patient.id], purpose).get(patient.id)
+        if key is None:
+            return frozenset()
         current = _open_patient(key, patient)
         status = IdentityStatus(patient.identity_status)
         changes: dict[str, str] = {}
@@ -658,10 +729,8 @@ class PatientRepository:
             filled |= {"ins_number"}
         if changes:
             sealed = key.seal_row(TABLE, patient.id, {c: v.encode() for c, v in changes.items()})
-            for column, blob in sealed.items():
-                setattr(patient, column, blob)
-            patient.updated_at = utcnow()
-            self._session.flush()
+            if not self._write_live(patient, {**sealed, "updated_at": utcnow()}):
+                return frozenset()  # erased meanwhile: nothing to complete
         self._keyring.audit.record(
             AuditAction.PATIENT_PREREGISTRATION_UPDATE,
             tenant_id=self._keyring.tenant_id,
@@ -685,6 +754,38 @@ class PatientRepository:
         if erased_at is None:
             return None
         return ErasureState.LIVE if erased_at[0] is None else ErasureState.ERASED
+
+    def mark_erasure_pending(self, patient_id: uuid.UUID, *, requested_by: str) -> None:
+        """Remember that erasure was asked while a legal hold kept the record, so that
+        ``labvault accounts purge`` erases it once the hold has ended (its owner was told so)."""
+        self._require_system_access("erase records")
+        self._session.execute(
+            update(Patient)
+            .where(
+                Patient.tenant_id == self._keyring.tenant_id,
+                Patient.id == patient_id,
+                Patient.erased_at.is_(None),
+            )
+            .values(erasure_requested_by=requested_by)
+            .execution_options(synchronize_session=False)
+        )
+
+    def pending_erasures(self) -> list[tuple[uuid.UUID, str]]:
+        """Records whose erasure was asked while a legal hold kept them, not yet erased, with
+        who asked (an ``ErasureRequester`` value)."""
+        self._require_system_access("erase records")
+        return [
+            (patient_id, str(requested_by))
+            for patient_id, requested_by in self._session.execute(
+                select(Patient.id, Patient.erasure_requested_by)
+                .where(
+                    Patient.tenant_id == self._keyring.tenant_id,
+                    Patient.erasure_requested_by.is_not(None),
+                    Patient.erased_at.is_(None),
+                )
+                .order_by(Patient.id)
+            )
+        ]
 
     def shred(self, patient_id: uuid.UUID, *, requested_by: str, now: dt.datetime) -> None:
         """Destroy the record's data key and blind indexes and write its tombstone.
@@ -775,9 +876,9 @@ class PatientRepository:
                 )
             )
         )
-        keys = self._keyring.open_data_keys(
-            SUBJECT_TYPE, [p.id for p in patients if p.id in keyed], REINDEX_PURPOSE
-        )
+        # A record erased since the query above has no key left: it is planned as keyless
+        # (its changed indexes then keep the plan from applying; a later batch moves it).
+        keys = self._open_keys([p.id for p in patients if p.id in keyed], REINDEX_PURPOSE)
         plans = []
         for patient in patients:
             key = keys.get(patient.id)
@@ -801,7 +902,11 @@ class PatientRepository:
         return (
             self._session.scalar(
                 select(Patient.id)
-                .where(Patient.tenant_id == self._keyring.tenant_id, Patient.nir_index.in_(indexes))
+                .where(
+                    Patient.tenant_id == self._keyring.tenant_id,
+                    Patient.nir_index.in_(indexes),
+                    Patient.erased_at.is_(None),
+                )
                 .limit(1)
             )
             is not None
@@ -811,20 +916,25 @@ class PatientRepository:
         """Write the NIR and its blind index on ``patient`` in a SAVEPOINT; ``False`` (and
         the record as it was) when another record of the tenant has that NIR, or took it
         meanwhile."""
-        if self._nir_taken(self._keyring.indexer.nir_candidates(nir)):
+        indexer = self._keyring.indexer
+        if self._nir_taken(indexer.nir_candidates(nir)):
             return False
+        blob = key.seal_row(TABLE, patient.id, {"ins_number": nir.encode()})
+        claimed = dataclasses.replace(
+            _open_patient(key, patient), ins_number=nir, ins_oid=InsOid.NIR
+        )
+        values: dict[str, object] = {
+            "ins_oid": InsOid.NIR.value,
+            "ins_number": blob["ins_number"],
+            **_indexes(indexer, claimed),
+            "updated_at": utcnow(),
+        }
         try:
             with self._session.begin_nested():
-                patient.ins_oid = InsOid.NIR.value
-                blob = key.seal_row(TABLE, patient.id, {"ins_number": nir.encode()})
-                patient.ins_number = blob["ins_number"]
-                _set_indexes(patient, _indexes(self._keyring.indexer, _open_patient(key, patient)))
-                patient.updated_at = utcnow()
-                self._session.flush()
+                return self._write_live(patient, values, indexer)
         except IntegrityError:
             # The savepoint's rollback expired the record: it is read again as committed.
             return False
-        return True
 
 
 def _nir_lookups(patient: PreparedPatient) -> tuple[bytes, ...]:
@@ -855,11 +965,6 @@ def _indexes(indexer: Indexer, record: PatientRecord) -> dict[str, bytes | int |
         ),
         "index_generation": indexer.generation,
     }
-
-
-def _set_indexes(patient: Patient, indexes: Mapping[str, bytes | int | None]) -> None:
-    for column, value in indexes.items():
-        setattr(patient, column, value)
 
 
 def _seal_patient(

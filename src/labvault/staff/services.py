@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from labvault.core.audit.actions import AuditAction
 from labvault.core.contact import parse_email
 from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import Keyring
+from labvault.core.crypto.keyring import Keyring, require_index_generations
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.reindex import (
     REINDEX_PURPOSE,
@@ -75,6 +75,7 @@ class StaffRepository:
         if tenant_sites != set(site_ids):
             raise UnknownSiteError("a site is not one of this organization's")
         staff_id = uuid.uuid4()
+        indexer = self._keyring.indexer
         (key,), key_rows = self._keyring.new_data_keys(SUBJECT_TYPE, [staff_id])
         plain = {"first_name": first_name, "last_name": last_name, "email": email}
         row: dict[str, object] = dict(
@@ -84,12 +85,13 @@ class StaffRepository:
             id=staff_id,
             tenant_id=tenant_id,
             data_key_id=key.id,
-            email_index=self._keyring.indexer.staff_email(email),
-            index_generation=self._keyring.indexer.generation,
+            email_index=indexer.staff_email(email),
+            index_generation=indexer.generation,
             role=role.value,
         )
         self._session.execute(insert(DataKeyRecord), key_rows)
         self._session.execute(insert(StaffMember), [row])
+        require_index_generations(self._session, tenant_id, indexer.generations)
         if site_ids:
             self._session.execute(
                 insert(StaffSite),

@@ -375,8 +375,8 @@ def test_the_purge_keeps_a_record_under_legal_hold(client: TestClient, runtime: 
     is in the audit log."""
     from labvault.core.access.principals import SystemPrincipal
     from labvault.patients.erasure import KeylessKeyring
-    from labvault.patients.holds import place_hold
-    from labvault.patients.models import LegalHoldReason
+    from labvault.patients.holds import place_hold, release_hold
+    from labvault.patients.models import LegalHold, LegalHoldReason
 
     with transaction(runtime.sessions) as session:
         account = session.scalars(select(Account)).one()
@@ -400,5 +400,27 @@ def test_the_purge_keeps_a_record_under_legal_hold(client: TestClient, runtime: 
             )
         ).all()
     assert [outcome for (outcome,) in refused] == ["denied"]
+
+    # Still held: later purges keep it, and record no new refusal each day.
+    again = runner.invoke(cli, ["accounts", "purge"])
+    assert "0 kept under a legal hold, 0 erased now" in " ".join(again.output.split())
+    assert _count(runtime, Patient, Patient.id == own, Patient.erased_at.is_(None)) == 1
+    # The hold ends: the next purge keeps the promise made to the patient and erases it.
+    with transaction(runtime.sessions) as session:
+        hold = session.scalars(select(LegalHold).where(LegalHold.patient_id == own)).one()
+        keyring = KeylessKeyring(session, hold.tenant_id, SystemPrincipal("test:closure"))
+        release_hold(session, keyring, hold.id)
+    released = runner.invoke(cli, ["accounts", "purge"])
+    assert released.exit_code == 0, released.output
+    assert "1 erased now that their legal hold has ended" in " ".join(released.output.split())
+    assert _count(runtime, Patient, Patient.id == own, Patient.erased_at.is_not(None)) == 1
+    assert _count(runtime, DataKeyRecord, DataKeyRecord.subject_id == own) == 0
+    with runtime.sessions() as session:
+        outcomes = session.scalars(
+            select(AuditEvent.outcome).where(
+                AuditEvent.action == "patient:record:erase", AuditEvent.target_id == own
+            )
+        ).all()
+    assert sorted(outcomes) == ["denied", "success"]
     verified = runner.invoke(cli, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output

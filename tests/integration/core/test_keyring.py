@@ -8,17 +8,24 @@ import pickle
 import uuid
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from labvault.core.access.decrypt import DecryptDeniedError, DecryptRequest
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.models import AuditEvent
-from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.blind_index import IndexKind
+from labvault.core.crypto.errors import CryptoError, DecryptionError, KeyProviderError
+from labvault.core.crypto.keyring import (
+    DataKeyNotFoundError,
+    TenantKeyring,
+    create_index_keys,
+    index_key_context,
+)
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import create_organization
+from labvault.patients.models import Patient
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
 
@@ -163,3 +170,64 @@ def test_a_subject_opened_twice_is_audited_twice_and_unwrapped_once(runtime: Run
         finally:
             del provider.unwrap_many  # type: ignore[method-assign]
     assert calls == [1, 1, 1]  # a new keyring (a new request) unwraps again: no global cache
+
+
+def test_a_missing_data_key_names_its_subjects_and_the_found_keys_stay_open(
+    runtime: Runtime,
+) -> None:
+    """An erased subject (its key deleted after the caller's scope check) raises the specific
+    ``DataKeyNotFoundError`` naming it; the other subjects' keys are unwrapped and kept, so
+    the caller can leave the erased one out and ask again."""
+    tenant, (first, second, _) = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Patient).where(Patient.id == second).values(data_key_id=None))
+        session.execute(delete(DataKeyRecord).where(DataKeyRecord.subject_id == second))
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("t:r"))
+        with pytest.raises(DataKeyNotFoundError, match="1 patient data key") as missing:
+            keyring.open_data_keys("patient", [first, second], purpose="test")
+        assert missing.value.subject_ids == (second,)
+        assert isinstance(missing.value, KeyProviderError)
+        assert str(second) not in str(missing.value)
+        assert set(keyring.open_data_keys("patient", [first], purpose="test")) == {first}
+
+
+def test_the_generation_1_context_is_unchanged_and_later_ones_name_their_generation() -> None:
+    tenant = uuid.UUID(int=7)
+    assert (
+        index_key_context(tenant, IndexKind.NIR, 1)
+        == "labvault/v1|index_key|00000000-0000-0000-0000-000000000007|nir"
+    )
+    assert index_key_context(tenant, IndexKind.NIR, 2).endswith("|nir|g2")
+    with pytest.raises(ValueError, match="start at 1"):
+        index_key_context(tenant, IndexKind.NIR, 0)
+
+
+def test_an_old_generations_index_key_copied_into_a_new_generation_row_does_not_unwrap(
+    runtime: Runtime,
+) -> None:
+    """A database writer cannot make a rotation keep using an exposed key by copying its
+    wrapped blob into the new generation's row: the blob is bound to its generation."""
+    tenant, _ = _setup(runtime)
+    with transaction(runtime.sessions) as session:
+        create_index_keys(session, runtime.key_provider, tenant, generation=2)
+    with transaction(runtime.sessions) as session:
+        rows = session.execute(
+            select(IndexKeyRecord.kind, IndexKeyRecord.wrapped_key).where(
+                IndexKeyRecord.tenant_id == tenant, IndexKeyRecord.generation == 1
+            )
+        ).all()
+        old = {kind: bytes(blob) for kind, blob in rows}
+        for kind, blob in old.items():
+            session.execute(
+                update(IndexKeyRecord)
+                .where(
+                    IndexKeyRecord.tenant_id == tenant,
+                    IndexKeyRecord.generation == 2,
+                    IndexKeyRecord.kind == kind,
+                )
+                .values(wrapped_key=blob)
+            )
+    with transaction(runtime.sessions) as session:
+        keyring = TenantKeyring(session, runtime.key_provider, tenant, SystemPrincipal("t:r"))
+        with pytest.raises(CryptoError):
+            _ = keyring.indexer.generations

@@ -152,10 +152,12 @@ def _wrapped_keys(database: Path) -> Iterator[list[tuple[bytes, str]]]:
                 )
                 for tenant, subject_type, subject, key_id, blob in rows
             ]
-        index = connection.execute("SELECT tenant_id, kind, wrapped_key FROM index_keys")
+        index = connection.execute(
+            "SELECT tenant_id, kind, generation, wrapped_key FROM index_keys"
+        )
         yield [
-            (bytes(blob), index_key_context(uuid.UUID(tenant), IndexKind(kind)))
-            for tenant, kind, blob in index.fetchall()
+            (bytes(blob), index_key_context(uuid.UUID(tenant), IndexKind(kind), generation))
+            for tenant, kind, generation, blob in index.fetchall()
         ]
     finally:
         connection.close()

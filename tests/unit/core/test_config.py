@@ -518,3 +518,14 @@ def test_every_key_provider_setting_is_described() -> None:
     assert len(names) == 13
     for name in names:
         assert Settings.model_fields[name].description, name
+
+
+def test_the_previous_key_provider_cannot_be_another_transit_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Transit blobs ("vault:v<n>:...") do not name their key: the two could not be told apart.
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", TRANSIT)
+    monkeypatch.setenv("LABVAULT_PREVIOUS_KEY_PROVIDER", TRANSIT.replace("/labvault", "/old"))
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN_FILE", "/run/secrets/bao-token")
+    with pytest.raises(ConfigurationError, match="rotating the key instead"):
+        load_settings()

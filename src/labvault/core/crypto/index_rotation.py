@@ -14,6 +14,12 @@ blind index is recomputed:
 3. ``complete``: once no row is behind, the older generation's keys are deleted
    (``keys:index:complete``). A rerun then finds nothing to do.
 
+Writers of blind indexes check, in their transaction, that the generations they computed
+with are still exactly the organization's (``keyring.require_index_generations``, which
+locks the index-key rows FOR SHARE on PostgreSQL) and refuse otherwise. ``complete``
+deletes the old generation first (its DELETE waits for those writers), then counts the
+rows behind again in the same transaction and rolls back if a writer left any.
+
 No personal value leaves the owning packages: this module sees ids and counts only.
 """
 
@@ -56,6 +62,10 @@ class IndexRotationError(RuntimeError):
 
 class RotationRunningError(IndexRotationError):
     """A rotation is already running for this organization: resume it instead."""
+
+
+class _RowsBehindError(Exception):
+    """Rows still behind once the old generation was deleted: roll the deletion back."""
 
 
 class Reindexable(Protocol):
@@ -199,27 +209,39 @@ class IndexRotation:
         return moved
 
     def complete(self) -> bool:
-        """Delete the older generations' keys once no row needs them; whether it did."""
-        with transaction(self.sessions) as session:
-            held = _generations(session, self.tenant_id)
-            if len(held) < 2:
-                return False
-            keyring = self._keyring(session)
-            if any(owner(session, keyring).count_pending_reindex() for _, owner in OWNERS):
-                return False
-            session.execute(
-                delete(IndexKeyRecord).where(
-                    IndexKeyRecord.tenant_id == self.tenant_id,
-                    IndexKeyRecord.generation < held[-1],
+        """Delete the older generations' keys once no row needs them; whether it did.
+
+        The DELETE comes first: on PostgreSQL it waits for every writer still holding the
+        index-key rows FOR SHARE (``require_index_generations``); the rows behind are then
+        counted again in this transaction, which rolls back if a writer left any (a resume
+        moves them, then completes). On SQLite the DELETE takes the write lock: no writer
+        commits between it and the count."""
+        try:
+            with transaction(self.sessions) as session:
+                held = _generations(session, self.tenant_id)
+                if len(held) < 2:
+                    return False
+                keyring = self._keyring(session)
+                owners = [owner(session, keyring) for _, owner in OWNERS]
+                if any(rows.count_pending_reindex() for rows in owners):
+                    return False
+                session.execute(
+                    delete(IndexKeyRecord).where(
+                        IndexKeyRecord.tenant_id == self.tenant_id,
+                        IndexKeyRecord.generation < held[-1],
+                    )
                 )
-            )
-            keyring.audit.record(
-                AuditAction.KEYS_INDEX_COMPLETE,
-                tenant_id=self.tenant_id,
-                target_type=ORGANIZATION_TARGET,
-                target_id=self.tenant_id,
-                purpose=f"index-generation:{held[-1]}",
-            )
+                if any(rows.count_pending_reindex() for rows in owners):
+                    raise _RowsBehindError
+                keyring.audit.record(
+                    AuditAction.KEYS_INDEX_COMPLETE,
+                    tenant_id=self.tenant_id,
+                    target_type=ORGANIZATION_TARGET,
+                    target_id=self.tenant_id,
+                    purpose=f"index-generation:{held[-1]}",
+                )
+        except _RowsBehindError:
+            return False
         return True
 
     def resume(

@@ -25,7 +25,7 @@ from labvault.core.audit.actions import read_action
 from labvault.core.audit.events import AuditContext, AuditTrail
 from labvault.core.crypto.blind_index import INDEX_KEY_BYTES, BlindIndexer, IndexKind
 from labvault.core.crypto.envelope import DataKey, FieldKey
-from labvault.core.crypto.errors import KeyProviderError
+from labvault.core.crypto.errors import CryptoError, KeyProviderError
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.crypto.providers.base import KeyProvider
 from labvault.core.crypto.providers.config import KeyProviderConfig
@@ -39,8 +39,67 @@ def data_key_context(
     return f"labvault/v1|data_key|{tenant_id}|{subject_type}|{subject_id}|{key_id}"
 
 
-def index_key_context(tenant_id: uuid.UUID, kind: IndexKind) -> str:
-    return f"labvault/v1|index_key|{tenant_id}|{kind.value}"
+def index_key_context(tenant_id: uuid.UUID, kind: IndexKind, generation: int) -> str:
+    """Binds a wrapped index key to its tenant, kind and generation: a database writer cannot
+    copy an old (possibly exposed) generation's blob into the new generation's row.
+
+    Generation 1 keeps the context it always had, so existing keys keep unwrapping."""
+    if generation < 1:
+        raise ValueError("index key generations start at 1")
+    base = f"labvault/v1|index_key|{tenant_id}|{kind.value}"
+    return base if generation == 1 else f"{base}|g{generation}"
+
+
+class DataKeyNotFoundError(KeyProviderError):
+    """Data keys asked for are not on file: their subjects were erased (often by an erasure
+    that committed after the caller's scope check) or belong to another tenant.
+
+    Repositories turn it into their uniform "not found"; ``subject_ids`` names the missing
+    subjects (random ids only), so a list can leave them out and go on."""
+
+    def __init__(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> None:
+        super().__init__(
+            f"{len(subject_ids)} {subject_type} data key(s) not found "
+            "(erased subject or another tenant's)"
+        )
+        self.subject_type = subject_type
+        self.subject_ids = tuple(subject_ids)
+
+
+class IndexKeysChangedError(CryptoError):
+    """The organization's index-key generations changed (``keys rotate-index`` started or
+    completed) between loading the keys and writing blind indexes with them: nothing was
+    written. Running the operation again uses the current keys (imports are idempotent)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the organization's index keys changed during this operation (an index-key "
+            "rotation started or completed); nothing of it was written: run it again"
+        )
+
+
+def require_index_generations(
+    session: Session, tenant_id: uuid.UUID, generations: Iterable[int]
+) -> None:
+    """Refuse a write of blind indexes computed with ``generations`` unless they are exactly
+    the generations the organization holds; call it in the writing transaction, after its
+    first write.
+
+    On PostgreSQL the index-key rows are locked FOR SHARE until the transaction ends, so
+    ``IndexRotation.complete`` (whose DELETE of the old generation waits for the lock)
+    cannot retire a generation under a writer that still uses it. SQLite serialises
+    writers: after a first write, nothing commits between this check and the commit.
+    Without it, a writer holding old keys would write digests no lookup finds and check
+    duplicates (NIR) against the old digests only."""
+    held = set(
+        session.scalars(
+            select(IndexKeyRecord.generation)
+            .where(IndexKeyRecord.tenant_id == tenant_id)
+            .with_for_update(read=True)
+        )
+    )
+    if held != set(generations):
+        raise IndexKeysChangedError
 
 
 class Indexer(Protocol):
@@ -48,6 +107,8 @@ class Indexer(Protocol):
 
     @property
     def generation(self) -> int: ...
+    @property
+    def generations(self) -> tuple[int, ...]: ...
     def nir(self, compact_nir: str) -> bytes: ...
     def email(self, address: str) -> bytes: ...
     def staff_email(self, address: str) -> bytes: ...
@@ -110,7 +171,7 @@ def create_index_keys(
                 tenant_id=tenant_id,
                 kind=kind.value,
                 generation=generation,
-                wrapped_key=provider.wrap(material, index_key_context(tenant_id, kind)),
+                wrapped_key=provider.wrap(material, index_key_context(tenant_id, kind, generation)),
                 provider=provider.name,
             )
         )
@@ -155,7 +216,7 @@ def _unwrap_index_keys(
         raise KeyProviderError("this organization's blind-index keys are missing")
     slots = list(wrapped)
     secrets = provider.unwrap_many(
-        [(wrapped[slot], index_key_context(tenant_id, slot[1])) for slot in slots]
+        [(wrapped[slot], index_key_context(tenant_id, slot[1], slot[0])) for slot in slots]
     )
     by_generation: dict[int, dict[IndexKind, Secret[bytes]]] = {}
     for (generation, kind), secret in zip(slots, secrets, strict=True):
@@ -327,16 +388,18 @@ class TenantKeyring:
             )
         ).all()
         found = {subject_id: (key_id, bytes(blob)) for subject_id, key_id, blob in rows}
+        present = [subject for subject in subject_ids if subject in found]
+        if present:
+            # The keys found are kept even when some are missing: a caller that leaves the
+            # missing subjects out and asks again costs no second provider call.
+            secrets = self._provider.unwrap_many(
+                [
+                    (found[s][1], data_key_context(self._tenant_id, subject_type, s, found[s][0]))
+                    for s in present
+                ]
+            )
+            for s, secret in zip(present, secrets, strict=True):
+                self._opened[(subject_type, s)] = DataKey(found[s][0], secret)
         missing = [subject for subject in subject_ids if subject not in found]
         if missing:
-            raise KeyProviderError(
-                f"{len(missing)} data key(s) not found (erased subject or another tenant's)"
-            )
-        secrets = self._provider.unwrap_many(
-            [
-                (found[s][1], data_key_context(self._tenant_id, subject_type, s, found[s][0]))
-                for s in subject_ids
-            ]
-        )
-        for s, secret in zip(subject_ids, secrets, strict=True):
-            self._opened[(subject_type, s)] = DataKey(found[s][0], secret)
+            raise DataKeyNotFoundError(subject_type, missing)

@@ -89,7 +89,7 @@ def _data_key_context(tenant_id: uuid.UUID, row: Any) -> str:
 
 
 def _index_key_context(tenant_id: uuid.UUID, row: Any) -> str:
-    return index_key_context(tenant_id, IndexKind(row.kind))
+    return index_key_context(tenant_id, IndexKind(row.kind), row.generation)
 
 
 KEY_TABLES: Final = (
@@ -104,7 +104,7 @@ KEY_TABLES: Final = (
         "index_keys",
         "index",
         IndexKeyRecord.__table__,  # type: ignore[arg-type]
-        ("id", "wrapped_key", "kind"),
+        ("id", "wrapped_key", "kind", "generation"),
         _index_key_context,
     ),
 )
@@ -211,7 +211,7 @@ def rewrap(
             # conditional update below makes the read-then-write safe.
             fresh = provider.rewrap_many([(row.wrapped, row.context) for row in stale])
             with transaction(sessions) as session:
-                done = _store_page(session, key_table, provider.name, stale, fresh)
+                done = _store_page(session, key_table, tenant_id, provider.name, stale, fresh)
                 skipped = len(stale) - done
                 AuditTrail(session, principal, context).record(
                     AuditAction.KEYS_REWRAP_BATCH,
@@ -240,16 +240,22 @@ def rewrap(
 def _store_page(
     session: Session,
     key_table: _KeyTable,
+    tenant_id: uuid.UUID,
     provider_name: str,
     stale: Sequence[_Row],
     fresh: Sequence[bytes],
 ) -> int:
-    """Write each new blob only over the blob it replaces; returns how many rows took it
-    (a row erased or changed since it was read keeps its state)."""
+    """Write each new blob only over the blob it replaces, in ``tenant_id``'s rows only (no
+    row-level security on SQLite); returns how many rows took it (a row erased or changed
+    since it was read keeps its state)."""
     c = key_table.table.c
     statement = (
         update(key_table.table)
-        .where(c.id == bindparam("row_id"), c.wrapped_key == bindparam("old_blob"))
+        .where(
+            c.tenant_id == tenant_id,
+            c.id == bindparam("row_id"),
+            c.wrapped_key == bindparam("old_blob"),
+        )
         .values(wrapped_key=bindparam("new_blob"), provider=provider_name)
     )
     written = {row.id: blob for row, blob in zip(stale, fresh, strict=True)}
@@ -258,7 +264,9 @@ def _store_page(
         [{"row_id": row.id, "old_blob": row.wrapped, "new_blob": written[row.id]} for row in stale],
     )
     # Count the rows that hold their new blob now (executemany row counts are not portable).
-    stored = session.execute(select(c.id, c.wrapped_key).where(c.id.in_(list(written)))).all()
+    stored = session.execute(
+        select(c.id, c.wrapped_key).where(c.tenant_id == tenant_id, c.id.in_(list(written)))
+    ).all()
     return sum(1 for row_id, blob in stored if bytes(blob) == written[row_id])
 
 

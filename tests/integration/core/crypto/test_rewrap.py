@@ -21,6 +21,7 @@ from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import TenantKeyring, data_key_context
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.crypto.providers.chain import active_label
 from labvault.core.crypto.rewrap import KeyStore, census, migrate, rewrap
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
@@ -139,7 +140,7 @@ def test_rewrap_after_rotation_keeps_every_patient_readable(
     _verify(settings)
 
     # Retire the old version: the live data still opens, the backup never again.
-    provider.retire([SEAL_LABEL, SIGNING_LABEL])
+    provider.retire([SEAL_LABEL, SIGNING_LABEL], active_label(provider))
     assert _read_all(runtime, first, first_patients) == before[first]
     reloaded = FileKeyProvider(provider.path)
     key_id, blob = next(iter(backup.items()))

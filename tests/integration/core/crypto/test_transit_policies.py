@@ -39,7 +39,7 @@ def test_the_operator_policy_creates_rotates_and_retires(openbao: OpenBaoServer)
     operator.ensure_keys()
     old = operator.wrap(DEK, "ctx")
     operator.rotate()
-    assert [v.label for v in operator.retire([])] == [f"transit:{key}:v1"]
+    assert [v.label for v in operator.retire([], f"transit:{key}:v2")] == [f"transit:{key}:v1"]
     with pytest.raises(KeyProviderError, match="retired"):
         operator.unwrap(old, "ctx")
 
@@ -62,7 +62,7 @@ def test_the_app_policy_wraps_unwraps_rewraps_and_derives_only(
     with pytest.raises(KeyProviderError, match="permission denied"):
         app.rotate()
     with pytest.raises(KeyProviderError, match="operator token"):
-        app.retire([])
+        app.retire([], f"transit:{key}:v2")
     with pytest.raises(KeyProviderError, match="permission denied"):
         openbao.provider(_key(), token=token).ensure_keys()
     exported = httpx.get(

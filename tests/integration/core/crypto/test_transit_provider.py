@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from labvault.core.crypto.errors import DecryptionError, KeyProviderError
-from labvault.core.crypto.providers.base import KeyProvider
+from labvault.core.crypto.providers.base import ActiveVersionChangedError, KeyProvider
 from labvault.core.crypto.providers.transit import TransitKeyProvider, TransitOptions
 from labvault.core.crypto.secret import Secret
 from openbao import OpenBaoServer
@@ -99,11 +99,11 @@ def test_rotate_then_rewrap_moves_blobs_to_the_new_version_server_side(
 def test_retire_stops_old_blobs_from_unwrapping(transit_provider: TransitKeyProvider) -> None:
     key = transit_provider.options.key
     old = transit_provider.wrap(DEK, "ctx")
-    assert transit_provider.retire([]) == []  # a single version: nothing to retire
+    assert transit_provider.retire([], f"transit:{key}:v1") == []  # a single version: nothing to retire
     transit_provider.rotate()
     new = transit_provider.wrap(DEK, "ctx")
 
-    retired = transit_provider.retire(["audit-seal"])
+    retired = transit_provider.retire(["audit-seal"], f"transit:{key}:v2")
     assert [(v.label, v.can_unwrap) for v in retired] == [(f"transit:{key}:v1", False)]
     assert [v.can_unwrap for v in transit_provider.versions()] == [False, True]
     with pytest.raises(KeyProviderError, match="retired key version"):
@@ -117,8 +117,8 @@ def test_derived_keys_are_stable_across_instances_rotation_and_retirement(
     first = transit_provider.derive_key("audit-seal")
     assert len(first.reveal()) == 32
     assert first != transit_provider.derive_key("checkpoint-signing")
-    transit_provider.rotate()
-    transit_provider.retire([])
+    active = transit_provider.rotate()
+    transit_provider.retire([], active.label)
     again = openbao.provider(transit_provider.options.key)
     assert again.derive_key("audit-seal") == first
     assert again.derive_keys("audit-seal") == [first]
@@ -277,3 +277,76 @@ def test_a_namespace_is_sent_with_every_call(openbao: OpenBaoServer) -> None:
     assert provider.unwrap(provider.wrap(DEK, "ctx"), "ctx") == DEK
     with pytest.raises(KeyProviderError, match="not found"):
         openbao.provider(key).versions()  # not in the root namespace
+
+
+def test_retire_is_refused_if_a_rotation_happened_after_the_check(
+    transit_provider: TransitKeyProvider,
+) -> None:
+    key = transit_provider.options.key
+    transit_provider.rotate()
+    checked = f"transit:{key}:v2"  # every key was counted under v2
+    blob = transit_provider.wrap(DEK, "ctx")
+    transit_provider.rotate()  # another operator, or auto-rotation: v3 is the latest now
+
+    with pytest.raises(ActiveVersionChangedError, match="rotation happened"):
+        transit_provider.retire([], checked)
+
+    assert [v.can_unwrap for v in transit_provider.versions()] == [True, True, True]
+    assert transit_provider.unwrap(blob, "ctx") == DEK
+    with pytest.raises(KeyProviderError, match="not a version of this key"):
+        transit_provider.retire([], "transit:another-key:v3")
+
+
+def test_destroying_retired_versions_is_irreversible(
+    openbao: OpenBaoServer, transit_provider: TransitKeyProvider
+) -> None:
+    key = transit_provider.options.key
+    backup = transit_provider.wrap(DEK, "ctx")  # a copy in a database backup
+    active = transit_provider.rotate().label
+    with pytest.raises(KeyProviderError, match="retire them first"):
+        transit_provider.destroy_retired(active)
+    transit_provider.retire([], active)
+
+    # Retired only: an operator lowering min_decryption_version opens the backup again.
+    openbao.request("POST", f"transit/keys/{key}/config", {"min_decryption_version": 1})
+    assert transit_provider.unwrap(backup, "ctx") == DEK
+    transit_provider.retire([], active)
+
+    destroyed = transit_provider.destroy_retired(active)
+
+    assert [(v.label, v.can_unwrap) for v in destroyed] == [(f"transit:{key}:v1", False)]
+    assert [v.label for v in transit_provider.versions()] == [active]
+    with pytest.raises(httpx.HTTPStatusError):
+        openbao.request("POST", f"transit/keys/{key}/config", {"min_decryption_version": 1})
+    with pytest.raises(KeyProviderError, match="retired key version"):
+        transit_provider.unwrap(backup, "ctx")
+    assert transit_provider.destroy_retired(active) == []  # nothing left to destroy
+    assert transit_provider.unwrap(transit_provider.wrap(DEK, "ctx"), "ctx") == DEK
+
+
+@pytest.mark.parametrize("flag", ["exportable", "allow_plaintext_backup"])
+def test_ensure_keys_refuses_a_wrapping_key_whose_material_can_leave(
+    openbao: OpenBaoServer, flag: str
+) -> None:
+    key = _key_name()
+    openbao.request(
+        "POST", f"transit/keys/{key}", {"type": "aes256-gcm96", "derived": True, flag: True}
+    )
+    with pytest.raises(KeyProviderError, match=f"{flag}=true") as caught:
+        openbao.provider(key).ensure_keys()
+    assert "Create a new key" in str(caught.value)
+
+
+def test_proxy_variables_are_ignored(
+    openbao: OpenBaoServer, transit_provider: TransitKeyProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token must not travel through a proxy named by the environment (nor fail on one)."""
+    from openbao import _free_port
+
+    nowhere = f"http://127.0.0.1:{_free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, nowhere)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    provider = openbao.provider(transit_provider.options.key, retries=0)
+    assert provider.unwrap(provider.wrap(DEK, "ctx"), "ctx") == DEK

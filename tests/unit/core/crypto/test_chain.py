@@ -9,7 +9,9 @@ import pytest
 
 from labvault.core.crypto.errors import DecryptionError, KeyProviderError
 from labvault.core.crypto.providers import FileKeyProvider, KeyProvider, MemoryKeyProvider
-from labvault.core.crypto.providers.chain import KeyChain
+from labvault.core.crypto.providers.base import ActiveVersionChangedError
+from labvault.core.crypto.providers.chain import KeyChain, active_label
+from labvault.core.crypto.providers.transit import TransitKeyProvider, TransitOptions
 from labvault.core.crypto.secret import Secret
 
 SEAL = "labvault/v1|audit|event-seal"
@@ -148,7 +150,7 @@ def test_versions_rotate_and_retire(providers: tuple[FileKeyProvider, FileKeyPro
         (new.label, True, True),
     ]
     previous_seal = previous.derive_key(SEAL)
-    gone = chain.retire([SEAL])
+    gone = chain.retire([SEAL], new.label)
     assert {v.label for v in gone} == {old_label, current.versions()[0].label}
     assert [v.can_unwrap for v in chain.versions()] == [False, False, True]
     for blob, n in ((old_blob, 0), (first_current, 1)):
@@ -158,3 +160,52 @@ def test_versions_rotate_and_retire(providers: tuple[FileKeyProvider, FileKeyPro
     # The previous key file no longer holds any material.
     assert "material" not in previous.path.read_text(encoding="utf-8")
     assert chain.unwrap(chain.wrap(material(3), ctx(3)), ctx(3)) == material(3)
+
+
+def _transit(key: str) -> TransitKeyProvider:
+    """A Transit provider that is never called: building one contacts no server."""
+    options = TransitOptions(address="http://127.0.0.1:1", mount="transit", key=key)
+    return TransitKeyProvider(options, token=Secret("never-sent"))
+
+
+def test_two_transit_providers_are_refused_even_nested(
+    providers: tuple[FileKeyProvider, FileKeyProvider],
+) -> None:
+    # Their blobs both start with "vault:v": the new key would claim the old one's.
+    old_key, new_key = _transit("old"), _transit("new")
+    assert not old_key.blobs_name_their_key
+    with pytest.raises(KeyProviderError, match="rotate the key instead"):
+        KeyChain(new_key, [old_key])
+    # `keys migrate` nests the configured chain inside a new one.
+    configured = KeyChain(old_key, [providers[0]])
+    with pytest.raises(KeyProviderError, match="cannot be told apart"):
+        KeyChain(new_key, [configured])
+
+
+def test_providers_whose_blobs_name_their_key_may_share_a_name(
+    providers: tuple[FileKeyProvider, FileKeyProvider],
+) -> None:
+    previous, current = providers
+    assert previous.blobs_name_their_key and MemoryKeyProvider().blobs_name_their_key
+    chain = KeyChain(current, [previous])
+    assert chain.blobs_name_their_key
+    assert not KeyChain(_transit("k"), [previous]).blobs_name_their_key
+    assert KeyChain(current, [KeyChain(previous, [MemoryKeyProvider()])]).providers
+
+
+def test_retire_is_refused_if_another_process_rotated_after_the_check(
+    providers: tuple[FileKeyProvider, FileKeyProvider],
+) -> None:
+    previous, current = providers
+    chain = KeyChain(current, [previous])
+    checked = active_label(chain)  # what `keys retire` counted the wrapped keys against
+    FileKeyProvider(current.path).rotate()  # another operator, meanwhile
+    files = {path: path.read_bytes() for path in (previous.path, current.path)}
+
+    with pytest.raises(ActiveVersionChangedError, match="rotation happened"):
+        chain.retire([SEAL], checked)
+
+    assert {path: path.read_bytes() for path in files} == files, "nothing changed"
+    assert all(version.can_unwrap for version in chain.versions())
+    gone = chain.retire([SEAL], active_label(chain))
+    assert len(gone) == 2  # the current file's first version, the previous file's only one

@@ -21,6 +21,8 @@ from labvault.core.crypto.providers import (
     MemoryKeyProvider,
     load_key_provider,
 )
+from labvault.core.crypto.providers.base import ActiveVersionChangedError
+from labvault.core.crypto.providers.chain import active_label
 from labvault.core.crypto.providers.config import KeyProviderConfig
 from labvault.core.crypto.providers.file import KEY_FILE_FORMAT
 from labvault.core.crypto.providers.local import LocalKeyProvider
@@ -713,7 +715,7 @@ def test_retire_keeps_preserved_derivations_and_stops_unwrapping(
     provider.rotate()
     new_blob = provider.wrap(dek(), CONTEXT)
 
-    (gone,) = provider.retire([SEAL, SIGNING])
+    (gone,) = provider.retire([SEAL, SIGNING], active_label(provider))
 
     assert gone.label == old_label
     assert not gone.can_unwrap
@@ -732,7 +734,41 @@ def test_retire_keeps_preserved_derivations_and_stops_unwrapping(
     assert signing_before in provider.derive_keys(SIGNING)
     assert provider.derive_keys(SEAL)[0] == provider.derive_key(SEAL) != seal_before
     assert other_before not in provider.derive_keys("labvault/v1|audit|client-address")
-    assert provider.retire([SEAL, SIGNING]) == []  # nothing left to retire
+    assert provider.retire([SEAL, SIGNING], active_label(provider)) == []  # nothing left to retire
+
+
+def test_retire_refuses_if_the_active_version_changed_since_the_check(
+    provider: LocalKeyProvider,
+) -> None:
+    blob = provider.wrap(dek(), CONTEXT)
+    checked = active_label(provider)  # the census saw every key under this version
+    provider.rotate()  # then a rotation: "every version but the active" now includes it
+    before = provider.versions()
+
+    with pytest.raises(ActiveVersionChangedError, match="rotation happened"):
+        provider.retire([SEAL, SIGNING], checked)
+
+    assert provider.versions() == before
+    assert provider.unwrap(blob, CONTEXT).reveal() == dek().reveal()
+
+
+def test_file_retire_checks_the_active_version_in_the_locked_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "root.key"
+    checker = FileKeyProvider.create(path)
+    checked = active_label(checker)
+    checker.rotate()
+    checked_after_rotation = active_label(checker)
+    FileKeyProvider(path).rotate()  # another process, after this one's census
+    written = path.read_bytes()
+
+    with pytest.raises(ActiveVersionChangedError):
+        checker.retire([SEAL], checked)
+    with pytest.raises(ActiveVersionChangedError):
+        checker.retire([SEAL], checked_after_rotation)
+
+    assert path.read_bytes() == written
+    assert [v.can_unwrap for v in FileKeyProvider(path).versions()] == [True, True, True]
+    assert len(checker.retire([SEAL], active_label(checker))) == 2
 
 
 def test_retire_all_leaves_only_preserved_derivations(provider: LocalKeyProvider) -> None:
@@ -774,7 +810,7 @@ def test_file_retirement_drops_material_from_the_file(tmp_path: Path) -> None:
     backup = provider.wrap(dek(), CONTEXT)  # a copy kept in a backup
     old_material = key_file_document(path)["keys"][0]["material"]
     provider.rotate()
-    provider.retire([SEAL, SIGNING])
+    provider.retire([SEAL, SIGNING], active_label(provider))
 
     text = path.read_text(encoding="utf-8")
     assert old_material not in text
@@ -838,7 +874,7 @@ def test_a_running_process_drops_retired_material_on_reload(tmp_path: Path) -> N
     old_blob = server.wrap(dek(), CONTEXT)
     cli = FileKeyProvider(path)
     cli.rotate()
-    cli.retire([SEAL])
+    cli.retire([SEAL], active_label(cli))
     # At once, with nothing else in between: retired material is gone from running processes.
     with pytest.raises(KeyProviderError, match="retired"):
         server.unwrap(old_blob, CONTEXT)
@@ -934,7 +970,7 @@ def test_reprs_of_rotated_and_retired_providers_hold_no_material(tmp_path: Path)
     path = tmp_path / "keys" / "root.key"
     provider = FileKeyProvider.create(path)
     provider.rotate()
-    provider.retire([SEAL])
+    provider.retire([SEAL], active_label(provider))
     text = repr(provider) + repr(provider.versions())
     for entry in key_file_document(path)["keys"]:
         for value in [entry.get("material"), *entry.get("derived", {}).values()]:

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.secret import Secret
+
+
+class ActiveVersionChangedError(KeyProviderError):
+    """A retirement refused, nothing changed: the active version is no longer the one the
+    caller checked (a rotation happened in between)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,14 @@ class KeyProvider(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def blobs_name_their_key(self) -> bool:
+        """Whether a wrapped blob names the very root key it is under (the file provider's
+        carry the root key's id), not only a version number (Transit's ``vault:v<n>:`` does
+        not name the key). Two providers of the same name whose blobs do not name their key
+        cannot be told apart by ``owns``: a ``KeyChain`` refuses them."""
+        ...
 
     def wrap(self, material: Secret[bytes], context: str) -> bytes: ...
 
@@ -89,13 +103,32 @@ class KeyProvider(Protocol):
         """Create a new root key version and make it the active one; returns it."""
         ...
 
-    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
-        """Stop unwrapping under every version but the active one; returns those retired.
+    def retire(self, preserved_labels: Sequence[str], expected_active: str) -> list[KeyVersion]:
+        """Stop unwrapping under every version older than ``expected_active``; returns those
+        retired.
+
+        ``expected_active`` is the label of the version the caller saw active when it checked
+        that nothing current is still wrapped under an older one (``labvault keys retire``
+        counts the wrapped keys first). If another version is active by now (a rotation in
+        between: another operator, Transit auto-rotation), the provider raises
+        ``ActiveVersionChangedError`` and changes nothing: retiring "everything but the active
+        version" would otherwise retire the version that still wraps every key.
 
         The derivations of ``preserved_labels`` (the audit seal and checkpoint signing
         labels) under each retired version are kept so old audit events still verify; key
         material able to unwrap is destroyed (file) or disallowed (Transit
-        ``min_decryption_version``). Callers must first check that nothing current is still
-        wrapped under a retiring version (``labvault keys retire`` does).
+        ``min_decryption_version``, see ``DestroysRetiredVersions``).
         """
+        ...
+
+
+@runtime_checkable
+class DestroysRetiredVersions(Protocol):
+    """A provider whose retired versions still exist until destroyed (Transit: retiring
+    only raises ``min_decryption_version``, which an operator can lower again)."""
+
+    def destroy_retired(self, expected_active: str) -> list[KeyVersion]:
+        """Delete for good every version older than ``expected_active``, which must already
+        be retired; returns those deleted. Irreversible: backups wrapped under them are
+        unreadable for ever."""
         ...

@@ -29,6 +29,7 @@ class KeyChain:
     def __init__(self, current: KeyProvider, previous: Sequence[KeyProvider]) -> None:
         self.current = current
         self.previous = tuple(previous)
+        _check_distinguishable(_leaves(self))
 
     def __repr__(self) -> str:
         return f"KeyChain(current={self.current!r}, previous={list(self.previous)!r})"
@@ -39,6 +40,10 @@ class KeyChain:
     @property
     def name(self) -> str:
         return self.current.name
+
+    @property
+    def blobs_name_their_key(self) -> bool:
+        return all(provider.blobs_name_their_key for provider in self.providers)
 
     @property
     def providers(self) -> tuple[KeyProvider, ...]:
@@ -130,12 +135,50 @@ class KeyChain:
     def rotate(self) -> KeyVersion:
         return self.current.rotate()
 
-    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
-        """The current provider's older versions, and every version of the previous ones."""
-        gone = list(self.current.retire(preserved_labels))
+    def retire(self, preserved_labels: Sequence[str], expected_active: str) -> list[KeyVersion]:
+        """The current provider's versions older than ``expected_active`` (its active one,
+        checked by it), and every version of the previous ones (a previous provider that
+        cannot retire its active version keeps only that one)."""
+        gone = list(self.current.retire(preserved_labels, expected_active))
         for provider in self.previous:
             if isinstance(provider, FullyRetirable):
                 gone.extend(provider.retire_all(preserved_labels))
             else:
-                gone.extend(provider.retire(preserved_labels))
+                gone.extend(provider.retire(preserved_labels, active_label(provider)))
         return gone
+
+
+def active_label(provider: KeyProvider) -> str:
+    """The label of ``provider``'s active version now."""
+    for version in provider.versions():
+        if version.active:
+            return version.label
+    raise KeyProviderError(f"the {provider.name} key provider has no active root key version")
+
+
+def _leaves(provider: KeyProvider) -> list[KeyProvider]:
+    """The providers of a chain, chains nested in it expanded (``migrate`` nests them)."""
+    if isinstance(provider, KeyChain):
+        return [leaf for part in provider.providers for leaf in _leaves(part)]
+    return [provider]
+
+
+def _check_distinguishable(providers: Sequence[KeyProvider]) -> None:
+    """Refuse two providers of one kind whose wrapped keys do not name their key.
+
+    ``owns`` would claim the other's blobs (two Transit keys both answer to ``vault:v``):
+    keys under the old one would pass for current, and a rewrap or a migration would
+    silently leave them behind.
+    """
+    for index, provider in enumerate(providers):
+        for other in providers[index + 1 :]:
+            if provider.name != other.name:
+                continue
+            if provider.blobs_name_their_key and other.blobs_name_their_key:
+                continue
+            raise KeyProviderError(
+                f"two {provider.name} key providers cannot be used together (current and "
+                f"previous): their wrapped keys do not name their key, so they cannot be told "
+                "apart. To move between Transit keys, rotate the key instead "
+                "(`labvault keys rotate`, `keys rewrap`, `keys retire`)"
+            )

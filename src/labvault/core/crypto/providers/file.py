@@ -104,6 +104,11 @@ class FileKeyProvider(LocalKeyProvider):
         self._refresh_if_changed()
         return super().unwrap(wrapped, context)
 
+    def versions(self) -> list[KeyVersion]:
+        """As the key file says now (another process may have rotated or retired)."""
+        self._refresh_if_changed()
+        return super().versions()
+
     def _refresh_if_changed(self) -> None:
         """Follow the key file: one ``stat`` per wrap or unwrap, a reload when it changed.
 
@@ -127,18 +132,29 @@ class FileKeyProvider(LocalKeyProvider):
         state = self._rewrite(rotated)
         return self._version(state, state.active)
 
-    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
-        """Drop from the key file the material of every root key but the active one."""
-        return self._retire(preserved_labels, keep_active=True)
+    def retire(self, preserved_labels: Sequence[str], expected_active: str) -> list[KeyVersion]:
+        """Drop from the key file the material of every root key but the active one, which
+        must still be ``expected_active`` once the key file is locked (else nothing changes)."""
+        return self._retire(preserved_labels, keep_active=True, expected_active=expected_active)
 
     def retire_all(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
         """Drop every root key's material (a key file migrated away from)."""
-        return self._retire(preserved_labels, keep_active=False)
+        return self._retire(preserved_labels, keep_active=False, expected_active=None)
 
-    def _retire(self, preserved_labels: Sequence[str], *, keep_active: bool) -> list[KeyVersion]:
+    def _retire(
+        self,
+        preserved_labels: Sequence[str],
+        *,
+        keep_active: bool,
+        expected_active: str | None,
+    ) -> list[KeyVersion]:
         retired_ids: list[uuid.UUID] = []
 
         def change(state: KeyState) -> KeyState:
+            # Checked on the key file as it is under the lock: a rotation by another process
+            # after the caller's census is seen here.
+            if expected_active is not None:
+                self._check_active(state, expected_active)
             new_state, ids = retired(state, preserved_labels, keep_active=keep_active)
             retired_ids.extend(ids)
             return new_state

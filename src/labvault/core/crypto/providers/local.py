@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from labvault.core.crypto.errors import DecryptionError, KeyProviderError
-from labvault.core.crypto.providers.base import KeyVersion
+from labvault.core.crypto.providers.base import ActiveVersionChangedError, KeyVersion
 from labvault.core.crypto.secret import Secret
 
 _WRAP_VERSION = 1
@@ -113,6 +113,11 @@ class LocalKeyProvider:
     @property
     def name(self) -> str:
         return "local"
+
+    @property
+    def blobs_name_their_key(self) -> bool:
+        """Each blob carries its root key's id: two key files' blobs are told apart."""
+        return True
 
     @property
     def active_key_id(self) -> uuid.UUID:
@@ -266,11 +271,21 @@ class LocalKeyProvider:
             self._install(state)
             return self._version(state, state.active)
 
-    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
+    def retire(self, preserved_labels: Sequence[str], expected_active: str) -> list[KeyVersion]:
         with self._lock:
+            self._check_active(self._state, expected_active)
             state, retired_ids = retired(self._state, preserved_labels, keep_active=True)
             self._install(state)
             return [self._version(state, key_id) for key_id in retired_ids]
+
+    def _check_active(self, state: KeyState, expected_active: str) -> None:
+        """Refuse a retirement checked against another active version than the current one."""
+        active = self._label(state.active)
+        if active != expected_active:
+            raise ActiveVersionChangedError(
+                f"the active root key version is {active}, not {expected_active}: a rotation "
+                "happened since the check; nothing was retired"
+            )
 
     def retire_all(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
         """Retire every version, the active one included: for a provider migrated away from.

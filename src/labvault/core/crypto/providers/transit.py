@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 import httpx
 
 from labvault.core.crypto.errors import DecryptionError, KeyProviderError
-from labvault.core.crypto.providers.base import KeyVersion
+from labvault.core.crypto.providers.base import ActiveVersionChangedError, KeyVersion
 from labvault.core.crypto.secret import Secret
 
 _T = TypeVar("_T")
@@ -109,6 +109,9 @@ class TransitKeyProvider:
             verify=self._tls_context(),
             transport=transport,
             headers=_base_headers(options),
+            # Never through a proxy from HTTP(S)_PROXY/ALL_PROXY: the token and every
+            # wrapped key would pass through it.
+            trust_env=False,
         )
         self._key_info: _KeyInfo | None = None
         self._key_info_at = 0.0
@@ -118,6 +121,12 @@ class TransitKeyProvider:
     @property
     def name(self) -> str:
         return "transit"
+
+    @property
+    def blobs_name_their_key(self) -> bool:
+        """``vault:v<n>:...`` names a version number, not the key: two Transit keys' blobs
+        look alike."""
+        return False
 
     def __repr__(self) -> str:
         o = self.options
@@ -214,7 +223,7 @@ class TransitKeyProvider:
         return bytes(wrapped).startswith(_PREFIX)
 
     def version_of(self, wrapped: bytes) -> str:
-        return f"transit:{self.options.key}:v{self._version_number(wrapped)}"
+        return self._label(self._version_number(wrapped))
 
     def is_current(self, wrapped: bytes) -> bool:
         """False for a blob of another provider: a rewrap would move it here."""
@@ -231,28 +240,76 @@ class TransitKeyProvider:
         info = self._wrapping_key_info(fresh=True)
         return self._key_version(info, info.latest)
 
-    def retire(self, preserved_labels: Sequence[str]) -> list[KeyVersion]:
-        """Raise ``min_decryption_version`` to the active version.
+    def retire(self, preserved_labels: Sequence[str], expected_active: str) -> list[KeyVersion]:
+        """Raise ``min_decryption_version`` to ``expected_active``'s version, never further.
 
+        Refused (``ActiveVersionChangedError``, nothing changed) unless that version is still the
+        latest; if a rotation lands between this check and the update, the newer version
+        stays usable since only versions below ``expected_active`` are disallowed.
         ``preserved_labels`` need nothing here: derivations come from a separate key that is
         never rotated nor retired. Needs a token allowed to update ``keys/<key>/config``,
         which the application's own token should not have.
         """
         del preserved_labels
+        keep = self._own_version(expected_active)
         info = self._wrapping_key_info(fresh=True)
-        retiring = [n for n in sorted(info.created) if info.min_decryption <= n < info.latest]
+        if info.latest != keep:
+            raise ActiveVersionChangedError(
+                f"{self._where}: the active version is v{info.latest}, not v{keep}: a rotation "
+                "happened since the check; nothing was retired"
+            )
+        retiring = [n for n in sorted(info.created) if info.min_decryption <= n < keep]
         if not retiring:
             return []
         self._call(
             "POST",
             f"keys/{self.options.key}/config",
-            {"min_decryption_version": info.latest},
+            {"min_decryption_version": keep},
             forbidden_hint="retiring key versions needs an operator token allowed to update "
             f"{self.options.mount}/keys/{self.options.key}/config (the application's token "
             "should not have that right)",
         )
         after = self._wrapping_key_info(fresh=True)
         return [self._key_version(after, n) for n in retiring]
+
+    def destroy_retired(self, expected_active: str) -> list[KeyVersion]:
+        """Delete from OpenBao/Vault every version older than ``expected_active`` (``trim``).
+
+        Retiring only raises ``min_decryption_version``, which an operator can lower again:
+        with a database backup, the erased patients' keys would open again. Trimmed versions
+        are gone from Transit's storage for good. Only retired versions are trimmed (the
+        server refuses to trim above ``min_decryption_version``).
+        """
+        keep = self._own_version(expected_active)
+        info = self._wrapping_key_info(fresh=True)
+        if info.min_decryption < keep:
+            raise KeyProviderError(
+                f"{self._where}: versions below v{keep} are not all retired "
+                f"(min_decryption_version is v{info.min_decryption}); retire them first"
+            )
+        doomed = [n for n in sorted(info.created) if n < keep]
+        if not doomed:
+            return []
+        self._call(
+            "POST",
+            f"keys/{self.options.key}/trim",
+            {"min_available_version": keep},
+            forbidden_hint="destroying retired key versions needs an operator token allowed "
+            f"to update {self.options.mount}/keys/{self.options.key}/trim",
+        )
+        self._key_info = None
+        return [
+            KeyVersion(self._label(n), active=False, can_unwrap=False, created=info.created[n])
+            for n in doomed
+        ]
+
+    def _own_version(self, label: str) -> int:
+        """The version number in a label of this key (``transit:<key>:v<n>``)."""
+        prefix = f"transit:{self.options.key}:v"
+        number = label.removeprefix(prefix)
+        if number == label or not number.isdigit() or int(number) < 1:
+            raise KeyProviderError(f"{self._where}: {label!r} is not a version of this key")
+        return int(number)
 
     def ensure_keys(self) -> None:
         """Create the wrapping key (``derived=true``) and the derivation key if missing.
@@ -271,6 +328,8 @@ class TransitKeyProvider:
                 "through Transit key derivation: create a new key with derived=true and point "
                 "LABVAULT_KEY_PROVIDER at it"
             )
+        else:
+            _refuse_extractable(existing, self._where)
         name = self.options.derivation_key_name
         if self._call("GET", f"keys/{name}", None, missing_ok=True, key=name) is None:
             self._call("POST", f"keys/{name}", {"type": "hmac", "key_size": 32}, key=name)
@@ -284,9 +343,12 @@ class TransitKeyProvider:
             raise KeyProviderError("not a wrapped key of the Transit provider")
         return int(match.group(1))
 
+    def _label(self, n: int) -> str:
+        return f"transit:{self.options.key}:v{n}"
+
     def _key_version(self, info: _KeyInfo, n: int) -> KeyVersion:
         return KeyVersion(
-            label=f"transit:{self.options.key}:v{n}",
+            label=self._label(n),
             active=n == info.latest,
             can_unwrap=n >= info.min_decryption,
             created=info.created.get(n),
@@ -399,15 +461,18 @@ class TransitKeyProvider:
         headers = {"X-Vault-Token": token.reveal()}
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            # Built in the handler, raised after it: the httpx exception (whose request holds
+            # the X-Vault-Token header) stays out of the error's __cause__ and __context__.
+            failure: KeyProviderError | None = None
             try:
                 response = self._client.request(method, path, json=body, headers=headers)
             except httpx.ConnectError as exc:
                 if last:
-                    raise self._unreachable(where, exc) from None
+                    failure = self._unreachable(where, exc)
             except httpx.TransportError as exc:
                 # Sent, maybe applied: retried only when doing it twice changes nothing.
                 if last or not idempotent:
-                    raise self._unreachable(where, exc) from None
+                    failure = self._unreachable(where, exc)
             else:
                 if response.status_code not in _RETRYABLE_STATUS or last or not idempotent:
                     return response
@@ -415,6 +480,8 @@ class TransitKeyProvider:
                 if retry_after is not None:
                     time.sleep(retry_after)
                     continue
+            if failure is not None:
+                raise failure
             time.sleep(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -474,20 +541,7 @@ class TransitKeyProvider:
             raise KeyProviderError(f"{where}: no credentials left to log in with")
         secret_id = _read_secret_file(o.secret_id_file, where, "AppRole secret id")
         path = f"auth/{o.approle_mount}/login"
-        for attempt in range(o.retries + 1):
-            try:
-                response = self._client.post(
-                    path, json={"role_id": o.role_id, "secret_id": secret_id}
-                )
-            except httpx.TransportError as exc:
-                if attempt == o.retries:
-                    raise self._unreachable(where, exc) from None
-                time.sleep(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS))
-                continue
-            if response.status_code in _RETRYABLE_STATUS and attempt < o.retries:
-                time.sleep(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS))
-                continue
-            break
+        response = self._login_once(path, {"role_id": o.role_id, "secret_id": secret_id}, where)
         document = _json(response)
         token = None
         if response.status_code < 300 and isinstance(document, dict):
@@ -500,6 +554,33 @@ class TransitKeyProvider:
                 "in LABVAULT_TRANSIT_SECRET_ID_FILE"
             )
         return Secret(token)
+
+    def _login_once(self, path: str, body: dict[str, str], where: str) -> httpx.Response:
+        """POST a login, retried only when it was never sent (a connection error).
+
+        A login is not idempotent: a secret id limited in uses (``secret_id_num_uses``) is
+        spent by a request that timed out or got a 5xx after the server counted it, so
+        replaying it would burn the next use or fail. Errors are raised outside the handler
+        (no httpx exception in their chain).
+        """
+        for attempt in range(self.options.retries + 1):
+            failure: KeyProviderError | None = None
+            try:
+                return self._client.post(path, json=body)
+            except httpx.ConnectError as exc:
+                if attempt == self.options.retries:
+                    failure = self._unreachable(where, exc)
+            except httpx.TransportError as exc:
+                failure = KeyProviderError(
+                    f"{where}: the AppRole login was sent but no answer came back "
+                    f"({type(exc).__name__}); it is not repeated, since a secret id with "
+                    "limited uses may have been spent: check the server, and the secret id "
+                    "in LABVAULT_TRANSIT_SECRET_ID_FILE, then try again"
+                )
+            if failure is not None:
+                raise failure
+            time.sleep(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _tls_context(self) -> ssl.SSLContext | bool:
         o = self.options
@@ -516,6 +597,18 @@ class TransitKeyProvider:
                 "LABVAULT_TRANSIT_CLIENT_CERT_FILE/_KEY_FILE"
             ) from None
         return context
+
+
+def _refuse_extractable(key: dict[str, Any], where: str) -> None:
+    """A wrapping key whose material can leave OpenBao/Vault defeats the point of Transit."""
+    for flag in ("exportable", "allow_plaintext_backup"):
+        if key.get(flag):
+            raise KeyProviderError(
+                f"{where}: the key exists with {flag}=true: its material can be taken out of "
+                "OpenBao/Vault (and this cannot be undone on the key); labvault refuses it. "
+                "Create a new key (type aes256-gcm96, derived=true, neither exportable nor "
+                "allowing plaintext backup) and point LABVAULT_KEY_PROVIDER at it"
+            )
 
 
 def _has_approle(options: TransitOptions) -> bool:
