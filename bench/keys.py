@@ -10,7 +10,10 @@ loopback port, as the tests do), then measures:
    Transit's batch ``rewrap`` endpoint (the plaintext keys never leave OpenBao) against the
    key file provider (unwrap and wrap in this process, AES-GCM), in DEKs per second. Also
    the batch ``decrypt`` rate, for scale.
-2. **Read latency.** ``--patients`` synthetic patients seeded into two SQLite databases, one
+2. **The rewrap job.** ``labvault keys rewrap``'s own code (``core.crypto.rewrap``: pages of
+   ``--batch-size`` rows, one provider call, a conditional UPDATE and an audit event per
+   page) over the seeded databases below after a rotation, in wrapped keys per second.
+3. **Read latency.** ``--patients`` synthetic patients seeded into two SQLite databases, one
    per provider; then ``--reads`` reads of a random patient each, alternating providers,
    each as one request does it: a transaction, a fresh keyring, ``PatientRepository.get``
    (one audit event, one unwrap, the decryption of the row). The latency that Transit adds
@@ -48,6 +51,7 @@ from labvault.core.config import Settings
 from labvault.core.crypto.envelope import DataKey
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.providers import FileKeyProvider, KeyProvider
+from labvault.core.crypto.rewrap import KeyStore, rewrap
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.patients.bulk import register_records
@@ -124,6 +128,18 @@ def seed(runtime: Runtime, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
     return tenant_id, ids
 
 
+def rewrap_job_rate(runtime: Runtime, tenant_id: uuid.UUID, batch_size: int) -> float:
+    """Wrapped keys per second through the rewrap job, after a rotation."""
+    runtime.key_provider.rotate()
+    store = KeyStore([tenant_id], runtime.tenant_sessions, runtime.audit_sessions)
+    start = time.perf_counter()
+    report = rewrap(store, runtime.key_provider, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    if not report.complete or report.rewrapped == 0:
+        raise SystemExit("the rewrap job left keys behind")
+    return report.rewrapped / seconds
+
+
 def timed_read(runtime: Runtime, tenant_id: uuid.UUID, patient_id: uuid.UUID) -> float:
     principal = SystemPrincipal("bench:read")
     start = time.perf_counter()
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.keys", description=__doc__)
     parser.add_argument("--keys", type=int, default=20_000, help="DEKs to rewrap per provider")
     parser.add_argument("--batch-size", type=int, default=1000, help="DEKs per rewrap_many call")
-    parser.add_argument("--patients", type=int, default=1000, help="patients per database")
+    parser.add_argument("--patients", type=int, default=5000, help="patients per database")
     parser.add_argument("--reads", type=int, default=1000, help="timed reads per provider")
     args = parser.parse_args(argv)
     exit_cleanly_on_sigterm()
@@ -196,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                         elapsed = timed_read(runtimes[name], seeded[name][0], patient_id)
                         if index >= WARMUP * len(runtimes):
                             samples[name].append(elapsed)
+                    job_rates = {
+                        name: rewrap_job_rate(runtime, seeded[name][0], args.batch_size)
+                        for name, runtime in runtimes.items()
+                    }
                 finally:
                     for runtime in runtimes.values():
                         runtime.close()
@@ -215,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{transit_unwrap / file_unwrap:.3f}x",
     )
     console.print(rates)
+    job = Table(title=f"The rewrap job after a rotation, {args.patients:,} patients (SQLite)")
+    for column in ("Provider", "wrapped keys/s"):
+        job.add_column(column, justify="left" if column == "Provider" else "right")
+    job.add_row("key file (baseline)", f"{job_rates['file']:,.0f}")
+    job.add_row("OpenBao Transit", f"{job_rates['transit']:,.0f}")
+    job.add_row("[bold]ratio Transit/file[/]", f"{job_rates['transit'] / job_rates['file']:.3f}x")
+    console.print(job)
 
     file_stats, transit_stats = percentiles(samples["file"]), percentiles(samples["transit"])
     latency = Table(title=f"Patient read, {args.reads:,} each, alternating (ms)")

@@ -90,6 +90,10 @@ class PlaintextIndexer:
     def generation(self) -> int:
         return 1
 
+    @property
+    def generations(self) -> tuple[int, ...]:
+        return (1,)
+
     def nir_candidates(self, compact_nir: str) -> tuple[bytes, ...]:
         return (self.nir(compact_nir),)
 

@@ -239,14 +239,14 @@ def retire(
                 raise typer.Exit(1) from None
             purpose = f"keys-retire/v:{len(gone)}"
             _record(runtime, AuditAction.KEYS_ROOT_RETIRE, "keys-retire", purpose)
+            _seal_events(runtime)  # sealed even if the destruction below fails
         elif not destroy:
             console.print("No root key version to retire: only the active one can unwrap.")
             return
         destroyed = _destroy_retired(provider, expected_active) if destroy else None
         if destroyed:
             purpose = f"keys-retire-destroy/v:{len(destroyed)}"
-            _record(runtime, AuditAction.KEYS_ROOT_RETIRE, "keys-retire", purpose)
-        if gone or destroyed:
+            _record(runtime, AuditAction.KEYS_ROOT_DESTROY, "keys-retire", purpose)
             _seal_events(runtime)
     _print_retirement(gone, destroy, destroyed)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.crypto.rewrap import Census, census
 from labvault.core.runtime import Runtime
 from labvault.patients.synthetic import synthetic_patient_rows
 
@@ -147,3 +149,52 @@ def test_migrate_to_another_key_file(
     assert all(old.owns(blob) for blob in backup)
     _find(patient)
     _verify()
+
+
+def test_retire_is_refused_if_a_rotation_happens_after_the_check(
+    cli_env: Settings, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another operator rotates between the census and the retirement: before, "every version
+    but the active one" then included the version that wraps every key."""
+    patient = _seeded()
+    assert _run("keys", "rotate").exit_code == 0
+    assert _run("keys", "rewrap").exit_code == 0
+    key_file: list[bytes] = []
+
+    def census_then_rotation(*args: Any, **kwargs: Any) -> Census:
+        counts = census(*args, **kwargs)
+        FileKeyProvider(cli_env.key_file).rotate()
+        key_file.append(cli_env.key_file.read_bytes())
+        return counts
+
+    with monkeypatch.context() as patched:
+        patched.setattr("labvault.keys.commands.census", census_then_rotation)
+        refused = _run("keys", "retire")
+
+    assert refused.exit_code == 1, refused.output
+    text = _text(refused)
+    assert "a rotation happened since the check" in text
+    assert "run `labvault keys rewrap`, then `labvault keys retire` again" in text
+    assert "Nothing was changed." in text
+    assert cli_env.key_file.read_bytes() == key_file[0]
+    assert _events(runtime, AuditAction.KEYS_ROOT_RETIRE) == []
+    _find(patient)
+    # As told: rewrap, then retire.
+    assert _run("keys", "rewrap").exit_code == 0
+    retired = _run("keys", "retire")
+    assert retired.exit_code == 0, retired.output
+    _find(patient)
+    _verify()
+
+
+def test_retire_destroy_with_the_key_file_is_a_plain_retirement(cli_env: Settings) -> None:
+    _seeded()
+    assert _run("keys", "rotate").exit_code == 0
+    assert _run("keys", "rewrap").exit_code == 0
+    retired = _run("keys", "retire", "--destroy")
+    assert retired.exit_code == 0, retired.output
+    text = _text(retired)
+    assert "Retired file:" in text
+    assert "--destroy is the same as a plain retirement" in text
+    document = json.loads(cli_env.key_file.read_text(encoding="utf-8"))
+    assert ["material" in entry for entry in document["keys"]] == [False, True]

@@ -109,6 +109,7 @@ class AuditAction(enum.StrEnum):
     AUDIT_PROOF_CREATE = "audit:proof:create"
     KEYS_ROOT_ROTATE = "keys:root:rotate"
     KEYS_ROOT_RETIRE = "keys:root:retire"
+    KEYS_ROOT_DESTROY = "keys:root:destroy"
     KEYS_REWRAP_BATCH = "keys:rewrap:batch"
     KEYS_REWRAP_COMPLETE = "keys:rewrap:complete"
     KEYS_PROVIDER_MIGRATE = "keys:provider:migrate"
@@ -304,6 +305,10 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.KEYS_ROOT_RETIRE: ActionInfo(
         "Root key versions older than the active one were retired: nothing wrapped under "
         "them, backups included, opens any more."
+    ),
+    AuditAction.KEYS_ROOT_DESTROY: ActionInfo(
+        "Retired root key versions were destroyed in the key provider (Transit trim): no "
+        "operator can make them unwrap again."
     ),
     AuditAction.KEYS_REWRAP_BATCH: ActionInfo(
         "A batch of wrapped keys was rewrapped under the active root key version (counts only)."

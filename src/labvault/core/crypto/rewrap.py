@@ -283,7 +283,8 @@ def migrate(
     ``source`` and wrapped by ``target``, in the same resumable batches as ``rewrap``.
 
     Ends with a KEYS_PROVIDER_MIGRATE event (counts and provider names only) once every key
-    is under ``target``'s active version.
+    is under ``target``'s active version. Refused (``KeyProviderError``, by ``KeyChain``)
+    between two providers whose blobs cannot be told apart, such as two Transit keys.
     """
     chain = KeyChain(target, [source])
     report = rewrap(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
-from helpers import leaked
+from helpers import leaked, write_csv
 from labvault.accounts.invitations import StaffAccountService
 from labvault.accounts.models import Account, AccountKind
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
@@ -25,7 +29,7 @@ from labvault.core.crypto.index_rotation import (
     Reindexable,
     RotationRunningError,
 )
-from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.crypto.keyring import IndexKeysChangedError, TenantKeyring
 from labvault.core.crypto.models import IndexKeyRecord
 from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.reindex import REINDEX_PURPOSE
@@ -37,6 +41,7 @@ from labvault.patients.models import Patient
 from labvault.patients.nir import Nir
 from labvault.patients.schemas import ContactUpdate, PatientInput
 from labvault.patients.services import PatientRepository
+from labvault.patients.synthetic import synthetic_patient_rows
 from labvault.security.alerts import AlertDispatcher, DatabaseAlertSink
 from labvault.security.breakglass import BreakGlassService, PatientDesignation
 from labvault.security.models import BreakGlassReason
@@ -435,3 +440,147 @@ def test_an_erased_record_moves_without_being_decrypted(lab: Lab) -> None:
     assert lab.generations(Patient, [target]) == {target: 2}
     reads = [e for e in _events(lab) if e.purpose == REINDEX_PURPOSE]
     assert target not in {e.target_id for e in reads}
+
+
+NEWCOMER = _person(5, "Valladier", "Odile", "F")
+
+
+def _register(lab: Lab, session: Session, keyring: TenantKeyring, nirless: uuid.UUID) -> object:
+    return PatientRepository(session, keyring).register_many([NEWCOMER])
+
+
+def _contact(lab: Lab, session: Session, keyring: TenantKeyring, nirless: uuid.UUID) -> object:
+    update = ContactUpdate(email="encore.une@patients.example.org")
+    repository = PatientRepository(session, keyring)
+    return repository.update_contact(lab.patients["third"], update, purpose="test")
+
+
+def _claim(lab: Lab, session: Session, keyring: TenantKeyring, nirless: uuid.UUID) -> object:
+    repository = PatientRepository(session, keyring)
+    assert NEWCOMER.nir is not None
+    return repository.complete_identity(nirless, nir=NEWCOMER.nir, purpose="test")
+
+
+def _staff_member(lab: Lab, session: Session, keyring: TenantKeyring, nirless: uuid.UUID) -> object:
+    return StaffRepository(session, keyring).add(
+        first_name="Camille",
+        last_name="Nouvelle",
+        email="agent.trois@rotation.example.org",
+        role=StaffRole.RECEPTIONIST,
+        site_ids=[lab.site],
+    )
+
+
+STALE_WRITES = {
+    "registration": _register,
+    "contact-update": _contact,
+    "nir-claim": _claim,
+    "staff-member": _staff_member,
+}
+
+
+def _rows(lab: Lab) -> tuple[object, ...]:
+    with lab.sessions() as session:
+        return (
+            session.execute(
+                select(
+                    Patient.id, Patient.nir_index, Patient.email_index, Patient.updated_at
+                ).order_by(Patient.id)
+            ).all(),
+            session.execute(select(StaffMember.id).order_by(StaffMember.id)).all(),
+        )
+
+
+def _write_with_keys_loaded_before_the_rotation(lab: Lab, write: str, nirless: uuid.UUID) -> None:
+    with transaction(lab.sessions) as session:
+        keyring = lab.keyring(session)
+        assert keyring.indexer.generations == (1,)  # loaded now, as a request would
+        assert lab.rotation().start() == 2
+        STALE_WRITES[write](lab, session, keyring, nirless)
+
+
+@pytest.mark.parametrize("write", sorted(STALE_WRITES), ids=sorted(STALE_WRITES))
+def test_a_write_with_index_keys_loaded_before_a_rotation_started_is_refused(
+    lab: Lab, write: str
+) -> None:
+    """Its digests are the old generation's, its duplicate checks too: refused, nothing
+    written, the message says to run it again."""
+    with transaction(lab.sessions) as session:
+        keyring = lab.keyring(session)
+        nirless = (
+            PatientRepository(session, keyring)
+            .register_many(
+                [NEWCOMER.model_copy(update={"nir": None, "ins_oid": None, "birth_name": "Autre"})]
+            )
+            .created[0]
+        )
+    before = _rows(lab)
+    with pytest.raises(IndexKeysChangedError, match=r"index keys changed.*run it again"):
+        _write_with_keys_loaded_before_the_rotation(lab, write, nirless)
+    assert _rows(lab) == before
+
+
+def test_complete_waits_for_a_writer_and_keeps_the_old_keys_if_it_left_rows_behind(
+    lab: Lab,
+) -> None:
+    """A writer checked its generations (and locked them FOR SHARE) before the rotation
+    started, then committed after the batches ran: ``complete`` must not retire the keys
+    its rows still need. Before the fix it deleted them: the new row was unfindable."""
+    if lab.runtime.settings.is_sqlite:
+        pytest.skip("SQLite serialises writers: the rotation cannot start under this writer")
+    rotation = lab.rotation()
+    outcome: list[bool] = []
+    with lab.sessions() as writer:
+        created = PatientRepository(writer, lab.keyring(writer)).register_many([NEWCOMER])
+        newcomer = created.created[0]
+        assert rotation.start() == 2
+        rotation.run_batches()
+        completing = threading.Thread(target=lambda: outcome.append(rotation.complete()))
+        completing.start()
+        completing.join(timeout=1.0)
+        assert completing.is_alive(), "complete() did not wait for the writer"
+        writer.commit()
+    completing.join(timeout=30)
+    assert outcome == [False]
+    assert rotation.generations() == [1, 2]
+    report = rotation.resume()
+    assert (report.completed, report.remaining) == (True, 0)
+    assert _found_patients(lab, NEWCOMER) == [{newcomer}] * 4
+
+
+def test_an_import_interrupted_by_a_rotation_exits_2_and_a_rerun_completes(
+    lab: Lab, cli_env: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The import's workers index with the keys it loaded at its start; a rotation starting
+    meanwhile makes its next batch refuse (exit status 2, a clear message); run again, the
+    import completes (what was stored is found as already present)."""
+    import labvault.cli as cli
+
+    rows = list(synthetic_patient_rows(5, seed=31))
+    source = write_csv(tmp_path / "patients.csv", rows)
+    command = ["import", "patients", str(source), "--oid", "test", "--workers", "0"]
+    command += ["--organization", "Labo Rotation", "--batch-size", "2"]
+    real_import = cli.import_patients
+
+    def import_after_a_rotation_started(*args: Any, **kwargs: Any) -> Any:
+        lab.rotation().start()
+        return real_import(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, "import_patients", import_after_a_rotation_started)
+        patched.setattr(sys, "argv", ["labvault", *command])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+    assert exited.value.code == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "index keys changed during this operation" in error
+    assert "run it again" in error
+
+    again = CliRunner().invoke(cli.app, command)
+    assert again.exit_code == 0, again.output
+    assert "5 rows: 5 imported, 0 already present" in again.output
+    assert lab.rotation().resume().completed
+    with lab.patients_repository() as patients:
+        for row in rows:
+            found = patients.find_by_nir(Nir.parse(row["nir"]), purpose="test")
+            assert len(found) == 1

@@ -22,7 +22,7 @@ from labvault.core.crypto.keyring import TenantKeyring, data_key_context
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.providers.chain import active_label
-from labvault.core.crypto.rewrap import KeyStore, census, migrate, rewrap
+from labvault.core.crypto.rewrap import KEY_TABLES, KeyStore, _store_page, census, migrate, rewrap
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import create_organization
@@ -264,3 +264,26 @@ def test_migrate_moves_every_key_to_another_key_file(runtime: Runtime, settings:
         repository = PatientRepository(session, keyring)
         after = [repository.get(p, purpose="test") for p in patients]
     assert [f"{r.birth_name}|{r.first_names}|{r.nir}" for r in after if r is not None] == before
+
+
+def test_a_page_is_written_only_into_the_tenant_it_was_read_for(
+    runtime: Runtime, settings: Settings
+) -> None:
+    """The conditional update names the tenant: SQLite has no row-level security to stop a
+    page of another tenant's rows (by a bug upstream) from being written through."""
+    first, _ = _organization(runtime, "Labo Un", 2)
+    second, _ = _organization(runtime, "Labo Deux", 2)
+    provider = FileKeyProvider(settings.key_file)
+    provider.rotate()
+    data_keys = KEY_TABLES[0]
+    with runtime.tenant_sessions(second)() as session:
+        rows = data_keys.page(session, second, None, 10)
+    fresh = provider.rewrap_many([(row.wrapped, row.context) for row in rows])
+    before = _wrapped(runtime, second)
+
+    with transaction(runtime.tenant_sessions(first)) as session:
+        assert _store_page(session, data_keys, first, provider.name, rows, fresh) == 0
+
+    assert _wrapped(runtime, second) == before
+    with transaction(runtime.tenant_sessions(second)) as session:
+        assert _store_page(session, data_keys, second, provider.name, rows, fresh) == len(rows)

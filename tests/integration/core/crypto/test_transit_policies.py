@@ -42,6 +42,10 @@ def test_the_operator_policy_creates_rotates_and_retires(openbao: OpenBaoServer)
     assert [v.label for v in operator.retire([], f"transit:{key}:v2")] == [f"transit:{key}:v1"]
     with pytest.raises(KeyProviderError, match="retired"):
         operator.unwrap(old, "ctx")
+    # `keys retire --destroy`: the retired version is trimmed, for good.
+    destroyed = operator.destroy_retired(f"transit:{key}:v2")
+    assert [v.label for v in destroyed] == [f"transit:{key}:v1"]
+    assert [v.label for v in operator.versions()] == [f"transit:{key}:v2"]
 
 
 def test_the_app_policy_wraps_unwraps_rewraps_and_derives_only(
@@ -63,6 +67,10 @@ def test_the_app_policy_wraps_unwraps_rewraps_and_derives_only(
         app.rotate()
     with pytest.raises(KeyProviderError, match="operator token"):
         app.retire([], f"transit:{key}:v2")
+    transit_provider.retire([], f"transit:{key}:v2")
+    with pytest.raises(KeyProviderError, match="operator token"):
+        app.destroy_retired(f"transit:{key}:v2")
+    assert len(transit_provider.versions()) == 2, "nothing was destroyed"
     with pytest.raises(KeyProviderError, match="permission denied"):
         openbao.provider(_key(), token=token).ensure_keys()
     exported = httpx.get(

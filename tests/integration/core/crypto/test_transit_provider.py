@@ -99,7 +99,8 @@ def test_rotate_then_rewrap_moves_blobs_to_the_new_version_server_side(
 def test_retire_stops_old_blobs_from_unwrapping(transit_provider: TransitKeyProvider) -> None:
     key = transit_provider.options.key
     old = transit_provider.wrap(DEK, "ctx")
-    assert transit_provider.retire([], f"transit:{key}:v1") == []  # a single version: nothing to retire
+    # A single version: nothing to retire.
+    assert transit_provider.retire([], f"transit:{key}:v1") == []
     transit_provider.rotate()
     new = transit_provider.wrap(DEK, "ctx")
 
@@ -321,7 +322,14 @@ def test_destroying_retired_versions_is_irreversible(
     with pytest.raises(KeyProviderError, match="retired key version"):
         transit_provider.unwrap(backup, "ctx")
     assert transit_provider.destroy_retired(active) == []  # nothing left to destroy
-    assert transit_provider.unwrap(transit_provider.wrap(DEK, "ctx"), "ctx") == DEK
+    # The next rotation, retirement and destruction work the same way.
+    blob = transit_provider.wrap(DEK, "ctx")
+    newest = transit_provider.rotate().label
+    assert transit_provider.wrap(DEK, "ctx").startswith(b"vault:v3:")
+    transit_provider.retire([], newest)
+    assert [v.label for v in transit_provider.destroy_retired(newest)] == [active]
+    with pytest.raises(KeyProviderError, match="retired key version"):
+        transit_provider.unwrap(blob, "ctx")
 
 
 @pytest.mark.parametrize("flag", ["exportable", "allow_plaintext_backup"])

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -160,5 +161,58 @@ def test_init_creates_the_transit_keys_then_find_works_end_to_end(
     result = runner.invoke(app, ["patients", "find", "--nir", str(other["nir"])])
     assert result.exit_code == 1, result.output
     assert "No matching patient" in result.output
+    result = runner.invoke(app, ["audit", "verify"])
+    assert result.exit_code == 0, result.output
+
+
+def test_keys_migrate_between_transit_keys_is_refused_and_retire_destroy_trims(
+    cli_env: Settings,
+    openbao: OpenBaoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    runtime: Runtime,
+) -> None:
+    key = f"labvault-{uuid.uuid4().hex[:12]}"
+    token_file = tmp_path / "bao-token"
+    token_file.write_text(openbao.root_token)
+    monkeypatch.setenv("LABVAULT_KEY_PROVIDER", _spec(openbao, key))
+    monkeypatch.setenv("LABVAULT_TRANSIT_TOKEN_FILE", str(token_file))
+    runner = CliRunner()
+    for command in (["init", "--organization", "Labo"], ["seed", "--patients", "3"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    with runtime.sessions() as session:
+        wrapped = sorted(bytes(b) for b in session.scalars(select(DataKeyRecord.wrapped_key)))
+
+    # Transit blobs do not name their key: the other key's would look like this one's.
+    other = f"labvault-{uuid.uuid4().hex[:12]}"
+    refused = runner.invoke(app, ["keys", "migrate", "--to", _spec(openbao, other)])
+    assert refused.exit_code == 1, refused.output
+    text = " ".join(refused.output.split())
+    assert "rotating the key instead" in text
+    assert "Nothing was changed." in text
+    with runtime.sessions() as session:
+        assert sorted(bytes(b) for b in session.scalars(select(DataKeyRecord.wrapped_key))) == (
+            wrapped
+        )
+    unknown = httpx.get(
+        f"{openbao.address}/v1/transit/keys/{other}",
+        headers={"X-Vault-Token": openbao.root_token},
+    )
+    assert unknown.status_code == 404, "the target key was not even created"
+
+    for command in (["keys", "rotate"], ["keys", "rewrap"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    destroyed = runner.invoke(app, ["keys", "retire", "--destroy"])
+    assert destroyed.exit_code == 0, destroyed.output
+    text = " ".join(destroyed.output.split())
+    assert f"Retired transit:{key}:v1" in text
+    assert f"Destroyed transit:{key}:v1: deleted from the key provider for good" in text
+    data = openbao.request("GET", f"transit/keys/{key}")["data"]
+    assert (data["min_available_version"], data["min_decryption_version"]) == (2, 2)
+    again = runner.invoke(app, ["keys", "retire", "--destroy"])
+    assert again.exit_code == 0, again.output
+    assert "No retired root key version left to destroy." in again.output
     result = runner.invoke(app, ["audit", "verify"])
     assert result.exit_code == 0, result.output

@@ -186,7 +186,8 @@ def test_providers_whose_blobs_name_their_key_may_share_a_name(
     providers: tuple[FileKeyProvider, FileKeyProvider],
 ) -> None:
     previous, current = providers
-    assert previous.blobs_name_their_key and MemoryKeyProvider().blobs_name_their_key
+    assert previous.blobs_name_their_key
+    assert MemoryKeyProvider().blobs_name_their_key
     chain = KeyChain(current, [previous])
     assert chain.blobs_name_their_key
     assert not KeyChain(_transit("k"), [previous]).blobs_name_their_key

@@ -22,7 +22,7 @@ from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.providers.transit import TransitKeyProvider, TransitOptions
 from labvault.core.crypto.secret import Secret
 
-TOKEN = "s.token-that-must-not-leak"  # noqa: S105 - a test value
+TOKEN = "s.token-that-must-not-leak"
 SECRET_ID = "secret-id-that-must-not-leak"
 DEK = Secret(b"k" * 32)
 
@@ -63,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

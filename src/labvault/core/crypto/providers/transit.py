@@ -75,6 +75,8 @@ class _KeyInfo:
     latest: int
     min_decryption: int
     created: dict[int, dt.datetime | None]
+    min_encryption: int = 0
+    """0: not set (encryption uses the latest version)."""
 
 
 class TransitKeyProvider:
@@ -261,14 +263,11 @@ class TransitKeyProvider:
         retiring = [n for n in sorted(info.created) if info.min_decryption <= n < keep]
         if not retiring:
             return []
-        self._call(
-            "POST",
-            f"keys/{self.options.key}/config",
-            {"min_decryption_version": keep},
-            forbidden_hint="retiring key versions needs an operator token allowed to update "
-            f"{self.options.mount}/keys/{self.options.key}/config (the application's token "
-            "should not have that right)",
-        )
+        config = {"min_decryption_version": keep}
+        if 0 < info.min_encryption < keep:
+            # Set by an earlier ``destroy_retired``; the server wants it >= the other.
+            config["min_encryption_version"] = keep
+        self._configure(config)
         after = self._wrapping_key_info(fresh=True)
         return [self._key_version(after, n) for n in retiring]
 
@@ -290,6 +289,10 @@ class TransitKeyProvider:
         doomed = [n for n in sorted(info.created) if n < keep]
         if not doomed:
             return []
+        if info.min_encryption < keep:
+            # The server trims no further than min_encryption_version, which must be set;
+            # new wraps use the latest version (>= keep) anyway.
+            self._configure({"min_encryption_version": keep})
         self._call(
             "POST",
             f"keys/{self.options.key}/trim",
@@ -302,6 +305,16 @@ class TransitKeyProvider:
             KeyVersion(self._label(n), active=False, can_unwrap=False, created=info.created[n])
             for n in doomed
         ]
+
+    def _configure(self, config: dict[str, int]) -> None:
+        self._call(
+            "POST",
+            f"keys/{self.options.key}/config",
+            config,
+            forbidden_hint="retiring key versions needs an operator token allowed to update "
+            f"{self.options.mount}/keys/{self.options.key}/config (the application's token "
+            "should not have that right)",
+        )
 
     def _own_version(self, label: str) -> int:
         """The version number in a label of this key (``transit:<key>:v<n>``)."""
@@ -366,6 +379,7 @@ class TransitKeyProvider:
         try:
             latest = int(data["latest_version"])
             min_decryption = int(data.get("min_decryption_version") or 1)
+            min_encryption = int(data.get("min_encryption_version") or 0)
             # ``keys`` lists only the versions that still decrypt (none for hmac keys): the
             # retired ones below min_decryption_version are still held, so listed too.
             first = max(int(data.get("min_available_version") or 0), 1)
@@ -374,7 +388,7 @@ class TransitKeyProvider:
                 created[int(n)] = _timestamp(when)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyProviderError(f"{self._where}: malformed key metadata for {name!r}") from None
-        return _KeyInfo(latest, min_decryption, created)
+        return _KeyInfo(latest, min_decryption, created, min_encryption)
 
     # --- HTTP --------------------------------------------------------------------------------
 
