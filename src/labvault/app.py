@@ -47,6 +47,7 @@ from labvault.catalog.routes import router as catalog_router
 from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
+from labvault.core.crypto.keyring import IndexKeysChangedError
 from labvault.core.logging import configure_logging, get_logger, mask_personal_text
 from labvault.core.runtime import Runtime
 from labvault.core.web.headers import SecurityHeadersMiddleware
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(IndexKeysChangedError, _index_keys_changed)
     # Only reached by errors outside RequestContextMiddleware (which answers all others).
     app.add_exception_handler(Exception, _last_resort_error)
 
@@ -313,6 +315,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             detail = None
         return problem_response(status, detail=detail, headers=exc.headers)
     return _html_error(get_templates(request), request, status, exc.headers)
+
+
+async def _index_keys_changed(request: Request, exc: Exception) -> Response:
+    """A write raced the start or the end of ``keys rotate-index``: nothing was written, and
+    the same request succeeds a moment later with the current keys."""
+    retry = StarletteHTTPException(
+        503,
+        detail="Une opération de maintenance vient de se terminer ; réessayez dans un instant.",
+        headers={"Retry-After": "1"},
+    )
+    return await _http_error(request, retry)
 
 
 def _status_phrase(status: int) -> str:

@@ -337,3 +337,25 @@ def test_runtime_is_disposed_on_shutdown(tmp_path: Path, key_file: Path) -> None
         client.get("/api/v1/health")
         assert closed == []
     assert closed == [True]
+
+
+def test_a_write_raced_by_an_index_key_rotation_asks_to_retry(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """Nothing was written (the transaction rolled back); the same request works a moment
+    later: 503 with Retry-After, not the 500 of a bug."""
+    from labvault.core.crypto.keyring import IndexKeysChangedError
+
+    app = create_app(make_settings(tmp_path))
+
+    @app.post("/api/v1/raced")
+    def raced() -> None:
+        raise IndexKeysChangedError
+
+    with TestClient(app) as client:
+        response = client.post("/api/v1/raced")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert "réessayez" in response.json()["detail"]
+    assert_security_headers(response.headers)

@@ -226,14 +226,25 @@ READS: dict[str, tuple[Read, object]] = {
 }
 
 
-@pytest.mark.parametrize("read", sorted(READS), ids=sorted(READS))
+# SQLite: a search's audit event takes the write lock before the read, so no erasure can
+# commit in between; that race exists on PostgreSQL only.
+_READ_CASES = [
+    *(
+        pytest.param(backend, read, id=f"{read}-{backend}", marks=marks)
+        for read in sorted(READS)
+        if read != "find"
+        for backend, marks in (("sqlite", ()), ("postgresql", pytest.mark.pg))
+    ),
+    pytest.param("postgresql", "find", id="find-postgresql", marks=pytest.mark.pg),
+]
+
+
+@pytest.mark.parametrize(("backend", "read"), _READ_CASES)
 def test_a_record_erased_after_the_scope_check_is_not_found_never_a_key_error(
     lab: Lab, read: str
 ) -> None:
     """Before the fix the key lookup raised KeyProviderError ("data key(s) not found"):
     a 500 for a record that had just become absent."""
-    if read == "find" and lab.runtime.settings.is_sqlite:
-        pytest.skip("SQLite: the search's audit event takes the write lock before the read")
     run, expected = READS[read]
     guard = EraseOnOpen(lab, lab.ids[0], armed=True, wait=30)
     with transaction(lab.sessions) as session:

@@ -289,8 +289,9 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
         "An unknown, used or expired deletion-cancel link."
     ),
     AuditAction.ACCOUNT_DELETION_ERASE: ActionInfo(
-        "An account whose deletion grace period ended was erased with its data key "
-        "(crypto-shredding); its own Patient record is erased too unless a legal hold keeps it."
+        "An account was erased with its data key (crypto-shredding): its deletion grace "
+        "period ended (its own Patient record is erased too unless a legal hold keeps it), or "
+        "the Patient record it was the account of was erased."
     ),
     AuditAction.ACCOUNT_DEVICE_EXPIRE: ActionInfo(
         "Devices of an account not seen for LABVAULT_KNOWN_DEVICE_RETENTION_DAYS were forgotten "

@@ -520,14 +520,14 @@ def test_a_write_with_index_keys_loaded_before_a_rotation_started_is_refused(
     assert _rows(lab) == before
 
 
+# SQLite serialises writers: the rotation cannot start under an open writer there.
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.pg)])
 def test_complete_waits_for_a_writer_and_keeps_the_old_keys_if_it_left_rows_behind(
     lab: Lab,
 ) -> None:
     """A writer checked its generations (and locked them FOR SHARE) before the rotation
     started, then committed after the batches ran: ``complete`` must not retire the keys
     its rows still need. Before the fix it deleted them: the new row was unfindable."""
-    if lab.runtime.settings.is_sqlite:
-        pytest.skip("SQLite serialises writers: the rotation cannot start under this writer")
     rotation = lab.rotation()
     outcome: list[bool] = []
     with lab.sessions() as writer:
@@ -584,3 +584,30 @@ def test_an_import_interrupted_by_a_rotation_exits_2_and_a_rerun_completes(
         for row in rows:
             found = patients.find_by_nir(Nir.parse(row["nir"]), purpose="test")
             assert len(found) == 1
+
+
+def test_an_account_created_with_index_keys_loaded_before_a_rotation_started_is_refused(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account service loads the index keys and writes the email index in one call:
+    a rotation starting between the two (here: when the account's data key is made, after
+    the index was computed) makes the creation refuse, nothing written."""
+    original = TenantKeyring.new_data_keys
+
+    def rotation_starts_meanwhile(self: TenantKeyring, subject_type: str, ids: Any) -> Any:
+        if subject_type == "account":
+            lab.rotation().start()
+        return original(self, subject_type, ids)
+
+    monkeypatch.setattr(TenantKeyring, "new_data_keys", rotation_starts_meanwhile)
+    with pytest.raises(IndexKeysChangedError), lab.accounts() as service:
+        service.provision(
+            "compte.trois@rotation.example.org",
+            Secret(PASSWORD),
+            kind=AccountKind.PATIENT,
+            security_phrase=None,
+            by=BUILDER,
+        )
+    with lab.sessions() as session:
+        accounts = session.scalars(select(Account.id).where(Account.tenant_id == lab.tenant))
+        assert set(accounts) == {*lab.staff_accounts.values(), *lab.patient_accounts.values()}
