@@ -8,6 +8,7 @@ X-Vault-Token header) in its chain.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -61,7 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # "slow": the client timed out and closed the connection, as intended.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
