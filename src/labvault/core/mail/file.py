@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
+from labvault.core.durable import fsync_directory
 from labvault.core.logging import get_logger
 from labvault.core.mail.base import MailerError
 from labvault.core.mail.message import OutgoingMessage, parse_sender
@@ -108,13 +109,4 @@ class FileMailer:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_directory(self.directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(self.directory)

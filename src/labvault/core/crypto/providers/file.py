@@ -42,6 +42,7 @@ from labvault.core.crypto.providers.local import (
     rotated,
 )
 from labvault.core.crypto.secret import Secret
+from labvault.core.durable import fsync_directory
 
 KEY_FILE_FORMAT = "labvault-keyfile/1"
 """Written while no root key is retired: every entry holds material."""
@@ -96,21 +97,9 @@ class FileKeyProvider(LocalKeyProvider):
             state, self._fingerprint = _read_key_file(self.path)
             self._install(state)
 
-    def wrap(self, material: Secret[bytes], context: str) -> bytes:
-        self._refresh_if_changed()
-        return super().wrap(material, context)
-
-    def unwrap(self, wrapped: bytes, context: str) -> Secret[bytes]:
-        self._refresh_if_changed()
-        return super().unwrap(wrapped, context)
-
-    def versions(self) -> list[KeyVersion]:
-        """As the key file says now (another process may have rotated or retired)."""
-        self._refresh_if_changed()
-        return super().versions()
-
-    def _refresh_if_changed(self) -> None:
-        """Follow the key file: one ``stat`` per wrap or unwrap, a reload when it changed.
+    def _refresh(self) -> None:
+        """Follow the key file: one ``stat`` per call (a whole batch for ``*_many``), a reload
+        when it changed.
 
         So every process wraps under the active root key as soon as ``keys rotate`` wrote it,
         and stops unwrapping under a retired one as soon as ``keys retire`` did: a process
@@ -215,15 +204,7 @@ def _replace_key_file(path: Path, content: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 @contextlib.contextmanager

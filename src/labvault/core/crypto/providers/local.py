@@ -170,7 +170,19 @@ class LocalKeyProvider:
 
     # -- wrapping -------------------------------------------------------------------------
 
+    def _refresh(self) -> None:
+        """Hook: called once before each public wrap, unwrap or version listing (a provider
+        backed by a file re-reads it there when another process changed it)."""
+
     def wrap(self, material: Secret[bytes], context: str) -> bytes:
+        self._refresh()
+        return self._wrap_one(material, context)
+
+    def unwrap(self, wrapped: bytes, context: str) -> Secret[bytes]:
+        self._refresh()
+        return self._unwrap_one(wrapped, context)
+
+    def _wrap_one(self, material: Secret[bytes], context: str) -> bytes:
         with self._lock:
             active, aead = self._state.active, self._aeads.get(self._state.active)
         if aead is None:
@@ -182,7 +194,7 @@ class LocalKeyProvider:
         sealed = aead.encrypt(nonce, material.reveal(), context.encode())
         return bytes([_WRAP_VERSION]) + active.bytes + nonce + sealed
 
-    def unwrap(self, wrapped: bytes, context: str) -> Secret[bytes]:
+    def _unwrap_one(self, wrapped: bytes, context: str) -> Secret[bytes]:
         wrapped = bytes(wrapped)
         root_id = wrapped_root_id(wrapped)
         if root_id is None:
@@ -217,10 +229,12 @@ class LocalKeyProvider:
         return root_id in state.roots or root_id in state.retired
 
     def wrap_many(self, items: Sequence[tuple[Secret[bytes], str]]) -> list[bytes]:
-        return [self.wrap(material, context) for material, context in items]
+        self._refresh()
+        return [self._wrap_one(material, context) for material, context in items]
 
     def unwrap_many(self, items: Sequence[tuple[bytes, str]]) -> list[Secret[bytes]]:
-        return [self.unwrap(wrapped, context) for wrapped, context in items]
+        self._refresh()
+        return [self._unwrap_one(wrapped, context) for wrapped, context in items]
 
     # -- versions, rotation, retirement ---------------------------------------------------
 
@@ -253,6 +267,7 @@ class LocalKeyProvider:
         )
 
     def versions(self) -> list[KeyVersion]:
+        self._refresh()
         state = self._state
         return [self._version(state, key_id) for key_id in state.order]
 
