@@ -17,6 +17,17 @@ from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
 from labvault.organizations.models import Organization, Site
 from labvault.patients.models import Patient
+from labvault.results.models import (
+    ResultMessage,
+    ResultObservation,
+    ResultOrder,
+    ResultReport,
+    ResultShare,
+    SensitiveExamCode,
+    ServiceClient,
+    ServiceClientSite,
+    ServiceToken,
+)
 from labvault.schedules.models import SiteClosure, SiteSchedule
 from labvault.security.models import BreakGlassGrant, SecurityAlert
 from labvault.staff.models import StaffMember, StaffSite
@@ -40,7 +51,16 @@ __all__ = [
     "Organization",
     "Patient",
     "RecoveryCode",
+    "ResultMessage",
+    "ResultObservation",
+    "ResultOrder",
+    "ResultReport",
+    "ResultShare",
     "SecurityAlert",
+    "SensitiveExamCode",
+    "ServiceClient",
+    "ServiceClientSite",
+    "ServiceToken",
     "Site",
     "SiteClosure",
     "SiteSchedule",

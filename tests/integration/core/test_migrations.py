@@ -36,6 +36,15 @@ TENANT_OWNED = {
     "site_schedules",
     "site_closures",
     "legal_holds",
+    "sensitive_exam_codes",
+    "service_clients",
+    "service_client_sites",
+    "service_tokens",
+    "result_messages",
+    "result_orders",
+    "result_reports",
+    "result_observations",
+    "result_shares",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,
