@@ -37,6 +37,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.passwords
 	$(BIN)/python -m bench.booking
 	$(BIN)/python -m bench.keys
+	$(BIN)/python -m bench.results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

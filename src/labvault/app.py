@@ -60,10 +60,16 @@ from labvault.core.web.request_context import RequestContextMiddleware, request_
 from labvault.core.web.templating import create_templates
 from labvault.desk.pages import router as desk_pages
 from labvault.desk.routes import router as desk_router
+from labvault.fhir.routes import router as fhir_router
 from labvault.patients.pages import router as patient_pages
 from labvault.patients.routes import router as patient_router
 from labvault.preregistration.pages import router as preregistration_pages
 from labvault.preregistration.routes import router as preregistration_router
+from labvault.results.pages import router as result_pages
+from labvault.results.queue_pages import router as result_queue_pages
+from labvault.results.routes import router as result_share_pages
+from labvault.results.staff_pages import router as result_review_pages
+from labvault.results.staff_routes import router as result_review_router
 from labvault.schedules.pages import router as schedule_pages
 from labvault.schedules.routes import router as schedule_router
 from labvault.security.pages import router as security_pages
@@ -186,8 +192,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(desk_pages)
     app.include_router(preregistration_router)
     app.include_router(preregistration_pages)
+    app.include_router(result_pages)
+    app.include_router(result_share_pages)
+    app.include_router(result_review_router)
+    app.include_router(result_review_pages)
+    app.include_router(result_queue_pages)
     app.include_router(security_router)
     app.include_router(security_pages)
+    app.include_router(fhir_router)
     return app
 
 

@@ -75,6 +75,9 @@ from labvault.patients.nir import Nir, NirError
 from labvault.patients.services import PatientRecord, PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
 from labvault.reminders.commands import reminders_app
+from labvault.results.commands import mllp_app, results_app
+from labvault.results.sensitive import seed_default_codes
+from labvault.results.sensitive_commands import sensitive_app
 from labvault.retention.commands import retention_app
 from labvault.staff.commands import staff_app
 
@@ -99,6 +102,9 @@ patients_app.command("erase")(patients_erase)
 patients_app.command("holds")(patients_holds)
 patients_app.add_typer(hold_app, name="hold")
 app.add_typer(keys_app, name="keys")
+app.add_typer(results_app, name="results")
+results_app.add_typer(sensitive_app, name="sensitive")
+app.add_typer(mllp_app, name="mllp")
 
 console = Console()
 errors = Console(stderr=True)
@@ -247,7 +253,8 @@ def init(
                     use_organization(session, organization)
                     console.print(f"Organization {organization!r} already exists.")
                 except OrganizationNotFoundError:
-                    create_organization(session, runtime.key_provider, organization)
+                    created = create_organization(session, runtime.key_provider, organization)
+                    seed_default_codes(session, created.id)  # sensitive exams, editable
                     console.print(f"Created organization {organization!r}.")
     finally:
         runtime.close()

@@ -32,6 +32,7 @@ from labvault.organizations.models import Organization, Site
 from labvault.organizations.services import add_site, create_organization
 from labvault.patients.models import Patient
 from labvault.patients.services import PatientRepository, SealedItem
+from labvault.results.sensitive import seed_default_codes
 from labvault.schedules.services import SiteScheduleService
 from labvault.staff.models import StaffRole
 from labvault.staff.services import StaffRepository
@@ -59,6 +60,7 @@ def demo_exists(session: Session) -> bool:
 def create_demo_organization(session: Session, provider: KeyProvider) -> Organization:
     """Organization, two sites and staff; patients are added by the caller (it shows progress)."""
     organization = create_organization(session, provider, DEMO_ORGANIZATION)
+    seed_default_codes(session, organization.id)  # sensitive exams: given by phone
     centre = add_site(
         session,
         organization,

@@ -43,6 +43,7 @@ from httpx import Response
 from sqlalchemy import select, update
 
 import access_world
+import results_world
 from access_world import PLACEMENTS, World, build_world
 from helpers import app_url, owner_url
 from labvault.accounts.models import Account, AccountKind, AccountSession
@@ -173,6 +174,8 @@ class Matrix:
     own_ids: frozenset[uuid.UUID]
     nirs: dict[uuid.UUID, str] = field(default_factory=dict)
     grant_id: uuid.UUID | None = None
+    report_id: uuid.UUID | None = None
+    """A report to validate of the record ``today`` (the biologist's review routes)."""
     alert_id: uuid.UUID | None = None
     starts: dict[str, dt.datetime] = field(default_factory=dict)
     """When each placed record's appointment starts (``today`` kept within today, Paris)."""
@@ -352,6 +355,15 @@ def matrix(
         listed = matrix.call("security_officer", "GET", "/api/v1/security/alerts")
         assert listed.status_code == 200, listed.text
         matrix.alert_id = uuid.UUID(listed.json()[0]["id"])
+        # A report to validate for the biologist's review routes, of a record in the main
+        # site's care; its order names no site, so it widens nobody's scope.
+        matrix.report_id = results_world.add_report(
+            runtime,
+            world.sessions,
+            world.tenant,
+            world.patients["today"],
+            [results_world.hemoglobin()],
+        )
         yield matrix
     runtime.close()
 
@@ -1006,6 +1018,7 @@ def _role_request(matrix: Matrix, key: str, entry: RouteAccess) -> tuple[str, st
         url.replace("{account_id}", str(someone))
         .replace("{grant_id}", str(matrix.grant_id))
         .replace("{alert_id}", str(matrix.alert_id))
+        .replace("{report_id}", str(matrix.report_id))
     )
     absent_nir = matrix.nirs[matrix.record_ids["absent"]]
     kwargs: dict[str, Any] = {}
@@ -1034,6 +1047,10 @@ def _role_request(matrix: Matrix, key: str, entry: RouteAccess) -> tuple[str, st
             }
         elif url.endswith("/review"):
             kwargs["json"] = {"outcome": "justified"}
+        elif url.endswith("/validate"):
+            kwargs["json"] = {"version": 1}
+        elif url.endswith("/phone-call"):
+            kwargs["json"] = {"note": "Résultat communiqué au patient par téléphone"}
         kwargs["headers"] = {"Accept": "application/json"}
     elif method == "POST":
         kwargs["data"] = {
@@ -1059,6 +1076,9 @@ POSITIVE_ELSEWHERE = {
     "POST /api/v1/staff/patient-links": "accounts/test_linking.py (needs a patient's desk code)",
     "POST /api/v1/staff/dependents/revoke": "accounts/test_linking.py (needs a dependent)",
     "POST /compte/guichet": "accounts/test_linking.py (needs a patient's desk code)",
+    "GET /laboratoire/rapprochement/{message_id}": "results/test_queue_pages.py (a queued one)",
+    "POST /laboratoire/rapprochement/{message_id}/rattacher": "results/test_queue_pages.py",
+    "POST /laboratoire/rapprochement/{message_id}/ecarter": "results/test_queue_pages.py",
 }
 """Role routes whose allowed caller answers this matrix's well-formed but unknown request
 with the same 404 as a refusal (by design, I7); their allowed case is tested where named."""
@@ -1122,3 +1142,48 @@ def test_the_table_s_break_glass_roles_are_the_service_s() -> None:
 def _compact(nir: Nir | None) -> str:
     assert nir is not None
     return nir.compact
+
+
+# --------------------------------------------------------------------------- service routes
+
+SERVICE_ROUTES = sorted(
+    key for key, entry in ROUTES.items() if entry.requirement is Requirement.SERVICE
+)
+
+
+def test_service_entries_name_a_scope_and_a_grant_services_have() -> None:
+    """Each FHIR entry's scope parses, and its policy interaction (if any) is one a kind of
+    service client is granted: the API's positive cases (scope x policy x the client's
+    sites) are tested in tests/integration/fhir."""
+    from labvault.fhir.scopes import parse_scope
+
+    assert SERVICE_ROUTES
+    for key in SERVICE_ROUTES:
+        entry = ROUTES[key]
+        assert entry.scope is not None
+        assert parse_scope(entry.scope), key
+        if entry.resource is None:
+            continue
+        assert entry.interaction is not None
+        assert any(
+            compile_policy(
+                default_policy(), Principal(PrincipalKind.SERVICE, "service:x", role=kind)
+            ).allows(entry.resource, entry.interaction)
+            for kind in ("lis", "fhir")
+        ), key
+
+
+def test_service_routes_ignore_sessions_and_ask_for_a_bearer_token(matrix: Matrix) -> None:
+    """A signed-in session of any role counts for nothing on the FHIR API: 401 and a Bearer
+    challenge, the same answer for everybody."""
+    record = matrix.record_ids[RECORDS[0]]
+    for key in SERVICE_ROUTES:
+        method, _, path = key.partition(" ")
+        url = path.replace("{resource_id}", str(record))
+        answers = set()
+        for role in ROLES:
+            answer = matrix.call(role, method, url, follow_redirects=False)
+            assert answer.status_code == 401, (key, role, answer.status_code)
+            assert answer.headers["www-authenticate"].startswith("Bearer"), key
+            answers.add(_without_request_id(answer.content))
+        assert len(answers) == 1, key

@@ -206,6 +206,11 @@ class Settings(BaseSettings):
         default=None,
         description="Where the audit witness appends checkpoints; default: data_dir/witness.",
     )
+    result_drop_dir: Path | None = Field(
+        default=None,
+        description="Where released reports are dropped for the prescribers' gateway (plain "
+        "text, on purpose: keep it out of backups); default: data_dir/outbox/results.",
+    )
     audit_checkpoint_events: int = Field(
         default=1000, ge=1, le=1_000_000, description="Sign a checkpoint every this many events."
     )
@@ -272,6 +277,12 @@ class Settings(BaseSettings):
         ge=0,
         le=366,
         description="...or up to this many days ahead.",
+    )
+    fhir_token_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="Lifetime of an OAuth2 access token of the FHIR API (client credentials).",
     )
     break_glass_hours: int = Field(
         default=4,
@@ -488,6 +499,13 @@ class Settings(BaseSettings):
         if self.audit_witness_dir is not None:
             return self.audit_witness_dir.expanduser().resolve()
         return self.resolved_data_dir / "witness"
+
+    @cached_property
+    def resolved_result_drop_dir(self) -> Path:
+        """LABVAULT_RESULT_DROP_DIR, or ``data_dir/outbox/results``."""
+        if self.result_drop_dir is not None:
+            return self.result_drop_dir.expanduser().resolve()
+        return self.resolved_data_dir / "outbox" / "results"
 
     @cached_property
     def is_sqlite(self) -> bool:

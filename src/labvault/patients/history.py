@@ -60,6 +60,17 @@ PURPOSE_LABELS = {
     "desk-identity-check": "Vérification d'identité à l'accueil",
     "desk-walk-in": "Passage sans rendez-vous à l'accueil",
     "desk-round": "Tournée de prélèvements à domicile",
+    "results": "Affichage de vos résultats",
+    "result-pdf": "Téléchargement d'un compte rendu",
+    "result-share": "Consultation par le médecin à qui vous avez donné un lien de partage",
+    "result-share-create": "Création d'un lien de partage",
+    "result-shares": "Affichage de vos partages",
+    "result-share-revoke": "Arrêt d'un lien de partage",
+    "result-review": "Relecture de vos résultats par un biologiste",
+    "result-validation": "Validation de vos résultats",
+    "result-delivery": "Transmission de vos résultats à votre prescripteur",
+    "result-notification": "Avis de mise à disposition de vos résultats",
+    "legal-hold:lab-report-retention": "Conservation légale des comptes rendus (10 ans)",
 }
 MAX_ENTRIES = 1000
 

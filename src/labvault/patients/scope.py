@@ -7,8 +7,16 @@ does not exist.
 
 The staff relationship rule: a staff member reaches a patient who has an appointment (not
 cancelled, and not a mere hold) at one of the staff member's sites within the relationship
-window (by default 30 days back and 30 days ahead), or for whom they hold a live
-break-glass grant. Orders join the rule when results arrive.
+window (by default 30 days back and 30 days ahead), or who has a result order at one of
+those sites created within the window, or for whom they hold a live break-glass grant.
+Orders join the rule when results arrive: a laboratory system's order puts the patient in
+the care of the site that samples or analyses it. ``site-today`` stays about today's
+appointments only (the sampler's day), orders do not widen it.
+
+Service clients (a laboratory system, a FHIR client: ``service:<client id>``) reach
+patients through the same relationship with the sites the client serves
+(:class:`~labvault.results.models.ServiceClientSite`), in the same window, with no
+break-glass: a machine never escalates. A disabled client reaches nobody.
 
 System jobs are not scoped: they name themselves (``SystemPrincipal("cli:...")``) and get
 :data:`SYSTEM_ACCESS`, on purpose and greppably.
@@ -38,6 +46,7 @@ from labvault.core.access.principals import Principal, PrincipalKind, SystemPrin
 from labvault.core.audit.events import AuditedRefusalError
 from labvault.core.config import Settings
 from labvault.core.db import utcnow
+from labvault.results.models import ResultOrder, ServiceClient, ServiceClientSite
 from labvault.security.models import BreakGlassGrant
 from labvault.staff.models import StaffMember, StaffSite
 
@@ -62,8 +71,9 @@ class AccessScope:
     """What one principal may reach in one tenant, resolved once per request.
 
     ``own_patient_ids`` are a patient account's own record and its current dependents';
-    ``staff_id`` and ``site_ids`` a staff member's identity and sites. ``now`` fixes the
-    instant the window is measured from, so one request sees one consistent scope.
+    ``staff_id`` and ``site_ids`` a staff member's identity and sites; ``client_id`` and
+    ``site_ids`` a service client's. ``now`` fixes the instant the window is measured from,
+    so one request sees one consistent scope.
     """
 
     principal: Principal
@@ -73,6 +83,7 @@ class AccessScope:
     own_patient_ids: frozenset[uuid.UUID] = frozenset()
     staff_id: uuid.UUID | None = None
     site_ids: frozenset[uuid.UUID] = frozenset()
+    client_id: uuid.UUID | None = None
     window: RelationshipWindow = field(default_factory=RelationshipWindow)
 
     def __post_init__(self) -> None:
@@ -96,10 +107,12 @@ class AccessScope:
                 return false()
             return patient_id.in_(sorted(self.own_patient_ids))
         if grant.records in (RecordScope.SITE_RELATIONSHIP, RecordScope.SITE_TODAY):
-            if self.principal.kind is not PrincipalKind.STAFF or self.staff_id is None:
+            conditions: list[ColumnElement[bool]] = []
+            if self.principal.kind is PrincipalKind.STAFF and self.staff_id is not None:
+                conditions.append(self._break_glass(patient_id))
+            elif self.principal.kind is not PrincipalKind.SERVICE or self.client_id is None:
                 return false()
             start, end = self._window(grant.records)
-            conditions = [self._break_glass(patient_id)]
             if self.site_ids:
                 conditions.append(
                     patient_id.in_(
@@ -112,7 +125,18 @@ class AccessScope:
                         )
                     )
                 )
-            return or_(*conditions)
+                if grant.records is RecordScope.SITE_RELATIONSHIP:
+                    conditions.append(
+                        patient_id.in_(
+                            select(ResultOrder.patient_id).where(
+                                ResultOrder.tenant_id == self.tenant_id,
+                                ResultOrder.site_id.in_(sorted(self.site_ids)),
+                                ResultOrder.created_at >= start,
+                                ResultOrder.created_at < end,
+                            )
+                        )
+                    )
+            return or_(*conditions) if conditions else false()
         # RecordScope.ALL is refused for patient data when the policy is parsed.
         return false()
 
@@ -249,4 +273,53 @@ def patient_scope(
         policy=compile_policy(policy or default_policy(), principal),
         now=now or utcnow(),
         own_patient_ids=own_patient_ids,
+    )
+
+
+def service_scope(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    client_id: uuid.UUID,
+    *,
+    window: RelationshipWindow | None = None,
+    policy: Policy | None = None,
+    now: dt.datetime | None = None,
+) -> AccessScope:
+    """A service client's scope: its kind's policy and the sites it serves.
+
+    A disabled or unknown client, one of another tenant, or a principal that is not this
+    client (``service:<client id>``) gets no client id and no sites: its relationship
+    clauses match nothing (fail closed, like an inactive staff member).
+    """
+    if principal.kind is not PrincipalKind.SERVICE:
+        raise ValueError("a service scope is for a service principal")
+    active = None
+    if principal.id == f"service:{client_id}":
+        active = session.scalar(
+            select(ServiceClient.id).where(
+                ServiceClient.tenant_id == tenant_id,
+                ServiceClient.id == client_id,
+                ServiceClient.kind == principal.role,
+                ServiceClient.disabled_at.is_(None),
+            )
+        )
+    sites: frozenset[uuid.UUID] = frozenset()
+    if active is not None:
+        sites = frozenset(
+            session.scalars(
+                select(ServiceClientSite.site_id).where(
+                    ServiceClientSite.tenant_id == tenant_id,
+                    ServiceClientSite.client_id == client_id,
+                )
+            )
+        )
+    return AccessScope(
+        principal=principal,
+        tenant_id=tenant_id,
+        policy=compile_policy(policy or default_policy(), principal),
+        now=now or utcnow(),
+        client_id=active,
+        site_ids=sites,
+        window=window or RelationshipWindow(),
     )

@@ -17,6 +17,8 @@ send in practice). ACKs are built as text; ``frame`` encodes them in UTF-8.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import enum
 import logging
@@ -42,7 +44,10 @@ MAX_MESSAGE_BYTES: Final = 1_048_576
 MAX_SEGMENTS: Final = 5_000
 MAX_OBSERVATIONS: Final = 2_000
 SUPPORTED_VERSIONS: Final = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1"})
-VALUE_TYPES: Final = frozenset({"NM", "ST", "TX", "SN", "CWE", "CE", "FT"})
+VALUE_TYPES: Final = frozenset({"NM", "ST", "TX", "SN", "CWE", "CE", "FT", "ED"})
+MAX_DOCUMENT_BYTES: Final = 700_000
+"""Largest encapsulated document (OBX value type ED, a PDF report) once decoded."""
+_PDF_MAGIC: Final = b"%PDF-"
 _SEXES: Final = frozenset({"M", "F", "U", "O", "A", "N"})
 _NUMBER: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _SEGMENT_ID: Final = re.compile(r"[A-Z][A-Z0-9]{2}")
@@ -61,6 +66,8 @@ class Hl7ErrorCode(enum.IntEnum):
     DATA_TYPE = 102
     UNSUPPORTED_MESSAGE_TYPE = 200
     UNSUPPORTED_VERSION = 203
+    UNKNOWN_KEY = 204
+    """Used for a sender (MSH-3/MSH-4) that is not registered or is disabled."""
     INTERNAL = 207
 
     @property
@@ -74,6 +81,7 @@ _LABELS: Final = {
     Hl7ErrorCode.DATA_TYPE: "Data type error",
     Hl7ErrorCode.UNSUPPORTED_MESSAGE_TYPE: "Unsupported message type",
     Hl7ErrorCode.UNSUPPORTED_VERSION: "Unsupported version id",
+    Hl7ErrorCode.UNKNOWN_KEY: "Unknown key identifier",
     Hl7ErrorCode.INTERNAL: "Application internal error",
 }
 
@@ -166,6 +174,8 @@ class Observation:
     status: str
     observed_at: dt.datetime | None
     notes: tuple[str, ...]
+    document: bytes | None = None
+    """The decoded PDF of an ED observation (``^application^pdf^Base64^...``)."""
 
     def __repr__(self) -> str:  # health data: never in a log by accident
         return f"Observation(set_id={self.set_id!r}, code={self.code.code!r}, <redacted>)"
@@ -360,7 +370,11 @@ def _observation(obx: _Segment, notes: tuple[str, ...]) -> Observation:
     if not code.code:
         raise Hl7Error(Hl7ErrorCode.REQUIRED_FIELD_MISSING, obx.at(3), "an observation code")
     value: Decimal | str
-    if value_type == "NM" and has_value:
+    document: bytes | None = None
+    if value_type == "ED" and has_value:
+        document = _document(obx)
+        value = ""
+    elif value_type == "NM" and has_value:
         text = obx.get(5)
         if not _NUMBER.fullmatch(text):
             raise Hl7Error(Hl7ErrorCode.DATA_TYPE, obx.at(5), "a number (NM)")
@@ -382,7 +396,30 @@ def _observation(obx: _Segment, notes: tuple[str, ...]) -> Observation:
         status=obx.required(11, what="an observation result status"),
         observed_at=obx.time(14),
         notes=notes,
+        document=document,
     )
+
+
+def _document(obx: _Segment) -> bytes:
+    """OBX-5 of type ED: only a Base64 PDF is accepted, and checked to be one."""
+    _source, kind, subtype, encoding, data = obx.components(5, count=5)
+    if (kind.lower(), subtype.lower(), encoding.lower()) != ("application", "pdf", "base64"):
+        raise Hl7Error(Hl7ErrorCode.DATA_TYPE, obx.at(5), "^application^pdf^Base64^<data> (ED)")
+    if len(data) > MAX_DOCUMENT_BYTES * 4 // 3 + 4:
+        raise Hl7Error(
+            Hl7ErrorCode.DATA_TYPE, obx.at(5), f"a document of at most {MAX_DOCUMENT_BYTES} bytes"
+        )
+    try:
+        document = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise Hl7Error(Hl7ErrorCode.DATA_TYPE, obx.at(5), "Base64 data") from None
+    if len(document) > MAX_DOCUMENT_BYTES:
+        raise Hl7Error(
+            Hl7ErrorCode.DATA_TYPE, obx.at(5), f"a document of at most {MAX_DOCUMENT_BYTES} bytes"
+        )
+    if not document.startswith(_PDF_MAGIC):
+        raise Hl7Error(Hl7ErrorCode.DATA_TYPE, obx.at(5), "a PDF document (%PDF- header)")
+    return document
 
 
 @dataclass

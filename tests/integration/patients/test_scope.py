@@ -25,9 +25,11 @@ from labvault.patients.scope import (
     AccessScope,
     RelationshipWindow,
     patient_scope,
+    service_scope,
     staff_scope,
 )
 from labvault.patients.services import PatientRecord, PatientRepository
+from labvault.results.models import ResultOrder, ServiceClient, ServiceClientSite
 
 CONTACT = set(FIELD_CLASSES["patient"]["contact"])
 INS = set(FIELD_CLASSES["patient"]["ins"])
@@ -301,3 +303,116 @@ def test_a_hold_is_not_a_care_relationship(runtime: Runtime, world: World) -> No
     assert "cancelled" not in _visible(runtime, world, "receptionist")
     set_status(AppointmentStatus.BOOKED)
     assert "cancelled" in _visible(runtime, world, "receptionist")
+
+
+# -- orders in the relationship rule, and service clients' scope ----------------------------
+
+
+def _order(world: World, name: str, site: str, created: dt.datetime) -> None:
+    with transaction(world.sessions) as session:
+        session.add(
+            ResultOrder(
+                tenant_id=world.tenant,
+                patient_id=world.patients[name],
+                order_digest=uuid.uuid4().bytes * 2,
+                site_id=world.sites[site],
+                details=b"opaque",
+                created_at=created,
+            )
+        )
+
+
+def _client(world: World, kind: str = "lis", *, sites: tuple[str, ...] = ("main",)) -> uuid.UUID:
+    with transaction(world.sessions) as session:
+        client = ServiceClient(
+            tenant_id=world.tenant, name=f"sgl-{uuid.uuid4().hex[:8]}", kind=kind, created_by="t"
+        )
+        session.add(client)
+        session.flush()
+        for site in sites:
+            session.add(
+                ServiceClientSite(
+                    tenant_id=world.tenant, client_id=client.id, site_id=world.sites[site]
+                )
+            )
+        return client.id
+
+
+def _service_visible(
+    runtime: Runtime, world: World, client_id: uuid.UUID, *, kind: str = "lis", **kwargs: object
+) -> dict[str, PatientRecord]:
+    principal = Principal(PrincipalKind.SERVICE, f"service:{client_id}", role=kind)
+    with transaction(world.sessions) as session:
+        keyring = world.keyring(runtime, session, principal, None)
+        scope = service_scope(
+            session,
+            principal,
+            world.tenant,
+            kwargs.pop("as_client", client_id),  # type: ignore[arg-type]
+            now=NOW,
+        )
+        repository = PatientRepository(session, keyring, scope)
+        found = {
+            name: repository.get(patient_id, purpose="care")
+            for name, patient_id in world.patients.items()
+        }
+        found["foreign"] = repository.get(world.foreign_patient, purpose="care")
+    return {name: record for name, record in found.items() if record is not None}
+
+
+def test_an_order_at_a_site_within_the_window_is_a_care_relationship(
+    runtime: Runtime, world: World
+) -> None:
+    _order(world, "no_appointment", "main", NOW - dt.timedelta(days=3))
+    _order(world, "45_days_ago", "main", NOW - dt.timedelta(days=45))
+    _order(world, "in_45_days", "annex", NOW - dt.timedelta(days=1))
+    assert set(_visible(runtime, world, "biologist")) == IN_RELATIONSHIP | {"no_appointment"}
+    assert set(_visible(runtime, world, "receptionist")) == IN_RELATIONSHIP | {"no_appointment"}
+    assert set(_visible(runtime, world, "sampler")) == TODAY, "orders do not widen site-today"
+
+
+def test_a_service_client_reaches_the_patients_of_its_sites_without_contact(
+    runtime: Runtime, world: World
+) -> None:
+    _order(world, "no_appointment", "main", NOW - dt.timedelta(days=3))
+    client = _client(world)
+    visible = _service_visible(runtime, world, client)
+    assert set(visible) == IN_RELATIONSHIP | {"no_appointment"}
+    record = visible["today"]
+    assert record.birth_name == world.inputs["today"].birth_name
+    assert record.ins_number == world.inputs["today"].nir.compact  # type: ignore[union-attr]
+    assert record.fields.isdisjoint(CONTACT)
+    assert record.email is None
+    annex = _client(world, "fhir", sites=("annex",))
+    assert set(_service_visible(runtime, world, annex, kind="fhir")) == {"other_site"}
+    assert _service_visible(runtime, world, _client(world, sites=())) == {}
+
+
+def test_a_disabled_borrowed_or_mistyped_service_client_reaches_nobody(
+    runtime: Runtime, world: World
+) -> None:
+    client = _client(world)
+    other = _client(world)
+    assert _service_visible(runtime, world, client, as_client=other) == {}
+    assert _service_visible(runtime, world, client, kind="fhir") == {}, "kind must match"
+    with transaction(world.sessions) as session:
+        found = session.get(ServiceClient, client)
+        assert found is not None
+        found.disabled_at = NOW
+    assert _service_visible(runtime, world, client) == {}
+    with transaction(world.sessions) as session, pytest.raises(ValueError, match="service"):
+        service_scope(session, world.principals["biologist"], world.tenant, other)
+
+
+def test_a_service_client_cannot_update_patients(runtime: Runtime, world: World) -> None:
+    client = _client(world)
+    principal = Principal(PrincipalKind.SERVICE, f"service:{client}", role="lis")
+    with transaction(world.sessions) as session:
+        keyring = world.keyring(runtime, session, principal, None)
+        repository = PatientRepository(
+            session, keyring, service_scope(session, principal, world.tenant, client, now=NOW)
+        )
+        changed = repository.update_contact(
+            world.patients["today"], ContactUpdate(email="x@example.org"), purpose="sync"
+        )
+    assert changed is None

@@ -8,7 +8,9 @@ so the policy a login ran under is known exactly.
 
 Some limits are not the document's to lift (:data:`CEILINGS`): an organization admin or a
 security officer never gets patient data, a patient only its own records, whatever an
-organization's policy file says. A document that tries is refused as a whole.
+organization's policy file says. A document that tries is refused as a whole. A service
+client (a laboratory system, a FHIR client) never gets contact details, staff,
+configuration or audit, and reaches patients only through its sites' relationships.
 
 A principal's policy is compiled once (:func:`compile_policy`, cached per digest and
 subject) into a lookup table the repositories consult on every call.
@@ -76,6 +78,8 @@ STAFF_SUBJECTS: frozenset[str] = frozenset(
 )
 PATIENT_SUBJECT = "patient"
 SERVICE_PREFIX = "service:"
+SERVICE_SUBJECTS: frozenset[str] = frozenset({f"{SERVICE_PREFIX}lis", f"{SERVICE_PREFIX}fhir"})
+"""One per service client kind (``labvault.results.models.ServiceClientKind``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,15 @@ class Ceiling:
     forbidden_resources: frozenset[str] = frozenset()
     allowed_scopes: frozenset[RecordScope] = frozenset(RecordScope)
     reason: str = ""
+    subject_prefix: str = ""
+    """Also applies to every subject starting with this (``service:``), when set."""
+    forbidden_fields: frozenset[str] = frozenset()
+    """Field classes never granted (``contact``)."""
+
+    def applies_to(self, subject: str) -> bool:
+        return subject in self.subjects or bool(
+            self.subject_prefix and subject.startswith(self.subject_prefix)
+        )
 
 
 CEILINGS: tuple[Ceiling, ...] = (
@@ -106,6 +119,15 @@ CEILINGS: tuple[Ceiling, ...] = (
             {RecordScope.SITE_RELATIONSHIP, RecordScope.SITE_TODAY, RecordScope.ALL}
         ),
         reason="staff reach patients through their sites, never as owners",
+    ),
+    Ceiling(
+        frozenset(),
+        subject_prefix=SERVICE_PREFIX,
+        forbidden_resources=RESOURCES - PATIENT_DATA,
+        allowed_scopes=frozenset({RecordScope.SITE_RELATIONSHIP}),
+        forbidden_fields=frozenset({"contact"}),
+        reason="a service client reaches patients through its sites, never their contact "
+        "details, staff, configuration or audit",
     ),
 )
 
@@ -203,7 +225,7 @@ class CompiledPolicy:
 
 
 def _subject_known(name: str) -> bool:
-    return name == PATIENT_SUBJECT or name in STAFF_SUBJECTS or name.startswith(SERVICE_PREFIX)
+    return name == PATIENT_SUBJECT or name in STAFF_SUBJECTS or name in SERVICE_SUBJECTS
 
 
 def _check_grant(subject: str, index: int, grant: _GrantDocument) -> Grant:
@@ -224,11 +246,12 @@ def _check_grant(subject: str, index: int, grant: _GrantDocument) -> Grant:
     if grant.records is RecordScope.ALL and grant.resource in PATIENT_DATA:
         raise PolicyError(f"{where}: patient data is never granted on all records")
     for ceiling in CEILINGS:
-        if subject not in ceiling.subjects:
+        if not ceiling.applies_to(subject):
             continue
         if (
             grant.resource in ceiling.forbidden_resources
             or grant.records not in ceiling.allowed_scopes
+            or not ceiling.forbidden_fields.isdisjoint(grant.fields or ())
         ):
             raise PolicyError(f"{where}: not allowed ({ceiling.reason})")
     return Grant(grant.resource, frozenset(grant.interactions), grant.records, fields)

@@ -17,6 +17,10 @@ the route requires before it answers anything but its refusal:
   (``"path:<name>"``, ``"body:<name>"`` or ``"query:<name>"``). The caller gets 2xx
   exactly when its compiled policy grants the interaction *and* the object is in its
   record scope (own records, the relationship with its sites, break-glass), else 404.
+- :func:`service`: the FHIR API (``labvault.fhir``): a service client's bearer token (a
+  session cookie counts for nothing: 401 with ``WWW-Authenticate``) carrying the SMART
+  ``scope`` named (else 403), then the access policy of its kind and its sites'
+  relationship, as for ``policy`` entries (else 404, or an empty search).
 
 ``tests/integration/test_authorization_matrix.py`` is generated from this table and the
 application's routes: a route without an entry fails the suite, an entry without a route
@@ -50,6 +54,7 @@ class Requirement(enum.StrEnum):
     ACCOUNT = "account"
     ROLES = "roles"
     POLICY = "policy"
+    SERVICE = "service"
 
 
 ACCOUNT_KINDS = frozenset({"patient", "staff"})
@@ -73,6 +78,8 @@ class RouteAccess:
     """``policy``: fields the interaction must reveal to the caller (e.g. the NIR's);
     ``<resource>.<field>``: a field the caller's read of another resource must reveal."""
     note: str = ""
+    scope: str | None = None
+    """``service``: the SMART scope the bearer token must carry (``system/Patient.r``)."""
 
     def __post_init__(self) -> None:
         if not self.account_kinds <= ACCOUNT_KINDS:
@@ -85,6 +92,10 @@ class RouteAccess:
             self.resource not in RESOURCES or self.interaction is None
         ):
             raise ValueError(f"a policy entry names a known resource, not {self.resource!r}")
+        if self.requirement is Requirement.SERVICE and not (
+            self.scope and self.scope.startswith("system/") and self.account_kinds == frozenset()
+        ):
+            raise ValueError("a service entry names its SMART scope and no account kind")
         if self.object_from is not None:
             where, _, name = self.object_from.partition(":")
             if where not in ("path", "body", "query") or not name:
@@ -107,6 +118,8 @@ class RouteAccess:
                 return f"roles({', '.join(sorted(self.roles))})"
             case Requirement.POLICY:
                 return f"{self.resource}:{self.interaction} on {self.object_from or '-'}"
+            case Requirement.SERVICE:
+                return f"service({self.scope}) on {self.object_from or '-'}"
 
 
 def public(note: str = "") -> RouteAccess:
@@ -157,6 +170,28 @@ def policy(
         interaction=Interaction(interaction),
         object_from=object_from,
         needs_fields=frozenset(needs_fields),
+        note=note,
+    )
+
+
+def service(
+    scope: str,
+    *,
+    resource: str | None = None,
+    interaction: str | None = None,
+    object_from: str | None = None,
+    note: str = "",
+) -> RouteAccess:
+    """``service("system/Patient.r", resource="patient", interaction="read")``: a bearer
+    token with the scope, then the policy's interaction (if any) for the client's kind."""
+    return RouteAccess(
+        Requirement.SERVICE,
+        account_kinds=frozenset(),
+        scope=scope,
+        resource=resource,
+        interaction=None if interaction is None else Interaction(interaction),
+        object_from=object_from,
+        refusal=401,
         note=note,
     )
 
@@ -252,8 +287,84 @@ _DOCUMENT_DELETE = policy(
     note="the patient account (own, dependents)",
 )
 
+# A patient's results (labvault.results.portal): the service applies result:read (own
+# records, dependents) to released reports only; anything else is the same 404 page.
+_OWN_RESULT = account(
+    object_from="path:report_id",
+    note="patient accounts only, result:read on a released report of their own records or "
+    "dependents' (anything else, staff included: the same 404 page)",
+)
+# The biologist's review of results (labvault.results.review): result:update on the report's
+# patient, in the relationship scope of the biologist's sites.
+_BIOLOGIST = roles(
+    "biologist", note="result:update: reports of patients in the caller's relationship scope"
+)
+_BIOLOGIST_REPORT = roles(
+    "biologist",
+    object_from="path:report_id",
+    note="result:update on the report's patient (relationship scope; else the same 404)",
+)
+_BIOLOGIST_VALIDATION = roles(
+    "biologist",
+    object_from="path:report_id",
+    note="result:update on the report's patient; also a fresh step-up; 409 if the report "
+    "changed since the version named or is not in that state (nothing written)",
+)
+# The matching queue of received results (labvault.results.queue_pages).
+_MATCHING_QUEUE = roles("biologist", "receptionist", note="reason and time only: nothing decrypted")
+_MATCHING_MESSAGE = roles(
+    "biologist",
+    "receptionist",
+    object_from="path:message_id",
+    note="a queued message of the tenant (opening it is audited); attaching checks the chosen "
+    "record is in the caller's relationship scope; unknown or handled: the same 404",
+)
+_SHARE_LINK = public(
+    "a patient's share link: the 256-bit token is the credential; unknown, expired or revoked: "
+    "one 404; failures and views rate-limited per client"
+)
+
+# The FHIR API (labvault.fhir.routes): bearer tokens of service clients, SMART scopes, then
+# the policy of the client's kind on the patients in care at its sites. Sites and schedules
+# hold no personal data: the scope is their only requirement.
+_FHIR_POLICY: Mapping[str, tuple[str | None, str]] = {
+    "Patient": ("patient", "search"),
+    "Location": (None, ""),
+    "Schedule": (None, ""),
+    "Appointment": ("appointment", "read"),
+    "ServiceRequest": ("result", "read"),
+    "DiagnosticReport": ("result", "read"),
+    "Observation": ("result", "read"),
+    "DocumentReference": ("result", "read"),
+}
+
+
+def _fhir_routes() -> dict[str, RouteAccess]:
+    routes: dict[str, RouteAccess] = {
+        "GET /fhir/R4/metadata": public("the CapabilityStatement: no data"),
+        "POST /fhir/R4/auth/token": public(
+            "OAuth2 client credentials: rate limits, one invalid_client for every failure"
+        ),
+        "POST /fhir/R4": service(
+            "system/DiagnosticReport.c",
+            resource="result",
+            interaction="create",
+            note="results pushed by a laboratory system; also system/Observation.c",
+        ),
+    }
+    for kind, (resource, search) in _FHIR_POLICY.items():
+        read = "read" if resource else None
+        routes[f"GET /fhir/R4/{kind}/{{resource_id}}"] = service(
+            f"system/{kind}.r", resource=resource, interaction=read, object_from="path:resource_id"
+        )
+        for key in (f"GET /fhir/R4/{kind}", f"POST /fhir/R4/{kind}/_search"):
+            routes[key] = service(f"system/{kind}.s", resource=resource, interaction=search or None)
+    return routes
+
+
 ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
     {
+        **_fhir_routes(),
         # --- operations and static files ------------------------------------------------
         "GET /": public("home page"),
         "GET /api/v1/health": public("liveness: no data"),
@@ -595,6 +706,39 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /compte/documents/suppression": account(
             "patient", object_from="body:document_id", note="prescription:create: own documents"
         ),
+        # --- pages: a patient's results and their shares (labvault.results.pages, .routes) --
+        "GET /compte/resultats": _PATIENT_SELF,
+        "GET /compte/resultats/{report_id}": _OWN_RESULT,
+        "GET /compte/resultats/{report_id}/pdf": _OWN_RESULT,
+        "POST /compte/resultats/{report_id}/partage": account(
+            object_from="path:report_id",
+            note="result:read on a released report of its own records or dependents'; also "
+            "needs a fresh step-up (anything else, staff included: the same 404 page)",
+        ),
+        "POST /compte/resultats/partages/arret": account(
+            object_from="body:share_id",
+            note="a share of the account's own records' reports (else the same 404 page)",
+        ),
+        "GET /partage/{token}": _SHARE_LINK,
+        "GET /partage/{token}/pdf": _SHARE_LINK,
+        # --- the biologist's review (labvault.results.staff_routes, .staff_pages) ----------
+        # ReviewService applies result:update of the policy on the report's patient (the
+        # relationship with the biologist's sites); anything else is its audited 404.
+        "GET /api/v1/results/review": _BIOLOGIST,
+        "GET /api/v1/results/review/{report_id}": _BIOLOGIST_REPORT,
+        "POST /api/v1/results/review/{report_id}/validate": _BIOLOGIST_VALIDATION,
+        "POST /api/v1/results/review/{report_id}/phone-call": _BIOLOGIST_VALIDATION,
+        "GET /biologie/resultats": _BIOLOGIST,
+        "GET /biologie/resultats/{report_id}": _BIOLOGIST_REPORT,
+        "POST /biologie/resultats/{report_id}/validation": _BIOLOGIST_VALIDATION,
+        "POST /biologie/resultats/{report_id}/appel": _BIOLOGIST_VALIDATION,
+        # --- the matching queue (labvault.results.queue_pages) ------------------------------
+        # Results no patient was matched to with certainty: biologists and receptionists;
+        # a record chosen must be in the caller's relationship scope (else the same refusal).
+        "GET /laboratoire/rapprochement": _MATCHING_QUEUE,
+        "GET /laboratoire/rapprochement/{message_id}": _MATCHING_MESSAGE,
+        "POST /laboratoire/rapprochement/{message_id}/rattacher": _MATCHING_MESSAGE,
+        "POST /laboratoire/rapprochement/{message_id}/ecarter": _MATCHING_MESSAGE,
     }
 )
 """``"<METHOD> <path>"`` -> what it requires. Keep it sorted by feature, one line a route."""

@@ -118,6 +118,42 @@ class AuditAction(enum.StrEnum):
     PATIENT_RECORD_ERASE = "patient:record:erase"
     PATIENT_LEGAL_HOLD_PLACE = "patient:legal-hold:place"
     PATIENT_LEGAL_HOLD_RELEASE = "patient:legal-hold:release"
+    # Result intake (HL7 v2 / FHIR) and the matching queue (labvault.results.intake, .queue).
+    RESULT_MESSAGE_RECEIVE = "result:message:receive"
+    RESULT_MESSAGE_DUPLICATE = "result:message:duplicate"
+    RESULT_MESSAGE_REJECT = "result:message:reject"
+    RESULT_MESSAGE_QUEUE = "result:message:queue"
+    RESULT_MESSAGE_READ = "result:message:read"
+    RESULT_MESSAGE_ATTACH = "result:message:attach"
+    RESULT_MESSAGE_DISCARD = "result:message:discard"
+    RESULT_REPORT_CREATE = "result:report:create"
+    RESULT_REPORT_UPDATE = "result:report:update"
+    # The biologist's validation, release and delivery (labvault.results.review).
+    RESULT_REVIEW_LIST = "result:review:list"
+    RESULT_REVIEW_READ = "result:review:read"
+    RESULT_REPORT_VALIDATE = "result:report:validate"
+    RESULT_REPORT_REFUSED = "result:report:refused"
+    RESULT_REPORT_PHONE = "result:report:phone"
+    RESULT_REPORT_RELEASE = "result:report:release"
+    RESULT_REPORT_NOTIFY = "result:report:notify"
+    RESULT_REPORT_DELIVER = "result:report:deliver"
+    RESULT_SENSITIVE_ADD = "result:sensitive-code:add"
+    RESULT_SENSITIVE_REMOVE = "result:sensitive-code:remove"
+    SERVICE_CLIENT_CREATE = "service:client:create"
+    SERVICE_CLIENT_DISABLE = "service:client:disable"
+    SERVICE_CLIENT_SECRET = "service:client:secret"  # noqa: S105 - a tag, not a secret
+    # The FHIR API (labvault.fhir): OAuth2 tokens and reads that open no sealed column.
+    SERVICE_TOKEN_ISSUE = "service:token:issue"  # noqa: S105 - a tag, not a secret
+    SERVICE_TOKEN_FAILURE = "service:token:failure"  # noqa: S105 - a tag, not a secret
+    FHIR_RESOURCE_READ = "fhir:resource:read"
+    FHIR_SEARCH = "fhir:search:run"
+    # The patient's results and their shares (labvault.results.portal, .sharing).
+    RESULT_PORTAL_READ = "result:portal:read"
+    RESULT_PORTAL_DOWNLOAD = "result:portal:download"
+    RESULT_SHARE_CREATE = "result:share:create"
+    RESULT_SHARE_VIEW = "result:share:view"
+    RESULT_SHARE_REVOKE = "result:share:revoke"
+    RESULT_SHARE_FAILURE = "result:share:failure"
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +452,126 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
         "The retention job ran: counts of holds, documents, pre-registrations and appointments "
         "purged or anonymised (no personal data in the event)."
     ),
+    # Result intake and the matching queue (labvault.results.intake, .queue).
+    AuditAction.RESULT_MESSAGE_RECEIVE: ActionInfo(
+        "A result message from a laboratory system was received (target: the message id)."
+    ),
+    AuditAction.RESULT_MESSAGE_DUPLICATE: ActionInfo(
+        "A result message already received came again; nothing was changed."
+    ),
+    AuditAction.RESULT_MESSAGE_REJECT: ActionInfo(
+        "A result message was refused: unknown or disabled sending system (outcome denied)."
+    ),
+    AuditAction.RESULT_MESSAGE_QUEUE: ActionInfo(
+        "A result message matched no patient with certainty and waits in the matching queue "
+        "(purpose: the reason code)."
+    ),
+    AuditAction.RESULT_MESSAGE_READ: ActionInfo(
+        "A queued result message was decrypted (matching queue)."
+    ),
+    AuditAction.RESULT_MESSAGE_ATTACH: ActionInfo(
+        "A queued result message was attached to a patient by a person.",
+        "Résultats d'analyses rattachés à votre dossier",
+    ),
+    AuditAction.RESULT_MESSAGE_DISCARD: ActionInfo(
+        "A queued result message was discarded; its data key was destroyed."
+    ),
+    AuditAction.RESULT_REPORT_CREATE: ActionInfo(
+        "Results were received from the laboratory system and stored in a patient's file.",
+        "Réception de vos résultats d'analyses",
+    ),
+    AuditAction.RESULT_REPORT_UPDATE: ActionInfo(
+        "A report was updated by a new message of the laboratory system (complement or "
+        "correction).",
+        "Mise à jour de vos résultats d'analyses",
+    ),
+    # The biologist's validation, release and delivery (labvault.results.review).
+    AuditAction.RESULT_REVIEW_LIST: ActionInfo(
+        "A biologist listed the reports to validate (no target: the list shows its own rows)."
+    ),
+    AuditAction.RESULT_REVIEW_READ: ActionInfo(
+        "A biologist opened a report to validate it (values, ranges, previous values).",
+        "Consultation de vos résultats par un biologiste",
+    ),
+    AuditAction.RESULT_REPORT_VALIDATE: ActionInfo(
+        "A biologist validated a report (after a fresh step-up).",
+        "Validation de vos résultats par un biologiste",
+    ),
+    AuditAction.RESULT_REPORT_REFUSED: ActionInfo(
+        "A validation or a phone call record was refused (the report changed meanwhile, or "
+        "is not in that state); nothing was changed."
+    ),
+    AuditAction.RESULT_REPORT_PHONE: ActionInfo(
+        "A biologist recorded that a sensitive result was given by phone.",
+        "Vos résultats vous ont été communiqués par téléphone",
+    ),
+    AuditAction.RESULT_REPORT_RELEASE: ActionInfo(
+        "A validated report was released: visible to the patient.",
+        "Vos résultats sont disponibles",
+    ),
+    AuditAction.RESULT_REPORT_NOTIFY: ActionInfo(
+        "The patient was emailed that a document is available (no health data in it).",
+        "Avis de mise à disposition de vos résultats envoyé",
+    ),
+    AuditAction.RESULT_REPORT_DELIVER: ActionInfo(
+        "A released report was handed to the prescriber's delivery channel.",
+        "Vos résultats ont été transmis à votre prescripteur",
+    ),
+    AuditAction.RESULT_SENSITIVE_ADD: ActionInfo(
+        "An exam code was added to the sensitive exams (given by phone, never online first)."
+    ),
+    AuditAction.RESULT_SENSITIVE_REMOVE: ActionInfo(
+        "An exam code was removed from the sensitive exams."
+    ),
+    AuditAction.SERVICE_CLIENT_CREATE: ActionInfo("A sending system (service client) was added."),
+    AuditAction.SERVICE_CLIENT_DISABLE: ActionInfo(
+        "A sending system (service client) was disabled."
+    ),
+    AuditAction.SERVICE_CLIENT_SECRET: ActionInfo(
+        "A new OAuth2 client secret was issued to a service client (shown once)."
+    ),
+    # The FHIR API (labvault.fhir).
+    AuditAction.SERVICE_TOKEN_ISSUE: ActionInfo(
+        "A service client obtained an access token for the FHIR API (target: the client; "
+        "purpose: the scopes granted are in the token row, not here)."
+    ),
+    AuditAction.SERVICE_TOKEN_FAILURE: ActionInfo(
+        "A token request was refused: unknown client, wrong secret, disabled client, bad "
+        "scope or too many attempts (purpose: the OAuth2 error code)."
+    ),
+    AuditAction.FHIR_RESOURCE_READ: ActionInfo(
+        "A laboratory system read an item of a patient's file through the FHIR API "
+        "(purpose: the resource type).",
+        "Consultation de votre dossier par un logiciel du laboratoire",
+    ),
+    AuditAction.FHIR_SEARCH: ActionInfo(
+        "A laboratory system ran a FHIR search (purpose: the resource type; no criterion)."
+    ),
+    # The patient's results and their shares (labvault.results.portal, .sharing).
+    AuditAction.RESULT_PORTAL_READ: ActionInfo(
+        "A patient account opened a released report in the portal (target: the report; "
+        "refused: outcome denied, for an absent, unreleased or foreign report)."
+    ),
+    AuditAction.RESULT_PORTAL_DOWNLOAD: ActionInfo(
+        "A patient account downloaded a released report's PDF (target: the report)."
+    ),
+    AuditAction.RESULT_SHARE_CREATE: ActionInfo(
+        "A patient shared one released report with a doctor: a time-limited link, shown once "
+        "(target: the patient record; the recipient's name is sealed).",
+        "Partage d'un compte rendu avec un médecin",
+    ),
+    AuditAction.RESULT_SHARE_VIEW: ActionInfo(
+        "A shared report was opened with its link (actor: the share; target: the record).",
+        "Consultation d'un compte rendu partagé, avec le lien que vous avez donné",
+    ),
+    AuditAction.RESULT_SHARE_REVOKE: ActionInfo(
+        "A patient ended a share of a report before its expiry.",
+        "Fin d'un partage de compte rendu",
+    ),
+    AuditAction.RESULT_SHARE_FAILURE: ActionInfo(
+        "A share link that is unknown, expired or revoked was tried, or refused by a rate "
+        "limit (target: the share when known)."
+    ),
 }
 
 READ_ACTIONS: dict[str, AuditAction] = {
@@ -423,6 +579,7 @@ READ_ACTIONS: dict[str, AuditAction] = {
     "break-glass": AuditAction.BREAK_GLASS_RECORD_READ,
     "staff": AuditAction.STAFF_RECORD_READ,
     "account": AuditAction.ACCOUNT_RECORD_READ,
+    "result-message": AuditAction.RESULT_MESSAGE_READ,
 }
 """The event the decrypt choke point records for each kind of subject whose key it opens."""
 

@@ -80,11 +80,30 @@ def test_patient_acts_on_own_records_only() -> None:
     assert not policy.allows("audit", Interaction.READ)
 
 
-def test_unknown_role_and_service_get_nothing() -> None:
+def test_unknown_role_and_service_kind_get_nothing() -> None:
     with pytest.raises(PolicyError):
         subject_of(staff("janitor"))
-    service = Principal(PrincipalKind.SERVICE, "client", role="lis")
+    service = Principal(PrincipalKind.SERVICE, "client", role="printer")
     assert compile_policy(default_policy(), service).resources == frozenset()
+
+
+@pytest.mark.parametrize("kind", ["lis", "fhir"])
+def test_services_read_identity_appointments_and_results_of_their_sites(kind: str) -> None:
+    service = Principal(PrincipalKind.SERVICE, f"service:{uuid.uuid4()}", role=kind)
+    policy = compile_policy(default_policy(), service)
+    assert policy.fields("patient", Interaction.READ) == IDENTITY | INS
+    assert policy.fields("patient", Interaction.SEARCH) == IDENTITY | INS
+    assert policy.allows("appointment", Interaction.READ)
+    assert not policy.allows("appointment", Interaction.CREATE)
+    assert policy.allows("result", Interaction.READ)
+    assert policy.allows("result", Interaction.CREATE)
+    assert not policy.allows("result", Interaction.UPDATE)
+    assert not policy.allows("patient", Interaction.UPDATE)
+    assert policy.resources <= PATIENT_DATA
+    for resource in policy.resources:
+        for interaction in Interaction:
+            found = policy.grant_for(resource, interaction)
+            assert found is None or found.records is RecordScope.SITE_RELATIONSHIP
 
 
 @pytest.mark.parametrize("principal", [ANONYMOUS, SystemPrincipal("cli:test")])
@@ -127,6 +146,16 @@ def grant(subject: str, resource: str, records: str, fields: str = "") -> str:
         (grant("biologist", "result", "site-relationship", '"identity"'), "no field classes"),
         (grant("biologist", "salary", "all"), "unknown resource"),
         (grant("janitor", "staff", "all"), "unknown subject"),
+        (grant('"service:printer"', "result", "site-relationship"), "unknown subject"),
+        (
+            grant('"service:lis"', "patient", "site-relationship", '"identity", "contact"'),
+            "never their contact",
+        ),
+        (grant('"service:fhir"', "result", "all"), "never granted on all records"),
+        (grant('"service:fhir"', "audit", "all"), "never their contact"),
+        (grant('"service:fhir"', "configuration", "all"), "never their contact"),
+        (grant('"service:lis"', "result", "own"), "never their contact"),
+        (grant('"service:lis"', "appointment", "site-today"), "never their contact"),
         (grant("biologist", "result", "site-relationship") * 2, "twice"),
     ],
 )
@@ -169,23 +198,38 @@ def test_any_text_is_a_policy_or_a_policy_error(text: str) -> None:
 
 
 @given(
-    subject=st.sampled_from(["patient", "receptionist", "organization_admin", "security_officer"]),
+    subject=st.sampled_from(
+        [
+            "patient",
+            "receptionist",
+            "organization_admin",
+            "security_officer",
+            '"service:lis"',
+            '"service:fhir"',
+        ]
+    ),
     resource=st.sampled_from(sorted(PATIENT_DATA | {"staff", "audit"})),
     records=st.sampled_from([scope.value for scope in RecordScope]),
 )
 def test_no_document_gives_admin_roles_patient_data(
     subject: str, resource: str, records: str
 ) -> None:
-    fields = '"identity"' if resource == "patient" else ""
+    fields = '"identity", "contact"' if resource == "patient" else ""
     try:
         policy = parse_policy(HEADER + grant(subject, resource, records, fields))
     except PolicyError:
         return
+    subject = subject.strip('"')
     granted = {g.resource for g in policy.subjects[subject].grants}
     if subject in {"organization_admin", "security_officer"}:
         assert granted.isdisjoint(PATIENT_DATA)
     if subject == "patient":
         assert all(g.records is RecordScope.OWN for g in policy.subjects[subject].grants)
+    if subject.startswith("service:"):
+        for found in policy.subjects[subject].grants:
+            assert found.resource in PATIENT_DATA
+            assert found.records is RecordScope.SITE_RELATIONSHIP
+            assert CONTACT.isdisjoint(found.fields or ())
 
 
 def test_the_tag_names_the_policy_and_fits_an_audit_event() -> None:

@@ -56,7 +56,7 @@ def test_every_tag_is_area_object_action_and_described() -> None:
 
 def test_every_subject_the_keyring_opens_has_a_read_tag() -> None:
     assert read_action("patient") is AuditAction.PATIENT_RECORD_READ
-    assert set(READ_ACTIONS) == {"patient", "staff", "account", "break-glass"}
+    assert set(READ_ACTIONS) == {"patient", "staff", "account", "break-glass", "result-message"}
     with pytest.raises(ValueError, match="no audit action"):
         read_action("prescription")
 

@@ -1,0 +1,751 @@
+"""Storing received results: deduplication, patient matching, sealing, the matching queue.
+
+:class:`ResultStore` takes an :class:`~labvault.results.incoming.IncomingResult` (from HL7 v2
+or FHIR) in the caller's transaction, acting as the sending system's service principal
+(``service:<client id>``):
+
+- a message already received (same client, same SHA-256 of MSH-3|MSH-4|MSH-10) changes
+  nothing and answers *duplicate*; two copies delivered at once are told apart by the
+  unique constraint, the loser's insert failing in a SAVEPOINT;
+- the patient is matched (:mod:`labvault.results.matching`); with certainty, orders,
+  reports and observations are written sealed under the patient's data key; otherwise the
+  whole result is sealed under a data key of its own and waits in the queue
+  (:mod:`labvault.results.queue`), never attached to a guessed patient;
+- an unknown or disabled sender, or a result that cannot be stored as given (no order
+  number, a document that is not a PDF), is refused (:class:`IngestRejectedError`) and
+  nothing but the refusal's audit event is written.
+
+A service principal cannot pass the policy's scope rules for a patient it has no
+relationship with yet, so the sealing goes through :class:`ResultAttachment`: a narrow
+privileged access, like :class:`~labvault.patients.scope.IdentityVerification`, that may
+only seal result data for the one patient just matched and never reads anything.
+
+:class:`StoredResultIntake` is the MLLP listener's :class:`~labvault.results.mllp.ResultIntake`
+for one organization: one transaction per message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import threading
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+from pydantic import ValidationError
+from sqlalchemy import Table, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from labvault.appointments.models import Appointment
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import (
+    AuditContext,
+    AuditedRefusalError,
+    AuditTrail,
+    audited_transaction,
+)
+from labvault.core.crypto.envelope import FieldKey
+from labvault.core.crypto.keyring import DataKeyNotFoundError, Keyring, TenantKeyring
+from labvault.core.crypto.models import DataKeyRecord
+from labvault.core.crypto.providers import KeyProvider
+from labvault.core.db import utcnow
+from labvault.patients.scope import NOT_A_RELATIONSHIP
+from labvault.patients.services import SUBJECT_TYPE as PATIENT_SUBJECT
+from labvault.results import content
+from labvault.results.clients import find_sender
+from labvault.results.content import Coding, Delivery, OrderDetails, ReportContent
+from labvault.results.hl7 import (
+    MAX_DOCUMENT_BYTES,
+    Hl7Error,
+    Hl7ErrorCode,
+    Location,
+    OruMessage,
+)
+from labvault.results.incoming import IncomingOrder, IncomingResult, from_oru, to_json
+from labvault.results.matching import Match, PatientMatcher, QueueReason
+from labvault.results.mllp import IntakeOutcome
+from labvault.results.models import (
+    MESSAGE_SUBJECT_TYPE,
+    MessageStatus,
+    ReportStatus,
+    ResultMessage,
+    ResultObservation,
+    ResultOrder,
+    ResultReport,
+    SensitiveExamCode,
+    ServiceClient,
+)
+
+__all__ = [
+    "INTAKE_PURPOSE",
+    "IngestOutcome",
+    "IngestRejectedError",
+    "IngestStatus",
+    "ResultAttachment",
+    "ResultStore",
+    "ResultWriter",
+    "StoredResultIntake",
+    "UnattachableError",
+    "service_principal",
+]
+
+
+INTAKE_PURPOSE: Final = "result-intake"
+MESSAGE_TARGET: Final = "result-message"
+CLIENT_TARGET: Final = "service-client"
+PARIS: Final = zoneinfo.ZoneInfo("Europe/Paris")
+PDF_MAGIC: Final = b"%PDF-"
+LOINC_ALIASES: Final = frozenset(
+    {"ln", "loinc", "http://loinc.org", "urn:oid:2.16.840.1.113883.6.1"}
+)
+DATA_KEYS_TABLE: Final = cast(Table, DataKeyRecord.__table__)
+LISTENER: Final = SystemPrincipal("mllp:listener")
+"""Who refuses a message from a sender labvault does not know (no service principal yet)."""
+
+
+def service_principal(client: ServiceClient) -> Principal:
+    """The principal a sending system acts as."""
+    return Principal(PrincipalKind.SERVICE, f"service:{client.id}", role=client.kind)
+
+
+class IngestStatus(enum.StrEnum):
+    ATTACHED = "attached"
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    status: IngestStatus
+    message_id: uuid.UUID
+    reason: QueueReason | None = None
+    patient_id: uuid.UUID | None = None
+    report_ids: tuple[uuid.UUID, ...] = ()
+
+
+class IngestRejectedError(AuditedRefusalError):
+    """The result is refused as a whole; ``error`` says where and why (never a value)."""
+
+    def __init__(self, error: Hl7Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class UnattachableError(Exception):
+    """The matched patient cannot take the result after all (erased meanwhile, an order
+    that is another patient's): the caller queues it with ``reason``."""
+
+    def __init__(self, reason: QueueReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def order_digest(order: IncomingOrder) -> bytes:
+    """``result_orders.order_digest``: the sender's order number, hashed (unique per client)."""
+    return _digest(order.order_number)
+
+
+def check_result(incoming: IncomingResult) -> None:
+    """Refuse what cannot be stored as given, before anything is written."""
+    if not incoming.orders:
+        raise IngestRejectedError(
+            Hl7Error(Hl7ErrorCode.SEGMENT_SEQUENCE, Location("OBR"), "an order")
+        )
+    numbers: set[str] = set()
+    for position, order in enumerate(incoming.orders, start=1):
+        where = Location("OBR", position, 3)
+        if not order.order_number or len(order.order_number) > 200:
+            raise IngestRejectedError(
+                Hl7Error(
+                    Hl7ErrorCode.REQUIRED_FIELD_MISSING,
+                    where,
+                    "a filler (OBR-3) or placer (OBR-2) order number",
+                )
+            )
+        if order.order_number in numbers:
+            raise IngestRejectedError(
+                Hl7Error(Hl7ErrorCode.DATA_TYPE, where, "distinct order numbers in one message")
+            )
+        numbers.add(order.order_number)
+        try:
+            OrderDetails(
+                placer_order_number=order.placer_order_number,
+                filler_order_number=order.filler_order_number,
+                exams=order.exams,
+                prescriber=order.prescriber,
+                notes=order.notes,
+            )
+        except ValidationError:
+            raise IngestRejectedError(
+                Hl7Error(Hl7ErrorCode.DATA_TYPE, Location("OBR", position), "values within limits")
+            ) from None
+        if not order.exams:
+            raise IngestRejectedError(
+                Hl7Error(
+                    Hl7ErrorCode.REQUIRED_FIELD_MISSING, Location("OBR", position, 4), "an exam"
+                )
+            )
+        if order.lis_status not in {"P", "F", "C"}:
+            raise IngestRejectedError(
+                Hl7Error(
+                    Hl7ErrorCode.DATA_TYPE,
+                    Location("OBR", position, 25),
+                    "a result status among P, F, C",
+                )
+            )
+        if order.pdf is not None and (
+            len(order.pdf) > MAX_DOCUMENT_BYTES or not order.pdf.startswith(PDF_MAGIC)
+        ):
+            raise IngestRejectedError(
+                Hl7Error(
+                    Hl7ErrorCode.DATA_TYPE,
+                    Location("OBX", 1, 5),
+                    f"a PDF document of at most {MAX_DOCUMENT_BYTES} bytes",
+                )
+            )
+
+
+# --- Sealing for the matched patient -----------------------------------------------------
+
+
+class ResultAttachment:
+    """Seals result rows under ONE patient's data key: the patient just matched (or chosen
+    from the queue). A privileged path like ``IdentityVerification``, named where it is
+    used: it opens that key once (audited by the keyring as its principal), seals, and
+    never opens anything; it cannot reach any other patient."""
+
+    def __init__(self, keyring: Keyring, patient_id: uuid.UUID, *, purpose: str) -> None:
+        self._keyring = keyring
+        self.patient_id = patient_id
+        self._purpose = purpose
+        self._key: FieldKey | None = None
+
+    def _data_key(self) -> FieldKey:
+        if self._key is None:
+            try:
+                keys = self._keyring.open_data_keys(
+                    PATIENT_SUBJECT, [self.patient_id], self._purpose
+                )
+            except DataKeyNotFoundError:
+                raise UnattachableError(QueueReason.IDENTITY_ERASED) from None
+            self._key = keys[self.patient_id]
+        return self._key
+
+    def seal(self, table: str, row_id: uuid.UUID, column: str, value: bytes) -> bytes:
+        sealed = self._data_key().seal_row(table, row_id, {column: value})[column]
+        assert sealed is not None  # a value was given
+        return sealed
+
+
+def _system(system: str) -> str:
+    lowered = system.strip().lower()
+    return "http://loinc.org" if lowered in LOINC_ALIASES else lowered
+
+
+class ResultWriter:
+    """Writes one result's orders, reports and observations for a known patient."""
+
+    def __init__(self, session: Session, keyring: Keyring, *, purpose: str = INTAKE_PURPOSE):
+        self._session = session
+        self._keyring = keyring
+        self._purpose = purpose
+        self._tenant_id = keyring.tenant_id
+
+    def _sensitive(self) -> set[tuple[str, str]]:
+        return {
+            (_system(system), code.strip())
+            for system, code in self._session.execute(
+                select(SensitiveExamCode.system, SensitiveExamCode.code).where(
+                    SensitiveExamCode.tenant_id == self._tenant_id
+                )
+            )
+        }
+
+    def write(
+        self, incoming: IncomingResult, client: ServiceClient, patient_id: uuid.UUID
+    ) -> tuple[uuid.UUID, ...]:
+        """Upsert every order of ``incoming`` for ``patient_id``; the report ids.
+
+        Raises :class:`UnattachableError` before writing anything when an order number is
+        already another patient's, and when the patient's key is gone."""
+        existing = {
+            order.order_digest: order
+            for order in self._session.scalars(
+                select(ResultOrder).where(
+                    ResultOrder.tenant_id == self._tenant_id,
+                    ResultOrder.client_id == client.id,
+                    ResultOrder.order_digest.in_([order_digest(o) for o in incoming.orders]),
+                )
+            )
+        }
+        if any(order.patient_id != patient_id for order in existing.values()):
+            raise UnattachableError(QueueReason.ORDER_OF_ANOTHER_PATIENT)
+        attachment = ResultAttachment(self._keyring, patient_id, purpose=self._purpose)
+        sensitive = self._sensitive()
+        reports: list[uuid.UUID] = []
+        for order in incoming.orders:
+            found = existing.get(order_digest(order))
+            report_id, created = self._write_order(
+                attachment, order, client, found, sensitive, order_digest(order)
+            )
+            reports.append(report_id)
+            self._keyring.audit.record(
+                AuditAction.RESULT_REPORT_CREATE if created else AuditAction.RESULT_REPORT_UPDATE,
+                tenant_id=self._tenant_id,
+                target_type=PATIENT_SUBJECT,
+                target_id=patient_id,
+                purpose=self._purpose,
+            )
+        return tuple(reports)
+
+    def _write_order(
+        self,
+        attachment: ResultAttachment,
+        order: IncomingOrder,
+        client: ServiceClient,
+        found: ResultOrder | None,
+        sensitive: set[tuple[str, str]],
+        digest: bytes,
+    ) -> tuple[uuid.UUID, bool]:
+        now = utcnow()
+        patient_id = attachment.patient_id
+        details = OrderDetails(
+            placer_order_number=order.placer_order_number,
+            filler_order_number=order.filler_order_number,
+            exams=order.exams,
+            prescriber=order.prescriber,
+            collected_at=order.collected_at,
+            notes=order.notes,
+        )
+        flagged = _flagged(order, sensitive)
+        report_content = ReportContent(
+            title=_title(order.exams[0]),
+            delivery=Delivery.PHONE if flagged else Delivery.ONLINE,
+            sensitive_codes=flagged,
+        )
+        if found is None:
+            order_row = ResultOrder(
+                id=uuid.uuid4(),
+                tenant_id=self._tenant_id,
+                patient_id=patient_id,
+                client_id=client.id,
+                order_digest=digest,
+                site_id=client.default_site_id,
+                appointment_id=self._appointment(patient_id, client, order.collected_at),
+                created_at=now,
+                updated_at=now,
+            )
+            order_row.details = attachment.seal(
+                ResultOrder.__tablename__, order_row.id, "details", content.dump(details)
+            )
+            self._session.add(order_row)
+            self._session.flush()
+            report = ResultReport(
+                id=uuid.uuid4(),
+                tenant_id=self._tenant_id,
+                patient_id=patient_id,
+                order_id=order_row.id,
+                status=ReportStatus.TO_VALIDATE.value,
+                lis_status=order.lis_status,
+                version=1,
+                received_at=now,
+                updated_at=now,
+            )
+            created = True
+        else:
+            order_row = found
+            order_row.details = attachment.seal(
+                ResultOrder.__tablename__, order_row.id, "details", content.dump(details)
+            )
+            order_row.updated_at = now
+            if order_row.appointment_id is None:
+                order_row.appointment_id = self._appointment(patient_id, client, order.collected_at)
+            report = self._session.scalars(
+                select(ResultReport)
+                .where(
+                    ResultReport.tenant_id == self._tenant_id,
+                    ResultReport.order_id == order_row.id,
+                )
+                .with_for_update()
+            ).one()
+            # A complement or a correction is a new version: the whole workflow again.
+            report.version += 1
+            report.status = ReportStatus.TO_VALIDATE.value
+            report.lis_status = order.lis_status
+            report.updated_at = now
+            report.validated_by = report.validated_at = None
+            report.released_at = report.released_by = None
+            report.notified_at = report.delivered_at = None
+            self._session.execute(
+                delete(ResultObservation).where(
+                    ResultObservation.tenant_id == self._tenant_id,
+                    ResultObservation.report_id == report.id,
+                )
+            )
+            created = False
+        report.content = attachment.seal(
+            ResultReport.__tablename__, report.id, "content", content.dump(report_content)
+        )
+        report.pdf = (
+            attachment.seal(ResultReport.__tablename__, report.id, "pdf", order.pdf)
+            if order.pdf is not None
+            else None
+        )
+        if created:
+            self._session.add(report)
+        self._session.flush()
+        rows = []
+        for position, observation in enumerate(order.observations, start=1):
+            row_id = uuid.uuid4()
+            rows.append(
+                {
+                    "id": row_id,
+                    "tenant_id": self._tenant_id,
+                    "patient_id": patient_id,
+                    "report_id": report.id,
+                    "position": position,
+                    "content": attachment.seal(
+                        ResultObservation.__tablename__,
+                        row_id,
+                        "content",
+                        content.dump(observation),
+                    ),
+                }
+            )
+        if rows:
+            self._session.execute(insert(cast(Table, ResultObservation.__table__)), rows)
+        return report.id, created
+
+    def _appointment(
+        self, patient_id: uuid.UUID, client: ServiceClient, collected_at: dt.datetime | None
+    ) -> uuid.UUID | None:
+        """The patient's one appointment at the client's default site on the collection day
+        (Europe/Paris), if there is exactly one."""
+        if collected_at is None or client.default_site_id is None:
+            return None
+        moment = collected_at if collected_at.tzinfo else collected_at.replace(tzinfo=PARIS)
+        day = moment.astimezone(PARIS).date()
+        start = dt.datetime.combine(day, dt.time(), PARIS).astimezone(dt.UTC)
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), PARIS).astimezone(dt.UTC)
+        found = list(
+            self._session.scalars(
+                select(Appointment.id)
+                .where(
+                    Appointment.tenant_id == self._tenant_id,
+                    Appointment.patient_id == patient_id,
+                    Appointment.site_id == client.default_site_id,
+                    Appointment.starts_at >= start,
+                    Appointment.starts_at < end,
+                    Appointment.status.not_in(NOT_A_RELATIONSHIP),
+                )
+                .limit(2)
+            )
+        )
+        return found[0] if len(found) == 1 else None
+
+
+def _title(exam: Coding) -> str:
+    return (exam.display or exam.code)[:500]
+
+
+def _flagged(order: IncomingOrder, sensitive: set[tuple[str, str]]) -> tuple[Coding, ...]:
+    """The exam and observation codes of ``order`` that the lab lists as sensitive."""
+    codes = [*order.exams, *(observation.code for observation in order.observations)]
+    flagged: dict[tuple[str, str], Coding] = {}
+    for coding in codes:
+        key = (_system(coding.system), coding.code.strip())
+        if key in sensitive:
+            flagged.setdefault(key, coding)
+    return tuple(flagged.values())
+
+
+# --- The store ---------------------------------------------------------------------------
+
+
+class ResultStore:
+    """Ingests results in the caller's transaction, as the keyring's service principal."""
+
+    def __init__(
+        self, session: Session, keyring: Keyring, *, clock: Callable[[], dt.datetime] = utcnow
+    ) -> None:
+        self._session = session
+        self._keyring = keyring
+        self._tenant_id = keyring.tenant_id
+        self._clock = clock
+
+    def _client(self, client_id: uuid.UUID) -> ServiceClient:
+        """The sending system, if it is the keyring's principal and enabled; else refused."""
+        principal = self._keyring.principal
+        client = self._session.scalars(
+            select(ServiceClient).where(
+                ServiceClient.tenant_id == self._tenant_id, ServiceClient.id == client_id
+            )
+        ).one_or_none()
+        if (
+            client is None
+            or client.disabled_at is not None
+            or principal.kind is not PrincipalKind.SERVICE
+            or principal.id != f"service:{client_id}"
+        ):
+            refusal = IngestRejectedError(
+                Hl7Error(
+                    Hl7ErrorCode.UNKNOWN_KEY,
+                    Location("MSH", 1, 3),
+                    "a sending system registered and enabled in labvault",
+                )
+            )
+            raise self._keyring.audit.refusal(
+                refusal,
+                AuditAction.RESULT_MESSAGE_REJECT,
+                tenant_id=self._tenant_id,
+                target_type=CLIENT_TARGET,
+                target_id=client.id if client is not None else None,
+                purpose="disabled-sender" if client is not None else "unknown-sender",
+            )
+        return client
+
+    def _existing(self, client_id: uuid.UUID, digest: bytes) -> uuid.UUID | None:
+        return self._session.scalar(
+            select(ResultMessage.id).where(
+                ResultMessage.tenant_id == self._tenant_id,
+                ResultMessage.client_id == client_id,
+                ResultMessage.dedup_digest == digest,
+            )
+        )
+
+    def _duplicate(self, message_id: uuid.UUID) -> IngestOutcome:
+        self._keyring.audit.record(
+            AuditAction.RESULT_MESSAGE_DUPLICATE,
+            tenant_id=self._tenant_id,
+            target_type=MESSAGE_TARGET,
+            target_id=message_id,
+            purpose=INTAKE_PURPOSE,
+        )
+        return IngestOutcome(IngestStatus.DUPLICATE, message_id)
+
+    def ingest(self, incoming: IncomingResult) -> IngestOutcome:
+        """Store ``incoming`` (see the module docstring). Raises :class:`IngestRejectedError`
+        for a refusal: the caller's transaction must roll back (``audited_transaction``
+        then keeps the refusal's event)."""
+        client = self._client(incoming.client_id)
+        digest = incoming.key.digest()
+        already = self._existing(client.id, digest)
+        if already is not None:
+            return self._duplicate(already)
+        try:
+            check_result(incoming)
+        except IngestRejectedError as refused:
+            raise self._keyring.audit.refusal(
+                refused,
+                AuditAction.RESULT_MESSAGE_REJECT,
+                tenant_id=self._tenant_id,
+                target_type=CLIENT_TARGET,
+                target_id=client.id,
+                purpose="invalid-result",
+            ) from None
+        now = self._clock()
+        message = ResultMessage(
+            id=uuid.uuid4(),
+            tenant_id=self._tenant_id,
+            client_id=client.id,
+            dedup_digest=digest,
+            status=MessageStatus.QUEUED.value,
+            received_at=now,
+        )
+        # The event first: on SQLite its insert opens the write transaction, so the
+        # SAVEPOINT below is nested in it (a SAVEPOINT opening it would commit on release).
+        self._keyring.audit.record(
+            AuditAction.RESULT_MESSAGE_RECEIVE,
+            tenant_id=self._tenant_id,
+            target_type=MESSAGE_TARGET,
+            target_id=message.id,
+            purpose=INTAKE_PURPOSE,
+        )
+        try:
+            with self._session.begin_nested():
+                self._session.add(message)
+                self._session.flush()
+        except IntegrityError:
+            # The same message, delivered at the same time, was stored first.
+            winner = self._existing(client.id, digest)
+            if winner is None:
+                raise
+            return self._duplicate(winner)
+        match = PatientMatcher(self._session, self._keyring).match(incoming.patient)
+        if match.patient_id is not None:
+            try:
+                with self._session.begin_nested():
+                    reports = ResultWriter(self._session, self._keyring).write(
+                        incoming, client, match.patient_id
+                    )
+            except UnattachableError as unattachable:
+                match = Match.queued(unattachable.reason)
+            else:
+                message.status = MessageStatus.ATTACHED.value
+                message.patient_id = match.patient_id
+                self._session.flush()
+                return IngestOutcome(
+                    IngestStatus.ATTACHED, message.id, None, match.patient_id, reports
+                )
+        assert match.reason is not None
+        queue_message(self._session, self._keyring, message, incoming, match.reason)
+        return IngestOutcome(IngestStatus.QUEUED, message.id, match.reason)
+
+
+def queue_message(
+    session: Session,
+    keyring: Keyring,
+    message: ResultMessage,
+    incoming: IncomingResult,
+    reason: QueueReason,
+) -> None:
+    """Seal the whole result under a new data key of the message's own and queue it."""
+    keys, key_rows = keyring.new_data_keys(MESSAGE_SUBJECT_TYPE, [message.id])
+    session.execute(insert(DATA_KEYS_TABLE), key_rows)
+    sealed = keys[0].seal_row(
+        ResultMessage.__tablename__, message.id, {"content": to_json(incoming)}
+    )
+    message.status = MessageStatus.QUEUED.value
+    message.queue_reason = reason.value
+    message.content = sealed["content"]
+    session.flush()
+    keyring.audit.record(
+        AuditAction.RESULT_MESSAGE_QUEUE,
+        tenant_id=keyring.tenant_id,
+        target_type=MESSAGE_TARGET,
+        target_id=message.id,
+        purpose=reason.value,
+    )
+
+
+# --- The MLLP listener's intake ------------------------------------------------------------
+
+
+@dataclass
+class IntakeCounters:
+    """What the listener did since it started (for logs and the bench)."""
+
+    attached: int = 0
+    queued: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class StoredResultIntake:
+    """``ResultIntake`` storing into one organization's database (one listener per tenant).
+
+    Each message is one transaction: the sender is recognised by MSH-3/MSH-4, then the
+    store acts as its service principal. On SQLite (one writer at a time anyway) messages
+    are stored one after the other, so concurrent connections wait rather than fail.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        provider: KeyProvider,
+        tenant_id: uuid.UUID,
+        *,
+        context: AuditContext | None = None,
+        serialize: bool | None = None,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._provider = provider
+        self._tenant_id = tenant_id
+        self._context = context
+        self._after_commit = after_commit
+        if serialize is None:
+            bind = sessions.kw.get("bind")
+            serialize = bind is not None and bind.dialect.name == "sqlite"
+        self._lock: threading.Lock | None = threading.Lock() if serialize else None
+        self.counters = IntakeCounters()
+
+    def receive(self, message: OruMessage, *, peer: str) -> IntakeOutcome:
+        if self._lock is None:
+            return self._receive(message)
+        with self._lock:
+            return self._receive(message)
+
+    def _receive(self, message: OruMessage) -> IntakeOutcome:
+        header = message.header
+        try:
+            with audited_transaction(self._sessions) as session:
+                client = find_sender(
+                    session, self._tenant_id, header.sending_application, header.sending_facility
+                )
+                if client is None or client.disabled_at is not None:
+                    raise _unknown_sender(session, self._tenant_id, client, self._context)
+                keyring = TenantKeyring(
+                    session,
+                    self._provider,
+                    self._tenant_id,
+                    service_principal(client),
+                    context=self._context,
+                )
+                try:
+                    incoming = from_oru(message, client.id)
+                except Hl7Error as invalid:
+                    raise keyring.audit.refusal(
+                        IngestRejectedError(invalid),
+                        AuditAction.RESULT_MESSAGE_REJECT,
+                        tenant_id=self._tenant_id,
+                        target_type=CLIENT_TARGET,
+                        target_id=client.id,
+                        purpose="invalid-result",
+                    ) from None
+                outcome = ResultStore(session, keyring).ingest(incoming)
+        except IngestRejectedError as refused:
+            self.counters.rejected += 1
+            return IntakeOutcome.rejected(refused.error)
+        finally:
+            if self._after_commit is not None:
+                self._after_commit()
+        if outcome.status is IngestStatus.DUPLICATE:
+            self.counters.duplicates += 1
+            return IntakeOutcome.duplicate()
+        if outcome.status is IngestStatus.QUEUED:
+            self.counters.queued += 1
+            assert outcome.reason is not None
+            self.counters.by_reason[outcome.reason] = (
+                self.counters.by_reason.get(outcome.reason, 0) + 1
+            )
+        else:
+            self.counters.attached += 1
+        return IntakeOutcome.accepted()
+
+
+def _unknown_sender(
+    session: Session,
+    tenant_id: uuid.UUID,
+    client: ServiceClient | None,
+    context: AuditContext | None,
+) -> IngestRejectedError:
+    refusal = IngestRejectedError(
+        Hl7Error(
+            Hl7ErrorCode.UNKNOWN_KEY,
+            Location("MSH", 1, 3),
+            "a sending application and facility (MSH-3, MSH-4) registered and enabled",
+        )
+    )
+    trail = AuditTrail(session, LISTENER, context)
+    result = trail.refusal(
+        refusal,
+        AuditAction.RESULT_MESSAGE_REJECT,
+        tenant_id=tenant_id,
+        target_type=CLIENT_TARGET,
+        target_id=client.id if client is not None else None,
+        purpose="disabled-sender" if client is not None else "unknown-sender",
+    )
+    assert isinstance(result, IngestRejectedError)
+    return result

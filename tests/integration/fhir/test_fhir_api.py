@@ -1,0 +1,585 @@
+"""The FHIR R4 API end to end: tokens, scopes, the policy and the relationship of the
+client's sites, tenant isolation, search by INS, and every resource returned valid (R4B and
+the required bindings)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir_world import (
+    CHEAP_HASHER,
+    GLUCOSE,
+    PDF,
+    FhirWorld,
+    build_fhir_world,
+    check_resource,
+    entry_ids,
+    fhir_get,
+    fhir_search,
+    result_bundle,
+    token,
+)
+from httpx import Response
+from sqlalchemy import select, update
+
+from helpers import app_url, owner_url
+from labvault.app import create_app
+from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.models import AuditEvent
+from labvault.core.config import Settings
+from labvault.core.crypto.providers import FileKeyProvider
+from labvault.core.db import transaction, utcnow
+from labvault.core.migrate import upgrade
+from labvault.core.runtime import Runtime
+from labvault.fhir import routes as fhir_routes
+from labvault.fhir.oauth import TOKEN_ADDRESS_MINUTE, token_digest
+from labvault.results.models import ResultReport, ServiceClient, ServiceToken
+
+ORIGIN = "https://testserver.local"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def fw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FhirWorld]:
+    """One world per backend for the module: the tests only add to it (their own tokens,
+    their own clients to disable), so they may share it."""
+    backend = str(request.param)
+    tmp = tmp_path_factory.mktemp(f"fhir-{backend}")
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / 'var' / 'db' / 'labvault.sqlite3'}"
+        bootstrap = Runtime(Settings(data_dir=tmp / "var", database_url=url))
+        upgrade(bootstrap.engine)
+        bootstrap.close()
+    else:
+        url = app_url(request.getfixturevalue("postgres").new_database())
+    settings = Settings(
+        data_dir=tmp / "var",
+        database_url=url,
+        admin_database_url=owner_url(url),
+        organization="Labo Alpha",
+    )
+    FileKeyProvider.create(settings.key_file)
+    runtime = Runtime(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        # Unknown clients cost a dummy hash with the process's hasher: a cheap one here.
+        patch.setattr(fhir_routes, "_hasher", CHEAP_HASHER)
+        yield build_fhir_world(runtime)
+    runtime.close()
+
+
+@pytest.fixture
+def client(fw: FhirWorld) -> Iterator[TestClient]:
+    with TestClient(create_app(fw.runtime.settings, fw.runtime), base_url=ORIGIN) as test_client:
+        yield test_client
+    # Every test starts with the whole budget of token requests of the test client's address.
+    address = fw.runtime.client_address_hasher("testclient")
+    fw.runtime.rate_limiter.reset(TOKEN_ADDRESS_MINUTE, address)
+
+
+def _failures(fw: FhirWorld) -> list[AuditEvent]:
+    with fw.world.sessions() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == AuditAction.SERVICE_TOKEN_FAILURE.value
+                )
+            )
+        )
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def test_client_credentials_give_a_short_opaque_token_stored_as_a_digest(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    lis = fw.clients["lis"]
+    answer = client.post(
+        "/fhir/R4/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": str(lis.id),
+            "client_secret": lis.secret,
+            "scope": "system/Patient.read system/Observation.rs",
+        },
+    )
+    assert answer.status_code == 200
+    assert answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 300
+    assert body["scope"] == "system/Observation.read system/Patient.read"
+    access = body["access_token"]
+    assert len(base64.urlsafe_b64decode(access + "=")) == 32
+    with fw.world.sessions() as session:
+        rows = list(
+            session.scalars(
+                select(ServiceToken).where(ServiceToken.token_digest == token_digest(access))
+            )
+        )
+    assert len(rows) == 1
+    assert access.encode() not in rows[0].token_digest
+    assert rows[0].expires_at - rows[0].issued_at == dt.timedelta(minutes=5)
+    # HTTP Basic works too (RFC 6749 §2.3.1), and no scope asked means every registered one.
+    basic = base64.b64encode(f"{lis.id}:{lis.secret}".encode()).decode()
+    again = client.post(
+        "/fhir/R4/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert again.status_code == 200
+    assert "system/DocumentReference.*" in again.json()["scope"]
+
+
+def test_unknown_client_wrong_secret_and_disabled_client_get_one_answer(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    lis, reader = fw.clients["lis"], fw.clients["doomed"]
+    bearer = token(client, reader)
+    with transaction(fw.world.sessions) as session:
+        session.execute(
+            update(ServiceClient)
+            .where(ServiceClient.id == reader.id)
+            .values(disabled_at=utcnow(), disabled_reason="test")
+        )
+    attempts = {
+        "wrong secret": (str(lis.id), lis.secret + "x"),
+        "unknown client": (str(uuid.uuid4()), lis.secret),
+        "not an id": ("SIL Alpha", lis.secret),
+        "disabled": (str(reader.id), reader.secret),
+        "other tenant": (str(fw.clients["beta"].id), fw.clients["beta"].secret),
+    }
+    answers = set()
+    before = _failures(fw)
+    for client_id, secret in attempts.values():
+        answer = client.post(
+            "/fhir/R4/auth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": secret,
+            },
+        )
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith("Basic")
+        assert answer.headers["cache-control"] == "no-store"
+        answers.add(answer.content)
+    assert answers == {
+        b'{"error":"invalid_client","error_description":"Client authentication failed."}'
+    }
+    # The disabled client's live token stopped working at once.
+    refused = fhir_get(client, bearer, f"/fhir/R4/Patient/{fw.patient('today')}")
+    assert refused.status_code == 401
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    failures = [event for event in _failures(fw) if event.id not in {e.id for e in before}]
+    assert len(failures) == len(attempts)
+    assert all(lis.secret not in repr(event.__dict__) for event in failures)
+
+
+@pytest.mark.parametrize(
+    ("form", "status", "error"),
+    [
+        ({"grant_type": "password"}, 400, "unsupported_grant_type"),
+        ({}, 400, "invalid_request"),
+        ({"grant_type": "client_credentials", "scope": "user/Patient.read"}, 400, "invalid_scope"),
+        ({"grant_type": "client_credentials", "scope": "system/Patient.sr"}, 400, "invalid_scope"),
+        (
+            {"grant_type": "client_credentials", "scope": "system/Invoice.read"},
+            400,
+            "invalid_scope",
+        ),
+        (
+            {"grant_type": "client_credentials", "scope": "system/Observation.write"},
+            400,
+            "invalid_scope",
+        ),
+    ],
+)
+def test_token_errors_follow_rfc_6749(
+    client: TestClient, fw: FhirWorld, form: dict[str, str], status: int, error: str
+) -> None:
+    reader = fw.clients["reader"]  # registered for reads only: a write scope is refused
+    answer = client.post(
+        "/fhir/R4/auth/token",
+        data={**form, "client_id": str(reader.id), "client_secret": reader.secret},
+    )
+    assert answer.status_code == status
+    assert answer.json()["error"] == error
+
+
+def test_an_expired_or_unknown_token_is_refused_with_a_challenge(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    bearer = token(client, fw.clients["lis"])
+    url = f"/fhir/R4/Patient/{fw.patient('today')}"
+    assert fhir_get(client, bearer, url).status_code == 200
+    with transaction(fw.world.sessions) as session:
+        session.execute(
+            update(ServiceToken)
+            .where(ServiceToken.token_digest == token_digest(bearer))
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    for presented in (bearer, "x" * 43, ""):
+        answer = fhir_get(client, presented, url)
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith('Bearer realm="labvault-fhir"')
+        assert answer.json()["resourceType"] == "OperationOutcome"
+    no_header = client.get(url)
+    assert no_header.status_code == 401
+    assert no_header.headers["www-authenticate"] == 'Bearer realm="labvault-fhir"'
+
+
+def test_the_token_endpoint_is_rate_limited_before_any_hashing(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "nobody", "client_secret": "x"}
+    codes = [client.post("/fhir/R4/auth/token", data=form).status_code for _ in range(21)]
+    assert codes[:20] == [401] * 20
+    assert codes[20] == 429
+
+
+# --- scopes and the policy -------------------------------------------------------------------
+
+
+def test_a_token_without_the_scope_gets_403(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"], "system/Location.read")
+    answer = fhir_get(client, bearer, f"/fhir/R4/Patient/{fw.patient('today')}")
+    assert answer.status_code == 403
+    assert answer.json()["issue"][0]["code"] == "forbidden"
+    assert 'error="insufficient_scope"' in answer.headers["www-authenticate"]
+    searched = fhir_search(
+        client, bearer, "DiagnosticReport", {"patient": str(fw.patient("today"))}
+    )
+    assert searched.status_code == 403
+    assert fhir_get(client, bearer, "/fhir/R4/Location").status_code == 200
+
+
+def test_a_patient_reads_identity_and_ins_never_contact(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    answer = fhir_get(client, bearer, f"/fhir/R4/Patient/{fw.patient('today')}")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    assert answer.headers["cache-control"] == "no-store"
+    patient = answer.json()
+    person = fw.world.inputs["today"]
+    assert person.nir is not None
+    assert patient["identifier"] == [
+        {
+            "use": "official",
+            "type": {
+                "coding": [
+                    {
+                        "system": "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203",
+                        "code": "INS-NIR-TEST",
+                    }
+                ]
+            },
+            "system": "urn:oid:1.2.250.1.213.1.4.10",
+            "value": person.nir.compact,
+        }
+    ]
+    assert patient["name"][0]["family"] == person.birth_name
+    assert patient["gender"] in {"male", "female"}
+    assert "telecom" not in patient
+    assert "address" not in patient
+
+
+def test_records_out_of_the_client_s_reach_are_404(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    for name in ("45_days_ago", "in_45_days", "other_site", "cancelled"):
+        answer = fhir_get(client, bearer, f"/fhir/R4/Patient/{fw.patient(name)}")
+        assert answer.status_code == 404, name
+    foreign = fhir_get(client, bearer, f"/fhir/R4/Patient/{fw.world.foreign_patient}")
+    unknown = fhir_get(client, bearer, f"/fhir/R4/Patient/{uuid.uuid4()}")
+    malformed = fhir_get(client, bearer, "/fhir/R4/Patient/robert")
+    assert {foreign.status_code, unknown.status_code, malformed.status_code} == {404}
+    assert foreign.content == unknown.content == malformed.content
+    annex = token(client, fw.clients["annex"])
+    assert (
+        fhir_get(client, annex, f"/fhir/R4/Patient/{fw.patient('other_site')}").status_code == 200
+    )
+    assert fhir_get(client, annex, f"/fhir/R4/Patient/{fw.patient('today')}").status_code == 404
+
+
+def test_another_tenant_s_token_and_resources_are_never_reached(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    """The deployment serves tenant A: tenant B's client has no token here, and a token row
+    of tenant B presented here is unknown."""
+    beta = fw.clients["beta"]
+    refused = client.post(
+        "/fhir/R4/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": str(beta.id),
+            "client_secret": beta.secret,
+        },
+    )
+    assert refused.status_code == 401
+    planted = "planted-token-of-tenant-b-000000000000000"
+    with transaction(fw.runtime.tenant_sessions(fw.world.other_tenant)) as session:
+        session.add(
+            ServiceToken(
+                tenant_id=fw.world.other_tenant,
+                client_id=beta.id,
+                token_digest=token_digest(planted),
+                scopes="system/Patient.read",
+                expires_at=utcnow() + dt.timedelta(minutes=5),
+            )
+        )
+    assert (
+        fhir_get(client, planted, f"/fhir/R4/Patient/{fw.world.foreign_patient}").status_code == 401
+    )
+    bearer = token(client, fw.clients["lis"])
+    nir = fw.world.inputs["today"].nir
+    assert nir is not None
+    locations = fhir_get(client, bearer, "/fhir/R4/Location").json()
+    assert sorted(e["resource"]["name"] for e in locations["entry"]) == [
+        "Alpha Centre",
+        "Alpha Nord",
+    ]
+
+
+# --- searches ----------------------------------------------------------------------------------
+
+
+def test_search_by_ins_finds_the_patient_in_scope_only(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    for name, expected in (("today", 1), ("45_days_ago", 0), ("other_site", 0)):
+        nir = fw.world.inputs[name].nir
+        assert nir is not None
+        answer = fhir_search(
+            client, bearer, "Patient", {"identifier": f"urn:oid:1.2.250.1.213.1.4.10|{nir.compact}"}
+        )
+        assert answer.status_code == 200
+        bundle = answer.json()
+        assert bundle["type"] == "searchset"
+        assert bundle["total"] == expected
+        assert entry_ids(bundle) == ([str(fw.patient(name))] if expected else [])
+        assert nir.compact not in str(bundle["link"]), "the NIR must not be put in a URL"
+    nir = fw.world.inputs["today"].nir
+    assert nir is not None
+    by_get = fhir_get(
+        client,
+        bearer,
+        "/fhir/R4/Patient",
+        params={"identifier": f"urn:oid:1.2.250.1.213.1.4.10|{nir.compact}"},
+    )
+    assert entry_ids(by_get.json()) == [str(fw.patient("today"))]
+    other_oid = fhir_search(
+        client, bearer, "Patient", {"identifier": f"urn:oid:1.2.250.1.213.1.4.8|{nir.compact}"}
+    )
+    assert other_oid.json()["total"] == 0, "a test INS is not the real one"
+    for bad in ({}, {"identifier": "1234"}, {"identifier": "urn:oid:1.2.3|1"}, {"name": "x"}):
+        refused = fhir_search(client, bearer, "Patient", bad)
+        assert refused.status_code == 400, bad
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        assert nir.compact not in refused.text
+
+
+def test_results_a_client_sees_its_own_and_released_ones(client: TestClient, fw: FhirWorld) -> None:
+    lis = token(client, fw.clients["lis"])
+    other = token(client, fw.clients["other"])
+    seen: dict[str, dict[str, list[str]]] = {}
+    for label, bearer in (("lis", lis), ("other", other)):
+        seen[label] = {}
+        for name in ("today", "tomorrow", "in_20_days"):
+            bundle = fhir_search(
+                client, bearer, "DiagnosticReport", {"patient": f"Patient/{fw.patient(name)}"}
+            ).json()
+            seen[label][name] = entry_ids(bundle)
+    reports = {name: str(report) for name, report in fw.reports.items()}
+    assert seen["lis"] == {
+        "today": [reports["today"]],
+        "tomorrow": [reports["tomorrow"]],
+        "in_20_days": [],
+    }
+    assert seen["other"] == {
+        "today": [],
+        "tomorrow": [reports["tomorrow"]],
+        "in_20_days": [reports["in_20_days"]],
+    }
+    hidden = fhir_get(client, lis, f"/fhir/R4/DiagnosticReport/{reports['in_20_days']}")
+    assert hidden.status_code == 404
+
+
+def test_every_result_resource_reads_and_validates(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    report_id = fw.reports["today"]
+    report = fhir_get(client, bearer, f"/fhir/R4/DiagnosticReport/{report_id}").json()
+    assert report["status"] == "preliminary"  # still to validate by a biologist
+    assert report["subject"] == {"reference": f"Patient/{fw.patient('today')}"}
+    observation_refs = [ref["reference"] for ref in report["result"]]
+    assert len(observation_refs) == 2
+    glucose = fhir_get(client, bearer, f"/fhir/R4/{observation_refs[0]}").json()
+    assert glucose["valueQuantity"] == {"value": float(GLUCOSE), "unit": "mmol/L"}
+    assert glucose["code"]["coding"][0] == {
+        "code": "2345-7",
+        "system": "http://loinc.org",
+        "display": "Glucose",
+    }
+    hemoglobin = fhir_get(client, bearer, f"/fhir/R4/{observation_refs[1]}").json()
+    assert hemoglobin["status"] == "corrected"
+    assert hemoglobin["valueString"] == "13,7 g/dL"
+    assert hemoglobin["interpretation"][1] == {"text": "??"}
+    order = fhir_get(client, bearer, f"/fhir/R4/{report['basedOn'][0]['reference']}").json()
+    assert order["status"] == "active"
+    assert order["requester"]["display"] == "Dr Martin"
+    document = fhir_get(client, bearer, f"/fhir/R4/DocumentReference/{report_id}").json()
+    assert base64.b64decode(document["content"][0]["attachment"]["data"]) == PDF
+    patient = f"Patient/{fw.patient('today')}"
+    for kind in ("Observation", "ServiceRequest", "DocumentReference", "Appointment"):
+        bundle = fhir_search(client, bearer, kind, {"patient": patient}).json()
+        assert bundle["total"] >= 1, kind
+    for kind in ("Location", "Schedule"):
+        assert fhir_get(client, bearer, f"/fhir/R4/{kind}").status_code == 200
+    metadata = client.get("/fhir/R4/metadata")
+    assert metadata.status_code == 200
+    check_resource(metadata.json())
+
+
+def test_paging_is_bounded(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    patient = f"Patient/{fw.patient('today')}"
+    first = fhir_search(client, bearer, "Observation", {"patient": patient, "_count": "1"}).json()
+    assert first["total"] == 2
+    assert len(first["entry"]) == 1
+    follow = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = fhir_get(
+        client, bearer, follow.replace(ORIGIN, "").replace("http://localhost:8000", "")
+    )
+    assert len(second.json()["entry"]) == 1
+    assert entry_ids(second.json()) != entry_ids(first)
+    too_many = fhir_search(client, bearer, "Observation", {"patient": patient, "_count": "51"})
+    assert too_many.status_code == 400
+
+
+def test_reads_are_audited_as_the_client(client: TestClient, fw: FhirWorld) -> None:
+    lis = fw.clients["lis"]
+    bearer = token(client, lis)
+    fhir_get(client, bearer, f"/fhir/R4/DiagnosticReport/{fw.reports['today']}")
+    appointments = fhir_search(client, bearer, "Appointment", {"patient": str(fw.patient("today"))})
+    assert appointments.json()["total"] == 1
+    with fw.world.sessions() as session:
+        events = list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.actor_id == f"service:{lis.id}",
+                    AuditEvent.target_id == fw.patient("today"),
+                )
+            )
+        )
+    actions = {event.action for event in events}
+    assert AuditAction.PATIENT_RECORD_READ.value in actions or any(
+        a.endswith(":read") for a in actions
+    )
+    assert AuditAction.FHIR_RESOURCE_READ.value in actions
+    assert all(event.actor_role == "lis" for event in events)
+
+
+# --- results pushed as FHIR ----------------------------------------------------------------------
+
+
+def _push(client: TestClient, bearer: str, document: object) -> Response:
+    answer = client.post(
+        "/fhir/R4",
+        content=json.dumps(document),
+        headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/fhir+json"},
+    )
+    if answer.headers.get("content-type", "").startswith("application/fhir+json"):
+        check_resource(answer.json())
+    return answer
+
+
+def _report_count(fw: FhirWorld) -> int:
+    with fw.world.sessions() as session:
+        return len(list(session.scalars(select(ResultReport.id))))
+
+
+def test_a_pushed_bundle_is_stored_once_and_reads_back(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    document = result_bundle(fw.world.inputs["earlier_today"], "BUNDLE-1")
+    answer = _push(client, bearer, document)
+    assert answer.status_code == 200, answer.text
+    response = answer.json()
+    assert response["type"] == "transaction-response"
+    location = response["entry"][1]["response"]["location"]
+    assert location.startswith("DiagnosticReport/")
+    report = fhir_get(client, bearer, f"/fhir/R4/{location}").json()
+    assert report["status"] == "preliminary"  # a biologist validates it first
+    assert report["subject"] == {"reference": f"Patient/{fw.patient('earlier_today')}"}
+    observation = fhir_get(client, bearer, f"/fhir/R4/{report['result'][0]['reference']}").json()
+    assert observation["valueQuantity"]["value"] == 7.77
+    assert observation["referenceRange"] == [{"text": "4.1-5.9"}]
+    again = _push(client, bearer, document)
+    assert again.status_code == 200
+    assert again.json()["issue"][0]["code"] == "informational"
+    assert (
+        fhir_search(
+            client, bearer, "DiagnosticReport", {"patient": str(fw.patient("earlier_today"))}
+        ).json()["total"]
+        == 1
+    )
+
+
+def test_a_pushed_bundle_for_nobody_known_waits_in_the_queue(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    bearer = token(client, fw.clients["lis"])
+    stranger = fw.world.inputs["29_days_ago"].model_copy(update={"birth_name": "INCONNU"})
+    before = _report_count(fw)
+    answer = _push(client, bearer, result_bundle(stranger, "BUNDLE-2"))
+    assert answer.status_code == 202
+    assert _report_count(fw) == before, "never attached to a guessed patient"
+
+
+def test_pushing_needs_the_write_scopes(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"], "system/DiagnosticReport.write system/Patient.read")
+    answer = _push(client, bearer, result_bundle(fw.world.inputs["29_days_ago"], "BUNDLE-3"))
+    assert answer.status_code == 403
+    assert "system/Observation.c" in answer.headers["www-authenticate"]
+
+
+def test_a_bad_bundle_is_refused_whole_without_quoting_it(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    bearer = token(client, fw.clients["lis"])
+    person = fw.world.inputs["29_days_ago"]
+    assert person.nir is not None
+    good = result_bundle(person, "BUNDLE-4")
+    no_patient = {**good, "entry": good["entry"][1:]}
+    bad_status = copy.deepcopy(good)
+    bad_status["entry"][2]["resource"]["status"] = "done"
+    bad_value = copy.deepcopy(good)
+    bad_value["entry"][2]["resource"]["valueQuantity"]["value"] = "beaucoup"
+    dangling = copy.deepcopy(good)
+    dangling["entry"][1]["resource"]["result"] = [{"reference": "urn:uuid:nowhere"}]
+    not_transaction = {**good, "type": "collection"}
+    before = _report_count(fw)
+    for label, document in {
+        "no patient": no_patient,
+        "bad status": bad_status,
+        "bad value": bad_value,
+        "dangling": dangling,
+        "collection": not_transaction,
+        "not a bundle": [1, 2],
+    }.items():
+        answer = _push(client, bearer, document)
+        assert answer.status_code == 400, (label, answer.text)
+        assert answer.json()["resourceType"] == "OperationOutcome"
+        assert person.nir.compact not in answer.text
+        assert person.birth_name not in answer.text
+        assert "beaucoup" not in answer.text
+    wrong_type = client.post(
+        "/fhir/R4", content=b"{}", headers={"Authorization": f"Bearer {bearer}"}
+    )
+    assert wrong_type.status_code == 415
+    assert _report_count(fw) == before

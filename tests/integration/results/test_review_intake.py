@@ -1,0 +1,118 @@
+"""From the intake to the release: an ORU^R01 stored by the real intake
+(``labvault.results.intake``) is in the biologist's queue through the order at the site,
+reads with its values, and is released by a validation; a sensitive one (HIV, listed in
+the tenant's sensitive exams) waits for the phone call; a correction that arrives after the
+biologist opened a report refuses the validation of the version seen."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.events import audited_transaction
+from labvault.core.crypto.keyring import TenantKeyring
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.patients.scope import staff_scope
+from labvault.results.delivery import FileResultDelivery
+from labvault.results.hl7 import parse_oru
+from labvault.results.intake import StoredResultIntake
+from labvault.results.models import ReportStatus
+from labvault.results.review import ReviewService, VersionChangedError
+from labvault.staff.models import StaffRole
+from labvault.staff.services import StaffRepository
+from results_intake_world import IntakeWorld, build_intake_world, oru
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def world(runtime: Runtime) -> IntakeWorld:
+    return build_intake_world(runtime)
+
+
+@pytest.fixture
+def biologist(world: IntakeWorld) -> uuid.UUID:
+    """A biologist of the site the laboratory system serves (no appointment needed: the
+    order at the site is the relationship)."""
+    with transaction(world.runtime.sessions) as session:
+        keyring = TenantKeyring(
+            session, world.runtime.key_provider, world.tenant, SystemPrincipal("test:staff")
+        )
+        return StaffRepository(session, keyring).add(
+            first_name="Irène",
+            last_name="Biologiste",
+            email="irene.biologiste@alpha.example.org",
+            role=StaffRole.BIOLOGIST,
+            site_ids=[world.site],
+        )
+
+
+def receive(world: IntakeWorld, text: str) -> None:
+    intake = StoredResultIntake(world.runtime.sessions, world.runtime.key_provider, world.tenant)
+    intake.receive(parse_oru(text), peer="127.0.0.1:1")
+
+
+def review(world: IntakeWorld, staff_id: uuid.UUID, action: Callable[[ReviewService], T]) -> T:
+    runtime = world.runtime
+    with audited_transaction(runtime.sessions) as session:
+        principal = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="biologist")
+        keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
+        service = ReviewService(
+            session,
+            keyring,
+            staff_scope(session, principal, world.tenant, staff_id),
+            provider=runtime.key_provider,
+            staff_id=staff_id,
+            require_step_up=lambda: None,
+            delivery=FileResultDelivery(runtime.settings.resolved_result_drop_dir),
+            notifier=None,
+            organization="Labo Alpha",
+        )
+        return action(service)
+
+
+def test_a_received_result_is_reviewed_and_released(
+    world: IntakeWorld, biologist: uuid.UUID
+) -> None:
+    receive(world, oru(world.people["ins"]))
+    (item,) = review(world, biologist, lambda s: s.queue())
+    assert item.patient_id == world.patients["ins"]
+    assert not item.phone
+    view = review(world, biologist, lambda s: s.report(item.report_id))
+    values = {o.code.code: (o.value, o.flag_words) for o in view.observations}
+    assert values["2345-7"] == ("5,42", ("élevé",))
+    assert values["718-7"][0] == "13,7"
+    outcome = review(world, biologist, lambda s: s.validate(item.report_id, view.version))
+    assert outcome.released
+    assert outcome.delivered
+    assert review(world, biologist, lambda s: s.queue()) == []
+
+
+def test_a_sensitive_result_from_the_intake_waits_for_the_call(
+    world: IntakeWorld, biologist: uuid.UUID
+) -> None:
+    receive(world, oru(world.people["ins"], hiv=True))
+    (item,) = review(world, biologist, lambda s: s.queue())
+    assert item.phone
+    outcome = review(world, biologist, lambda s: s.validate(item.report_id, 1))
+    assert outcome.status is ReportStatus.VALIDATED
+    assert not outcome.released
+
+
+def test_a_correction_after_the_biologist_opened_the_report_refuses_its_validation(
+    world: IntakeWorld, biologist: uuid.UUID
+) -> None:
+    receive(world, oru(world.people["ins"], status="P"))
+    (item,) = review(world, biologist, lambda s: s.queue())
+    seen = review(world, biologist, lambda s: s.report(item.report_id)).version
+    receive(world, oru(world.people["ins"], control_id="MSG0002", status="C", glucose="6.10"))
+    with pytest.raises(VersionChangedError):
+        review(world, biologist, lambda s: s.validate(item.report_id, seen))
+    view = review(world, biologist, lambda s: s.report(item.report_id))
+    assert view.version == seen + 1
+    assert {o.code.code: o.value for o in view.observations}["2345-7"] == "6,10"
