@@ -20,6 +20,10 @@ SEARCH_PARAMS: Final[Mapping[str, tuple[tuple[str, str, str], ...]]] = {
         ("_id", "token", "The logical id."),
         ("actor", "reference", "Location/<id>"),
     ),
+    "Slot": (
+        ("schedule", "reference", "Schedule/<id> (required)"),
+        ("start", "date", "geAAAA-MM-JJ (a week from then) or leAAAA-MM-JJ; at most 31 days"),
+    ),
     "Appointment": (("patient", "reference", "Patient/<id> (required)"),),
     "ServiceRequest": (("patient", "reference", "Patient/<id> (required)"),),
     "DiagnosticReport": (("patient", "reference", "Patient/<id> (required)"),),

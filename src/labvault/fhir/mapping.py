@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -35,6 +36,7 @@ from labvault.results.content import (
 )
 from labvault.results.models import ReportStatus, ResultOrder, ResultReport
 from labvault.schedules.models import SiteSchedule
+from labvault.schedules.slots import Slot
 
 __all__ = [
     "FR_CORE_IDENTIFIER_TYPE",
@@ -47,6 +49,7 @@ __all__ = [
     "patient_resource",
     "schedule_resource",
     "service_request_resource",
+    "slot_resource",
 ]
 
 FR_CORE_IDENTIFIER_TYPE: Final = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203"
@@ -188,6 +191,34 @@ def schedule_resource(schedule: SiteSchedule) -> dict[str, Any]:
         "active": True,
         "actor": [_reference("Location", schedule.site_id)],
         "comment": f"Créneaux de {schedule.slot_minutes} minutes",
+    }
+
+
+def slot_id(schedule_id: uuid.UUID, starts_at: dt.datetime) -> str:
+    """A slot is computed, not stored: its id is its schedule and its UTC start."""
+    return f"{schedule_id}-{starts_at.astimezone(dt.UTC):%Y%m%d%H%M}"
+
+
+def parse_slot_id(text: str) -> tuple[uuid.UUID, dt.datetime] | None:
+    schedule, _, start = text.rpartition("-")
+    if len(schedule) != 36 or len(start) != 12 or not start.isdigit():
+        return None
+    try:
+        return uuid.UUID(schedule), dt.datetime.strptime(start, "%Y%m%d%H%M").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def slot_resource(schedule: SiteSchedule, slot: Slot) -> dict[str, Any]:
+    """A bookable slot (boxes still free): ``free``; full ones are not listed."""
+    return {
+        "resourceType": "Slot",
+        "id": slot_id(schedule.id, slot.starts_at),
+        "schedule": _reference("Schedule", schedule.id),
+        "status": "free",
+        "start": instant(slot.starts_at),
+        "end": instant(slot.ends_at),
+        "comment": f"{slot.capacity} place(s) libre(s)",
     }
 
 

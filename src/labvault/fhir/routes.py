@@ -338,12 +338,14 @@ def bundle(page: SearchPage, kind: str, base: str) -> dict[str, Any]:
 
 
 ReadMethod = Callable[[FhirReader, uuid.UUID], dict[str, Any] | None]
+SlotRead = Callable[[FhirReader, str], dict[str, Any] | None]
 SearchMethod = Callable[[FhirReader, Mapping[str, str]], SearchPage]
 
-_READERS: Final[dict[str, tuple[ReadMethod, SearchMethod]]] = {
+_READERS: Final[dict[str, tuple[ReadMethod | SlotRead, SearchMethod]]] = {
     "Patient": (FhirReader.patient, FhirReader.search_patients),
     "Location": (FhirReader.location, FhirReader.search_locations),
     "Schedule": (FhirReader.schedule, FhirReader.search_schedules),
+    "Slot": (FhirReader.slot, FhirReader.search_slots),
     "Appointment": (FhirReader.appointment, FhirReader.search_appointments),
     "ServiceRequest": (FhirReader.service_request, FhirReader.search_service_requests),
     "DiagnosticReport": (FhirReader.diagnostic_report, FhirReader.search_diagnostic_reports),
@@ -352,12 +354,16 @@ _READERS: Final[dict[str, tuple[ReadMethod, SearchMethod]]] = {
 }
 
 
-def _read_route(kind: str, read: ReadMethod) -> Callable[[Request, str], Response]:
+def _read_route(kind: str, read: ReadMethod | SlotRead) -> Callable[[Request, str], Response]:
     def read_resource(request: Request, resource_id: str) -> Response:
         def action(reader: FhirReader) -> Response:
             reader.require(kind, "r")
-            wanted = parse_id(resource_id)
-            found = read(reader, wanted) if wanted is not None else None
+            found: dict[str, Any] | None
+            if kind == "Slot":  # computed: its id is its schedule and start, not a UUID
+                found = read(reader, resource_id[:64])  # type: ignore[arg-type]
+            else:
+                wanted = parse_id(resource_id)
+                found = read(reader, wanted) if wanted is not None else None  # type: ignore[arg-type]
             return not_found() if found is None else fhir_response(found)
 
         return run_as_service(request, action)

@@ -22,11 +22,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from labvault.appointments.models import Appointment, AppointmentStatus
+from labvault.appointments.models import Appointment, AppointmentStatus, SlotClaim
+from labvault.catalog.schemas import CatalogError
 from labvault.core.access.policies import Interaction
 from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.keyring import TenantKeyring
@@ -48,6 +50,8 @@ from labvault.results.models import (
     ResultReport,
 )
 from labvault.schedules.models import SiteSchedule
+from labvault.schedules.services import SiteScheduleService
+from labvault.schedules.slots import Slot
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -126,6 +130,30 @@ def parse_id(text: str, name: str = "id") -> uuid.UUID | None:
         return uuid.UUID(text)
     except ValueError:
         return None
+
+
+MAX_SLOT_DAYS: Final = 31
+
+
+def _date_range(text: str, today: dt.date) -> tuple[dt.date, dt.date]:
+    """``start=geAAAA-MM-JJ`` (a week from that day) or ``start=leAAAA-MM-JJ`` (from today
+    to that day); without it, a week from today."""
+    first, last = today, today + dt.timedelta(days=6)
+    if text:
+        prefix, value = text[:2], text[2:]
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            raise FhirInputError("start: geAAAA-MM-JJ or leAAAA-MM-JJ") from None
+        if prefix == "ge":
+            first, last = day, day + dt.timedelta(days=6)
+        elif prefix == "le":
+            last = day
+        else:
+            raise FhirInputError("start: geAAAA-MM-JJ or leAAAA-MM-JJ")
+    if last < first or (last - first).days >= MAX_SLOT_DAYS:
+        raise FhirInputError(f"start: at most {MAX_SLOT_DAYS} days, from today on")
+    return first, last
 
 
 def _patient_param(params: Mapping[str, str]) -> uuid.UUID | None:
@@ -292,6 +320,87 @@ class FhirReader:
         total = self._session.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = list(self._session.scalars(query.offset(offset).limit(count)))
         return SearchPage([render(row) for row in rows], total, offset, count, _shown(params))
+
+    # -- Slot (computed from the site's schedule and its live claims) -------------------
+
+    def _slots(
+        self, schedule: SiteSchedule, first: dt.date, last: dt.date
+    ) -> list[tuple[SiteSchedule, Slot]]:
+        zone = ZoneInfo(self._site_zone(schedule.site_id))
+        start = dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC)
+        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
+        taken = {
+            starts_at: count
+            for starts_at, count in self._session.execute(
+                select(SlotClaim.starts_at, func.count())
+                .where(
+                    SlotClaim.tenant_id == self._tenant,
+                    SlotClaim.site_id == schedule.site_id,
+                    SlotClaim.starts_at >= start,
+                    SlotClaim.starts_at < end,
+                    or_(SlotClaim.expires_at.is_(None), SlotClaim.expires_at > self._now),
+                )
+                .group_by(SlotClaim.starts_at)
+            )
+        }
+        service = SiteScheduleService(
+            self._session, self._keyring.audit, self._tenant, clock=lambda: self._now
+        )
+        try:
+            slots = service.slots(schedule.site_id, first, last, taken)
+        except CatalogError:
+            return []
+        return [(schedule, slot) for slot in slots]
+
+    def _site_zone(self, site_id: uuid.UUID) -> str:
+        zone = self._session.scalar(
+            select(Site.timezone).where(Site.tenant_id == self._tenant, Site.id == site_id)
+        )
+        return zone or "Europe/Paris"
+
+    def _schedule_row(self, schedule_id: uuid.UUID | None) -> SiteSchedule | None:
+        if schedule_id is None:
+            return None
+        return self._session.scalars(
+            select(SiteSchedule).where(
+                SiteSchedule.tenant_id == self._tenant, SiteSchedule.id == schedule_id
+            )
+        ).one_or_none()
+
+    def slot(self, slot_ref: str) -> dict[str, Any] | None:
+        self.require("Slot", "r")
+        parsed = mapping.parse_slot_id(slot_ref)
+        schedule = self._schedule_row(parsed[0]) if parsed else None
+        if parsed is None or schedule is None:
+            return None
+        day = parsed[1].astimezone(ZoneInfo(self._site_zone(schedule.site_id))).date()
+        for row, slot in self._slots(schedule, day, day):
+            if slot.starts_at.astimezone(dt.UTC) == parsed[1]:
+                return mapping.slot_resource(row, slot)
+        return None
+
+    def search_slots(self, params: Mapping[str, str]) -> SearchPage:
+        """``schedule=<id>`` (required) and ``start=geAAAA-MM-JJ`` / ``start=leAAAA-MM-JJ``
+        (default: from today, 7 days; at most 31 days)."""
+        self.require("Slot", "s")
+        count, offset = paging(params)
+        _only(params, {"schedule", "start"})
+        if "schedule" not in params:
+            raise FhirInputError("Slot search needs schedule")
+        schedule = self._schedule_row(parse_id(params["schedule"].removeprefix("Schedule/")))
+        if schedule is None:
+            return SearchPage([], 0, offset, count, _shown(params))
+        today = self._now.astimezone(ZoneInfo(self._site_zone(schedule.site_id))).date()
+        first, last = _date_range(params.get("start", ""), today)
+        slots = self._slots(schedule, first, last)
+        page = slots[offset : offset + count]
+        return SearchPage(
+            [mapping.slot_resource(row, slot) for row, slot in page],
+            len(slots),
+            offset,
+            count,
+            _shown(params),
+        )
 
     # -- Appointment -------------------------------------------------------------------
 

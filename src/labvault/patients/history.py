@@ -88,6 +88,16 @@ class AccessEntry:
     outcome: str
 
 
+SHARE_ACTOR_PREFIX = "system:result-share:"
+"""Views through a patient's share link run as ``SystemPrincipal("result-share:<id>")``."""
+
+
+def _actor_label(kind: str, actor_id: str) -> str:
+    if actor_id.startswith(SHARE_ACTOR_PREFIX):
+        return "Médecin avec votre lien de partage"
+    return ACTOR_LABELS.get(kind, kind)
+
+
 def actor_reference(actor_id: str) -> str:
     """Short, stable, and meaningless without the log: enough to ask "who is AGT-3F2A9C?"."""
     return "AGT-" + hashlib.sha256(actor_id.encode()).hexdigest()[:8].upper()
@@ -126,7 +136,7 @@ def access_history(
                 at=from_micros(event.occurred_us),
                 action=event.action,
                 label=info.patient_label or info.description,
-                actor=ACTOR_LABELS.get(event.actor_kind, event.actor_kind),
+                actor=_actor_label(event.actor_kind, event.actor_id),
                 actor_reference=actor_reference(event.actor_id),
                 role=ROLE_LABELS.get(event.actor_role or "", event.actor_role),
                 site=site_name,

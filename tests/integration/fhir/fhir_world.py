@@ -50,6 +50,7 @@ from labvault.results.incoming import (
 )
 from labvault.results.intake import ResultStore
 from labvault.results.models import ReportStatus, ResultReport
+from labvault.schedules.services import SiteScheduleService
 
 CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 ALL_READS = " ".join(
@@ -83,6 +84,8 @@ class FhirWorld:
     clients: dict[str, ClientCredentials]
     reports: dict[str, uuid.UUID]
     """Report ids by patient name (``today``, ``tomorrow``, ``in_20_days``)."""
+    schedule: uuid.UUID
+    """The main site's schedule (open every day)."""
 
     def patient(self, name: str) -> uuid.UUID:
         return self.world.patients[name]
@@ -203,7 +206,20 @@ def build_fhir_world(runtime: Runtime) -> FhirWorld:
                 .where(ResultReport.id == reports[name])
                 .values(status=status.value, validated_at=now, released_at=now)
             )
-    return FhirWorld(world, runtime, clients, reports)
+    with transaction(world.sessions) as session:
+        schedule = SiteScheduleService(
+            session, AuditTrail(session, SystemPrincipal("test:fhir")), world.tenant
+        ).set_schedule(
+            world.sites["main"],
+            opening_hours={
+                day: [["07:00", "12:00"], ["14:00", "18:00"]]
+                for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+            },
+            slot_minutes=15,
+            sampling_boxes=2,
+        )
+        schedule_id = schedule.id
+    return FhirWorld(world, runtime, clients, reports, schedule_id)
 
 
 # --- HTTP ------------------------------------------------------------------------------------

@@ -583,3 +583,34 @@ def test_a_bad_bundle_is_refused_whole_without_quoting_it(
     )
     assert wrong_type.status_code == 415
     assert _report_count(fw) == before
+
+
+def test_sites_schedules_and_free_slots(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["reader"], "system/Location.read")
+    assert fhir_get(client, bearer, "/fhir/R4/Schedule").status_code == 403
+    bearer = token(client, fw.clients["lis"])
+    main = fw.world.sites["main"]
+    schedules = fhir_get(client, bearer, "/fhir/R4/Schedule", params={"actor": f"Location/{main}"})
+    assert entry_ids(schedules.json()) == [str(fw.schedule)]
+    assert fhir_get(client, bearer, f"/fhir/R4/Location/{main}").json()["name"] == "Alpha Centre"
+    tomorrow = (utcnow() + dt.timedelta(days=1)).date().isoformat()
+    slots = fhir_get(
+        client,
+        bearer,
+        "/fhir/R4/Slot",
+        params={"schedule": f"Schedule/{fw.schedule}", "start": f"ge{tomorrow}", "_count": "3"},
+    ).json()
+    assert slots["total"] >= 7 * 36  # two boxes free in each 15-minute slot, 9 hours a day
+    first = slots["entry"][0]["resource"]
+    assert first["status"] == "free"
+    again = fhir_get(client, bearer, f"/fhir/R4/Slot/{first['id']}")
+    assert again.json() == first
+    assert fhir_get(client, bearer, f"/fhir/R4/Slot/{fw.schedule}-209901010300").status_code == 404
+    assert fhir_get(client, bearer, "/fhir/R4/Slot/nonsense").status_code == 404
+    too_long = fhir_get(
+        client,
+        bearer,
+        "/fhir/R4/Slot",
+        params={"schedule": str(fw.schedule), "start": "le2099-01-01"},
+    )
+    assert too_long.status_code == 400

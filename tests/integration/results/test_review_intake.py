@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from results_intake_world import IntakeWorld, build_intake_world, oru
 
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.events import audited_transaction
@@ -25,7 +26,6 @@ from labvault.results.models import ReportStatus
 from labvault.results.review import ReviewService, VersionChangedError
 from labvault.staff.models import StaffRole
 from labvault.staff.services import StaffRepository
-from results_intake_world import IntakeWorld, build_intake_world, oru
 
 T = TypeVar("T")
 

@@ -175,6 +175,8 @@ def test_a_share_shows_its_link_once_and_the_doctor_reads_it_without_login(
         == 3
     )
     assert "Partage d'un compte rendu avec un médecin" in labels
+    viewers = {entry["actor"] for entry in history.json() if "lien que vous avez" in entry["label"]}
+    assert viewers == {"Médecin avec votre lien de partage"}
     purposes = {entry["purpose"] for entry in history.json()}
     assert "Consultation par le médecin à qui vous avez donné un lien de partage" in purposes
     assert not {"results", "result-share", "result-share-create", "result-shares"} & purposes

@@ -331,6 +331,7 @@ _FHIR_POLICY: Mapping[str, tuple[str | None, str]] = {
     "Patient": ("patient", "search"),
     "Location": (None, ""),
     "Schedule": (None, ""),
+    "Slot": (None, ""),
     "Appointment": ("appointment", "read"),
     "ServiceRequest": ("result", "read"),
     "DiagnosticReport": ("result", "read"),

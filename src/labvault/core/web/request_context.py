@@ -13,6 +13,7 @@ outside the scrubbing processors.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -113,4 +114,16 @@ def _route_fields(scope: Scope) -> dict[str, str]:
         return {"route": STATIC_PREFIX + "{path}"}
     if len(path) > _MAX_LOGGED_PATH:
         path = path[:_MAX_LOGGED_PATH] + "..."
-    return {"path": path}
+    return {"path": redact_path(path)}
+
+
+_PLAIN_SEGMENT = re.compile(r"[a-z][a-z-]{0,31}")
+
+
+def redact_path(path: str) -> str:
+    """An unmatched path as it may be logged: plain words kept, every other segment (an id,
+    a share token, a NIR typed into the address bar) replaced by ``*``."""
+    return "/".join(
+        segment if not segment or _PLAIN_SEGMENT.fullmatch(segment) else "*"
+        for segment in path.split("/")
+    )
