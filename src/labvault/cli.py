@@ -76,6 +76,7 @@ from labvault.patients.services import PatientRecord, PatientRepository
 from labvault.patients.synthetic import synthetic_patient_rows
 from labvault.reminders.commands import reminders_app
 from labvault.results.commands import mllp_app, results_app
+from labvault.results.delivery_commands import results_deliver
 from labvault.results.sensitive import seed_default_codes
 from labvault.results.sensitive_commands import sensitive_app
 from labvault.retention.commands import retention_app
@@ -104,6 +105,7 @@ patients_app.add_typer(hold_app, name="hold")
 app.add_typer(keys_app, name="keys")
 app.add_typer(results_app, name="results")
 results_app.add_typer(sensitive_app, name="sensitive")
+results_app.command("deliver")(results_deliver)
 app.add_typer(mllp_app, name="mllp")
 
 console = Console()

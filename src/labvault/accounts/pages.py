@@ -559,6 +559,15 @@ def qr_svg(uri: str) -> Markup:
     return Markup(labelled)  # noqa: S704 - made by segno from the URI, which it escapes
 
 
+def _is_staff(state: _Security, *roles: StaffRole) -> bool:
+    account = state.account
+    return (
+        account is not None
+        and account.kind == AccountKind.STAFF.value
+        and account.role in {role.value for role in roles}
+    )
+
+
 def _security_page(
     request: Request,
     state: _Security,
@@ -588,6 +597,9 @@ def _security_page(
             "works_at_desk": state.account is not None
             and state.account.kind == AccountKind.STAFF.value
             and state.account.role in {StaffRole.RECEPTIONIST.value, StaffRole.SAMPLER.value},
+            "reviews_results": _is_staff(state, StaffRole.BIOLOGIST),
+            "matches_results": _is_staff(state, StaffRole.BIOLOGIST, StaffRole.RECEPTIONIST),
+            "watches_security": _is_staff(state, StaffRole.SECURITY_OFFICER),
         },
         errors=errors,
         status=status,

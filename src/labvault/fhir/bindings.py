@@ -3,8 +3,7 @@
 fhir.resources (R4B) validates structure, cardinality and primitive formats, but a ``code``
 bound to a required value set accepts any string (``Patient.gender = "femme"`` passes). The
 FHIR specification makes these bindings part of conformance, so every resource the API
-returns is checked here in the tests (and by the app itself outside production, where the
-cost does not matter).
+returns is checked here in the tests (``tests/integration/fhir``).
 
 :func:`binding_problems` walks a resource as JSON (bundles and contained entries included)
 and names each element whose code is outside its required value set. Paths use ``[]`` for

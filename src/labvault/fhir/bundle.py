@@ -92,10 +92,13 @@ def _validated(resource: Mapping[str, Any], where: str) -> None:
         get_fhir_model_class(kind).model_validate(dict(resource))
     except ValidationError as error:
         # The library's message quotes the input: keep the first place only.
-        first = error.errors()[0]
-        place = ".".join(str(part) for part in first["loc"]) or "(root)"
-        raise BundleError(f"{where}.{place}", "a valid FHIR R4 element") from None
-    except (TypeError, ValueError):
+        place = ""
+        for part in error.errors()[0]["loc"]:
+            place += f"[{part}]" if isinstance(part, int) else f".{part}"
+        raise BundleError(f"{where}{place}", "a valid FHIR R4 element") from None
+    except Exception:
+        # fhir.resources raises KeyError, TypeError... for some inputs (an empty
+        # resourceType inside a Bundle): whatever it is, the input is refused, not a 500.
         raise BundleError(where, "a valid FHIR R4 resource") from None
 
 

@@ -393,6 +393,8 @@ def _search_route(kind: str, search: SearchMethod) -> Callable[[Request], Respon
 
 def _post_search_route(kind: str, search: SearchMethod) -> Callable[[Request], Any]:
     async def post_search(request: Request) -> Response:
+        if _bearer(request) is None:
+            return unauthenticated()
         body = await request.body()
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if body and media != FORM:
@@ -429,6 +431,8 @@ JSON_TYPES: Final = frozenset({FHIR_JSON, "application/json"})
 async def push_results(request: Request) -> Response:
     """A transaction or batch Bundle of DiagnosticReports and Observations for one patient
     (see ``labvault.fhir.bundle``), stored all or nothing."""
+    if _bearer(request) is None:
+        return unauthenticated()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in JSON_TYPES:
         return outcome_response(415, "Send application/fhir+json.")
@@ -482,3 +486,15 @@ def _pushed(document: Mapping[str, Any], outcome: IngestOutcome) -> Response:
     return fhir_response(
         {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind, "entry": entries}
     )
+
+
+# --- anything else under /fhir/R4 ----------------------------------------------------------------
+
+UNKNOWN_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+@router.api_route("/{path:path}", methods=list(UNKNOWN_METHODS))
+def unknown(path: str) -> Response:
+    """An interaction this server does not offer: an OperationOutcome, not the HTML page of
+    the rest of the site (registered last, so every real route matches first)."""
+    return outcome_response(404, "This server offers no such interaction; see /fhir/R4/metadata.")

@@ -709,10 +709,11 @@ PAGING = frozenset({"_count", "_offset"})
 def _only(params: Mapping[str, str], allowed: set[str]) -> None:
     unknown = sorted(set(params) - allowed - PAGING)
     if unknown:
-        # Parameter names come from the request but are not personal values; keep them
-        # short and plain all the same.
-        names = ", ".join(name[:32] for name in unknown if name.isascii())
-        raise FhirInputError(f"unsupported search parameters: {names or '?'}")
+        # Only the names this server knows are quoted back: a parameter's name is the
+        # client's text, and could be anything.
+        raise FhirInputError(
+            f"unsupported search parameter; this search takes {', '.join(sorted(allowed))}"
+        )
 
 
 def _shown(params: Mapping[str, str]) -> dict[str, str]:

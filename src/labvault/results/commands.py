@@ -380,6 +380,7 @@ def mllp_serve(
                 loop.add_signal_handler(signum, stop.set)
             await server.start()
             console.print(f"MLLP listening on {host}:{server.port}", highlight=False)
+            console.file.flush()  # a supervisor reading a pipe sees it now
             try:
                 while not stop.is_set():
                     with contextlib.suppress(TimeoutError):

@@ -72,6 +72,7 @@ __all__ = [
     "HOLD_YEARS",
     "QUEUE_LIMIT",
     "READ_PURPOSE",
+    "REDELIVERY_PRINCIPAL",
     "RESOURCE",
     "VALIDATE_PURPOSE",
     "InvalidReviewInputError",
@@ -85,7 +86,9 @@ __all__ = [
     "ReviewService",
     "VersionChangedError",
     "WrongStateError",
+    "deliver_pending",
     "flag_words",
+    "prescriber_document",
 ]
 
 RESOURCE: Final = "result"
@@ -577,81 +580,27 @@ class ReviewService:
     def _deliver(self, report: ResultReport, content: ReportContent, now: dt.datetime) -> bool:
         """Hand the released version to the prescriber's channel. A channel failure leaves
         ``delivered_at`` empty (logged, never the content): the release stands."""
-        patient = self._repository.get(report.patient_id, purpose=DELIVERY_PURPOSE)
-        if patient is None:
-            return False
-        order = self._order(report, DELIVERY_PURPOSE)
-        observations = tuple(
-            o for _, o in self._observations([report], DELIVERY_PURPOSE)[report.id]
-        )
-        document = PrescriberDocument(
-            report_id=report.id,
-            version=report.version,
+        document = prescriber_document(
+            self._session,
+            self._repository,
+            report,
+            content,
             organization=self._organization,
-            patient=patient,
-            order=order,
-            report=content,
-            observations=observations,
-            validated_at=report.validated_at or now,
             released_at=now,
         )
-        try:
-            receipt = self._delivery.deliver(document)
-        except DeliveryError as exc:
-            _log.error("result.delivery_failed", report_id=str(report.id), reason=str(exc))
+        if document is None or not _hand_over(self._delivery, document):
             return False
         self._stamp(report, delivered_at=now)
         self._record(AuditAction.RESULT_REPORT_DELIVER, report, DELIVERY_PURPOSE)
-        _log.info("result.delivered", report_id=str(report.id), channel=receipt.channel)
         return True
 
     def _order(self, report: ResultReport, purpose: str) -> OrderDetails:
-        order = self._session.scalars(
-            select(ResultOrder).where(
-                ResultOrder.tenant_id == self._tenant_id, ResultOrder.id == report.order_id
-            )
-        ).one()
-        opened = self._repository.open_for(
-            RESOURCE,
-            [SealedItem(order.patient_id, ORDERS_TABLE, order.id, {"details": order.details})],
-            purpose=purpose,
-        )
-        if order.id not in opened:
-            raise ReportNotFoundError
-        return load(OrderDetails, opened[order.id]["details"])
+        return _open_order(self._session, self._repository, report, purpose)
 
     def _observations(
         self, reports: Sequence[ResultReport], purpose: str
     ) -> dict[uuid.UUID, list[tuple[int, ObservationContent]]]:
-        """Each report's observations in position order, opened."""
-        by_report: dict[uuid.UUID, list[tuple[int, ObservationContent]]] = {
-            r.id: [] for r in reports
-        }
-        if not reports:
-            return by_report
-        rows = list(
-            self._session.scalars(
-                select(ResultObservation)
-                .where(
-                    ResultObservation.tenant_id == self._tenant_id,
-                    ResultObservation.report_id.in_([r.id for r in reports]),
-                )
-                .order_by(ResultObservation.report_id, ResultObservation.position)
-            )
-        )
-        opened = self._repository.open_for(
-            RESOURCE,
-            [
-                SealedItem(o.patient_id, OBSERVATIONS_TABLE, o.id, {"content": o.content})
-                for o in rows
-            ],
-            purpose=purpose,
-        )
-        for row in rows:
-            if row.id in opened:
-                content = load(ObservationContent, opened[row.id]["content"])
-                by_report[row.report_id].append((row.position, content))
-        return by_report
+        return _open_observations(self._session, self._repository, reports, purpose)
 
     def _view(self, report: ResultReport) -> ReportView:
         patient = self._repository.get(report.patient_id, purpose=READ_PURPOSE)
@@ -727,6 +676,168 @@ class ReviewService:
         except ContentError:
             _log.error("result.content_unreadable", report_id=str(report.id))
             raise
+
+
+def _open_order(
+    session: Session, repository: PatientRepository, report: ResultReport, purpose: str
+) -> OrderDetails:
+    order = session.scalars(
+        select(ResultOrder).where(
+            ResultOrder.tenant_id == report.tenant_id, ResultOrder.id == report.order_id
+        )
+    ).one()
+    opened = repository.open_for(
+        RESOURCE,
+        [SealedItem(order.patient_id, ORDERS_TABLE, order.id, {"details": order.details})],
+        purpose=purpose,
+    )
+    if order.id not in opened:
+        raise ReportNotFoundError
+    return load(OrderDetails, opened[order.id]["details"])
+
+
+def _open_observations(
+    session: Session,
+    repository: PatientRepository,
+    reports: Sequence[ResultReport],
+    purpose: str,
+) -> dict[uuid.UUID, list[tuple[int, ObservationContent]]]:
+    """Each report's observations in position order, opened (one tenant's reports)."""
+    by_report: dict[uuid.UUID, list[tuple[int, ObservationContent]]] = {r.id: [] for r in reports}
+    if not reports:
+        return by_report
+    rows = list(
+        session.scalars(
+            select(ResultObservation)
+            .where(
+                ResultObservation.tenant_id == reports[0].tenant_id,
+                ResultObservation.report_id.in_([r.id for r in reports]),
+            )
+            .order_by(ResultObservation.report_id, ResultObservation.position)
+        )
+    )
+    opened = repository.open_for(
+        RESOURCE,
+        [SealedItem(o.patient_id, OBSERVATIONS_TABLE, o.id, {"content": o.content}) for o in rows],
+        purpose=purpose,
+    )
+    for row in rows:
+        if row.id in opened:
+            content = load(ObservationContent, opened[row.id]["content"])
+            by_report[row.report_id].append((row.position, content))
+    return by_report
+
+
+def prescriber_document(
+    session: Session,
+    repository: PatientRepository,
+    report: ResultReport,
+    content: ReportContent,
+    *,
+    organization: str,
+    released_at: dt.datetime,
+) -> PrescriberDocument | None:
+    """What the prescriber receives for ``report`` (``None``: the record is gone)."""
+    patient = repository.get(report.patient_id, purpose=DELIVERY_PURPOSE)
+    if patient is None:
+        return None
+    order = _open_order(session, repository, report, DELIVERY_PURPOSE)
+    opened = _open_observations(session, repository, [report], DELIVERY_PURPOSE)
+    return PrescriberDocument(
+        report_id=report.id,
+        version=report.version,
+        organization=organization,
+        patient=patient,
+        order=order,
+        report=content,
+        observations=tuple(o for _, o in opened[report.id]),
+        validated_at=report.validated_at or released_at,
+        released_at=released_at,
+    )
+
+
+def _hand_over(delivery: ResultDelivery, document: PrescriberDocument) -> bool:
+    try:
+        receipt = delivery.deliver(document)
+    except DeliveryError as exc:
+        _log.error("result.delivery_failed", report_id=str(document.report_id), reason=str(exc))
+        return False
+    _log.info("result.delivered", report_id=str(document.report_id), channel=receipt.channel)
+    return True
+
+
+REDELIVERY_PRINCIPAL: Final = SystemPrincipal("cli:results-deliver")
+
+
+def deliver_pending(
+    session: Session,
+    keyring: Keyring,
+    delivery: ResultDelivery,
+    *,
+    organization: str,
+    limit: int = 100,
+) -> tuple[int, int]:
+    """Deliver released reports whose delivery failed (``delivered_at`` empty), oldest
+    release first; ``(delivered, failed)``. A named system job (``cli:results-deliver``)
+    reads them: each opening and each delivery is audited as that job."""
+    if not isinstance(keyring.principal, SystemPrincipal):
+        raise AccessDeniedError("only a named system job delivers pending reports")
+    repository = PatientRepository(session, keyring)
+    reports = list(
+        session.scalars(
+            select(ResultReport)
+            .join(
+                Patient,
+                (Patient.tenant_id == ResultReport.tenant_id)
+                & (Patient.id == ResultReport.patient_id),
+            )
+            .where(
+                ResultReport.tenant_id == keyring.tenant_id,
+                ResultReport.status == ReportStatus.RELEASED.value,
+                ResultReport.delivered_at.is_(None),
+                Patient.erased_at.is_(None),
+            )
+            .order_by(ResultReport.released_at, ResultReport.id)
+            .limit(limit)
+        )
+    )
+    delivered = failed = 0
+    for report in reports:
+        opened = repository.open_for(
+            RESOURCE,
+            [SealedItem(report.patient_id, REPORTS_TABLE, report.id, {"content": report.content})],
+            purpose=DELIVERY_PURPOSE,
+        )
+        document = (
+            prescriber_document(
+                session,
+                repository,
+                report,
+                load(ReportContent, opened[report.id]["content"]),
+                organization=organization,
+                released_at=report.released_at or utcnow(),
+            )
+            if report.id in opened
+            else None
+        )
+        if document is None or not _hand_over(delivery, document):
+            failed += 1
+            continue
+        session.execute(
+            update(ResultReport)
+            .where(ResultReport.tenant_id == keyring.tenant_id, ResultReport.id == report.id)
+            .values(delivered_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        keyring.audit.record(
+            AuditAction.RESULT_REPORT_DELIVER,
+            tenant_id=keyring.tenant_id,
+            target_type=SUBJECT_TYPE,
+            target_id=report.patient_id,
+            purpose=DELIVERY_PURPOSE,
+        )
+        delivered += 1
+    return delivered, failed
 
 
 def _name(person: PatientRecord) -> str:

@@ -614,3 +614,15 @@ def test_sites_schedules_and_free_slots(client: TestClient, fw: FhirWorld) -> No
         params={"schedule": str(fw.schedule), "start": "le2099-01-01"},
     )
     assert too_long.status_code == 400
+
+
+def test_unknown_fhir_paths_answer_an_operation_outcome(client: TestClient, fw: FhirWorld) -> None:
+    bearer = token(client, fw.clients["lis"])
+    for method, path in (
+        ("GET", "/fhir/R4/Invoice"),
+        ("DELETE", f"/fhir/R4/Patient/{uuid.uuid4()}"),
+    ):
+        answer = client.request(method, path, headers={"Authorization": f"Bearer {bearer}"})
+        assert answer.status_code == 404
+        assert answer.headers["content-type"].startswith("application/fhir+json")
+        check_resource(answer.json())

@@ -57,7 +57,7 @@ def test_a_real_client_against_the_listener(
     runtime: Runtime, cli_env: Settings, backend: str
 ) -> None:
     world: IntakeWorld = build_intake_world(runtime)
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [LABVAULT, "mllp", "serve", "--organization", "Labo Alpha", "--port", "0"],
         stdout=subprocess.PIPE,

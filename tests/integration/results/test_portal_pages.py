@@ -236,6 +236,34 @@ def test_the_account_menu_links_to_the_results(client: TestClient, cw: CallerWor
     assert "Aucun résultat n'est encore disponible" in empty.text
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # nothing differs on PostgreSQL
+@pytest.mark.parametrize(
+    ("role", "links"),
+    [
+        ("biologist", {"/biologie/resultats", "/laboratoire/rapprochement"}),
+        ("receptionist", {"/laboratoire/rapprochement", "/accueil/planning"}),
+        ("sampler", {"/accueil/planning"}),
+        ("security_officer", {"/securite/alertes", "/securite/acces-exceptionnels"}),
+        ("organization_admin", set()),
+    ],
+)
+def test_staff_menus_link_to_their_work(
+    client: TestClient, cw: CallerWorld, role: str, links: set[str]
+) -> None:
+    """Each role finds its own pages from its account, and none of another role's."""
+    every = {
+        "/biologie/resultats",
+        "/laboratoire/rapprochement",
+        "/accueil/planning",
+        "/securite/alertes",
+        "/securite/acces-exceptionnels",
+        "/compte/resultats",
+    }
+    as_(client, cw, role)
+    page = client.get("/compte/securite").text
+    assert {link for link in every if f'href="{link}"' in page} == links
+
+
 def test_no_result_value_is_readable_at_rest(
     client: TestClient, cw: CallerWorld, alpha: Runtime, backend: str
 ) -> None:

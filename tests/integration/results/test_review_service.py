@@ -573,3 +573,33 @@ def test_every_purpose_of_the_review_has_a_french_label_in_the_access_history() 
         "legal-hold:lab-report-retention",
     }
     assert shown <= set(PURPOSE_LABELS)
+
+
+def test_a_failed_delivery_leaves_the_release_and_the_cli_delivers_it_later(
+    cw: CallerWorld, cli_env: Settings
+) -> None:
+    from typer.testing import CliRunner
+
+    from labvault.cli import app
+
+    blocked = drop_dir(cw)
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"")  # a file where the directory should be: the drop fails
+    report_id = report_of(cw, "today")
+    outcome = run(cw, "biologist", lambda s: s.validate(report_id, 1))
+    assert outcome.released
+    assert not outcome.delivered
+    assert row(cw, report_id).delivered_at is None
+    assert events(cw, AuditAction.RESULT_REPORT_DELIVER) == []
+
+    blocked.unlink()
+    result = CliRunner().invoke(app, ["results", "deliver", "--organization", ORGANIZATION])
+    assert result.exit_code == 0, result.output
+    assert "1 report(s) delivered, 0 failed" in result.output
+    assert row(cw, report_id).delivered_at is not None
+    (path,) = FileResultDelivery(drop_dir(cw)).delivered()
+    assert path.name == f"{report_id}-v1.fhir.json"
+    (event,) = events(cw, AuditAction.RESULT_REPORT_DELIVER)
+    assert event.actor_id == "system:cli:results-deliver"
+    again = CliRunner().invoke(app, ["results", "deliver", "--organization", ORGANIZATION])
+    assert "0 report(s) delivered, 0 failed" in again.output

@@ -352,6 +352,12 @@ def _fhir_routes() -> dict[str, RouteAccess]:
             interaction="create",
             note="results pushed by a laboratory system; also system/Observation.c",
         ),
+        **{
+            f"{method} /fhir/R4/{{path:path}}": public(
+                "any other FHIR path: an OperationOutcome 404"
+            )
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        },
     }
     for kind, (resource, search) in _FHIR_POLICY.items():
         read = "read" if resource else None
