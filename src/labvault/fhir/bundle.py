@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -82,14 +83,18 @@ class BundleError(ValueError):
         self.expected = expected
 
 
-def _validated(resource: Mapping[str, Any], where: str) -> None:
+def _validated(resource: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The resource as fhir.resources (R4B) reads it, written back as plain JSON: absent
+    elements dropped, types as the specification says (so the mapping below meets no
+    ``null`` or wrong type)."""
     kind = resource.get("resourceType")
     if not isinstance(kind, str) or kind not in ALLOWED_TYPES | {"Bundle"}:
         raise BundleError(
             f"{where}.resourceType", "Bundle, Patient, DiagnosticReport or Observation"
         )
     try:
-        get_fhir_model_class(kind).model_validate(dict(resource))
+        model = get_fhir_model_class(kind).model_validate(dict(resource))
+        cleaned = json.loads(model.model_dump_json(exclude_none=True), parse_float=Decimal)
     except ValidationError as error:
         # The library's message quotes the input: keep the first place only.
         place = ""
@@ -100,6 +105,9 @@ def _validated(resource: Mapping[str, Any], where: str) -> None:
         # fhir.resources raises KeyError, TypeError... for some inputs (an empty
         # resourceType inside a Bundle): whatever it is, the input is refused, not a 500.
         raise BundleError(where, "a valid FHIR R4 resource") from None
+    if not isinstance(cleaned, dict):
+        raise BundleError(where, "a valid FHIR R4 resource")
+    return cleaned
 
 
 def _text(value: object, where: str, limit: int = 500) -> str:
@@ -287,7 +295,7 @@ def incoming_from_bundle(
     bundle: Mapping[str, Any], client_id: uuid.UUID, *, received_at: dt.datetime
 ) -> IncomingResult:
     """Map a pushed bundle (see the module docstring); :class:`BundleError` if it cannot be."""
-    _validated(bundle, "Bundle")
+    bundle = _validated(bundle, "Bundle")
     if bundle.get("type") not in ("transaction", "batch"):
         raise BundleError("Bundle.type", "transaction or batch")
     control = (bundle.get("identifier") or {}).get("value") or bundle.get("id")
@@ -304,9 +312,9 @@ def incoming_from_bundle(
         resource = entry.get("resource")
         if not isinstance(resource, Mapping):
             raise BundleError(f"{where}.resource", "a resource")
-        kind = resource.get("resourceType")
         where = f"{where}.resource"
-        _validated(resource, where)
+        resource = _validated(resource, where)
+        kind = resource.get("resourceType")
         method = (entry.get("request") or {}).get("method")
         if kind == "Patient":
             if method not in ("POST", "PUT"):

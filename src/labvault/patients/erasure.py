@@ -13,6 +13,9 @@ What :func:`erase_patient` does, in the caller's transaction:
 - cancels its held and booked appointments and releases their slot claims; anonymises all its
   appointments as the retention job does (sealed exams and home address set to NULL, the
   planning row stays), so no page even tries to open them;
+- deletes the links it gave doctors to its reports (``result_shares``); its orders, reports
+  and observations stay sealed under the deleted key (a validated report is under a legal
+  hold, so erasure waits for the hold's end anyway);
 - deletes its pre-registrations and uploaded documents: they are the patient's own
   declarations and files, kept only for the visit; leaving unreadable copies would keep
   storage and nothing of use;
@@ -59,6 +62,7 @@ from labvault.core.db import utcnow
 from labvault.patients.holds import RecordNotFoundError, active_hold, describe_hold
 from labvault.patients.models import ErasureRequester, LegalHold
 from labvault.patients.services import SUBJECT_TYPE, ErasureState, PatientRepository
+from labvault.results.models import ResultShare
 
 __all__ = [
     "ErasureReport",
@@ -98,6 +102,8 @@ class ErasureReport:
     preregistrations_deleted: int = 0
     documents_deleted: int = 0
     account_links_removed: int = 0
+    shares_deleted: int = 0
+    """Links the patient gave doctors to one of its reports: they stop at once."""
     accounts_deleted: int = 0
     """The patient's own account, deleted with its data key (0 or 1)."""
 
@@ -314,6 +320,11 @@ def _clear_related(
             PatientDocument.tenant_id == tenant_id, PatientDocument.patient_id == patient_id
         )
     )
+    shares = session.execute(
+        delete(ResultShare).where(
+            ResultShare.tenant_id == tenant_id, ResultShare.patient_id == patient_id
+        )
+    )
     dependents = session.execute(
         delete(AccountDependent).where(
             AccountDependent.tenant_id == tenant_id, AccountDependent.patient_id == patient_id
@@ -333,6 +344,7 @@ def _clear_related(
         preregistrations_deleted=_count(preregistrations),
         documents_deleted=_count(documents),
         account_links_removed=_count(dependents) + _count(owners),
+        shares_deleted=_count(shares),
     )
 
 

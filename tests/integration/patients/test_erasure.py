@@ -7,6 +7,7 @@ nothing; released, the record erases."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import Any
 
@@ -39,6 +40,8 @@ from labvault.patients.models import (
 )
 from labvault.patients.schemas import PatientInput
 from labvault.patients.services import SUBJECT_TYPE, PatientRepository, SealedItem
+from labvault.results.models import ReportStatus, ResultReport, ResultShare
+from results_portal_world import make_report
 
 runner = CliRunner()
 ORG = ["--organization", "Labo Alpha"]
@@ -339,3 +342,33 @@ def test_only_a_system_job_erases(world: World, runtime: Runtime) -> None:
         with pytest.raises(RecordNotFoundError):
             erase_patient(session, keyring, world.foreign_patient, ErasureRequester.CLI)
     assert _count(world, DataKeyRecord, DataKeyRecord.subject_id == patient_id) == 1
+
+
+def test_erasure_stops_the_links_shared_with_doctors(world: World, runtime: Runtime) -> None:
+    """A report shared with a doctor is unreadable after erasure; its link must not even
+    lead to an unreadable page: the share rows go with the record."""
+    patient_id, _ = _patient(world)
+    report_id = make_report(
+        runtime,
+        world.sessions,
+        world.tenant,
+        patient_id,
+        site_id=None,
+        status=ReportStatus.TO_VALIDATE,
+    )
+    with transaction(world.sessions) as session:
+        session.add(
+            ResultShare(
+                tenant_id=world.tenant,
+                patient_id=patient_id,
+                report_id=report_id,
+                token_digest=hashlib.sha256(b"a link").digest(),
+                recipient=b"sealed",
+                created_by_account_id=uuid.uuid4(),
+                expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=7),
+            )
+        )
+    erased = runner.invoke(cli, ["patients", "erase", str(patient_id), "--yes", *ORG])
+    assert erased.exit_code == 0, erased.output
+    assert _count(world, ResultShare, ResultShare.patient_id == patient_id) == 0
+    assert _count(world, ResultReport, ResultReport.id == report_id) == 1, "ciphertext stays"
