@@ -72,6 +72,7 @@ from labvault.results.staff_pages import router as result_review_pages
 from labvault.results.staff_routes import router as result_review_router
 from labvault.schedules.pages import router as schedule_pages
 from labvault.schedules.routes import router as schedule_router
+from labvault.security.budgets import BudgetExceededError
 from labvault.security.pages import router as security_pages
 from labvault.security.routes import router as security_router
 
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IndexKeysChangedError, _index_keys_changed)
+    app.add_exception_handler(BudgetExceededError, _read_budget_exceeded)
     # Only reached by errors outside RequestContextMiddleware (which answers all others).
     app.add_exception_handler(Exception, _last_resort_error)
 
@@ -338,6 +340,26 @@ async def _index_keys_changed(request: Request, exc: Exception) -> Response:
         headers={"Retry-After": "1"},
     )
     return await _http_error(request, retry)
+
+
+async def _read_budget_exceeded(request: Request, exc: Exception) -> Response:
+    """The exfiltration guard refused a read (nothing was decrypted): the answer names no
+    patient, no count and no window, and there is nothing to retry (the principal is
+    usually locked already)."""
+    if wants_problem_json(request.scope):
+        return problem_response(
+            429,
+            type_="read-budget-exceeded",
+            title="Read budget exceeded",
+            detail="This account has opened too many patient files; the security officers "
+            "have been alerted.",
+        )
+    refused = StarletteHTTPException(
+        429,
+        detail="Ce compte a ouvert trop de dossiers patients : l'accès est suspendu et les "
+        "responsables de la sécurité sont prévenus.",
+    )
+    return await _http_error(request, refused)
 
 
 def _status_phrase(status: int) -> str:

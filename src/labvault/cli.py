@@ -80,6 +80,8 @@ from labvault.results.delivery_commands import results_deliver
 from labvault.results.sensitive import seed_default_codes
 from labvault.results.sensitive_commands import sensitive_app
 from labvault.retention.commands import retention_app
+from labvault.security.guard_commands import guard_app
+from labvault.security.honey_commands import honey_app
 from labvault.staff.commands import staff_app
 
 app = typer.Typer(
@@ -107,6 +109,8 @@ app.add_typer(results_app, name="results")
 results_app.add_typer(sensitive_app, name="sensitive")
 results_app.command("deliver")(results_deliver)
 app.add_typer(mllp_app, name="mllp")
+app.add_typer(guard_app, name="guard")
+guard_app.add_typer(honey_app, name="honey")
 
 console = Console()
 errors = Console(stderr=True)

@@ -29,6 +29,9 @@ from labvault.results.models import (
     ServiceToken,
 )
 from labvault.schedules.models import SiteClosure, SiteSchedule
+from labvault.security.budget_models import ReadBudgetLimit, ReadBudgetRead
+from labvault.security.guard_models import AnomalyFinding, UnlockRequest
+from labvault.security.honey_models import HoneyMark, HoneySet
 from labvault.security.models import BreakGlassGrant, SecurityAlert
 from labvault.staff.models import StaffMember, StaffSite
 
@@ -36,6 +39,7 @@ __all__ = [
     "Account",
     "AccountDependent",
     "AccountSession",
+    "AnomalyFinding",
     "Appointment",
     "AuditCheckpoint",
     "AuditEvent",
@@ -45,11 +49,15 @@ __all__ = [
     "BreakGlassGrant",
     "DataKeyRecord",
     "Exam",
+    "HoneyMark",
+    "HoneySet",
     "IndexKeyRecord",
     "KnownDevice",
     "OneTimeCode",
     "Organization",
     "Patient",
+    "ReadBudgetLimit",
+    "ReadBudgetRead",
     "RecoveryCode",
     "ResultMessage",
     "ResultObservation",
@@ -67,5 +75,6 @@ __all__ = [
     "StaffMember",
     "StaffSite",
     "TotpCredential",
+    "UnlockRequest",
     "WebAuthnCredential",
 ]

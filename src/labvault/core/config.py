@@ -131,6 +131,53 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+ALERT_SINK_NAMES = ("email", "webhook", "jsonl")
+
+
+def alert_sink_names(setting: str) -> tuple[str, ...]:
+    """The sink names of LABVAULT_ALERT_SINKS, in order, without blanks or repeats."""
+    names = [name.strip().lower() for name in setting.split(",")]
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def alert_sinks_problem(setting: str, webhook_url: str | None, has_secret: bool) -> str | None:
+    """What is wrong with the alert sink settings, or ``None``."""
+    names = alert_sink_names(setting)
+    unknown = [name for name in names if name not in ALERT_SINK_NAMES]
+    if unknown:
+        return (
+            f"LABVAULT_ALERT_SINKS: unknown sink {unknown[0]!r}; use a comma list of "
+            + ", ".join(ALERT_SINK_NAMES)
+        )
+    if "webhook" not in names:
+        return None
+    if not webhook_url or not has_secret:
+        return (
+            "LABVAULT_ALERT_SINKS names 'webhook': set LABVAULT_ALERT_WEBHOOK_URL and "
+            "LABVAULT_ALERT_WEBHOOK_SECRET (the HMAC key the receiver checks)"
+        )
+    return webhook_url_problem(webhook_url)
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """An alert webhook is https://, or http:// on a loopback address; no credentials."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return "LABVAULT_ALERT_WEBHOOK_URL is malformed"
+    if parts.username or parts.password:
+        return "LABVAULT_ALERT_WEBHOOK_URL: no credentials in the address (the secret signs)"
+    if not host or parts.scheme not in ("https", "http"):
+        return "LABVAULT_ALERT_WEBHOOK_URL must be an https:// address"
+    if parts.scheme == "http" and not _is_loopback(host):
+        return (
+            "LABVAULT_ALERT_WEBHOOK_URL must be https:// (http:// only on a loopback "
+            "address: alerts name principals and must not cross a network in clear)"
+        )
+    return None
+
+
 class Settings(BaseSettings):
     """labvault settings. See the README's "Configuration" section."""
 
@@ -335,6 +382,63 @@ class Settings(BaseSettings):
         "appends them to data_dir/sms/outbox.jsonl, security phrases masked (the default in "
         "development and test; 'file:/path' for another file; refused in production).",
     )
+    alert_sinks: str = Field(
+        default="email",
+        description="Where security alerts go besides the security page (always): a comma list "
+        "of 'email' (the security officers), 'webhook' (LABVAULT_ALERT_WEBHOOK_URL) and "
+        "'jsonl' (LABVAULT_ALERT_JSONL_PATH, for a SIEM); '' for none.",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Webhook sink: an https:// URL (http:// only on loopback) that receives "
+        "each alert as JSON, signed with HMAC-SHA256 (header X-Labvault-Signature).",
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        default=None, description="Webhook sink: the shared secret of the HMAC signature."
+    )
+    alert_webhook_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=30, description="Webhook sink: timeout of each attempt."
+    )
+    alert_webhook_retries: int = Field(
+        default=2, ge=0, le=5, description="Webhook sink: retries after a failed attempt."
+    )
+    alert_jsonl_path: Path | None = Field(
+        default=None,
+        description="JSON-lines sink: the file alerts are appended to (0600, fsync'd); "
+        "default: data_dir/alerts/alerts.jsonl.",
+    )
+    guard_budget_store: str = Field(
+        default="database",
+        description="Read-budget counters (exfiltration guard): 'database' (the embedded "
+        "default; on SQLite a side file data_dir/db/budgets.sqlite3, on PostgreSQL a table), "
+        "'memory' (one process: tests) or 'redis://host:6379/0' (every worker).",
+    )
+    guard_budgets: dict[str, tuple[int, int, int]] = Field(
+        default_factory=dict,
+        description="Read budgets overriding the defaults for every organization, as JSON: "
+        '{"staff:receptionist": [150, 600, 6000], "patient": [20, 40, 200]} (distinct '
+        "patients per hour, per day, per 30 days); an organization's own limits "
+        "(`labvault guard budgets set`) take precedence.",
+    )
+    guard_lock_on_budget: bool = Field(
+        default=True,
+        description="Lock a principal (and revoke its sessions or tokens) that goes over a "
+        "read budget; off: the read is still refused and the alert still raised.",
+    )
+    guard_honey_density: float = Field(
+        default=0.005,
+        ge=0.005,
+        le=0.05,
+        description="Honey records (exfiltration guard): synthetic patients `labvault guard "
+        "honey plant` keeps per real patient of an organization (0.005: 0.5 %, the least).",
+    )
+    guard_honey_minimum: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Honey records an organization holds whatever its size (a small lab "
+        "needs a few too).",
+    )
     environment: Environment = "development"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
@@ -412,6 +516,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("guard_budget_store")
+    @classmethod
+    def _check_guard_budget_store(cls, value: str) -> str:
+        if value in ("database", "memory") or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError("'database', 'memory' or a redis:// URL")
+
+    @field_validator("guard_budgets")
+    @classmethod
+    def _check_guard_budgets(
+        cls, value: dict[str, tuple[int, int, int]]
+    ) -> dict[str, tuple[int, int, int]]:
+        for key, (hour, day, month) in value.items():
+            kind, _, role = key.partition(":")
+            if kind not in ("staff", "patient", "service") or not (
+                role == "*" or role.replace("_", "").replace("-", "").isalnum() or not role
+            ):
+                raise ValueError(f"{key!r}: staff[:role], patient or service[:kind]")
+            if not 0 <= hour <= day <= month:
+                raise ValueError(f"{key!r}: 0 <= per hour <= per day <= per 30 days")
+        return value
+
     @field_validator("sms_sender")
     @classmethod
     def _check_sms_sender(cls, value: str | None) -> str | None:
@@ -421,6 +547,15 @@ class Settings(BaseSettings):
         if problem is not None:
             raise PydanticCustomError("sms_sender", problem)
         return value
+
+    @model_validator(mode="after")
+    def _check_alert_sinks(self) -> Self:
+        problem = alert_sinks_problem(
+            self.alert_sinks, self.alert_webhook_url, self.alert_webhook_secret is not None
+        )
+        if problem is not None:
+            raise PydanticCustomError("alert_sinks", problem)
+        return self
 
     @model_validator(mode="after")
     def _check_admin_database_backend(self) -> Self:
@@ -452,6 +587,10 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.sms_transport.startswith("file:"):
             raise PydanticCustomError("sms_outbox_in_production", SMS_OUTBOX_IN_PRODUCTION)
         return self
+
+    @property
+    def resolved_alert_jsonl_path(self) -> Path:
+        return self.alert_jsonl_path or self.resolved_data_dir / "alerts" / "alerts.jsonl"
 
     @cached_property
     def sms_transport(self) -> str:

@@ -29,6 +29,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -72,6 +73,7 @@ _OBSERVATION_STATUS: Final = {
 }
 _GENDER: Final = {"male": "M", "female": "F", "other": "A", "unknown": "U"}
 LOINC_URIS: Final = frozenset({"http://loinc.org", "urn:oid:2.16.840.1.113883.6.1"})
+_ELEMENT: Final = re.compile(r"[a-z][A-Za-z]{0,40}(?:__ext)?|[A-Z][A-Za-z]{0,40}")
 
 
 class BundleError(ValueError):
@@ -99,7 +101,10 @@ def _validated(resource: Mapping[str, Any], where: str) -> dict[str, Any]:
         # The library's message quotes the input: keep the first place only.
         place = ""
         for part in error.errors()[0]["loc"]:
-            place += f"[{part}]" if isinstance(part, int) else f".{part}"
+            if isinstance(part, int):
+                place += f"[{part}]"
+            else:  # an element name; a key the client made up is not repeated
+                place += f".{part}" if _ELEMENT.fullmatch(str(part)) else ".?"
         raise BundleError(f"{where}{place}", "a valid FHIR R4 element") from None
     except Exception:
         # fhir.resources raises KeyError, TypeError... for some inputs (an empty

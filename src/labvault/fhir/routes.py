@@ -287,7 +287,14 @@ def _answer(
     keyring = TenantKeyring(
         session, runtime.key_provider, caller.tenant_id, caller.principal, context=context
     )
-    reader = FhirReader(session, keyring, scope, caller, now=now)
+    reader = FhirReader(
+        session,
+        keyring,
+        scope,
+        caller,
+        now=now,
+        horizon_days=runtime.settings.booking_horizon_days,
+    )
     try:
         return action(reader)
     except ScopeRefusedError as refused:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -180,6 +181,7 @@ class FhirReader:
         caller: ServiceCaller,
         *,
         now: dt.datetime,
+        horizon_days: int = 90,
     ) -> None:
         self._session = session
         self._keyring = keyring
@@ -187,6 +189,7 @@ class FhirReader:
         self._caller = caller
         self._tenant = caller.tenant_id
         self._now = now
+        self._horizon = dt.timedelta(days=horizon_days)
         self._patients = PatientRepository(session, keyring, scope)
 
     def writer(self) -> FhirWriter:
@@ -327,6 +330,9 @@ class FhirReader:
         self, schedule: SiteSchedule, first: dt.date, last: dt.date
     ) -> list[tuple[SiteSchedule, Slot]]:
         zone = ZoneInfo(self._site_zone(schedule.site_id))
+        last = min(last, (self._now + self._horizon).astimezone(zone).date())
+        if last < first:
+            return []
         start = dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC)
         end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
         taken = {
@@ -700,6 +706,8 @@ class FhirWriter:
             incoming = incoming_from_bundle(document, self._caller.client_id, received_at=now)
         except BundleError as error:
             raise FhirInputError(str(error)) from None
+        except ValidationError:  # a content limit of labvault's own (it quotes: not shown)
+            raise FhirInputError("Bundle: values within labvault's limits") from None
         return ResultStore(self._session, self._keyring).ingest(incoming)
 
 

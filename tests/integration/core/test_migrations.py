@@ -45,6 +45,10 @@ TENANT_OWNED = {
     "result_reports",
     "result_observations",
     "result_shares",
+    "read_budget_limits",
+    "read_budget_reads",
+    "honey_sets",
+    "honey_marks",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

@@ -29,7 +29,7 @@ from fhir_world import (
 from httpx import Response
 from sqlalchemy import select, update
 
-from helpers import app_url, owner_url
+from helpers import app_url, leaked, owner_url, pg_dump, sqlite_files
 from labvault.app import create_app
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.models import AuditEvent
@@ -43,6 +43,7 @@ from labvault.fhir.oauth import TOKEN_ADDRESS_MINUTE, token_digest
 from labvault.results.models import ResultReport, ServiceClient, ServiceToken
 
 ORIGIN = "https://testserver.local"
+MARKER = "NOTE-FHIR-7f3a9c"
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
@@ -507,6 +508,7 @@ def _report_count(fw: FhirWorld) -> int:
 def test_a_pushed_bundle_is_stored_once_and_reads_back(client: TestClient, fw: FhirWorld) -> None:
     bearer = token(client, fw.clients["lis"])
     document = result_bundle(fw.world.inputs["earlier_today"], "BUNDLE-1")
+    document["entry"][2]["resource"]["note"] = [{"text": MARKER}]
     answer = _push(client, bearer, document)
     assert answer.status_code == 200, answer.text
     response = answer.json()
@@ -522,6 +524,13 @@ def test_a_pushed_bundle_is_stored_once_and_reads_back(client: TestClient, fw: F
     again = _push(client, bearer, document)
     assert again.status_code == 200
     assert again.json()["issue"][0]["code"] == "informational"
+    # Nothing the bundle carried is in clear at rest (I1): its marker note, its exam name.
+    url = fw.runtime.settings.database_url or ""
+    if url.startswith("sqlite"):
+        blob = b"".join(path.read_bytes() for path in sqlite_files(url))
+    else:
+        blob = pg_dump(url)
+    assert leaked(blob, [MARKER, "Glycémie", "F-BUNDLE-1"]) == []
     assert (
         fhir_search(
             client, bearer, "DiagnosticReport", {"patient": str(fw.patient("earlier_today"))}
@@ -605,8 +614,11 @@ def test_sites_schedules_and_free_slots(client: TestClient, fw: FhirWorld) -> No
     assert first["status"] == "free"
     again = fhir_get(client, bearer, f"/fhir/R4/Slot/{first['id']}")
     assert again.json() == first
-    assert fhir_get(client, bearer, f"/fhir/R4/Slot/{fw.schedule}-209901010300").status_code == 404
-    assert fhir_get(client, bearer, "/fhir/R4/Slot/nonsense").status_code == 404
+    beyond_horizon = f"/fhir/R4/Slot/{fw.schedule}-209901010700"  # open hours, but in 2099
+    assert fhir_get(client, bearer, beyond_horizon).status_code == 404
+    assert (
+        fhir_get(client, bearer, "/fhir/R4/Slot/nonsense").status_code == 404
+    )  # beyond the horizon
     too_long = fhir_get(
         client,
         bearer,

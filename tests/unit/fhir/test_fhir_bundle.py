@@ -173,3 +173,12 @@ def test_any_json_is_refused_cleanly(document: object) -> None:
         return
     with pytest.raises(BundleError):
         incoming_from_bundle(document, CLIENT, received_at=NOW)
+
+
+def test_a_made_up_key_is_not_repeated() -> None:
+    document = bundle()
+    document["entry"][0]["resource"][NIR] = 1
+    with pytest.raises(BundleError) as refused:
+        incoming_from_bundle(document, CLIENT, received_at=NOW)
+    assert NIR not in str(refused.value)
+    assert "entry[0].resource" in str(refused.value)

@@ -596,6 +596,16 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /securite/alertes/{alert_id}/prise-en-compte": roles(
             "security_officer", object_from="path:alert_id"
         ),
+        "GET /securite/comptes-bloques": _OFFICER,
+        "POST /securite/comptes-bloques/demande": roles(
+            "security_officer", note="four-eyes unlock, first officer: reason, step-up"
+        ),
+        "POST /securite/comptes-bloques/approbation": roles(
+            "security_officer", note="four-eyes unlock: another officer than the requester, step-up"
+        ),
+        "POST /securite/comptes-bloques/annulation": roles(
+            "security_officer", note="withdraw a pending unlock request"
+        ),
         # --- pages: sign-up, login, password ---------------------------------------------
         "GET /compte/inscription": public(),
         "POST /compte/inscription": public("sign-up: one answer whatever the address"),

@@ -104,6 +104,18 @@ class AuditAction(enum.StrEnum):
     RETENTION_RUN_COMPLETE = "retention:run:complete"
     SECURITY_ALERT_RAISE = "security:alert:raise"
     SECURITY_ALERT_ACKNOWLEDGE = "security:alert:acknowledge"
+    # The exfiltration guard's read budgets and lockout (labvault.security.budgets, .lockout).
+    GUARD_BUDGET_EXCEEDED = "guard:budget:exceeded"
+    GUARD_BUDGET_SET = "guard:budget:set"
+    GUARD_PRINCIPAL_LOCK = "guard:principal:lock"
+    # Honey records (labvault.security.honey).
+    GUARD_HONEY_TOUCHED = "guard:honey:touched"
+    GUARD_HONEY_PLANT = "guard:honey:plant"
+    # Anomaly rules and the four-eyes unlock (labvault.security.anomalies, .unlock).
+    GUARD_ANOMALY_SCAN = "guard:anomaly:scan"
+    GUARD_UNLOCK_REQUEST = "guard:unlock:request"
+    GUARD_UNLOCK_CANCEL = "guard:unlock:cancel"
+    GUARD_PRINCIPAL_UNLOCK = "guard:principal:unlock"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -181,6 +193,41 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.SECURITY_ALERT_RAISE: ActionInfo("A security alert was raised."),
     AuditAction.SECURITY_ALERT_ACKNOWLEDGE: ActionInfo("A security officer acknowledged an alert."),
+    AuditAction.GUARD_BUDGET_EXCEEDED: ActionInfo(
+        "A read was refused before any decryption: the principal would have opened more "
+        "distinct patients than its read budget allows (purpose: the window, e.g. 1h)."
+    ),
+    AuditAction.GUARD_BUDGET_SET: ActionInfo(
+        "An operator set or cleared an organization's read budget for a principal kind and "
+        "role (purpose: the principal kind and role)."
+    ),
+    AuditAction.GUARD_HONEY_TOUCHED: ActionInfo(
+        "A decrypt request named a honey record (a planted synthetic patient no legitimate "
+        "view shows): refused before any decryption, the principal locked (target: the "
+        "honey record; actor: who asked)."
+    ),
+    AuditAction.GUARD_HONEY_PLANT: ActionInfo(
+        "Honey records were planted (target: the honey set, which names no record)."
+    ),
+    AuditAction.GUARD_PRINCIPAL_LOCK: ActionInfo(
+        "The exfiltration guard locked a principal (account or service client) and revoked "
+        "its sessions or tokens (purpose: why, e.g. read-budget or honey-record)."
+    ),
+    AuditAction.GUARD_ANOMALY_SCAN: ActionInfo(
+        "The anomaly rules read the audit log (purpose: the rules run); findings raise "
+        "alerts of their own."
+    ),
+    AuditAction.GUARD_UNLOCK_REQUEST: ActionInfo(
+        "A security officer asked to unlock a principal locked by a security decision "
+        "(purpose: the reason; denied: the same officer approving, or no such lock)."
+    ),
+    AuditAction.GUARD_UNLOCK_CANCEL: ActionInfo(
+        "A pending four-eyes unlock request was withdrawn."
+    ),
+    AuditAction.GUARD_PRINCIPAL_UNLOCK: ActionInfo(
+        "A second security officer approved an unlock request: the principal may sign in "
+        "(or get tokens) again (purpose: the request's reason)."
+    ),
     AuditAction.PATIENT_RECORD_CREATE: ActionInfo(
         "A patient record was created.", "Création de votre dossier"
     ),
