@@ -354,12 +354,7 @@ async def _read_budget_exceeded(request: Request, exc: Exception) -> Response:
             detail="This account has opened too many patient files; the security officers "
             "have been alerted.",
         )
-    refused = StarletteHTTPException(
-        429,
-        detail="Ce compte a ouvert trop de dossiers patients : l'accès est suspendu et les "
-        "responsables de la sécurité sont prévenus.",
-    )
-    return await _http_error(request, refused)
+    return _html_error(get_templates(request), request, 429)
 
 
 def _status_phrase(status: int) -> str:

@@ -80,6 +80,7 @@ from labvault.results.delivery_commands import results_deliver
 from labvault.results.sensitive import seed_default_codes
 from labvault.results.sensitive_commands import sensitive_app
 from labvault.retention.commands import retention_app
+from labvault.security.budget_commands import budgets_app
 from labvault.security.guard_commands import guard_app
 from labvault.security.honey_commands import honey_app
 from labvault.staff.commands import staff_app
@@ -111,6 +112,7 @@ results_app.command("deliver")(results_deliver)
 app.add_typer(mllp_app, name="mllp")
 app.add_typer(guard_app, name="guard")
 guard_app.add_typer(honey_app, name="honey")
+guard_app.add_typer(budgets_app, name="budgets")
 
 console = Console()
 errors = Console(stderr=True)
@@ -416,6 +418,7 @@ def demo(
         create_demo_booking_setup,
         create_demo_care,
         create_demo_organization,
+        create_demo_results,
         demo_exists,
     )
 
@@ -436,11 +439,19 @@ def demo(
             _seed_patients(runtime, patients, DEMO_ORGANIZATION, seed_value=2026)
             with transaction(runtime.tenant_sessions(demo_id)) as session:
                 booked = create_demo_care(session, demo_id, runtime.key_provider)
+            results = create_demo_results(runtime, demo_id)
             _seal_events(runtime)
             console.print(
                 f"Demo organization {DEMO_ORGANIZATION!r} created with {patients} patients "
                 f"({booked} booked this week)."
             )
+            if results.released or results.queued:
+                console.print(
+                    f"Lab results from the demo laboratory system: {results.released} released "
+                    f"to the demo patient, {results.to_validate} to validate, "
+                    f"{results.awaiting_call} to give by phone, {results.queued} waiting in the "
+                    "matching queue."
+                )
         else:
             console.print(f"Demo organization {DEMO_ORGANIZATION!r} is ready.")
     finally:
@@ -452,6 +463,12 @@ def demo(
     mail_dir = settings.mailer.removeprefix("file:") or str(settings.resolved_data_dir / "mail")
     if settings.mailer.startswith("file:"):
         console.print(f"Mail lands in {mail_dir} (one .eml file per message).")
+    console.print(
+        "Lab results: the demo patient's at /compte/resultats (Vos résultats); the "
+        "biologist's reports to validate at /biologie/resultats; results waiting for their "
+        "patient at /laboratoire/rapprochement.",
+        highlight=False,
+    )
     if serve_app:
         # localhost rather than 127.0.0.1: browsers allow passkeys on a name, not an address.
         shown = "localhost" if host == "127.0.0.1" else host

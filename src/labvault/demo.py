@@ -1,9 +1,11 @@
 """The demo organization: two sites, one staff member per role, synthetic patients, a week
-of appointments and demo accounts (a patient linked to its record, a receptionist, an
-organization admin), a small exam catalog and the sites' booking schedules."""
+of appointments and demo accounts (a patient linked to its record, a receptionist, a
+biologist, an organization admin), a small exam catalog, the sites' booking schedules, and
+lab results received from a demo laboratory system through the real intake path."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import random
@@ -21,17 +23,29 @@ from labvault.appointments.models import Appointment, SlotClaim
 from labvault.catalog.models import Exam
 from labvault.catalog.services import ExamCatalog
 from labvault.core.access.policies import Interaction
-from labvault.core.access.principals import SystemPrincipal
-from labvault.core.audit.events import AuditTrail
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.events import AuditTrail, audited_transaction
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.passwords import PasswordHasher
 from labvault.core.crypto.providers import KeyProvider
 from labvault.core.crypto.secret import Secret
+from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.organizations.models import Organization, Site
 from labvault.organizations.services import add_site, create_organization
+from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
+from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository, SealedItem
+from labvault.patients.synthetic import synthetic_patients
+from labvault.results.clients import ServiceClientRegistry, find_sender
+from labvault.results.delivery import FileResultDelivery
+from labvault.results.hl7 import decode_payload, parse_oru
+from labvault.results.intake import StoredResultIntake
+from labvault.results.mllp import IntakeStatus
+from labvault.results.models import ResultReport
+from labvault.results.notify import ResultNotifier
+from labvault.results.review import ReviewService
 from labvault.results.sensitive import seed_default_codes
 from labvault.schedules.services import SiteScheduleService
 from labvault.staff.models import StaffRole
@@ -116,8 +130,10 @@ DEMO_ACCOUNTS = (
         "patient.demo@example.org",
         "girafe orange sous la pluie",
         AccountKind.PATIENT,
-        "linked to a demo patient record with an appointment tomorrow; log in at "
-        "/compte/connexion, the second factor is a code sent to the demo mailbox",
+        "linked to a demo patient record with an appointment tomorrow and released lab "
+        "results (with earlier values, so trends show); log in at /compte/connexion, the "
+        "second factor is a code sent to the demo mailbox; results at /compte/resultats "
+        "(Vos résultats)",
     ),
     DemoAccount(
         "staff1.receptionist@example.org",
@@ -125,6 +141,15 @@ DEMO_ACCOUNTS = (
         AccountKind.STAFF,
         "receptionist: log in at /compte/connexion-professionnel; the first login enrols an "
         "authenticator app; then /patients/recherche finds the patients booked this week",
+    ),
+    DemoAccount(
+        "staff3.biologist@example.org",
+        "coquelicot rouge du pré",
+        AccountKind.STAFF,
+        "biologist: log in at /compte/connexion-professionnel; the first login enrols an "
+        "authenticator app; /biologie/resultats lists the reports to validate (one of them "
+        "sensitive, to give by phone), /laboratoire/rapprochement the result waiting for "
+        "its patient",
     ),
     DemoAccount(
         "staff4.organization-admin@example.org",
@@ -357,3 +382,414 @@ def create_demo_accounts(session: Session, runtime: Runtime, organization: Organ
             security_phrase="tournesol du matin",
             by=SystemPrincipal("cli:demo"),
         )
+
+
+# --- Lab results ---------------------------------------------------------------------------
+
+DEMO_LIS_NAME = "SIL demo"
+DEMO_LIS_APPLICATION = "SIL-DEMO"
+DEMO_LIS_FACILITY = "LABO-DEMO"
+DEMO_LIS_SITES = ("Site Centre", "Site Gare")
+"""The demo laboratory system serves both sites; its orders are the first one's."""
+DEMO_BIOLOGIST = "staff3.biologist@example.org"
+DEMO_PRESCRIBER = "10101234567^Durand^Claire"
+"""A synthetic RPPS-shaped prescriber (OBR-16)."""
+DEMO_HIV_CODE = "56888-1"
+DEMO_CONCLUSION = "Résultats de démonstration (données synthétiques)."
+
+
+@dataclass(frozen=True, slots=True)
+class DemoObservation:
+    """One OBX: LOINC code, label, value as HL7 sends it, unit, range, abnormal flag."""
+
+    code: str
+    label: str
+    value: str
+    unit: str = ""
+    reference_range: str = ""
+    flag: str = ""
+    value_type: str = "NM"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """One ORU^R01 the demo laboratory system sends, and what the demo biologist does.
+
+    ``patient`` indexes the demo's result patients (0 is the demo patient account's record);
+    ``None`` is a person labvault does not know (the message waits in the matching queue).
+    ``validate`` has the biologist validate it: an online report is then released, a
+    sensitive one waits for its phone call."""
+
+    patient: int | None
+    exam: str
+    days_ago: int
+    observations: tuple[DemoObservation, ...]
+    validate: bool = False
+    pdf: bool = False
+
+
+def _panel(
+    glucose: str, hba1c: str, cholesterol: str, triglycerides: str
+) -> tuple[DemoObservation, ...]:
+    def flag(value: str, low: float, high: float) -> str:
+        number = float(value)
+        return "H" if number > high else "L" if number < low else "N"
+
+    return (
+        DemoObservation(
+            "1558-6", "Glycémie à jeun", glucose, "mmol/L", "4.1-6.1", flag(glucose, 4.1, 6.1)
+        ),
+        DemoObservation(
+            "4548-4", "Hémoglobine glyquée (HbA1c)", hba1c, "%", "4.0-6.0", flag(hba1c, 4, 6)
+        ),
+        DemoObservation(
+            "2093-3",
+            "Cholestérol total",
+            cholesterol,
+            "mmol/L",
+            "0.0-5.2",
+            flag(cholesterol, 0, 5.2),
+        ),
+        DemoObservation(
+            "2571-8",
+            "Triglycérides",
+            triglycerides,
+            "mmol/L",
+            "0.5-1.7",
+            flag(triglycerides, 0.5, 1.7),
+        ),
+    )
+
+
+_METABOLIC = "BIO-META^Glycémie, HbA1c et bilan lipidique^L"
+_BLOOD_COUNT = (
+    DemoObservation("718-7", "Hémoglobine", "13.9", "g/dL", "12.0-16.0", "N"),
+    DemoObservation("6690-2", "Leucocytes", "6.8", "10*9/L", "4.0-10.0", "N"),
+    DemoObservation("777-3", "Plaquettes", "231", "10*9/L", "150-400", "N"),
+)
+DEMO_RESULTS: tuple[DemoResult, ...] = (
+    DemoResult(0, _METABOLIC, 270, _panel("5.2", "5.6", "5.6", "1.9"), validate=True),
+    DemoResult(0, _METABOLIC, 150, _panel("5.8", "5.9", "5.3", "1.6"), validate=True),
+    DemoResult(0, _METABOLIC, 40, _panel("6.4", "6.2", "4.9", "1.4"), validate=True, pdf=True),
+    DemoResult(
+        0,
+        "BIO-NFSG^NFS et glycémie à jeun^L",
+        3,
+        (
+            DemoObservation("1558-6", "Glycémie à jeun", "6.0", "mmol/L", "4.1-6.1", "N"),
+            *_BLOOD_COUNT,
+        ),
+    ),
+    DemoResult(
+        1,
+        "3016-3^TSH (thyréostimuline)^LN",
+        2,
+        (DemoObservation("3016-3", "TSH", "2.1", "mUI/L", "0.4-4.0", "N"),),
+    ),
+    DemoResult(
+        2,
+        "58410-2^Numération formule sanguine (NFS)^LN",
+        1,
+        (
+            DemoObservation("718-7", "Hémoglobine", "11.2", "g/dL", "12.0-16.0", "L"),
+            *_BLOOD_COUNT[1:],
+        ),
+    ),
+    DemoResult(
+        3,
+        f"{DEMO_HIV_CODE}^Sérologie VIH 1+2 (Ac et Ag p24)^LN",
+        2,
+        (
+            DemoObservation(
+                DEMO_HIV_CODE,
+                "VIH 1+2 Ac et Ag p24",
+                "NEG^Négatif^L",
+                value_type="CWE",
+            ),
+        ),
+        validate=True,
+    ),
+    DemoResult(
+        None,
+        "3016-3^TSH (thyréostimuline)^LN",
+        1,
+        (DemoObservation("3016-3", "TSH", "5.3", "mUI/L", "0.4-4.0", "H"),),
+    ),
+)
+"""Three released metabolic panels for the demo patient (values that drift, so trends
+show) and a fourth to validate; two reports of other patients to validate; an HIV serology
+(a default sensitive code) validated and waiting for its phone call; a result for someone
+unknown, queued. Synthetic values only."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResultCounts:
+    released: int = 0
+    to_validate: int = 0
+    awaiting_call: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _Person:
+    """The identity traits an ORU^R01 carries in PID (never logged: repr hides them)."""
+
+    birth_name: str
+    first_names: str
+    birth_date: dt.date
+    sex: str
+    nir: str | None
+
+    def __repr__(self) -> str:
+        return "_Person(<redacted>)"
+
+
+def _hl7(value: str) -> str:
+    """HL7 v2 escaping of a free value inside a component (delimiters |^~\\&)."""
+    return (
+        value.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("&", "\\T\\")
+        .replace("~", "\\R\\")
+    )
+
+
+def _hl7_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def demo_pdf(title: str) -> bytes:
+    """A small valid one-page PDF naming no patient and no value (the report's attachment)."""
+    text = title.encode("ascii", "replace").replace(b"(", b"[").replace(b")", b"]")
+    stream = b"BT /F1 14 Tf 72 760 Td (" + text + b") Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def demo_oru(number: int, person: _Person, result: DemoResult, now: dt.datetime) -> bytes:
+    """The ORU^R01 of ``result`` for ``person``: INS (test OID) in PID-3 when it has a NIR."""
+    identifiers = [f"DEMO{number:06d}^^^LABO-DEMO&1.2.250.1.999.1&ISO^PI"]
+    if person.nir is not None:
+        identifiers.insert(0, f"{person.nir}^^^ASIP-SANTE-INS-NIR&{InsOid.TEST.value}&ISO^INS")
+    first = person.first_names.split()[0]
+    collected = dt.datetime.combine(
+        now.astimezone(PARIS).date() - dt.timedelta(days=result.days_ago),
+        dt.time(7, 45),
+        PARIS,
+    )
+    reported = collected + dt.timedelta(hours=3)
+    order = f"DEMO-{number:04d}"
+    segments = [
+        f"MSH|^~\\&|{DEMO_LIS_APPLICATION}|{DEMO_LIS_FACILITY}|LABVAULT|LV|{_hl7_time(now)}||"
+        f"ORU^R01^ORU_R01|{order}|P|2.5|||AL|NE||UNICODE UTF-8",
+        f"PID|1||{'~'.join(identifiers)}||"
+        f"{_hl7(person.birth_name)}^{_hl7(first)}^{_hl7(person.first_names)}^^^^L||"
+        f"{person.birth_date:%Y%m%d}|{person.sex}",
+        f"ORC|RE|CMD-{order}^SIL|{order}^LABO||CM",
+        f"OBR|1|CMD-{order}^SIL|{order}^LABO|{result.exam}|||{_hl7_time(collected)}|||||||||"
+        f"{DEMO_PRESCRIBER}||||||{_hl7_time(reported)}|||F",
+    ]
+    for position, item in enumerate(result.observations, start=1):
+        segments.append(
+            f"OBX|{position}|{item.value_type}|{item.code}^{_hl7(item.label)}^LN||{item.value}|"
+            f"{item.unit}|{item.reference_range}|{item.flag}|||F"
+        )
+    if result.pdf:
+        data = base64.b64encode(demo_pdf("Compte rendu de demonstration")).decode()
+        segments.append(
+            f"OBX|{len(result.observations) + 1}|ED|PDF^Compte rendu^L||"
+            f"^application^pdf^Base64^{data}||||||F"
+        )
+    return ("\r".join(segments) + "\r").encode()
+
+
+def _result_patients(session: Session, keyring: TenantKeyring, count: int) -> list[_Person]:
+    """The demo patient account's record first, then the next seeded patients (as
+    create_demo_care orders them), their traits opened as the demo job."""
+    tenant_id = keyring.tenant_id
+    linked = session.scalar(
+        select(Account.patient_id).where(
+            Account.tenant_id == tenant_id,
+            Account.kind == AccountKind.PATIENT.value,
+            Account.patient_id.is_not(None),
+        )
+    )
+    ordered = list(
+        session.scalars(
+            select(Patient.id)
+            .where(Patient.tenant_id == tenant_id, Patient.erased_at.is_(None))
+            .order_by(Patient.created_at, Patient.id)
+            .limit(count + 1)
+        )
+    )
+    chosen = ([linked] if linked is not None else []) + [p for p in ordered if p != linked]
+    chosen = chosen[:count]
+    records = {
+        record.id: record
+        for record in PatientRepository(session, keyring).get_many(chosen, purpose=DEMO_PURPOSE)
+    }
+    people = []
+    for patient_id in chosen:
+        record = records[patient_id]
+        if not (record.birth_name and record.first_names and record.birth_date and record.sex):
+            raise RuntimeError("a demo patient lacks identity traits (a bug in the demo)")
+        people.append(
+            _Person(
+                record.birth_name,
+                record.first_names,
+                record.birth_date,
+                record.sex.value,
+                record.ins_number if record.ins_oid is not InsOid.NIA else None,
+            )
+        )
+    return people
+
+
+def _stranger() -> _Person:
+    """Someone labvault does not know (synthetic, another seed than the demo's patients)."""
+    person = next(iter(synthetic_patients(1, seed=8080)))
+    return _Person(
+        f"{person.birth_name}-Inconnu",
+        person.first_names,
+        person.birth_date,
+        person.sex.value,
+        person.nir.compact if person.nir is not None else None,
+    )
+
+
+def create_demo_results(runtime: Runtime, organization_id: uuid.UUID) -> DemoResultCounts:
+    """Results of the demo, received from a registered demo laboratory system through the
+    real intake (``StoredResultIntake``: matching, sealing, the queue, audit), then
+    validated by the demo biologist through ``ReviewService`` (release, email, prescriber
+    delivery, retention hold), each in its own transaction like the real paths.
+
+    Seeding is a CLI job: the biologist's step-up is taken as done (nobody is there to
+    give it); everything else is what the pages and the listener do. Nothing is added when
+    the demo laboratory system is already registered, or without the demo biologist's
+    account or enough patients (then the counts are zero)."""
+    needed = 1 + max(r.patient for r in DEMO_RESULTS if r.patient is not None)
+    sessions = runtime.tenant_sessions(organization_id)
+    with transaction(sessions) as session:
+        if find_sender(session, organization_id, DEMO_LIS_APPLICATION, DEMO_LIS_FACILITY):
+            return DemoResultCounts()
+        biologist = session.scalars(
+            select(Account).where(
+                Account.tenant_id == organization_id,
+                Account.kind == AccountKind.STAFF.value,
+                Account.role == StaffRole.BIOLOGIST.value,
+                Account.staff_id.is_not(None),
+            )
+        ).first()
+        keyring = TenantKeyring(
+            session, runtime.key_provider, organization_id, SystemPrincipal(DEMO_JOB)
+        )
+        people = _result_patients(session, keyring, needed)
+        if biologist is None or len(people) < needed:
+            return DemoResultCounts()
+        biologist_account, biologist_staff = biologist.id, biologist.staff_id
+        ServiceClientRegistry(session, organization_id, keyring.audit).add(
+            DEMO_LIS_NAME,
+            kind="lis",
+            hl7_application=DEMO_LIS_APPLICATION,
+            hl7_facility=DEMO_LIS_FACILITY,
+            sites=DEMO_LIS_SITES,
+        )
+    assert biologist_staff is not None
+    intake = StoredResultIntake(sessions, runtime.key_provider, organization_id)
+    now = dt.datetime.now(dt.UTC)
+    stranger = _stranger()
+    to_validate: list[uuid.UUID] = []
+    seen: set[uuid.UUID] = set()
+    for number, result in enumerate(DEMO_RESULTS, start=1):
+        person = people[result.patient] if result.patient is not None else stranger
+        outcome = intake.receive(
+            parse_oru(decode_payload(demo_oru(number, person, result, now))), peer="demo"
+        )
+        if outcome.status is not IntakeStatus.ACCEPTED:
+            raise RuntimeError("a demo result was refused (a bug in the demo)")
+        with sessions() as session:
+            new = (
+                set(
+                    session.scalars(
+                        select(ResultReport.id).where(ResultReport.tenant_id == organization_id)
+                    )
+                )
+                - seen
+            )
+        seen |= new
+        if result.validate:
+            to_validate.extend(sorted(new))
+    with audited_transaction(sessions) as session:
+        released, awaiting = _validate(
+            session, runtime, organization_id, biologist_account, biologist_staff, to_validate
+        )
+    counters = intake.counters
+    return DemoResultCounts(
+        released=released,
+        to_validate=counters.attached - released - awaiting,
+        awaiting_call=awaiting,
+        queued=counters.queued,
+    )
+
+
+def _validate(
+    session: Session,
+    runtime: Runtime,
+    organization_id: uuid.UUID,
+    account_id: uuid.UUID,
+    staff_id: uuid.UUID,
+    report_ids: list[uuid.UUID],
+) -> tuple[int, int]:
+    """The demo biologist validates ``report_ids`` in this order (oldest first); returns
+    (released, waiting for the phone call)."""
+    principal = Principal(PrincipalKind.STAFF, str(account_id), role=StaffRole.BIOLOGIST.value)
+    keyring = TenantKeyring(session, runtime.key_provider, organization_id, principal)
+    service = ReviewService(
+        session,
+        keyring,
+        staff_scope(session, principal, organization_id, staff_id),
+        provider=runtime.key_provider,
+        staff_id=staff_id,
+        require_step_up=lambda: None,  # a CLI seeding job: see create_demo_results
+        delivery=FileResultDelivery(runtime.settings.resolved_result_drop_dir),
+        notifier=ResultNotifier(
+            session,
+            runtime.key_provider,
+            organization_id,
+            mailer=runtime.mailer,
+            organization=DEMO_ORGANIZATION,
+            public_url=runtime.settings.public_url,
+        ),
+        organization=DEMO_ORGANIZATION,
+    )
+    released = awaiting = 0
+    for report_id in report_ids:
+        report = session.get(ResultReport, report_id)
+        assert report is not None
+        outcome = service.validate(report.id, report.version, DEMO_CONCLUSION)
+        if outcome.released:
+            released += 1
+        else:
+            awaiting += 1
+    return released, awaiting

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from labvault.core.access.decrypt import DecryptDeniedError
 from labvault.core.audit.events import AuditContext, AuditedRefusalError, audited_transaction
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.passwords import PasswordHasher
@@ -54,6 +55,7 @@ from labvault.fhir.services import (
 from labvault.organizations.services import get_organization
 from labvault.patients.scope import service_scope, window_from
 from labvault.results.intake import IngestOutcome, IngestRejectedError, IngestStatus
+from labvault.security.budgets import BudgetExceededError
 
 __all__ = ["PREFIX", "router"]
 
@@ -260,6 +262,17 @@ def run_as_service(request: Request, action: Callable[[FhirReader], Response]) -
         return outcome_response(
             422, f"The result was refused: expected {rejected.error.expected}.", code="processing"
         )
+    except BudgetExceededError:
+        # The exfiltration guard (read budgets): nothing was decrypted; the answer names no
+        # patient, count or window, as the rest of the application's.
+        return outcome_response(
+            429,
+            "This client has opened too many patient files; the security officers have been "
+            "alerted.",
+            code="throttled",
+        )
+    except DecryptDeniedError:
+        return outcome_response(403, "This read was refused by the security guard.")
     except AuditedRefusalError:
         # A repository refused an interaction the policy does not grant to this kind of
         # client (its events are kept): the same answer as a missing scope, minus the scope.

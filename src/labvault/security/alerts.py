@@ -38,6 +38,14 @@ KIND_LABELS: dict[str, str] = {
     "break-glass": "accès exceptionnel (bris de glace) à un dossier patient",
     "desk-walk-in-limit": "limite quotidienne de recherches de patients sans rendez-vous "
     "atteinte par un compte d'accueil",
+    # Honey records (labvault.security.honey).
+    "honey-record-touched": "ouverture d'un dossier piège (patient fictif qu'aucun écran "
+    "n'affiche) : accès refusé, compte ou client bloqué",
+    # The anomaly rules (labvault.security.anomalies): kind "anomaly-<rule>".
+    "anomaly-volume": "volume de dossiers consultés très supérieur à l'habitude de ce compte",
+    "anomaly-off-hours": "nombreux dossiers consultés la nuit ou le week-end",
+    "anomaly-search-ratio": "nombreuses recherches de patients suivies de peu de consultations",
+    "anomaly-sequential": "dossiers consultés dans un ordre ou à un rythme automatiques",
 }
 
 

@@ -40,7 +40,7 @@ from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.models import AuditEvent, to_micros
 from labvault.patients.models import Patient
-from labvault.security.alerts import Alert, AlertSink
+from labvault.security.alerts import KIND_LABELS, Alert, AlertSink
 from labvault.security.guard_models import AnomalyFinding
 from labvault.security.models import AlertSeverity
 
@@ -81,13 +81,7 @@ class Rule(enum.StrEnum):
         return f"anomaly-{self.value}"
 
 
-ANOMALY_LABELS: dict[str, str] = {
-    Rule.VOLUME.alert_kind: "volume de dossiers consultés très supérieur à l'habitude de ce compte",
-    Rule.OFF_HOURS.alert_kind: "nombreux dossiers consultés la nuit ou le week-end",
-    Rule.SEARCH_RATIO.alert_kind: "nombreuses recherches de patients suivies de peu de "
-    "consultations",
-    Rule.SEQUENTIAL.alert_kind: "dossiers consultés dans un ordre ou à un rythme automatiques",
-}
+ANOMALY_LABELS: dict[str, str] = {rule.alert_kind: KIND_LABELS[rule.alert_kind] for rule in Rule}
 """French labels of the alert kinds, for the security page and the officers' mail."""
 
 

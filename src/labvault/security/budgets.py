@@ -176,6 +176,82 @@ class BudgetPolicy:
         return NO_READS
 
 
+def known_budget_keys(policy: BudgetPolicy) -> list[tuple[str, str]]:
+    """Every (kind, role) the defaults and the settings name, in a stable order."""
+    return sorted({(kind.value, role) for kind, role in policy._limits})
+
+
+def effective_limits(
+    policy: BudgetPolicy, organization: Mapping[tuple[str, str], BudgetLimits]
+) -> list[tuple[str, str, BudgetLimits, str]]:
+    """(kind, role, limits, source) for ``budgets show``: the organization's own limits
+    first, else the settings' or the defaults'."""
+    keys = sorted(set(known_budget_keys(policy)) | set(organization))
+    rows = []
+    for kind, role in keys:
+        own = organization.get((kind, role))
+        if own is not None:
+            rows.append((kind, role, own, "organization"))
+            continue
+        default = policy._limits[(PrincipalKind(kind), role)]
+        source = (
+            "default"
+            if DEFAULT_LIMITS.get((PrincipalKind(kind), role)) == default
+            else ("settings")
+        )
+        rows.append((kind, role, default, source))
+    return rows
+
+
+def set_organization_limits(
+    session: Session,
+    audit: AuditTrail,
+    tenant_id: uuid.UUID,
+    key: str,
+    limits: BudgetLimits | None,
+) -> None:
+    """Set (or, with ``None``, clear) an organization's own limits for ``key``
+    (``staff:receptionist``, ``patient``, ``service:lis``...), audited."""
+    kind, role = parse_budget_key(key)
+    row = session.scalars(
+        select(ReadBudgetLimit).where(
+            ReadBudgetLimit.tenant_id == tenant_id,
+            ReadBudgetLimit.principal_kind == kind.value,
+            ReadBudgetLimit.role == role,
+        )
+    ).one_or_none()
+    if limits is None:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(
+            ReadBudgetLimit(
+                tenant_id=tenant_id,
+                principal_kind=kind.value,
+                role=role,
+                per_hour=limits.per_hour,
+                per_day=limits.per_day,
+                per_30_days=limits.per_30_days,
+                updated_at=utcnow(),
+                updated_by=audit.principal.id,
+            )
+        )
+    else:
+        row.per_hour, row.per_day, row.per_30_days = (
+            limits.per_hour,
+            limits.per_day,
+            limits.per_30_days,
+        )
+        row.updated_at, row.updated_by = utcnow(), audit.principal.id
+    session.flush()
+    audit.record(
+        AuditAction.GUARD_BUDGET_SET,
+        tenant_id=tenant_id,
+        target_type="read-budget",
+        purpose=f"{kind.value}:{'any' if role == ANY_ROLE else role}",
+    )
+
+
 # --- Decisions and stores -------------------------------------------------------------------
 
 
@@ -398,13 +474,10 @@ class BudgetGuard:
     def _refused(self, request: DecryptRequest, window: Window) -> None:
         """Event, lock and alert, committed on their own; a failure here is logged and the
         read is refused all the same (fail closed)."""
-        from labvault.security.lockout import (
-            lock_principal,
-            raise_guard_alert,
-            run_in_own_transaction,
-        )
+        from labvault.security.lockout import alert_in, lock_in, run_in_own_transaction
 
-        tenant, principal = request.tenant_id, request.principal
+        tenant, principal, deps = request.tenant_id, request.principal, self._lockout
+        lock = self._lock_on_exceed and principal.kind is not PrincipalKind.SYSTEM
 
         def record(session: Session) -> bool:
             AuditTrail(session, principal).record(
@@ -414,14 +487,13 @@ class BudgetGuard:
                 purpose=window.label,
                 outcome=Outcome.DENIED,
             )
+            if lock:
+                return lock_in(session, deps, tenant, principal, LOCK_REASON, ALERT_KIND)
+            alert_in(session, deps, tenant, principal, ALERT_KIND)
             return False
 
         try:
-            run_in_own_transaction(self._lockout.engine, tenant, record)
-            if self._lock_on_exceed and principal.kind is not PrincipalKind.SYSTEM:
-                lock_principal(self._lockout, tenant, principal, LOCK_REASON, ALERT_KIND)
-            else:
-                raise_guard_alert(self._lockout, tenant, principal, ALERT_KIND)
+            run_in_own_transaction(deps.engine, tenant, record)
         except Exception as exc:
             _log.error("budget.refusal-not-recorded", error=type(exc).__name__)
         _log.warning("budget.exceeded", principal_kind=principal.kind.value, window=window.label)
@@ -447,6 +519,9 @@ __all__ = [
     "SubjectDigester",
     "Window",
     "decide",
+    "effective_limits",
+    "known_budget_keys",
     "parse_budget_key",
     "principal_key",
+    "set_organization_limits",
 ]

@@ -17,6 +17,7 @@ import datetime as dt
 import time
 import uuid
 import zoneinfo
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -53,9 +54,11 @@ def scan_tenant(
     *,
     since: dt.datetime | None = None,
     limits: AnomalyThresholds | None = None,
+    external: Sequence[AlertSink] | None = None,
 ) -> ScanReport:
     """One organization's scan in one transaction of its own (tenant-bound): the findings,
-    their alerts and the scan's audit event commit together."""
+    their alerts and the scan's audit event commit together; the webhook and JSON-lines
+    sinks (``external``, default: from the settings) deliver once it has committed."""
     with transaction(runtime.tenant_sessions(tenant_id)) as session:
         audit = AuditTrail(session, SCANNER)
         audit.record(
@@ -70,20 +73,9 @@ def scan_tenant(
             audit,
             keyrings=keyring_factory(session, runtime.key_provider),
             mailer=runtime.mailer,
-            external=_external(runtime),
+            external=external,
         )
         return scan(session, tenant_id, now, dispatcher, limits, since=since)
-
-
-_EXTERNAL: dict[int, list[AlertSink]] = {}
-
-
-def _external(runtime: Runtime) -> list[AlertSink]:
-    """The webhook and JSON-lines sinks, built once per runtime (watch loops reuse them)."""
-    key = id(runtime)
-    if key not in _EXTERNAL:
-        _EXTERNAL[key] = list(external_sinks(runtime.settings))
-    return _EXTERNAL[key]
 
 
 def _tenants(runtime: Runtime, organization: str | None) -> list[tuple[uuid.UUID, str]]:
@@ -127,9 +119,10 @@ def _scan_all(runtime: Runtime, organization: str | None, since: dt.datetime | N
     from labvault.cli import console
 
     now = utcnow()
+    outside = external_sinks(runtime.settings)
     rows: list[tuple[str, Finding, bool]] = []
     for tenant_id, name in _tenants(runtime, organization):
-        report = scan_tenant(runtime, tenant_id, now, since=since)
+        report = scan_tenant(runtime, tenant_id, now, since=since, external=outside)
         new = {id(finding) for _, finding in report.new}
         rows += [(name, finding, id(finding) in new) for finding in report.findings]
     if rows:

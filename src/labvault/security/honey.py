@@ -39,7 +39,7 @@ import secrets
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from sqlalchemy import ColumnElement, Table, func, insert, select, true
@@ -92,7 +92,7 @@ HONEY_AWARE_JOBS: Final[frozenset[str]] = frozenset(
     {
         # Recomputes every record's blind indexes under a new generation: honey records
         # must move too, or the old generation would single them out.
-        "cli:keys-rotate-index",
+        "cli:keys-rotate-index",  # = core.crypto.index_rotation.JOB_PRINCIPAL (tested)
         # Plants them (it opens no key, but names itself here all the same).
         PLANT_JOB,
     }
@@ -430,8 +430,9 @@ class _Template:
     ins_oid: str | None
     identity_status: str
     empty: frozenset[str]
-    email_bytes: int | None = None
-    """The sealed email's size: a honey address gets the same plaintext length."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Plaintext lengths of its variable-length sealed fields (ciphertext size minus the
+    sealing overhead: AES-GCM keeps lengths), which a honey record matches."""
 
 
 class _KeepingSealer:
@@ -480,25 +481,27 @@ def _templates(
 ) -> list[_Template]:
     """``count`` shapes drawn at random among live real records (repeats when fewer)."""
     empty_flags = [getattr(Patient, name).is_(None) for name in _OPTIONAL]
+    sizes = [func.length(getattr(Patient, name)) for name in _SIZED]
     rows = session.execute(
-        select(
-            Patient.created_at,
-            Patient.ins_oid,
-            Patient.identity_status,
-            func.length(Patient.email),
-            *empty_flags,
-        )
+        select(Patient.created_at, Patient.ins_oid, Patient.identity_status, *sizes, *empty_flags)
         .where(Patient.tenant_id == tenant_id, Patient.erased_at.is_(None))
         .order_by(func.random())
         .limit(count)
     ).all()
+    flags_at = 3 + len(_SIZED)
     drawn = [
         _Template(
             created_at=row[0],
             ins_oid=row[1],
             identity_status=row[2],
-            empty=frozenset(name for name, flag in zip(_OPTIONAL, row[4:], strict=True) if flag),
-            email_bytes=row[3],
+            empty=frozenset(
+                name for name, flag in zip(_OPTIONAL, row[flags_at:], strict=True) if flag
+            ),
+            sizes={
+                name: size - _SEAL_OVERHEAD
+                for name, size in zip(_SIZED, row[3:flags_at], strict=True)
+                if size is not None
+            },
         )
         for row in rows
     ]
@@ -532,31 +535,51 @@ def _creation_time(
     return min(moved, utcnow())
 
 
+_SIZED = ("birth_name", "used_name", "first_names", "address_line", "city", "email")
+_POOL_ROWS = 400
+
+
+def _closest(values: Sequence[str], length: int | None, rng: secrets.SystemRandom) -> str:
+    """The value whose UTF-8 length is nearest ``length`` (any, when it is unknown)."""
+    if length is None:
+        return rng.choice(values)
+    return min(values, key=lambda v: (abs(len(v.encode()) - length), rng.random()))
+
+
 def _inputs(templates: Sequence[_Template], rng: secrets.SystemRandom) -> list[PatientInput]:
     """Synthetic identities shaped like ``templates`` (Faker fr_FR, valid NIR keys): a
-    field the template leaves empty is dropped, one it fills is taken from a spare
-    identity when the drawn one lacks it."""
-    pool = list(synthetic_patient_rows(2 * len(templates) + 8, seed=rng.getrandbits(63)))
-    donors = pool[len(templates) :]
+    field the template leaves empty is dropped, the others take values of its lengths."""
+    pool = list(synthetic_patient_rows(max(_POOL_ROWS, len(templates)), seed=rng.getrandbits(63)))
+    last_names = sorted({row["birth_name"] for row in pool})
+    first_names = {
+        sex: sorted({row["first_names"] for row in pool if row["sex"] == sex}) for sex in "MF"
+    }
+    streets = sorted({row["address"] for row in pool})
+    places = sorted({(row["postal_code"], row["city"]) for row in pool})
+    phones = [row["phone"] for row in pool if row["phone"]]
     inputs = []
     for template, row in zip(templates, pool, strict=False):
+        size = template.sizes.get
         data: dict[str, object] = dict(row)
-        for name in _OPTIONAL:
-            column = _ROW_FIELD.get(name, name)
-            if name in template.empty:
-                data[column] = ""
-            elif not data.get(column):
-                source = "birth_name" if name == "used_name" else column
-                filled = [donor[source] for donor in donors if donor.get(source)]
-                data[column] = rng.choice(filled) if filled else ""
+        data["birth_name"] = _closest(last_names, size("birth_name"), rng)
+        data["first_names"] = _closest(first_names[row["sex"]], size("first_names"), rng)
+        data["used_name"] = _closest(last_names, size("used_name"), rng)
+        data["address"] = _closest(streets, size("address_line"), rng)
+        city_length = size("city")
+        data["postal_code"], data["city"] = min(
+            places,
+            key=lambda p: (
+                0 if city_length is None else abs(len(p[1].encode()) - city_length),
+                rng.random(),
+            ),
+        )
+        data["phone"] = row["phone"] or rng.choice(phones)
+        data["email"] = _email_of_length(
+            str(data["first_names"]), str(data["birth_name"]), size("email") or 30, rng
+        )
+        for name in template.empty:
+            data[_ROW_FIELD.get(name, name)] = ""
         data["address_line"] = data.pop("address")
-        if data["email"] and template.email_bytes:
-            data["email"] = _email_of_length(
-                str(data["first_names"]),
-                str(data["birth_name"]),
-                template.email_bytes - _SEAL_OVERHEAD,
-                rng,
-            )
         if template.ins_oid is None:
             data["nir"] = ""
         else:

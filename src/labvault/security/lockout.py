@@ -443,10 +443,10 @@ def _is_lock_wait(exc: BaseException) -> bool:
 
 __all__ = [
     "GUARD",
-    "alert_in",
-    "lock_in",
     "LockOutcome",
     "LockoutDeps",
+    "alert_in",
+    "lock_in",
     "lock_principal",
     "raise_guard_alert",
     "run_in_own_transaction",

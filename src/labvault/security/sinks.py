@@ -11,9 +11,10 @@
 
 Every payload names kinds and ids only (principal, tenant, alert target), never a personal
 value (I5). A sink that cannot deliver logs it and returns: the alert is already on the
-security page, which is the record. Sinks deliver when the alert is raised; the guard raises
-alerts in a short transaction of its own (see ``docs/guard.md``), so an alert that reaches
-a SIEM is one the database kept.
+security page, which is the record. The webhook and JSON-lines sinks are wrapped in
+:class:`AfterCommitAlertSink` by :func:`alert_dispatcher`: they deliver once the alert's
+transaction commits (nothing for a rolled-back one), and a slow receiver never holds the
+transaction's locks (SQLite's single writer).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from labvault.core.access.decrypt import DecryptGuard
@@ -54,6 +56,7 @@ __all__ = [
     "PAYLOAD_TYPE",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "AfterCommitAlertSink",
     "AlertSink",
     "EmailAlertSink",
     "JsonLinesAlertSink",
@@ -61,6 +64,7 @@ __all__ = [
     "alert_dispatcher",
     "alert_document",
     "external_sinks",
+    "guard_sinks",
     "keyring_factory",
     "sign",
 ]
@@ -225,6 +229,29 @@ def external_sinks(settings: Settings) -> list[AlertSink]:
     return sinks
 
 
+class AfterCommitAlertSink:
+    """Holds alerts until ``session``'s transaction commits, then hands them to ``sinks``;
+    a rollback drops them (the alert row is gone too)."""
+
+    def __init__(self, session: Session, sinks: Sequence[AlertSink]) -> None:
+        self._sinks = tuple(sinks)
+        self._pending: list[Alert] = []
+        event.listen(session, "after_commit", self._deliver)
+        event.listen(session, "after_rollback", self._drop)
+
+    def raise_alert(self, alert: Alert) -> None:
+        self._pending.append(alert)
+
+    def _deliver(self, _session: Session) -> None:
+        pending, self._pending = self._pending, []
+        for alert in pending:
+            for sink in self._sinks:
+                sink.raise_alert(alert)
+
+    def _drop(self, _session: Session) -> None:
+        self._pending.clear()
+
+
 def alert_dispatcher(
     settings: Settings,
     session: Session,
@@ -242,8 +269,30 @@ def alert_dispatcher(
         if keyrings is None:
             raise ValueError("the email sink needs a keyring factory to read officers' addresses")
         sinks.append(MailAlertSink(session, keyrings, mailer))
-    sinks.extend(external_sinks(settings) if external is None else external)
+    outside = external_sinks(settings) if external is None else list(external)
+    if outside:
+        sinks.append(AfterCommitAlertSink(session, outside))
     return AlertDispatcher(sinks)
+
+
+def guard_sinks(
+    settings: Settings, provider: KeyProvider, mailer: Mailer
+) -> Callable[[Session, AuditTrail], list[AlertSink]]:
+    """The sinks after the record, for ``security.lockout.LockoutDeps.extra_sinks``: the
+    officers' mail (if chosen) in the lock's transaction, the webhook and JSON lines after
+    it commits. External sinks are built once here and shared."""
+    names = alert_sink_names(settings.alert_sinks)
+    outside = external_sinks(settings)
+
+    def build(session: Session, _audit: AuditTrail) -> list[AlertSink]:
+        sinks: list[AlertSink] = []
+        if "email" in names:
+            sinks.append(MailAlertSink(session, keyring_factory(session, provider), mailer))
+        if outside:
+            sinks.append(AfterCommitAlertSink(session, outside))
+        return sinks
+
+    return build
 
 
 def keyring_factory(

@@ -49,6 +49,8 @@ TENANT_OWNED = {
     "read_budget_reads",
     "honey_sets",
     "honey_marks",
+    "anomaly_findings",
+    "unlock_requests",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

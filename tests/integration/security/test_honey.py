@@ -21,6 +21,7 @@ from labvault.core.access.principals import Principal, PrincipalKind, SystemPrin
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditTrail
 from labvault.core.audit.models import AuditEvent
+from labvault.core.crypto.index_rotation import JOB_PRINCIPAL as INDEX_ROTATION_JOB
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
@@ -33,8 +34,10 @@ from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
 from labvault.results.clients import ServiceClientRegistry
 from labvault.results.models import ServiceClient, ServiceClientKind
+from labvault.security.alerts import KIND_LABELS
 from labvault.security.honey import (
     ALERT_KIND,
+    HONEY_AWARE_JOBS,
     HoneyGuards,
     HoneyMembership,
     HoneyPlantError,
@@ -43,6 +46,7 @@ from labvault.security.honey import (
     check_label,
     honey_sets,
     honey_target,
+    is_honey_aware,
     plant_honey,
 )
 from labvault.security.honey_models import HoneyMark
@@ -380,6 +384,14 @@ def test_cli_plants_and_lists_without_naming_patients(
     assert isinstance(bad.exception, CliError)
     with honeyed.world.sessions() as session:
         assert len(honey_sets(session, honeyed.world.tenant)) == 2
+
+
+def test_the_honey_aware_jobs_are_the_jobs_that_run() -> None:
+    assert INDEX_ROTATION_JOB in HONEY_AWARE_JOBS
+    assert is_honey_aware(SystemPrincipal(INDEX_ROTATION_JOB))
+    assert not is_honey_aware(SystemPrincipal("job:reminders"))
+    assert not is_honey_aware(Principal(PrincipalKind.STAFF, "cli:keys-rotate-index"))
+    assert ALERT_KIND in KIND_LABELS  # the officers' mail and page say what it is
 
 
 def test_plant_input_is_checked() -> None:

@@ -3,6 +3,7 @@ SIEM, and the settings that choose them. Payloads name kinds and ids only."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import http.server
@@ -16,19 +17,27 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
-from labvault.core.access.principals import Principal, PrincipalKind
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.events import AuditTrail
 from labvault.core.config import ConfigurationError, Settings, load_settings
 from labvault.core.crypto.secret import Secret
+from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
+from labvault.organizations.services import create_organization
 from labvault.security.alerts import Alert
-from labvault.security.models import AlertSeverity
+from labvault.security.lockout import LockoutDeps, lock_principal
+from labvault.security.models import AlertSeverity, SecurityAlert
 from labvault.security.sinks import (
     PAYLOAD_TYPE,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     JsonLinesAlertSink,
     WebhookAlertSink,
+    alert_dispatcher,
     external_sinks,
+    guard_sinks,
 )
 
 SECRET = b"un secret partage assez long pour HMAC"
@@ -43,6 +52,17 @@ ALERT = Alert(
     "anomaly-finding",
     FINDING,
 )
+
+
+SCANNER = SystemPrincipal("test:sinks")
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def raise_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert)
 
 
 class Receiver:
@@ -207,3 +227,66 @@ def test_settings_choose_the_sinks_and_refuse_an_incomplete_webhook(tmp_path: Pa
             alert_webhook_url="http://siem.example.org/",
             alert_webhook_secret="s" * 32,
         )
+
+
+@pytest.fixture
+def backend() -> str:
+    """The sinks do not depend on the database; their transaction hooks run on SQLite."""
+    return "sqlite"
+
+
+def test_external_sinks_deliver_after_commit_and_never_for_a_rollback(runtime: Runtime) -> None:
+    received = Collect()
+    with transaction(runtime.sessions) as session:
+        tenant = create_organization(session, runtime.key_provider, "Labo Sinks").id
+    sessions = runtime.tenant_sessions(tenant)
+    alert = dataclasses.replace(ALERT, tenant_id=tenant)
+
+    def failing_unit() -> None:
+        with transaction(sessions) as session:
+            dispatcher = alert_dispatcher(
+                runtime.settings, session, AuditTrail(session, SCANNER), external=[received]
+            )
+            dispatcher.raise_alert(alert)
+            assert received.alerts == [], "nothing leaves before the commit"
+            raise RuntimeError("the transaction fails")
+
+    with pytest.raises(RuntimeError):
+        failing_unit()
+    assert received.alerts == []
+    with transaction(sessions) as session:
+        dispatcher = alert_dispatcher(
+            runtime.settings, session, AuditTrail(session, SCANNER), external=[received]
+        )
+        dispatcher.raise_alert(alert)
+        assert received.alerts == []
+    assert received.alerts == [alert]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(SecurityAlert)) == 1
+
+
+def test_the_guard_s_lock_sends_its_alert_to_the_json_lines_sink(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The wiring B1's lockout takes: ``LockoutDeps(extra_sinks=guard_sinks(...))``."""
+    chosen = settings.model_copy(
+        update={"alert_sinks": "jsonl", "alert_jsonl_path": tmp_path / "siem.jsonl"}
+    )
+    runtime = Runtime(chosen)
+    try:
+        with transaction(runtime.sessions) as session:
+            tenant = create_organization(session, runtime.key_provider, "Labo Lock").id
+        client = uuid.uuid4()
+        deps = LockoutDeps.from_runtime(
+            runtime, extra_sinks=guard_sinks(chosen, runtime.key_provider, runtime.mailer)
+        )
+        principal = Principal(PrincipalKind.SERVICE, f"service:{client}")
+        lock_principal(deps, tenant, principal, "read-budget", "budget-exceeded")
+    finally:
+        runtime.close()
+    [line] = (tmp_path / "siem.jsonl").read_text().splitlines()
+    document = json.loads(line)
+    assert (document["kind"], document["actor"]) == (
+        "budget-exceeded",
+        {"kind": "service", "id": f"service:{client}"},
+    )
