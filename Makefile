@@ -38,6 +38,8 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.booking
 	$(BIN)/python -m bench.keys
 	$(BIN)/python -m bench.results
+	$(BIN)/python -m bench.fhir
+	$(BIN)/python -m bench.guard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

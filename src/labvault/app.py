@@ -72,7 +72,7 @@ from labvault.results.staff_pages import router as result_review_pages
 from labvault.results.staff_routes import router as result_review_router
 from labvault.schedules.pages import router as schedule_pages
 from labvault.schedules.routes import router as schedule_router
-from labvault.security.budgets import BudgetExceededError
+from labvault.security.budgets import BudgetExceededError, BudgetUnavailableError
 from labvault.security.pages import router as security_pages
 from labvault.security.routes import router as security_router
 
@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IndexKeysChangedError, _index_keys_changed)
     app.add_exception_handler(BudgetExceededError, _read_budget_exceeded)
+    app.add_exception_handler(BudgetUnavailableError, _read_budget_unavailable)
     # Only reached by errors outside RequestContextMiddleware (which answers all others).
     app.add_exception_handler(Exception, _last_resort_error)
 
@@ -355,6 +356,12 @@ async def _read_budget_exceeded(request: Request, exc: Exception) -> Response:
             "have been alerted.",
         )
     return _html_error(get_templates(request), request, 429)
+
+
+async def _read_budget_unavailable(request: Request, exc: Exception) -> Response:
+    """The read-budget counters are unreachable: no count, no read (fail closed)."""
+    unavailable = StarletteHTTPException(503, headers={"Retry-After": "5"})
+    return await _http_error(request, unavailable)
 
 
 def _status_phrase(status: int) -> str:

@@ -187,8 +187,24 @@ class IdentityVerification:
             raise ValueError("an identity verification names the fields it reads")
 
 
+@dataclass(frozen=True, slots=True)
+class SealingFor:
+    """Adding sealed rows of ``resources`` to ONE record: a laboratory system's result for
+    the patient the intake has just matched with certainty (or a person chose from the
+    matching queue). A privileged path like :class:`IdentityVerification`, named where it
+    is used: it may only ``create``, so it never reads a field, and reaches no other record.
+    """
+
+    patient_id: uuid.UUID
+    resources: frozenset[str]
+
+    def __post_init__(self) -> None:
+        if not self.resources:
+            raise ValueError("a sealing access names the resources it writes")
+
+
 def in_scope(
-    scope: AccessScope | SystemAccess | IdentityVerification,
+    scope: AccessScope | SystemAccess | IdentityVerification | SealingFor,
     patient_id: InstrumentedAttribute[uuid.UUID],
     resource: str,
     interaction: Interaction,
@@ -199,6 +215,10 @@ def in_scope(
     """
     if isinstance(scope, SystemAccess):
         return scope.patients_clause(), None
+    if isinstance(scope, SealingFor):
+        if interaction is not Interaction.CREATE or resource not in scope.resources:
+            raise AccessDeniedError(f"a sealing access cannot {interaction} {resource}")
+        return patient_id == scope.patient_id, frozenset()
     if isinstance(scope, IdentityVerification):
         if interaction not in (Interaction.READ, Interaction.SEARCH):
             raise AccessDeniedError(f"an identity verification cannot {interaction}")

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import ColumnElement, Select, Table, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -51,6 +51,7 @@ from labvault.patients.scope import (
     AccessDeniedError,
     AccessScope,
     IdentityVerification,
+    SealingFor,
     SystemAccess,
 )
 from labvault.patients.scope import in_scope as policy_scope
@@ -64,7 +65,7 @@ DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
 
 
 def in_scope(
-    scope: AccessScope | SystemAccess | IdentityVerification,
+    scope: AccessScope | SystemAccess | IdentityVerification | SealingFor,
     patient_id: InstrumentedAttribute[uuid.UUID],
     resource: str,
     interaction: Interaction,
@@ -217,6 +218,27 @@ class IdentityCheckOutcome:
     status_after: IdentityStatus
 
 
+class RowSealer:
+    """Seals rows under one patient's data key and can do nothing else (no ``open``)."""
+
+    __slots__ = ("_key", "patient_id")
+
+    def __init__(self, patient_id: uuid.UUID, key: FieldKey) -> None:
+        self.patient_id = patient_id
+        self._key = key
+
+    def seal_row(
+        self, table: str, row_id: uuid.UUID, values: Mapping[str, bytes | None]
+    ) -> dict[str, bytes | None]:
+        return self._key.seal_row(table, row_id, values)
+
+    def __repr__(self) -> str:
+        return f"RowSealer(patient={self.patient_id})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a sealer holds an unwrapped key and cannot be pickled")
+
+
 class PatientRepository:
     """Patients of one tenant, as seen by the principal bound to ``keyring``.
 
@@ -230,7 +252,7 @@ class PatientRepository:
         self,
         session: Session,
         keyring: Keyring,
-        access: AccessScope | SystemAccess | IdentityVerification | None = None,
+        access: AccessScope | SystemAccess | IdentityVerification | SealingFor | None = None,
     ) -> None:
         if access is None:
             if not isinstance(keyring.principal, SystemPrincipal):
@@ -481,6 +503,16 @@ class PatientRepository:
         if key is None:
             return None
         return key.seal_row(item.table, item.row_id, dict(item.values))
+
+    def sealer_for(self, patient_id: uuid.UUID, resource: str, *, purpose: str) -> RowSealer | None:
+        """A sealer of new ``resource`` rows for one patient, for a writer that adds many
+        rows at once (a lab result: order, report, observations, PDF): one key opening,
+        audited once; ``None`` when the principal may not create ``resource`` for this
+        patient or the record is erased. It seals only: nothing it gives can decrypt."""
+        if patient_id not in self.in_scope_ids([patient_id], resource, Interaction.CREATE):
+            return None
+        key = self._open_keys([patient_id], purpose).get(patient_id)
+        return None if key is None else RowSealer(patient_id, key)
 
     def open_for(
         self, resource: str, items: Sequence[SealedItem], *, purpose: str

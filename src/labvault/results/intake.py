@@ -50,13 +50,13 @@ from labvault.core.audit.events import (
     AuditTrail,
     audited_transaction,
 )
-from labvault.core.crypto.envelope import FieldKey
-from labvault.core.crypto.keyring import DataKeyNotFoundError, Keyring, TenantKeyring
+from labvault.core.crypto.keyring import Keyring, TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.providers import KeyProvider
 from labvault.core.db import utcnow
-from labvault.patients.scope import NOT_A_RELATIONSHIP
+from labvault.patients.scope import NOT_A_RELATIONSHIP, SealingFor
 from labvault.patients.services import SUBJECT_TYPE as PATIENT_SUBJECT
+from labvault.patients.services import PatientRepository, RowSealer
 from labvault.results import content
 from labvault.results.clients import find_sender
 from labvault.results.content import Coding, Delivery, OrderDetails, ReportContent
@@ -97,6 +97,8 @@ __all__ = [
 
 
 INTAKE_PURPOSE: Final = "result-intake"
+RESULT_RESOURCE: Final = "result"
+"""The policy resource of everything the intake seals."""
 MESSAGE_TARGET: Final = "result-message"
 CLIENT_TARGET: Final = "service-client"
 PARIS: Final = zoneinfo.ZoneInfo("Europe/Paris")
@@ -220,29 +222,33 @@ def check_result(incoming: IncomingResult) -> None:
 
 class ResultAttachment:
     """Seals result rows under ONE patient's data key: the patient just matched (or chosen
-    from the queue). A privileged path like ``IdentityVerification``, named where it is
-    used: it opens that key once (audited by the keyring as its principal), seals, and
-    never opens anything; it cannot reach any other patient."""
+    from the queue). It goes through the repository with a :class:`SealingFor` access (a
+    privileged path like ``IdentityVerification``, named here): the key is opened once,
+    audited by the keyring as its principal, and what comes back can seal, never open; it
+    cannot reach any other patient."""
 
-    def __init__(self, keyring: Keyring, patient_id: uuid.UUID, *, purpose: str) -> None:
-        self._keyring = keyring
+    def __init__(
+        self, session: Session, keyring: Keyring, patient_id: uuid.UUID, *, purpose: str
+    ) -> None:
+        self._repository = PatientRepository(
+            session, keyring, SealingFor(patient_id, frozenset({RESULT_RESOURCE}))
+        )
         self.patient_id = patient_id
         self._purpose = purpose
-        self._key: FieldKey | None = None
+        self._sealer: RowSealer | None = None
 
-    def _data_key(self) -> FieldKey:
-        if self._key is None:
-            try:
-                keys = self._keyring.open_data_keys(
-                    PATIENT_SUBJECT, [self.patient_id], self._purpose
-                )
-            except DataKeyNotFoundError:
-                raise UnattachableError(QueueReason.IDENTITY_ERASED) from None
-            self._key = keys[self.patient_id]
-        return self._key
+    def _row_sealer(self) -> RowSealer:
+        if self._sealer is None:
+            sealer = self._repository.sealer_for(
+                self.patient_id, RESULT_RESOURCE, purpose=self._purpose
+            )
+            if sealer is None:  # erased since it was matched
+                raise UnattachableError(QueueReason.IDENTITY_ERASED)
+            self._sealer = sealer
+        return self._sealer
 
     def seal(self, table: str, row_id: uuid.UUID, column: str, value: bytes) -> bytes:
-        sealed = self._data_key().seal_row(table, row_id, {column: value})[column]
+        sealed = self._row_sealer().seal_row(table, row_id, {column: value})[column]
         assert sealed is not None  # a value was given
         return sealed
 
@@ -290,7 +296,9 @@ class ResultWriter:
         }
         if any(order.patient_id != patient_id for order in existing.values()):
             raise UnattachableError(QueueReason.ORDER_OF_ANOTHER_PATIENT)
-        attachment = ResultAttachment(self._keyring, patient_id, purpose=self._purpose)
+        attachment = ResultAttachment(
+            self._session, self._keyring, patient_id, purpose=self._purpose
+        )
         sensitive = self._sensitive()
         reports: list[uuid.UUID] = []
         for order in incoming.orders:

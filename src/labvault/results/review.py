@@ -426,14 +426,10 @@ class ReviewService:
                 tenant_id=self._tenant_id,
                 purpose=READ_PURPOSE,
             ) from denied
-        return (
-            select(ResultReport)
-            .join(
-                Patient,
-                (Patient.tenant_id == ResultReport.tenant_id)
-                & (Patient.id == ResultReport.patient_id),
-            )
-            .where(ResultReport.tenant_id == self._tenant_id, Patient.erased_at.is_(None), where)
+        return select(ResultReport).where(
+            ResultReport.tenant_id == self._tenant_id,
+            ResultReport.patient_id.in_(_live_patients(self._tenant_id)),
+            where,
         )
 
     def _find(self, report_id: uuid.UUID, *, lock: bool = False) -> ResultReport:
@@ -786,16 +782,11 @@ def deliver_pending(
     reports = list(
         session.scalars(
             select(ResultReport)
-            .join(
-                Patient,
-                (Patient.tenant_id == ResultReport.tenant_id)
-                & (Patient.id == ResultReport.patient_id),
-            )
             .where(
                 ResultReport.tenant_id == keyring.tenant_id,
+                ResultReport.patient_id.in_(_live_patients(keyring.tenant_id)),
                 ResultReport.status == ReportStatus.RELEASED.value,
                 ResultReport.delivered_at.is_(None),
-                Patient.erased_at.is_(None),
             )
             .order_by(ResultReport.released_at, ResultReport.id)
             .limit(limit)
@@ -850,3 +841,8 @@ def _add_years(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year + years)
     except ValueError:  # 29 February
         return day.replace(year=day.year + years, day=28)
+
+
+def _live_patients(tenant_id: uuid.UUID) -> Select[uuid.UUID]:
+    """The tenant's records not erased (their reports are unreadable: never listed)."""
+    return select(Patient.id).where(Patient.tenant_id == tenant_id, Patient.erased_at.is_(None))

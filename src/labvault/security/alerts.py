@@ -38,6 +38,9 @@ KIND_LABELS: dict[str, str] = {
     "break-glass": "accès exceptionnel (bris de glace) à un dossier patient",
     "desk-walk-in-limit": "limite quotidienne de recherches de patients sans rendez-vous "
     "atteinte par un compte d'accueil",
+    # Read budgets (labvault.security.budgets).
+    "read-budget-exceeded": "budget de lecture dépassé : trop de dossiers patients différents "
+    "ouverts par un même compte ou client, accès refusé (et compte ou client bloqué)",
     # Honey records (labvault.security.honey).
     "honey-record-touched": "ouverture d'un dossier piège (patient fictif qu'aucun écran "
     "n'affiche) : accès refusé, compte ou client bloqué",

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from labvault.core.access.principals import Principal, PrincipalKind
@@ -57,7 +57,11 @@ __all__ = [
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 HOUR = dt.timedelta(hours=1)
 HOUR_US = 3_600_000_000
-WATCHED_KINDS = (PrincipalKind.STAFF.value, PrincipalKind.SERVICE.value, "patient")
+WATCHED_KINDS = (
+    PrincipalKind.STAFF.value,
+    PrincipalKind.SERVICE.value,
+    PrincipalKind.PATIENT.value,
+)
 """Whose reads are watched. System jobs (reminders, retention) read in bulk by design and
 name themselves; they are bounded by their own code, not by these rules."""
 READ_ACTION = AuditAction.PATIENT_RECORD_READ.value
@@ -127,7 +131,7 @@ class Finding:
         return AlertSeverity.CRITICAL if self.rule is Rule.VOLUME else AlertSeverity.WARNING
 
 
-def _reads(tenant_id: uuid.UUID, start: dt.datetime, end: dt.datetime) -> list[object]:
+def _reads(tenant_id: uuid.UUID, start: dt.datetime, end: dt.datetime) -> list[ColumnElement[bool]]:
     return [
         AuditEvent.tenant_id == tenant_id,
         AuditEvent.action == READ_ACTION,
@@ -148,7 +152,7 @@ def _distinct_patients(
             AuditEvent.actor_id,
             func.count(AuditEvent.target_id.distinct()),
         )
-        .where(*_reads(tenant_id, start, end))  # type: ignore[arg-type]
+        .where(*_reads(tenant_id, start, end))
         .group_by(AuditEvent.actor_kind, AuditEvent.actor_id)
     ).all()
     return {(kind, actor): int(count) for kind, actor, count in rows}
@@ -169,7 +173,7 @@ def volume(
     rows = session.execute(
         select(AuditEvent.actor_id, bucket, func.count(AuditEvent.target_id.distinct()))
         .where(
-            *_reads(tenant_id, since, start),  # type: ignore[arg-type]
+            *_reads(tenant_id, since, start),
             AuditEvent.actor_id.in_([actor for _, actor in suspects]),
         )
         .group_by(AuditEvent.actor_id, bucket)
@@ -325,7 +329,7 @@ def sequential(
             func.min(AuditEvent.occurred_us).label("at"),
         )
         .where(
-            *_reads(tenant_id, start, now),  # type: ignore[arg-type]
+            *_reads(tenant_id, start, now),
             AuditEvent.actor_id.in_([actor for _, actor in suspects]),
         )
         .group_by(AuditEvent.actor_kind, AuditEvent.actor_id, AuditEvent.target_id)

@@ -17,25 +17,30 @@ after it. Counting is exact and atomic per principal in every store.
 Default limits (per principal; a site with unusual volumes sets its own per organization,
 ``labvault guard budgets set``):
 
-================== ======= ======= ======== =====================================================
-principal           1 hour  1 day   30 days  why
-================== ======= ======= ======== =====================================================
-receptionist           150     600    6 000  a busy desk checks in 30-60 patients an hour,
-                                              each opened a few times; 600 covers a double shift
-sampler                 60     300    3 000  a sampling room takes 10-20 patients an hour
-biologist              400   2 000   20 000  validates a platform's series: up to ~1 500
-                                              reports a day in a large lab
-organization_admin      30     100      500  administers staff and settings, rarely patients
-security_officer        50     200    1 000  investigations and break-glass reviews
-other staff role        60     300    3 000  the sampler's, a safe middle
-patient account         20      40      200  one's own file and one's dependents' (a family
+==================== ====== ======= ======== ==================================================
+principal            1 hour   1 day  30 days  why
+==================== ====== ======= ======== ==================================================
+receptionist            500   1 000   10 000  the desk's day schedule opens a site's whole day
+                                              at once (a busy site: 200-300 visits), and the
+                                              next day's too; walk-ins and searches on top
+sampler                 400     800    8 000  opens the day schedule too (its own visits)
+biologist               600   2 500   25 000  validates a platform's series: up to ~1 500
+                                              reports a day in a large lab, lists included
+organization_admin       30     100      500  administers staff and settings, rarely patients
+security_officer         50     200    1 000  investigations and break-glass reviews
+other staff role        100     400    4 000  a safe middle
+patient account          20      40      200  one's own file and one's dependents' (a family
                                               of ten, each opened many times, is 10)
-service lis          2 000  20 000  200 000  an LIS pushing a large lab's day of results
-service fhir           500   5 000   50 000  a reading system (a GP's or a hospital's)
-system job          exempt  exempt   exempt  named, started by an operator and audited
+service lis           2 000  20 000  200 000  an LIS pushing a large lab's day of results
+service fhir            500   5 000   50 000  a reading system (a GP's or a hospital's)
+system job           exempt  exempt   exempt  named, started by an operator and audited
                                               (``SystemPrincipal``): budgets bound stolen
                                               credentials, not the operator
-================== ======= ======= ======== =====================================================
+==================== ====== ======= ======== ==================================================
+
+A stolen desk account thus yields at most 500 patients in its first hour and 1 000 a day
+before it is cut off, where the leaks that motivated this yielded millions; the anomaly
+rules (``labvault.security.anomalies``) watch what stays under the budgets.
 """
 
 from __future__ import annotations
@@ -108,12 +113,12 @@ class BudgetLimits:
 
 
 DEFAULT_LIMITS: Mapping[tuple[PrincipalKind, str], BudgetLimits] = {
-    (PrincipalKind.STAFF, "receptionist"): BudgetLimits(150, 600, 6000),
-    (PrincipalKind.STAFF, "sampler"): BudgetLimits(60, 300, 3000),
-    (PrincipalKind.STAFF, "biologist"): BudgetLimits(400, 2000, 20000),
+    (PrincipalKind.STAFF, "receptionist"): BudgetLimits(500, 1000, 10000),
+    (PrincipalKind.STAFF, "sampler"): BudgetLimits(400, 800, 8000),
+    (PrincipalKind.STAFF, "biologist"): BudgetLimits(600, 2500, 25000),
     (PrincipalKind.STAFF, "organization_admin"): BudgetLimits(30, 100, 500),
     (PrincipalKind.STAFF, "security_officer"): BudgetLimits(50, 200, 1000),
-    (PrincipalKind.STAFF, ANY_ROLE): BudgetLimits(60, 300, 3000),
+    (PrincipalKind.STAFF, ANY_ROLE): BudgetLimits(100, 400, 4000),
     (PrincipalKind.PATIENT, ANY_ROLE): BudgetLimits(20, 40, 200),
     (PrincipalKind.SERVICE, "lis"): BudgetLimits(2000, 20000, 200000),
     (PrincipalKind.SERVICE, "fhir"): BudgetLimits(500, 5000, 50000),
@@ -354,6 +359,14 @@ class BudgetExceededError(DecryptDeniedError):
         self.window = window
 
 
+class BudgetUnavailableError(DecryptDeniedError):
+    """The budget store could not count the read (Redis or the database is down): the read
+    is refused, as no count means no bound."""
+
+    def __init__(self) -> None:
+        super().__init__("read budget store unavailable")
+
+
 class SubjectDigester:
     """Keyed digests of patient ids for the counter stores, one key per tenant."""
 
@@ -458,13 +471,18 @@ class BudgetGuard:
         limits = self.policy.limits_for(request.tenant_id, request.principal)
         if limits is None:
             return
-        decision = self.store.charge(
-            request.tenant_id,
-            principal_key(request.principal),
-            self._digester.digests(request.tenant_id, request.subject_ids),
-            self._clock(),
-            limits,
-        )
+        try:
+            decision = self.store.charge(
+                request.tenant_id,
+                principal_key(request.principal),
+                self._digester.digests(request.tenant_id, request.subject_ids),
+                self._clock(),
+                limits,
+            )
+        except Exception as exc:
+            # No count, no read (fail closed): the store is down or refused the write.
+            _log.error("budget.store-unavailable", error=type(exc).__name__)
+            raise BudgetUnavailableError from exc
         if decision.allowed:
             return
         assert decision.window is not None
@@ -513,6 +531,7 @@ __all__ = [
     "BudgetLimits",
     "BudgetPolicy",
     "BudgetStore",
+    "BudgetUnavailableError",
     "Decision",
     "MemoryBudgetStore",
     "OrganizationLimits",

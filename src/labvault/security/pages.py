@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zoneinfo
+from dataclasses import dataclass
 from typing import Final
 
 from fastapi import APIRouter, Request
+from sqlalchemy import select
 from starlette.responses import Response
 
 from labvault.accounts.callers import Caller, CallerNotFoundError, run_page_as_caller
@@ -22,8 +24,14 @@ from labvault.accounts.routes import SESSION_COOKIE
 from labvault.security.alerts import KIND_LABELS
 from labvault.security.anomalies import ANOMALY_LABELS
 from labvault.security.breakglass import ReviewOutcome
-from labvault.security.console import acknowledge_alert, alerts, is_security_officer, review_of
-from labvault.security.guard_models import UnlockReason
+from labvault.security.console import (
+    AlertSummary,
+    acknowledge_alert,
+    alerts,
+    is_security_officer,
+    review_of,
+)
+from labvault.security.guard_models import AnomalyFinding, UnlockReason
 from labvault.security.routes import review_list
 from labvault.security.unlock import FourEyesUnlock, UnlockError, UnlockProblem
 
@@ -156,11 +164,14 @@ def review_grant(
 def alerts_page(request: Request) -> Response:
     def show(caller: Caller) -> Response:
         _officer(caller)
+        found = alerts(caller)
         return render_page(
             request,
             "securite/alertes.html",
             {
-                "alerts": alerts(caller),
+                "alerts": found,
+                "findings": _findings(caller, found),
+                "figure_names": FIGURE_NAMES,
                 "csrf_token": _csrf(request, caller),
                 "kinds": {**KIND_LABELS, **ANOMALY_LABELS},
                 "when": _when,
@@ -180,6 +191,41 @@ def acknowledge(alert_id: uuid.UUID, request: Request, csrf_token: FormText = ""
         return redirect_to(request, ALERTS_PATH, info="alerte-vue")
 
     return run_page_as_caller(request, ack, csrf_token=csrf_token)
+
+
+FIGURE_NAMES: Final = {
+    "patients": "patients distincts",
+    "baseline_median": "médiane habituelle par heure d'activité",
+    "baseline_hours": "heures d'activité de référence",
+    "searches": "recherches",
+    "ratio": "dossiers ouverts par recherche",
+    "instants": "instants distincts",
+    "creation_order": "part dans l'ordre de création",
+    "id_order": "part dans l'ordre des identifiants",
+    "timing_spread": "écart relatif des intervalles (0 : régulier)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FindingView:
+    window: str
+    figures: dict[str, object]
+
+
+def _findings(caller: Caller, shown: list[AlertSummary]) -> dict[uuid.UUID, FindingView]:
+    """The anomaly findings behind the alerts shown: window and counts (no patient)."""
+    wanted = [a.target_id for a in shown if a.target_type == "anomaly-finding" and a.target_id]
+    if not wanted:
+        return {}
+    rows = caller.session.scalars(
+        select(AnomalyFinding).where(
+            AnomalyFinding.tenant_id == caller.tenant_id, AnomalyFinding.id.in_(wanted)
+        )
+    )
+    return {
+        row.id: FindingView(f"{_when(row.window_start)} → {_when(row.window_end)}", row.figures)
+        for row in rows
+    }
 
 
 def _unlock_of(caller: Caller) -> FourEyesUnlock:

@@ -23,6 +23,7 @@ from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
+from labvault.security.alerts import KIND_LABELS
 from labvault.security.budget_backends import DatabaseBudgetStore
 from labvault.security.budgets import (
     BudgetExceededError,
@@ -104,6 +105,7 @@ def test_a_scraping_account_gets_at_most_its_hourly_budget_then_is_locked(
     assert lab.account().status == AccountStatus.LOCKED.value
     assert not lab.live(token)
     assert [a.kind for a in lab.alerts()] == ["read-budget-exceeded"]
+    assert "read-budget-exceeded" in KIND_LABELS  # the officers' mail and page say what it is
     assert EMAIL not in repr(lab.alerts()[0].__dict__)
 
 
@@ -163,3 +165,33 @@ def test_the_api_answers_a_refusal_with_a_problem_that_names_nobody(runtime: Run
     assert set(body) == {"type", "title", "status", "detail"}
     assert page.status_code == 429
     assert page.headers["content-type"].startswith("text/html")
+
+
+def test_an_unreachable_store_refuses_the_read(runtime: Runtime, lab: Lab) -> None:
+    """No count, no read: the guard fails closed, and the API says 503."""
+    from labvault.app import create_app
+    from labvault.security.budget_backends import RedisBudgetStore
+    from labvault.security.budgets import BudgetUnavailableError
+
+    account = lab.staff()
+    patients = _patients(runtime, lab, 1)
+    guard = BudgetGuard.from_runtime(runtime, RedisBudgetStore("redis://127.0.0.1:9/0"))
+    with (
+        pytest.raises(BudgetUnavailableError),
+        transaction(runtime.tenant_sessions(lab.tenant_id)) as session,
+    ):
+        TenantKeyring(
+            session, runtime.key_provider, lab.tenant_id, _principal(account), [guard]
+        ).open_data_keys("patient", patients, "care")
+    assert lab.account().status == AccountStatus.ACTIVE.value, "an outage locks nobody"
+
+    app: FastAPI = create_app(runtime.settings, runtime)
+
+    @app.get("/api/v1/test-budget-store")
+    def refuse() -> None:
+        raise BudgetUnavailableError
+
+    with TestClient(app, base_url="https://testserver") as client:
+        answer = client.get("/api/v1/test-budget-store")
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("application/problem+json")

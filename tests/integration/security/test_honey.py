@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import Table, select
 from typer.testing import CliRunner
 
-from access_world import World, build_world
+from access_world import NOW, World, build_world
 from labvault.appointments.models import Appointment
 from labvault.cli import CliError, app
+from labvault.core.access.policies import Interaction
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditTrail
@@ -30,6 +31,7 @@ from labvault.core.crypto.secret import Secret
 from labvault.core.db import create_db_engine, transaction
 from labvault.core.runtime import Runtime
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
+from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
 from labvault.results.clients import ServiceClientRegistry
@@ -287,6 +289,48 @@ def test_an_injected_system_job_is_refused_and_alerted(runtime: Runtime, honeyed
     with world.sessions() as session:
         alerts = list(session.scalars(select(SecurityAlert)))
     assert [(a.kind, a.actor_id) for a in alerts] == [(ALERT_KIND, "system:cli:patients-find")]
+
+
+def test_staff_reach_honey_records_through_their_sites_and_a_read_by_id_trips(
+    runtime: Runtime, honeyed: Honeyed
+) -> None:
+    """Honey appointments put honey records in a site's care: a stolen receptionist
+    account that opens its site's patients by id meets them."""
+    world = honeyed.world
+    _plant(runtime, world, density=0.3, label="more")
+    principal = world.principals["receptionist"]
+    guards = HoneyGuards.from_runtime(runtime)
+    with world.sessions() as session:
+        everyone = set(session.scalars(select(Patient.id).where(Patient.tenant_id == world.tenant)))
+        honey = HoneyMembership(session, runtime.key_provider, world.tenant).honey_ids(everyone)
+    reachable: list[uuid.UUID] = []
+
+    def read() -> None:
+        with transaction(world.sessions) as session:
+            keyring = TenantKeyring(
+                session,
+                runtime.key_provider,
+                world.tenant,
+                principal,
+                guards=[guards.for_session(session, world.tenant)],
+            )
+            scope = staff_scope(
+                session, principal, world.tenant, world.staff["receptionist"], now=NOW
+            )
+            repository = PatientRepository(session, keyring, scope)
+            reachable.extend(repository.in_scope_ids(sorted(honey), "patient", Interaction.READ))
+            repository.get(reachable[0], purpose="consultation")
+
+    with pytest.raises(HoneyRecordTouchedError):
+        read()
+    wait_for_deferred()
+    with runtime.audit_sessions() as session:
+        touched = list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.action == AuditAction.GUARD_HONEY_TOUCHED.value)
+            )
+        )
+    assert [(e.actor_id, e.target_id) for e in touched] == [(principal.id, reachable[0])]
 
 
 def test_legitimate_views_filter_honey_before_decrypting(

@@ -6,6 +6,8 @@ locked principals and break-glass grants."""
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import re
 import uuid
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.results.models import ServiceClient
+from labvault.security.guard_commands import scan_tenant
 from labvault.security.guard_models import UnlockReason, UnlockRequest
 from labvault.security.lockout import LockoutDeps, lock_principal
 from labvault.security.unlock import FourEyesUnlock, UnlockError, UnlockProblem
@@ -206,6 +209,26 @@ def test_the_security_pages_link_alerts_locked_principals_and_grants(
     client: TestClient, cw: CallerWorld, alpha: Runtime
 ) -> None:
     lock(alpha, cw, "receptionist")
+    prober = cw.world.principals["receptionist"]
+    now = utcnow()
+    with transaction(cw.world.sessions) as session:
+        for n in range(40):  # probing: 40 searches, nothing opened
+            moment = now - dt.timedelta(seconds=60 * n + 30)
+            AuditTrail(session, prober, clock=lambda m=moment: m).record(
+                AuditAction.PATIENT_SEARCH_NIR, tenant_id=cw.world.tenant, purpose="care"
+            )
+    mail_dir = alpha.settings.resolved_data_dir / "mail"
+    before = set(mail_dir.glob("*.eml"))
+    scan_tenant(alpha, cw.world.tenant, now, external=[])
+    mailed = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in set(mail_dir.glob("*.eml")) - before
+    ]
+    assert len(mailed) == 2, "each security officer is told (LABVAULT_ALERT_SINKS=email)"
+    for message in mailed:
+        body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        assert "nombreuses recherches de patients" in body
+        assert str(cw.accounts["receptionist"]) not in body, "the page names who, not the mail"
     as_(client, cw, FIRST)
     for path in ("/securite/alertes", "/securite/acces-exceptionnels", PAGE):
         page = client.get(path)
@@ -214,7 +237,10 @@ def test_the_security_pages_link_alerts_locked_principals_and_grants(
         for other in others:
             assert f'href="/{other.lstrip("/")}"' in page.text, (path, other)
     alerts = client.get("/securite/alertes").text
-    assert str(cw.accounts["receptionist"]) in alerts
+    assert str(cw.accounts["receptionist"]) in alerts  # the guard's lock
+    assert "nombreuses recherches de patients suivies de peu de consultations" in alerts
+    assert "recherches : 40" in alerts
+    assert "dossiers ouverts par recherche : 0.0" in alerts
 
 
 def _unlock(

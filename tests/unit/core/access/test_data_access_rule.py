@@ -28,6 +28,7 @@ NON_PERSONAL_COLUMNS = {
     "identity_status",
     "created_at",
     "updated_at",
+    "erased_at",
 }
 
 
