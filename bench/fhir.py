@@ -201,7 +201,8 @@ def run_backend(
                 oid = InsOid.TEST.value
 
                 def get(path: str, **params: str) -> Response:
-                    return client.get(path, headers=bearer, params=params or None)
+                    answer: Response = client.get(path, headers=bearer, params=params or None)
+                    return answer
 
                 paths: list[tuple[str, Request, int, str | None]] = [
                     (

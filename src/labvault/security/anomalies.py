@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from labvault.core.access.principals import Principal, PrincipalKind
@@ -337,7 +337,7 @@ def sequential(
     )
     rows = session.execute(
         select(first.c.kind, first.c.actor, first.c.at, Patient.created_at, Patient.id)
-        .join(Patient, and_(Patient.id == first.c.patient, Patient.tenant_id == tenant_id))
+        .where(Patient.id == first.c.patient, Patient.tenant_id == tenant_id)
         .order_by(first.c.kind, first.c.actor, first.c.at, Patient.id)
     ).all()
     walks: dict[tuple[str, str], list[tuple[int, dt.datetime, uuid.UUID]]] = defaultdict(list)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from labvault.core.config import Settings
 
 SIDE_FILE = "budgets.sqlite3"
+PURGE_TENANT_EVERY = 256
+"""One charge in this many (at random) also purges the tenant's rows older than 30 days."""
 
 _side_metadata = MetaData()
 _SIDE_READS = Table(
@@ -80,6 +83,7 @@ _SIDE_READS = Table(
     Column("last_read_at", UTCDateTime(), nullable=False),
     Index("uq_side_reads", "tenant_id", "principal_key", "subject_digest", unique=True),
     Index("ix_side_reads_principal_last", "tenant_id", "principal_key", "last_read_at"),
+    Index("ix_side_reads_last_read_at", "last_read_at"),
 )
 """The side file's table: the main table's columns, without the foreign key to a tenant
 table that lives in another file."""
@@ -143,6 +147,10 @@ class DatabaseBudgetStore:
         )
         return {
             "purge": delete(reads).where(mine, reads.c.last_read_at <= bindparam("oldest")),
+            "purge_tenant": delete(reads).where(
+                reads.c.tenant_id == bindparam("tenant"),
+                reads.c.last_read_at <= bindparam("oldest"),
+            ),
             "counts": counts,
             "seen": select(reads.c.subject_digest, reads.c.last_read_at).where(
                 mine, reads.c.subject_digest.in_(bindparam("digests", expanding=True))
@@ -171,6 +179,12 @@ class DatabaseBudgetStore:
                 connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 connection.execute(_ADVISORY, {"key": _lock_key(tenant_id, principal_key)})
             connection.execute(sql["purge"], {**who, "oldest": cutoffs[MONTH]})
+            if secrets.randbelow(PURGE_TENANT_EVERY) == 0:
+                # Now and then the whole tenant's old rows too: principals that stopped
+                # reading are not charged again, and their list must not outlive 30 days.
+                connection.execute(
+                    sql["purge_tenant"], {"tenant": tenant_id, "oldest": cutoffs[MONTH]}
+                )
             counts = connection.execute(
                 sql["counts"], {**who, **{f"cut{i}": cutoffs[w] for i, w in enumerate(WINDOWS)}}
             ).one()

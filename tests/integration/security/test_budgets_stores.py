@@ -95,6 +95,32 @@ def test_the_database_store_keeps_the_contract_and_is_exact_under_concurrency(
                 assert rows is not None
                 assert rows > 60
         assert store.purge(tenant, T0 + dt.timedelta(days=61)) > 0
+        assert store.purge(tenant, T0 + dt.timedelta(days=61)) == 0
+    finally:
+        store.close()
+
+
+def _principals(runtime: Runtime, store: DatabaseBudgetStore, tenant: uuid.UUID) -> list[str]:
+    """Whose reads the store holds (PostgreSQL: through the tenant's row-level security)."""
+    query = text("SELECT DISTINCT principal_key FROM read_budget_reads")
+    if store.engine is runtime.engine:
+        with runtime.tenant_sessions(tenant)() as session:
+            return [row[0] for row in session.execute(query)]
+    with store.engine.connect() as connection:
+        return [row[0] for row in connection.execute(query)]
+
+
+def test_an_idle_principals_reads_are_purged_after_30_days(
+    runtime: Runtime, tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labvault.security import budget_backends
+
+    store = DatabaseBudgetStore(runtime.engine)
+    try:
+        store.charge(tenant, "staff:gone", ids(3), T0, LIMITS)
+        monkeypatch.setattr(budget_backends, "PURGE_TENANT_EVERY", 1)
+        store.charge(tenant, "staff:other", ids(1), T0 + dt.timedelta(days=31), LIMITS)
+        assert _principals(runtime, store, tenant) == ["staff:other"]
     finally:
         store.close()
 

@@ -16,6 +16,12 @@ from labvault.patients.models import ENCRYPTED_FIELDS
 
 SOURCE = Path(labvault.__file__).parent
 REPOSITORY_MODULES = {"patients/services.py", "models.py"}
+SHAPE_READERS = {
+    "security/honey.py": "gives honey records the shape of real ones: ciphertext lengths, "
+    "empty columns and creation times, never a value (it never unwraps a patient's key)",
+}
+"""Modules that may name any column of ``patients`` to read its shape, never its content;
+unwrapping a patient's key stays refused to them."""
 NON_PERSONAL_COLUMNS = {
     "id",
     "tenant_id",
@@ -82,6 +88,7 @@ def test_only_the_repository_reads_patient_data() -> None:
         if str(path.relative_to(SOURCE)) not in REPOSITORY_MODULES
         and "migrations" not in path.parts
         for violation in _violations(path)
+        if str(path.relative_to(SOURCE)) not in SHAPE_READERS or "unwraps" in violation
     ]
     assert violations == []
 
