@@ -35,9 +35,9 @@ from labvault.organizations.models import Organization, Site
 from labvault.organizations.services import add_site, create_organization
 from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
+from labvault.patients.nir import synthetic_nir
 from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository, SealedItem
-from labvault.patients.synthetic import synthetic_patients
 from labvault.results.clients import ServiceClientRegistry, find_sender
 from labvault.results.delivery import FileResultDelivery
 from labvault.results.hl7 import decode_payload, parse_oru
@@ -147,9 +147,9 @@ DEMO_ACCOUNTS = (
         "coquelicot rouge du pré",
         AccountKind.STAFF,
         "biologist: log in at /compte/connexion-professionnel; the first login enrols an "
-        "authenticator app; /biologie/resultats lists the reports to validate (one of them "
-        "sensitive, to give by phone), /laboratoire/rapprochement the result waiting for "
-        "its patient",
+        "authenticator app; /biologie/resultats lists the reports to validate and a "
+        "sensitive one, validated, to give by phone; /laboratoire/rapprochement the result "
+        "waiting for its patient",
     ),
     DemoAccount(
         "staff4.organization-admin@example.org",
@@ -667,15 +667,11 @@ def _result_patients(session: Session, keyring: TenantKeyring, count: int) -> li
 
 
 def _stranger() -> _Person:
-    """Someone labvault does not know (synthetic, another seed than the demo's patients)."""
-    person = next(iter(synthetic_patients(1, seed=8080)))
-    return _Person(
-        f"{person.birth_name}-Inconnu",
-        person.first_names,
-        person.birth_date,
-        person.sex.value,
-        person.nir.compact if person.nir is not None else None,
-    )
+    """Someone labvault does not know: synthetic traits and a NIR with a valid key (test
+    OID). No record has both, so the message waits in the matching queue, never attached."""
+    birth_date = dt.date(1984, 3, 14)
+    nir = synthetic_nir(random.Random(8080), sex=2, birth_date=birth_date)  # noqa: S311
+    return _Person("Inconnue-Demo", "Camille", birth_date, "F", nir.compact)
 
 
 def create_demo_results(runtime: Runtime, organization_id: uuid.UUID) -> DemoResultCounts:

@@ -50,7 +50,12 @@ from labvault.accounts.forms import (
 from labvault.accounts.models import LockReason
 from labvault.accounts.pages import STEP_UP_PAGE, paris_moment
 from labvault.accounts.routes import SESSION_COOKIE
-from labvault.accounts.services import ForbiddenError, InvalidInputError, ThrottledError
+from labvault.accounts.services import (
+    ForbiddenError,
+    InvalidInputError,
+    SecurityLockError,
+    ThrottledError,
+)
 from labvault.accounts.stepup import StepUpRequired
 from labvault.core.contact import parse_email
 from labvault.core.db import transaction
@@ -130,7 +135,8 @@ def _row(entry: StaffEntry) -> _Row:
         status=_STATUS_NAMES[entry.status],
         detail=detail,
         can_renew=entry.status in (StaffStatus.INVITED, StaffStatus.INVITATION_EXPIRED),
-        can_unlock=entry.status is StaffStatus.LOCKED,
+        can_unlock=entry.status is StaffStatus.LOCKED
+        and entry.lock_reason is LockReason.TOO_MANY_FAILURES,
     )
 
 
@@ -295,7 +301,10 @@ def unlock_account(
 
     def unlock(unit: _Admin) -> Response:
         target = _account_id(account_id)
-        unlocked = unit.service.unlock_staff_account(unit.admin.principal, target)
+        try:
+            unlocked = unit.service.unlock_staff_account(unit.admin.principal, target)
+        except SecurityLockError as locked:
+            return _list_page(request, unit, errors={GENERAL: str(locked)}, status=409)
         if unlocked is None:
             message = "Ce compte n'existe pas ou n'est pas un compte du personnel."
             return _list_page(request, unit, errors={GENERAL: message}, status=404)

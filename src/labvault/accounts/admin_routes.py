@@ -39,7 +39,12 @@ from labvault.accounts.routes import (
     failure_response,
     guard,
 )
-from labvault.accounts.services import AuthError, ForbiddenError, InvalidInputError
+from labvault.accounts.services import (
+    AuthError,
+    ForbiddenError,
+    InvalidInputError,
+    SecurityLockError,
+)
 from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUpRequired
 from labvault.core.db import transaction
 from labvault.core.logging import get_logger
@@ -330,13 +335,17 @@ def renew_invitation(account_id: uuid.UUID, request: Request, runtime: RuntimeDe
 
 @router.post("/staff/{account_id}/unlock", response_model=UnlockOut, responses=_ACTION_RESPONSES)
 def unlock_staff(account_id: uuid.UUID, request: Request, runtime: RuntimeDep) -> Response:
-    """Lift the lock of a staff account, whatever its reason; ``unlocked`` is false if it
-    was not locked. The owner is told by email."""
+    """Lift the lock of a staff account after failed logins; ``unlocked`` is false if it
+    was not locked. The owner is told by email. A lock by a security decision answers 409
+    ``security-lock``: two security officers lift it on the security console."""
     if (refused := guard(request)) is not None:
         return refused
 
-    def unlock(service: StaffAdministration, admin: Administrator) -> dict[str, bool]:
-        unlocked = service.unlock_staff_account(admin.principal, account_id)
+    def unlock(service: StaffAdministration, admin: Administrator) -> dict[str, bool] | Response:
+        try:
+            unlocked = service.unlock_staff_account(admin.principal, account_id)
+        except SecurityLockError as locked:
+            return problem_response(409, type_="security-lock", detail=str(locked))
         if unlocked is None:
             raise NotAdministratorError
         return {"unlocked": unlocked}

@@ -40,6 +40,7 @@ from labvault.accounts.services import (
     ForbiddenError,
     InvalidInputError,
     PasswordRejected,
+    SecurityLockError,
     ThrottledError,
 )
 from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUp, StepUpRequired
@@ -692,7 +693,9 @@ def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep)
         return refused
     context = RequestContext(request, runtime)
 
-    def unlock(service: AccountService, record: AccountSession, admin: Account) -> bool | None:
+    def unlock(
+        service: AccountService, record: AccountSession, admin: Account
+    ) -> bool | Response | None:
         if admin.kind != "staff":
             return None
         StepUp(service).require(record, admin)  # before looking at the target (I7)
@@ -704,6 +707,8 @@ def unlock_account(account_id: uuid.UUID, request: Request, runtime: RuntimeDep)
             return service.unlock(target, principal)
         except ForbiddenError:
             return None
+        except SecurityLockError as locked:
+            return problem_response(409, type_="security-lock", detail=str(locked))
 
     outcome = _signed_in(context, unlock)
     if isinstance(outcome, Response):

@@ -181,6 +181,18 @@ class InvalidInputError(ValueError):
     """Input that cannot be used as given, with a French message for the form."""
 
 
+class SecurityLockError(Exception):
+    """The account was locked by a security decision (an officer, a read budget, a honey
+    record): only two security officers lift it, on the security console (four eyes). The
+    "denied" event is already recorded in the caller's unit of work, which commits it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Ce compte a été bloqué par la sécurité : son déblocage demande l'accord de deux "
+            "responsables de la sécurité (page « Comptes bloqués »)."
+        )
+
+
 class ForbiddenError(Exception):
     """The principal may not do this (e.g. unlock an account without being its admin)."""
 
@@ -652,7 +664,8 @@ class AccountService:
         """Lock the account for ``reason``: no login, every session revoked, the owner told.
 
         A too-many-failures lock is lifted by a password reset or an admin; a
-        security-decision lock only by an admin (``lock_for_security`` sets it). A security
+        security-decision lock (``lock_for_security`` sets it) only by two security officers
+        (``labvault.security.unlock``). A security
         decision on an account locked for failures replaces that reason, never the reverse.
         """
         if (
@@ -1175,13 +1188,19 @@ class AccountService:
         return found if found is not None and found.tenant_id == self._tenant_id else None
 
     def unlock(self, account: Account, by: Principal) -> bool:
-        """Lift a lockout, whatever its reason, by an active administrator of the organization
+        """Lift a lockout after failed logins, by an active administrator of the organization
         (checked against the database); False if the account was not locked. The reason is
-        cleared; the owner is told by email."""
+        cleared; the owner is told by email. A lock by a security decision is refused
+        (:class:`SecurityLockError`, audited): it needs two security officers."""
         if account.tenant_id != self._tenant_id or not self._is_active_staff(by, UNLOCKERS):
             raise ForbiddenError
         if account.status != AccountStatus.LOCKED.value:
             return False
+        if account.lock_reason != LockReason.TOO_MANY_FAILURES.value:
+            self._audit(
+                AuditAction.ACCOUNT_UNLOCK, account.id, principal=by, outcome=Outcome.DENIED
+            )
+            raise SecurityLockError
         self._unlocked(account, by)
         self._forget_login_failures(account)
         self._send(
@@ -1303,6 +1322,7 @@ __all__ = [
     "OpenedSession",
     "PasswordRejected",
     "PendingLogin",
+    "SecurityLockError",
     "ThrottledError",
     "TotpEnrolment",
 ]

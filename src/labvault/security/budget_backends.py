@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 SIDE_FILE = "budgets.sqlite3"
 PURGE_TENANT_EVERY = 256
+SOCKET_TIMEOUT = 1.0
+"""Seconds a Redis call may take before the read is refused (no count, no read)."""
 """One charge in this many (at random) also purges the tenant's rows older than 30 days."""
 
 _side_metadata = MetaData()
@@ -293,7 +295,10 @@ class RedisBudgetStore:
     def __init__(self, url: str, *, prefix: str = "labvault:budget") -> None:
         import redis
 
-        self._client = redis.Redis.from_url(url)
+        # A stalled Redis must not hang the request: it fails (closed) within the timeout.
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
         self._script = self._client.register_script(_CHARGE)
         self._prefix = prefix
 

@@ -31,7 +31,8 @@ security_officer         50     200    1 000  investigations and break-glass rev
 other staff role        100     400    4 000  a safe middle
 patient account          20      40      200  one's own file and one's dependents' (a family
                                               of ten, each opened many times, is 10)
-service lis           2 000  20 000  200 000  an LIS pushing a large lab's day of results
+service lis           5 000  30 000  300 000  an LIS matching a platform's night batch of
+                                              results (INS traits opened to match)
 service fhir            500   5 000   50 000  a reading system (a GP's or a hospital's)
 system job           exempt  exempt   exempt  named, started by an operator and audited
                                               (``SystemPrincipal``): budgets bound stolen
@@ -120,7 +121,7 @@ DEFAULT_LIMITS: Mapping[tuple[PrincipalKind, str], BudgetLimits] = {
     (PrincipalKind.STAFF, "security_officer"): BudgetLimits(50, 200, 1000),
     (PrincipalKind.STAFF, ANY_ROLE): BudgetLimits(100, 400, 4000),
     (PrincipalKind.PATIENT, ANY_ROLE): BudgetLimits(20, 40, 200),
-    (PrincipalKind.SERVICE, "lis"): BudgetLimits(2000, 20000, 200000),
+    (PrincipalKind.SERVICE, "lis"): BudgetLimits(5000, 30000, 300000),
     (PrincipalKind.SERVICE, "fhir"): BudgetLimits(500, 5000, 50000),
     (PrincipalKind.SERVICE, ANY_ROLE): BudgetLimits(500, 5000, 50000),
 }

@@ -357,17 +357,32 @@ def test_the_admin_pages_list_invite_renew_and_unlock(
     client: TestClient, lab: Lab, runtime: Runtime
 ) -> None:
     locked = lab.active("verrou@example.org", StaffRole.BIOLOGIST)
+    guarded = lab.active("garde@example.org", StaffRole.RECEPTIONIST)
     with lab.unit() as service:
         target = service.account(locked.id)
         assert target is not None
-        service.lock_for_security(target, SYSTEM)
+        service.lock(target, reason_principal=SYSTEM)
+        suspect = service.account(guarded.id)
+        assert suspect is not None
+        service.lock_for_security(suspect, SYSTEM)
     sign_in_admin(client, lab)
 
     page = client.get("/administration/personnel")
     assert page.status_code == 200
     assert "Personnel du laboratoire" in page.text
     assert f"{FIRST_NAME} {LAST_NAME}" in page.text
+    assert "Verrouillé (Motif : trop de tentatives de connexion" in page.text
     assert "Verrouillé (Motif : décision de sécurité" in page.text
+    assert page.text.count("Déverrouiller le compte") == 1, "not the security lock"
+    # A security lock is two security officers' to lift, never the admin's alone.
+    refused = client.post(
+        "/administration/personnel/deverrouillage",
+        data={"account_id": str(guarded.id), "csrf_token": _csrf_field(page.text)},
+        follow_redirects=False,
+    )
+    assert refused.status_code == 409
+    assert "deux responsables de la sécurité" in refused.text
+    assert lab.account("garde@example.org").lock_reason == "security-decision"
     assert "Administration du laboratoire" in page.text
     assert page.headers["cache-control"] == "no-store" or "no-store" in page.headers.get(
         "cache-control", ""

@@ -27,7 +27,12 @@ from test_staff_invitations import (
 )
 
 from labvault.accounts.models import AccountKind, AccountSession, AccountStatus, LockReason
-from labvault.accounts.services import RESET_LINK_INVALID, AuthError, ForbiddenError
+from labvault.accounts.services import (
+    RESET_LINK_INVALID,
+    AuthError,
+    ForbiddenError,
+    SecurityLockError,
+)
 from labvault.core.crypto.secret import Secret
 from labvault.core.ratelimit import LOCKOUT_AFTER_FAILURES
 from labvault.core.runtime import Runtime
@@ -114,7 +119,7 @@ def test_the_automatic_lockout_says_too_many_failures_and_a_reset_link_lifts_it(
         assert service.staff_login(EMAIL, Secret(NEW_PASSWORD), client_id=CLIENT, client_hash=None)
 
 
-def test_a_security_lock_is_lifted_by_an_admin_only_never_by_a_reset_link(
+def test_a_security_lock_is_lifted_neither_by_a_reset_link_nor_by_an_admin_alone(
     lab: Lab, runtime: Runtime
 ) -> None:
     lab.active(EMAIL, StaffRole.BIOLOGIST)
@@ -160,12 +165,19 @@ def test_a_security_lock_is_lifted_by_an_admin_only_never_by_a_reset_link(
         service.lock(target, reason_principal=SYSTEM)
     assert lab.account(EMAIL).lock_reason == "security-decision"
 
+    # Nor does the organization's admin lift it alone: two security officers do
+    # (tests/integration/security/test_unlock.py); the attempt is recorded as denied.
     with lab.unit() as service:
         target = service.account(account.id)
         assert target is not None
-        assert service.unlock(target, principal_of(admin)) is True
+        with pytest.raises(SecurityLockError, match="deux responsables de la sécurité"):
+            service.unlock(target, principal_of(admin))
     account = lab.account(EMAIL)
-    assert (account.status, account.lock_reason, account.locked_at) == ("active", None, None)
+    assert (account.status, account.lock_reason) == ("locked", "security-decision")
+    refused = [
+        e for e in audit_events(runtime, "account:status:unlock") if e.outcome == "denied"
+    ]
+    assert [e.target_id for e in refused] == [account.id]
 
 
 def test_only_a_security_officer_or_the_system_may_lock_by_a_security_decision(

@@ -122,7 +122,7 @@ def test_limits_follow_the_role_then_the_kind_then_the_defaults() -> None:
     assert policy.limits_for(tenant, sampler) == BudgetLimits(7, 8, 9)
     assert policy.limits_for(tenant, odd) == BudgetLimits(100, 400, 4000)
     assert policy.limits_for(tenant, patient) == BudgetLimits(20, 40, 200)
-    assert policy.limits_for(tenant, lis) == BudgetLimits(2000, 20000, 200000)
+    assert policy.limits_for(tenant, lis) == BudgetLimits(5000, 30000, 300000)
     assert policy.limits_for(tenant, other) == BudgetLimits(1, 2, 3)
     assert policy.limits_for(tenant, SystemPrincipal("cli:import")) is None, "jobs are exempt"
     anonymous = Principal(PrincipalKind.ANONYMOUS, "anonymous")
@@ -162,3 +162,57 @@ def test_digests_are_keyed_per_tenant_and_name_no_patient() -> None:
     assert patient.bytes not in a
     assert principal_key(Principal(PrincipalKind.SERVICE, "service:abc")) == "service:abc"
     assert principal_key(Principal(PrincipalKind.STAFF, "abc")) == "staff:abc"
+
+
+def _day(
+    store: MemoryBudgetStore, principal: Principal, pages: list[tuple[dt.datetime, list[bytes]]]
+) -> list[dt.datetime]:
+    """Charge each page of a working day; when it was refused (nothing, for real work)."""
+    policy = BudgetPolicy()
+    limits = policy.limits_for(TENANT, principal)
+    assert limits is not None
+    key = principal_key(principal)
+    return [at for at, page in pages if not store.charge(TENANT, key, page, at, limits).allowed]
+
+
+def test_a_busy_sites_working_days_never_trip_the_default_budgets() -> None:
+    """A site with 300 visits a day: the receptionist reloads the day's schedule every five
+    minutes from 7:00 to 19:00 (all 300 patients each time), looks at tomorrow's twice, and
+    opens each patient at check-in; a biologist validates 1,500 reports in lists of 50; a
+    family account; an LIS matching a night batch. Twenty working days in a row."""
+    store = MemoryBudgetStore()
+    receptionist = Principal(PrincipalKind.STAFF, "r", role="receptionist")
+    biologist = Principal(PrincipalKind.STAFF, "b", role="biologist")
+    family = Principal(PrincipalKind.PATIENT, "f")
+    lis = Principal(PrincipalKind.SERVICE, "service:lis", role="lis")
+    refused: list[dt.datetime] = []
+    for day in range(20):
+        morning = T0.replace(hour=6) + dt.timedelta(days=day)
+        today = ids(300, f"d{day}-")
+        tomorrow = ids(300, f"d{day + 1}-")
+        pages = [(morning + dt.timedelta(minutes=5 * i), today) for i in range(144)]
+        pages += [(morning + dt.timedelta(hours=h), tomorrow) for h in (4, 10)]
+        pages += [(morning + dt.timedelta(minutes=2 * i), [p]) for i, p in enumerate(today)]
+        refused += _day(store, receptionist, sorted(pages, key=lambda page: page[0]))
+        reports = ids(1500, f"r{day}-")
+        refused += _day(
+            store,
+            biologist,
+            [
+                (morning + dt.timedelta(minutes=16 * i), reports[50 * i : 50 * i + 50])
+                for i in range(30)
+            ],
+        )
+        refused += _day(
+            store, family, [(morning + dt.timedelta(hours=h), ids(4, "fam")) for h in range(12)]
+        )
+        batch = ids(4000, f"n{day}-")
+        refused += _day(
+            store,
+            lis,
+            [
+                (morning - dt.timedelta(hours=3) + dt.timedelta(seconds=i), [p])
+                for i, p in enumerate(batch)
+            ],
+        )
+    assert refused == []
