@@ -174,9 +174,7 @@ def test_a_security_lock_is_lifted_neither_by_a_reset_link_nor_by_an_admin_alone
             service.unlock(target, principal_of(admin))
     account = lab.account(EMAIL)
     assert (account.status, account.lock_reason) == ("locked", "security-decision")
-    refused = [
-        e for e in audit_events(runtime, "account:status:unlock") if e.outcome == "denied"
-    ]
+    refused = [e for e in audit_events(runtime, "account:status:unlock") if e.outcome == "denied"]
     assert [e.target_id for e in refused] == [account.id]
 
 
