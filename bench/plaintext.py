@@ -177,3 +177,6 @@ class PlaintextKeyring:
     ) -> dict[uuid.UUID, FieldKey]:
         """The baseline only measures writes; reads are compared against a plain SELECT."""
         raise NotImplementedError("the plaintext baseline does not read patients back")
+
+    def visible(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        return list(subject_ids)

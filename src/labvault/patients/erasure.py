@@ -154,6 +154,9 @@ class KeylessKeyring:
     ) -> dict[uuid.UUID, FieldKey]:
         self._no_keys()
 
+    def visible(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        return list(subject_ids)  # it decrypts nothing, so it hides nothing either
+
     def _no_keys(self) -> NoReturn:
         raise KeyProviderError("this job holds no keys: it neither reads nor writes sealed data")
 

@@ -547,8 +547,12 @@ class PatientRepository:
         )
         return found[0] if found else None
 
-    def get_many(self, patient_ids: Sequence[uuid.UUID], *, purpose: str) -> list[PatientRecord]:
-        """The records of ``patient_ids`` in scope, in no particular order; others are left out."""
+    def get_many(
+        self, patient_ids: Sequence[uuid.UUID], *, purpose: str, listing: bool = False
+    ) -> list[PatientRecord]:
+        """The records of ``patient_ids`` in scope, in no particular order; others are left out.
+        ``listing``: the ids come from a list (a schedule, a queue), so records no list may
+        show (honey records) are left out too, before decryption."""
         if not patient_ids:
             return []
         try:
@@ -560,7 +564,7 @@ class PatientRepository:
             Patient.id.in_(sorted(set(patient_ids))),
             where,
         )
-        return self._open(query, purpose, fields)
+        return self._open(query, purpose, fields, listing=listing)
 
     def exists(self, patient_id: uuid.UUID) -> bool:
         """Whether the record exists and is in scope, without decrypting anything."""
@@ -621,12 +625,23 @@ class PatientRepository:
             .order_by(Patient.created_at, Patient.id)
             .limit(MAX_SEARCH_RESULTS)
         )
-        return self._open(query, purpose, fields)
+        return self._open(query, purpose, fields, listing=True)
 
     def _open(
-        self, query: Select[Patient], purpose: str, fields: frozenset[str] | None
+        self,
+        query: Select[Patient],
+        purpose: str,
+        fields: frozenset[str] | None,
+        *,
+        listing: bool = False,
     ) -> list[PatientRecord]:
+        """Decrypt what ``query`` selects. A ``listing`` (a search, a list) first leaves out
+        the records no list may show (honey records), before any key is asked for; a read
+        by id does not, so asking for such a record by its id trips its guard."""
         patients = list(self._session.scalars(query))
+        if listing:
+            shown = set(self._keyring.visible(SUBJECT_TYPE, [p.id for p in patients]))
+            patients = [p for p in patients if p.id in shown]
         keys = self._open_keys([p.id for p in patients], purpose)
         return [_open_patient(keys[p.id], p, fields) for p in patients if p.id in keys]
 

@@ -346,6 +346,13 @@ class HoneyGuard:
     def membership(self) -> HoneyMembership:
         return self._membership
 
+    def hidden(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> frozenset[uuid.UUID]:
+        """The honey records among ``subject_ids``: lists leave them out before decrypting
+        (a :class:`~labvault.core.access.decrypt.SubjectFilter`)."""
+        if subject_type != SUBJECT_TYPE or not subject_ids:
+            return frozenset()
+        return self._membership.honey_ids(subject_ids)
+
     def before_decrypt(self, request: DecryptRequest) -> None:
         if request.subject_type != SUBJECT_TYPE:
             return

@@ -19,7 +19,13 @@ from typing import Any, NoReturn, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from labvault.core.access.decrypt import DecryptGuard, DecryptRequest, run_guards
+from labvault.core.access.decrypt import (
+    DecryptGuard,
+    DecryptRequest,
+    SubjectFilter,
+    installed_guards,
+    run_guards,
+)
 from labvault.core.access.principals import Principal
 from labvault.core.audit.actions import read_action
 from labvault.core.audit.events import AuditContext, AuditTrail
@@ -155,6 +161,8 @@ class Keyring(Sealer, Protocol):
     def open_data_keys(
         self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
     ) -> dict[uuid.UUID, FieldKey]: ...
+
+    def visible(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]: ...
 
 
 def create_index_keys(
@@ -293,7 +301,7 @@ class TenantKeyring:
         provider: KeyProvider,
         tenant_id: uuid.UUID,
         principal: Principal,
-        guards: Iterable[DecryptGuard] = (),
+        guards: Iterable[DecryptGuard] | None = None,
         *,
         context: AuditContext | None = None,
     ) -> None:
@@ -301,7 +309,8 @@ class TenantKeyring:
         self._provider = provider
         self._tenant_id = tenant_id
         self._principal = principal
-        self._guards = tuple(guards)
+        # None: the guards installed for this database (read budgets, honey records).
+        self._guards = installed_guards(session, tenant_id) if guards is None else tuple(guards)
         self._audit = AuditTrail(session, principal, context)
         self._indexer: BlindIndexer | None = None
         # Unwrapped once per keyring (one request or one job batch): a second open of the
@@ -340,6 +349,15 @@ class TenantKeyring:
     ) -> tuple[list[FieldKey], list[dict[str, Any]]]:
         """Fresh data keys for ``subject_ids`` and the wrapped ``data_keys`` rows to insert."""
         return _new_data_keys(self._provider, self._tenant_id, subject_type, subject_ids)
+
+    def visible(self, subject_type: str, subject_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """``subject_ids`` without those no list may show (honey records), in order. Lists
+        call it before they decrypt; a read by id does not, so a honey id trips its guard."""
+        hidden: set[uuid.UUID] = set()
+        for guard in self._guards:
+            if isinstance(guard, SubjectFilter):
+                hidden |= guard.hidden(subject_type, subject_ids)
+        return [subject for subject in subject_ids if subject not in hidden]
 
     def open_data_keys(
         self, subject_type: str, subject_ids: Sequence[uuid.UUID], purpose: str
