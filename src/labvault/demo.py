@@ -37,7 +37,7 @@ from labvault.patients.ins import InsOid
 from labvault.patients.models import Patient
 from labvault.patients.nir import synthetic_nir
 from labvault.patients.scope import staff_scope
-from labvault.patients.services import PatientRepository, SealedItem
+from labvault.patients.services import SUBJECT_TYPE, PatientRepository, SealedItem
 from labvault.results.clients import ServiceClientRegistry, find_sender
 from labvault.results.delivery import FileResultDelivery
 from labvault.results.hl7 import decode_payload, parse_oru
@@ -635,13 +635,17 @@ def _result_patients(session: Session, keyring: TenantKeyring, count: int) -> li
             Account.patient_id.is_not(None),
         )
     )
-    ordered = list(
-        session.scalars(
-            select(Patient.id)
-            .where(Patient.tenant_id == tenant_id, Patient.erased_at.is_(None))
-            .order_by(Patient.created_at, Patient.id)
-            .limit(count + 1)
-        )
+    # A list: records no list may show (honey records) are left out before decrypting.
+    ordered = keyring.visible(
+        SUBJECT_TYPE,
+        list(
+            session.scalars(
+                select(Patient.id)
+                .where(Patient.tenant_id == tenant_id, Patient.erased_at.is_(None))
+                .order_by(Patient.created_at, Patient.id)
+                .limit(count + 1)
+            )
+        ),
     )
     chosen = ([linked] if linked is not None else []) + [p for p in ordered if p != linked]
     chosen = chosen[:count]

@@ -416,7 +416,7 @@ class Settings(BaseSettings):
     guard_budgets: dict[str, tuple[int, int, int]] = Field(
         default_factory=dict,
         description="Read budgets overriding the defaults for every organization, as JSON: "
-        '{"staff:receptionist": [500, 1000, 10000], "patient": [20, 40, 200]} (distinct '
+        '{"staff:receptionist": [700, 1400, 14000], "patient": [20, 40, 200]} (distinct '
         "patients per hour, per day, per 30 days); an organization's own limits "
         "(`labvault guard budgets set`) take precedence.",
     )

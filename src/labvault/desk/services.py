@@ -61,7 +61,7 @@ import enum
 import json
 import uuid
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -89,6 +89,7 @@ from labvault.patients.nir import Nir
 from labvault.patients.schemas import PatientInput
 from labvault.patients.scope import AccessScope, IdentityVerification
 from labvault.patients.services import (
+    SUBJECT_TYPE,
     IdentityCheckOutcome,
     PatientRecord,
     PatientRepository,
@@ -514,7 +515,7 @@ class DeskService:
         allowed = self._repository.in_scope_ids(
             [a.patient_id for a in appointments], APPOINTMENT, Interaction.READ
         )
-        appointments = [a for a in appointments if a.patient_id in allowed]
+        appointments = self._listable(a for a in appointments if a.patient_id in allowed)
         records = {
             r.id: r
             for r in self._repository.get_many(
@@ -562,6 +563,13 @@ class DeskService:
                 )
             )
         return rows
+
+    def _listable(self, appointments: Iterable[Appointment]) -> list[Appointment]:
+        """``appointments`` without those of records no list may show (honey records),
+        before anything is decrypted: a list never opens them, a read by id still does."""
+        rows = list(appointments)
+        shown = set(self._keyring.visible(SUBJECT_TYPE, [a.patient_id for a in rows]))
+        return [a for a in rows if a.patient_id in shown]
 
     def _appointments_with(
         self, model: type[Preregistration] | type[PatientDocument], ids: Sequence[uuid.UUID]
@@ -876,7 +884,10 @@ class DeskService:
         allowed = self._repository.in_scope_ids(
             [v.patient_id for v in visits], APPOINTMENT, Interaction.READ
         )
-        visits = [v for v in visits if v.patient_id in allowed]
+        return self._round_rows(self._listable(v for v in visits if v.patient_id in allowed))
+
+    def _round_rows(self, visits: Sequence[Appointment]) -> list[RoundRow]:
+        """The rows of ``visits`` (in the caller's scope), names and addresses opened."""
         records = {
             r.id: r
             for r in self._repository.get_many(
@@ -956,10 +967,10 @@ class DeskService:
         appointment.updated_at = self.now()
         self._session.flush()
         self._record(action, appointment.patient_id, ROUND_PURPOSE)
-        day = local_day(appointment.starts_at, self._zone_of(appointment.site_id))
-        for row in self.round(appointment.site_id, day):
-            if row.appointment_id == appointment.id:
-                return row
+        # By id, not through the round's list: this visit's record is opened as it is.
+        rows = self._round_rows([appointment])
+        if rows:
+            return rows[0]
         raise self._refused(action, APPOINTMENT, appointment_id, ROUND_PURPOSE)
 
     def _samplers_of(self, site_id: uuid.UUID) -> Select[StaffMember]:

@@ -169,11 +169,12 @@ class ReminderJob:
         self.principal = SystemPrincipal(JOB)
 
     def due(self, session: Session, tenant_id: uuid.UUID, day: dt.date) -> list[uuid.UUID]:
-        """The appointments to remind on ``day``, earliest first."""
+        """The appointments to remind on ``day``, earliest first; those of records no list
+        may show (honey records) are left out before anything is opened."""
         start, end = paris_day_bounds(day)
-        return list(
-            session.scalars(
-                select(Appointment.id)
+        rows = list(
+            session.execute(
+                select(Appointment.id, Appointment.patient_id)
                 .where(
                     Appointment.tenant_id == tenant_id,
                     Appointment.status == AppointmentStatus.BOOKED.value,
@@ -185,6 +186,11 @@ class ReminderJob:
                 .order_by(Appointment.starts_at, Appointment.id)
             )
         )
+        keyring = TenantKeyring(
+            session, self._provider, tenant_id, self.principal, context=self._context
+        )
+        shown = set(keyring.visible(SUBJECT_TYPE, [row.patient_id for row in rows]))
+        return [row.id for row in rows if row.patient_id in shown]
 
     def run(
         self,

@@ -290,6 +290,9 @@ class ReviewService:
         self._keyring.audit.record(
             AuditAction.RESULT_REVIEW_LIST, tenant_id=self._tenant_id, purpose=READ_PURPOSE
         )
+        # Records no list may show (honey records) are left out before anything is opened.
+        shown = set(self._keyring.visible(SUBJECT_TYPE, [r.patient_id for r in reports]))
+        reports = [r for r in reports if r.patient_id in shown]
         if not reports:
             return []
         contents = self._repository.open_for(
@@ -792,6 +795,9 @@ def deliver_pending(
             .limit(limit)
         )
     )
+    # A list: records no list may show (honey records) are left out before any opening.
+    shown = set(keyring.visible(SUBJECT_TYPE, [r.patient_id for r in reports]))
+    reports = [r for r in reports if r.patient_id in shown]
     delivered = failed = 0
     for report in reports:
         opened = repository.open_for(

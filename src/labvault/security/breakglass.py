@@ -31,6 +31,7 @@ from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import utcnow
 from labvault.patients.models import Patient
 from labvault.patients.nir import Nir
+from labvault.patients.services import SUBJECT_TYPE as PATIENT_SUBJECT
 from labvault.security.alerts import Alert, AlertSink
 from labvault.security.models import (
     GRANT_SUBJECT_TYPE,
@@ -45,6 +46,9 @@ DATA_KEYS_TABLE = cast(Table, DataKeyRecord.__table__)
 BREAK_GLASS_ROLES = frozenset({StaffRole.RECEPTIONIST.value, StaffRole.BIOLOGIST.value})
 """Roles that search patients and so may name one outside their scope. A sampler works from
 the day's schedule: a patient missing from it goes through the reception desk."""
+MATCH_LIMIT = 8
+"""Matches looked at for one designation: more than one listable is ambiguous anyway, and
+a full page means more may hide behind it (it is refused as ambiguous)."""
 JUSTIFICATION_MIN = 15
 JUSTIFICATION_MAX = 500
 
@@ -171,12 +175,15 @@ class BreakGlassService:
                     patient.birth_name, patient.first_name, patient.birth_date
                 )
             )
-        found = list(
+        matched = list(
             self._session.scalars(
-                select(Patient.id).where(Patient.tenant_id == tenant_id, match).limit(2)
+                select(Patient.id).where(Patient.tenant_id == tenant_id, match).limit(MATCH_LIMIT)
             )
         )
-        if len(found) != 1:
+        # A search: records no list may show (honey records) are never picked, so a real
+        # patient who shares traits with one is still found (nothing is decrypted here).
+        found = self._keyring.visible(PATIENT_SUBJECT, matched)
+        if len(found) != 1 or len(matched) == MATCH_LIMIT:
             raise self._refuse(
                 "Aucun dossier ne correspond exactement. Vérifiez la saisie ou utilisez le NIR."
             )

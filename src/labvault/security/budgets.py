@@ -20,12 +20,14 @@ Default limits (per principal; a site with unusual volumes sets its own per orga
 ==================== ====== ======= ======== ==================================================
 principal            1 hour   1 day  30 days  why
 ==================== ====== ======= ======== ==================================================
-receptionist            500   1 000   10 000  the desk's day schedule opens a site's whole day
+receptionist            700   1 400   14 000  the desk's day schedule opens a site's whole day
                                               at once (a busy site: 200-300 visits), and the
-                                              next day's too; walk-ins and searches on top
+                                              next day's too, in the same hour; walk-ins and
+                                              searches on top
 sampler                 400     800    8 000  opens the day schedule too (its own visits)
-biologist               600   2 500   25 000  validates a platform's series: up to ~1 500
-                                              reports a day in a large lab, lists included
+biologist               600   2 500   40 000  validates a platform's series: up to ~1 500
+                                              reports a day in a large lab, lists included,
+                                              20 working days a month
 organization_admin       30     100      500  administers staff and settings, rarely patients
 security_officer         50     200    1 000  investigations and break-glass reviews
 other staff role        100     400    4 000  a safe middle
@@ -39,7 +41,7 @@ system job           exempt  exempt   exempt  named, started by an operator and 
                                               credentials, not the operator
 ==================== ====== ======= ======== ==================================================
 
-A stolen desk account thus yields at most 500 patients in its first hour and 1 000 a day
+A stolen desk account thus yields at most 700 patients in its first hour and 1 400 a day
 before it is cut off, where the leaks that motivated this yielded millions; the anomaly
 rules (``labvault.security.anomalies``) watch what stays under the budgets.
 """
@@ -114,9 +116,9 @@ class BudgetLimits:
 
 
 DEFAULT_LIMITS: Mapping[tuple[PrincipalKind, str], BudgetLimits] = {
-    (PrincipalKind.STAFF, "receptionist"): BudgetLimits(500, 1000, 10000),
+    (PrincipalKind.STAFF, "receptionist"): BudgetLimits(700, 1400, 14000),
     (PrincipalKind.STAFF, "sampler"): BudgetLimits(400, 800, 8000),
-    (PrincipalKind.STAFF, "biologist"): BudgetLimits(600, 2500, 25000),
+    (PrincipalKind.STAFF, "biologist"): BudgetLimits(600, 2500, 40000),
     (PrincipalKind.STAFF, "organization_admin"): BudgetLimits(30, 100, 500),
     (PrincipalKind.STAFF, "security_officer"): BudgetLimits(50, 200, 1000),
     (PrincipalKind.STAFF, ANY_ROLE): BudgetLimits(100, 400, 4000),
@@ -329,10 +331,13 @@ class MemoryBudgetStore:
             def last_reads(window: Window) -> tuple[int, int]:
                 cutoff = now_s - window.seconds
                 used = 0
-                for seen in reversed(reads.values()):
-                    if seen <= cutoff:
-                        break
-                    used += 1
+                if window is MONTH:
+                    used = len(reads)  # purged above: every read left is in it
+                else:
+                    for seen in reversed(reads.values()):  # newest first
+                        if seen <= cutoff:
+                            break
+                        used += 1
                 new = sum(1 for s in wanted if reads.get(s, cutoff) <= cutoff)
                 return used, new
 
@@ -452,8 +457,15 @@ class BudgetGuard:
         self._clock = clock
 
     @classmethod
-    def from_runtime(cls, runtime: Runtime, store: BudgetStore | None = None) -> BudgetGuard:
-        """The guard the runtime's keyring factory passes to every keyring."""
+    def from_runtime(
+        cls,
+        runtime: Runtime,
+        store: BudgetStore | None = None,
+        lockout: LockoutDeps | None = None,
+    ) -> BudgetGuard:
+        """The guard the runtime's keyring factory passes to every keyring: one per
+        process (thread-safe). ``lockout``: shared with the honey guard, with the alert
+        sinks; by default built from the runtime (database alerts only)."""
         from labvault.security.budget_backends import load_budget_store
         from labvault.security.lockout import LockoutDeps
 
@@ -462,7 +474,7 @@ class BudgetGuard:
             store or load_budget_store(settings, runtime.engine),
             BudgetPolicy(settings.guard_budgets, OrganizationLimits(runtime.engine)),
             SubjectDigester(runtime.derived_keys.get(SUBJECT_KEY_LABEL)),
-            LockoutDeps.from_runtime(runtime),
+            lockout or LockoutDeps.from_runtime(runtime),
             lock_on_exceed=settings.guard_lock_on_budget,
         )
 

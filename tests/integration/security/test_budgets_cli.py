@@ -27,7 +27,7 @@ def test_set_show_and_clear_an_organizations_own_limits(cli_env: object, runtime
     runner = CliRunner()
     shown = runner.invoke(app, ["guard", "budgets", "show"])
     assert shown.exit_code == 0, shown.output
-    assert "staff:receptionist        500      1000        10000  default" in shown.output
+    assert "staff:receptionist        700      1400        14000  default" in shown.output
     assert "exempt" in shown.output
 
     done = runner.invoke(

@@ -118,7 +118,7 @@ def test_limits_follow_the_role_then_the_kind_then_the_defaults() -> None:
     lis = Principal(PrincipalKind.SERVICE, f"service:{uuid.uuid4()}", role="lis")
     other = Principal(PrincipalKind.SERVICE, f"service:{uuid.uuid4()}", role="printer")
     assert policy.limits_for(tenant, receptionist) == BudgetLimits(10, 20, 30)
-    assert policy.limits_for(uuid.uuid4(), receptionist) == BudgetLimits(500, 1000, 10000)
+    assert policy.limits_for(uuid.uuid4(), receptionist) == BudgetLimits(700, 1400, 14000)
     assert policy.limits_for(tenant, sampler) == BudgetLimits(7, 8, 9)
     assert policy.limits_for(tenant, odd) == BudgetLimits(100, 400, 4000)
     assert policy.limits_for(tenant, patient) == BudgetLimits(20, 40, 200)
@@ -211,8 +211,11 @@ def test_a_busy_sites_working_days_never_trip_the_default_budgets() -> None:
             store,
             lis,
             [
-                (morning - dt.timedelta(hours=3) + dt.timedelta(seconds=i), [p])
-                for i, p in enumerate(batch)
+                (
+                    morning - dt.timedelta(hours=3) + dt.timedelta(minutes=i),
+                    batch[100 * i : 100 * i + 100],
+                )
+                for i in range(40)
             ],
         )
     assert refused == []
