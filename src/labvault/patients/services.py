@@ -370,6 +370,16 @@ class PatientRepository:
                 )
             ):
                 by_name.setdefault(name_index, []).append((patient_id, nir_index))
+        if by_name:
+            # A honey record is nobody's duplicate: a real patient who shares its traits gets
+            # a record of their own (a shared NIR is refused by the unique index anyway).
+            candidates = [patient_id for found in by_name.values() for patient_id, _ in found]
+            shown = set(self._keyring.visible(SUBJECT_TYPE, candidates))
+            by_name = {
+                index: kept
+                for index, found in by_name.items()
+                if (kept := [entry for entry in found if entry[0] in shown])
+            }
         return by_nir, by_name
 
     def update_contact(

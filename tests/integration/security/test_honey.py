@@ -31,6 +31,7 @@ from labvault.core.crypto.secret import Secret
 from labvault.core.db import create_db_engine, transaction
 from labvault.core.runtime import Runtime
 from labvault.patients.models import ENCRYPTED_FIELDS, Patient
+from labvault.patients.schemas import PatientInput
 from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
@@ -449,3 +450,45 @@ def test_plant_input_is_checked() -> None:
         with pytest.raises(HoneyPlantError):
             check_label(label)
     assert check_label("export-2026.11_A") == "export-2026.11_A"
+
+
+def test_a_real_patient_who_shares_a_honey_records_traits_gets_a_record_of_their_own(
+    runtime: Runtime, honeyed: Honeyed
+) -> None:
+    """Deduplication on (birth name, first name, birth date) must not map a newcomer onto a
+    honey record: every later action on that id would trip the guard for a legitimate user."""
+    world = honeyed.world
+    guards = HoneyGuards.from_runtime(runtime)
+    decoy = sorted(honeyed.honey)[0]
+    with transaction(world.sessions) as session:
+        reader = TenantKeyring(
+            session,
+            runtime.key_provider,
+            world.tenant,
+            SystemPrincipal("cli:keys-rotate-index"),  # honey-aware: reads it without alarm
+            guards=[guards.for_session(session, world.tenant)],
+        )
+        record = PatientRepository(session, reader).get(decoy, purpose="test")
+        assert record is not None
+    twin = PatientInput.model_validate(
+        {
+            "birth_name": record.birth_name,
+            "first_names": record.first_names,
+            "birth_date": record.birth_date.isoformat(),
+            "sex": record.sex,
+        }
+    )
+    with transaction(world.sessions) as session:
+        keyring = TenantKeyring(
+            session,
+            runtime.key_provider,
+            world.tenant,
+            SETUP,
+            guards=[guards.for_session(session, world.tenant)],
+        )
+        result = PatientRepository(session, keyring).register_many([twin])
+    assert result.existing == {}
+    assert len(result.created) == 1
+    assert result.created[0] != decoy
+    with world.sessions() as session:
+        assert not list(session.scalars(select(SecurityAlert)))
