@@ -72,7 +72,8 @@ from labvault.results.staff_pages import router as result_review_pages
 from labvault.results.staff_routes import router as result_review_router
 from labvault.schedules.pages import router as schedule_pages
 from labvault.schedules.routes import router as schedule_router
-from labvault.security.budgets import BudgetExceededError, BudgetUnavailableError
+from labvault.security.budgets import BudgetUnavailableError
+from labvault.security.guard import GUARD_REFUSALS, protect
 from labvault.security.pages import router as security_pages
 from labvault.security.routes import router as security_router
 
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     configure_logging(settings)
     if runtime is None:
         runtime = Runtime(settings)
+    protect(runtime)  # read budgets and honey records on every keyring of this database
     templates = create_templates(TEMPLATES_DIR)
     owned_runtime = runtime
 
@@ -160,7 +162,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IndexKeysChangedError, _index_keys_changed)
-    app.add_exception_handler(BudgetExceededError, _read_budget_exceeded)
+    for refusal in GUARD_REFUSALS:  # alike: a caller must not tell a honey record apart
+        app.add_exception_handler(refusal, _read_budget_exceeded)
     app.add_exception_handler(BudgetUnavailableError, _read_budget_unavailable)
     # Only reached by errors outside RequestContextMiddleware (which answers all others).
     app.add_exception_handler(Exception, _last_resort_error)

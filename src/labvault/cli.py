@@ -81,6 +81,7 @@ from labvault.results.sensitive import seed_default_codes
 from labvault.results.sensitive_commands import sensitive_app
 from labvault.retention.commands import retention_app
 from labvault.security.budget_commands import budgets_app
+from labvault.security.guard import protect
 from labvault.security.guard_commands import guard_app
 from labvault.security.honey_commands import honey_app
 from labvault.staff.commands import staff_app
@@ -172,6 +173,8 @@ def _runtime(*, require_schema: bool = True) -> Iterator[Runtime]:
     try:
         if require_schema and not is_up_to_date(runtime.engine):
             raise CliError("the database schema is not up to date; run `labvault db upgrade`")
+        if require_schema:
+            protect(runtime)  # a command is no way around the read budgets and honey records
         yield runtime
     finally:
         runtime.close()

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from labvault.core import tenancy
+from labvault.core.access.decrypt import uninstall_guards
 from labvault.core.audit.checkpoints import TrustedKeys
 from labvault.core.audit.events import CLIENT_ADDRESS_LABEL, ClientAddressHasher
 from labvault.core.audit.sequencer import AuditLog
@@ -117,6 +118,7 @@ class Runtime:
         )
 
     def close(self) -> None:
+        uninstall_guards(self.engine)
         self.engine.dispose()
         if "admin_engine" in self.__dict__:
             self.admin_engine.dispose()

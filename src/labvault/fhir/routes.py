@@ -55,7 +55,8 @@ from labvault.fhir.services import (
 from labvault.organizations.services import get_organization
 from labvault.patients.scope import service_scope, window_from
 from labvault.results.intake import IngestOutcome, IngestRejectedError, IngestStatus
-from labvault.security.budgets import BudgetExceededError
+from labvault.security.budgets import BudgetUnavailableError
+from labvault.security.guard import GUARD_REFUSALS
 
 __all__ = ["PREFIX", "router"]
 
@@ -262,7 +263,7 @@ def run_as_service(request: Request, action: Callable[[FhirReader], Response]) -
         return outcome_response(
             422, f"The result was refused: expected {rejected.error.expected}.", code="processing"
         )
-    except BudgetExceededError:
+    except GUARD_REFUSALS:
         # The exfiltration guard (read budgets): nothing was decrypted; the answer names no
         # patient, count or window, as the rest of the application's.
         return outcome_response(
@@ -270,6 +271,10 @@ def run_as_service(request: Request, action: Callable[[FhirReader], Response]) -
             "This client has opened too many patient files; the security officers have been "
             "alerted.",
             code="throttled",
+        )
+    except BudgetUnavailableError:
+        return outcome_response(
+            503, "The service is unavailable; try again later.", code="transient"
         )
     except DecryptDeniedError:
         return outcome_response(403, "This read was refused by the security guard.")

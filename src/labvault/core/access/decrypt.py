@@ -69,6 +69,12 @@ def install_guards(engine: Engine, factory: GuardFactory) -> None:
         _installed[engine] = factory
 
 
+def guard_factory(engine: Engine) -> GuardFactory | None:
+    """What :func:`install_guards` installed for ``engine``, if anything."""
+    with _lock:
+        return _installed.get(engine)
+
+
 def uninstall_guards(engine: Engine) -> None:
     with _lock:
         _installed.pop(engine, None)

@@ -1,0 +1,60 @@
+"""The exfiltration guard, installed on a runtime: every keyring on its database gets the
+honey-record guard and the read-budget guard, whatever code path builds it.
+
+``protect(runtime)`` is called where a runtime is opened for real work: the web application
+(``create_app``) and every CLI command (``labvault.cli._runtime``). The guards share one
+lockout (lock the principal, revoke its sessions or tokens, alert through every sink) and
+are built once per runtime. The honey guard comes first, so touching a honey record is
+reported as such, never counted against a budget.
+
+Both refusals look the same to the caller (:data:`GUARD_REFUSALS`): an attacker must not
+learn which of the records they asked for is a honey record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from labvault.core.access.decrypt import DecryptGuard, guard_factory, install_guards
+from labvault.core.runtime import Runtime
+from labvault.security.budgets import BudgetExceededError, BudgetGuard
+from labvault.security.honey import HoneyGuards, HoneyRecordTouchedError
+from labvault.security.lockout import LockoutDeps
+from labvault.security.sinks import guard_sinks
+
+GUARD_REFUSALS: tuple[type[Exception], ...] = (BudgetExceededError, HoneyRecordTouchedError)
+"""Refusals that lock the principal; answered alike (429, "too many patient files")."""
+
+
+class RuntimeGuards:
+    """The guards of one runtime, built once and shared by its keyrings (thread-safe)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        lockout = LockoutDeps.from_runtime(
+            runtime,
+            extra_sinks=guard_sinks(settings, runtime.key_provider, runtime.mailer),
+        )
+        self.lockout = lockout
+        self.honey = HoneyGuards.from_runtime(runtime, lockout)
+        self.budgets = BudgetGuard.from_runtime(runtime, lockout=lockout)
+
+    def __call__(self, session: Session, tenant_id: uuid.UUID) -> Sequence[DecryptGuard]:
+        return (self.honey.for_session(session, tenant_id), self.budgets)
+
+
+def protect(runtime: Runtime) -> RuntimeGuards:
+    """Install the guards on ``runtime``'s database (idempotent per runtime); the runtime
+    uninstalls them when it closes."""
+    existing = guard_factory(runtime.engine)
+    if isinstance(existing, RuntimeGuards):
+        return existing
+    guards = RuntimeGuards(runtime)
+    install_guards(runtime.engine, guards)
+    return guards
+
+
+__all__ = ["GUARD_REFUSALS", "RuntimeGuards", "protect"]
