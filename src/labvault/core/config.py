@@ -244,6 +244,15 @@ class Settings(BaseSettings):
         description="Transit: retries of a failed request (connection errors, 5xx, 429), "
         "with backoff; authentication and validation errors are never retried.",
     )
+    transit_unwrap_batch: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Transit: at most this many keys per decrypt request. OpenBao's decrypt "
+        "quota counts requests: quota rate x this = the most keys the app can open per "
+        "interval (docs/keys.md). Operators' bulk jobs may raise it (up to 200) in their own "
+        "environment; encrypt and rewrap always batch 200.",
+    )
     transit_derivation_key: str | None = Field(
         default=None,
         description="Transit: the key that derives the audit seal and checkpoint signing keys "

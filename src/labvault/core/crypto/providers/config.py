@@ -87,4 +87,5 @@ def _transit_options(settings: Settings) -> TransitOptions | None:
         namespace=settings.transit_namespace,
         timeout_seconds=settings.transit_timeout_seconds,
         retries=settings.transit_retries,
+        unwrap_batch=settings.transit_unwrap_batch,
     )

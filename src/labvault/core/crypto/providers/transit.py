@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import datetime as dt
 import re
 import ssl
@@ -33,6 +34,10 @@ _T = TypeVar("_T")
 # OpenBao refuses request bodies of more than 1,000 JSON strings (listener default
 # ``max_request_json_strings``); each batch item takes four (two keys, two values).
 BATCH_SIZE = 200
+ONLINE_UNWRAP_BATCH = 20
+"""Keys per decrypt request by default (LABVAULT_TRANSIT_UNWRAP_BATCH): OpenBao's rate-limit
+quota counts requests, so this cap turns it into a ceiling on keys (docs/keys.md). Encrypt
+and rewrap (no plaintext key comes back) keep ``BATCH_SIZE``."""
 _PREFIX = b"vault:v"
 _VERSION = re.compile(rb"^vault:v([1-9][0-9]{0,9}):")
 _METADATA_TTL_SECONDS = 2.0
@@ -40,6 +45,18 @@ _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _BACKOFF_SECONDS = 0.1
 _BACKOFF_CAP_SECONDS = 2.0
 _DERIVED_KEY_BYTES = 32
+
+
+class KeyProviderThrottledError(KeyProviderError):
+    """OpenBao answered 429: its rate-limit quota, the second ceiling on unwraps, refused.
+
+    A refusal of the read for now, not a fault: the caller answers 503 with ``Retry-After``
+    (``retry_after``: the server's header, if it sent one), never a 500.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +81,12 @@ class TransitOptions:
     namespace: str | None = None
     timeout_seconds: float = 5.0
     retries: int = 3
+    unwrap_batch: int = ONLINE_UNWRAP_BATCH
+    """At most this many keys per decrypt request (1 to ``BATCH_SIZE``)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.unwrap_batch <= BATCH_SIZE:
+            raise ValueError(f"unwrap_batch must be between 1 and {BATCH_SIZE}")
 
     @property
     def derivation_key_name(self) -> str:
@@ -164,7 +187,7 @@ class TransitKeyProvider:
 
     def unwrap_many(self, items: Sequence[tuple[bytes, str]]) -> list[Secret[bytes]]:
         out: list[Secret[bytes]] = []
-        for chunk in _chunks(items):
+        for chunk in _chunks(items, self.options.unwrap_batch):
             results = self._batch("decrypt", self._ciphertext_batch(chunk))
             for result in results:
                 try:
@@ -460,6 +483,11 @@ class TransitKeyProvider:
                 return data if data is not None else {}
             if batch and status == 400 and isinstance(data, dict) and "batch_results" in data:
                 return data
+            if status == 429:
+                raise KeyProviderThrottledError(
+                    f"{where}: refused by a rate-limit quota (429); nothing was returned",
+                    retry_after=_retry_after_seconds(response),
+                )
             raise self._status_error(status, document, where, forbidden_hint)
 
     def _send(
@@ -648,9 +676,9 @@ def _read_secret_file(path: str, where: str, what: str) -> str:
     return value
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), BATCH_SIZE):
-        yield items[start : start + BATCH_SIZE]
+def _chunks(items: Sequence[_T], size: int = BATCH_SIZE) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _b64(raw: bytes) -> str:
@@ -665,13 +693,19 @@ def _json(response: httpx.Response) -> Any:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
+    seconds = _retry_after_seconds(response)
+    return None if seconds is None else min(seconds, _BACKOFF_CAP_SECONDS)
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return min(max(float(value), 0.0), _BACKOFF_CAP_SECONDS)
+        seconds = float(value)
     except ValueError:
         return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def _timestamp(value: object) -> dt.datetime | None:
