@@ -40,6 +40,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.results
 	$(BIN)/python -m bench.fhir
 	$(BIN)/python -m bench.guard
+	$(BIN)/python -m bench.scraper
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

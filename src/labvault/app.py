@@ -7,6 +7,7 @@ Run with ``uvicorn --factory labvault.app:create_app --no-access-log`` (or from 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -48,6 +49,7 @@ from labvault.core.audit.runner import AuditCheckpointer
 from labvault.core.config import Settings, load_settings
 from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import IndexKeysChangedError
+from labvault.core.crypto.providers.transit import KeyProviderThrottledError
 from labvault.core.logging import configure_logging, get_logger, mask_personal_text
 from labvault.core.runtime import Runtime
 from labvault.core.web.headers import SecurityHeadersMiddleware
@@ -165,6 +167,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for refusal in GUARD_REFUSALS:  # alike: a caller must not tell a honey record apart
         app.add_exception_handler(refusal, _read_budget_exceeded)
     app.add_exception_handler(BudgetUnavailableError, _read_budget_unavailable)
+    app.add_exception_handler(KeyProviderThrottledError, _key_provider_throttled)
     # Only reached by errors outside RequestContextMiddleware (which answers all others).
     app.add_exception_handler(Exception, _last_resort_error)
 
@@ -365,6 +368,16 @@ async def _read_budget_unavailable(request: Request, exc: Exception) -> Response
     """The read-budget counters are unreachable: no count, no read (fail closed)."""
     unavailable = StarletteHTTPException(503, headers={"Retry-After": "5"})
     return await _http_error(request, unavailable)
+
+
+async def _key_provider_throttled(request: Request, exc: Exception) -> Response:
+    """OpenBao's decrypt quota refused (the second, independent ceiling): nothing was
+    decrypted; the caller may come back later, as a busy service."""
+    assert isinstance(exc, KeyProviderThrottledError)
+    _log.warning("keys.decrypt_quota_refused")
+    seconds = max(1, math.ceil(exc.retry_after or 60))
+    throttled = StarletteHTTPException(503, headers={"Retry-After": str(seconds)})
+    return await _http_error(request, throttled)
 
 
 def _status_phrase(status: int) -> str:

@@ -515,7 +515,7 @@ def test_the_previous_key_provider_takes_the_same_syntax(monkeypatch: pytest.Mon
 
 def test_every_key_provider_setting_is_described() -> None:
     names = [n for n in Settings.model_fields if n.startswith(("transit_", "previous_key"))]
-    assert len(names) == 13
+    assert len(names) == 14
     for name in names:
         assert Settings.model_fields[name].description, name
 

@@ -102,12 +102,14 @@ def problem_response(
 
 
 def wants_problem_json(scope: Scope) -> bool:
-    """API paths (``/api/...``) answer errors as problem+json; pages answer in French HTML."""
+    """API paths (``/api/...``, and ``/fhir/...`` for what its routes do not answer as an
+    OperationOutcome themselves: a 500, a refused read) answer errors as problem+json;
+    pages answer in French HTML."""
     path = str(scope.get("path", ""))
     root_path = str(scope.get("root_path", ""))
     if root_path and path.startswith(root_path):
         path = path[len(root_path) :]
-    return path == "/api" or path.startswith("/api/")
+    return path in ("/api", "/fhir") or path.startswith(("/api/", "/fhir/"))
 
 
 def _phrase(status: int) -> str:

@@ -86,12 +86,14 @@ def test_the_online_cap_is_a_setting_distinct_from_the_bulk_batch(tmp_path: Path
         transit_unwrap_batch=7,
     )
     options = KeyProviderConfig.from_settings(settings).transit
-    assert options is not None and options.unwrap_batch == 7
+    assert options is not None
+    assert options.unwrap_batch == 7
     default = Settings(
         data_dir=tmp_path, key_provider=settings.key_provider, transit_token=SecretStr("t")
     )
     default_options = KeyProviderConfig.from_settings(default).transit
-    assert default_options is not None and default_options.unwrap_batch == ONLINE_UNWRAP_BATCH
+    assert default_options is not None
+    assert default_options.unwrap_batch == ONLINE_UNWRAP_BATCH
     for wrong in (0, BATCH_SIZE + 1):
         with pytest.raises(ValueError, match="unwrap_batch"):
             TransitOptions(address="http://127.0.0.1:8200", mount="t", key="k", unwrap_batch=wrong)
@@ -141,7 +143,8 @@ def test_a_loop_of_unwraps_opens_at_most_rate_times_cap_keys(
         app.wrap_many(items[:3])
     for refused in refusals:
         message = str(refused)
-        assert "429" in message and "nothing was returned" in message
+        assert "429" in message
+        assert "nothing was returned" in message
         assert isinstance(refused, KeyProviderError)  # fails closed wherever that is handled
         for material, context in items:
             assert base64.b64encode(material.reveal()).decode() not in message

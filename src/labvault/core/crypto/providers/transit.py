@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import datetime as dt
+import math
 import re
 import ssl
 import threading
