@@ -14,8 +14,9 @@ network), with a bearer token from ``POST /fhir/R4/auth/token``, ``--requests`` 
 2. ``GET /fhir/R4/Patient/<unknown id>``: baseline, a bearer request that finds nothing
    (token lookup, scope, policy query; nothing decrypted);
 3. ``GET /fhir/R4/Patient/<id>``;
-4. ``GET /fhir/R4/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|<NIR>`` (search by INS,
-   through the NIR blind index) and the same search as ``POST .../Patient/_search``;
+4. ``POST /fhir/R4/Patient/_search`` with ``identifier=urn:oid:1.2.250.1.213.1.4.10|<NIR>``
+   (search by INS, through the NIR blind index; a GET with an identifier is refused: the
+   NIR would be in the URL);
 5. ``GET /fhir/R4/DiagnosticReport/<id>``;
 6. ``GET /fhir/R4/Observation/<id>``.
 
@@ -136,7 +137,9 @@ def build_world(runtime: Runtime, people: Sequence[PatientInput]) -> World:
     patients = [registered.created[i] for i in range(len(people))]
     intake = StoredResultIntake(runtime.sessions, runtime.key_provider, tenant)
     for number, person in enumerate(people):
-        intake.receive(parse_oru(decode_payload(oru(person, number, registered=True))), peer="b")
+        intake.receive(
+            parse_oru(decode_payload(oru(person, number, registered=True))), peer="local"
+        )
     if intake.counters.attached != len(people):
         raise SystemExit(f"setup: {intake.counters} (every result should be attached)")
     with transaction(runtime.sessions) as session:
@@ -224,14 +227,6 @@ def run_backend(
                         "Patient",
                     ),
                     (
-                        "Patient?identifier=<INS>",
-                        lambda i: get(
-                            "/fhir/R4/Patient", identifier=f"urn:oid:{oid}|{world.nirs[i % n]}"
-                        ),
-                        200,
-                        "Bundle",
-                    ),
-                    (
                         "POST Patient/_search (INS)",
                         lambda i: client.post(
                             "/fhir/R4/Patient/_search",
@@ -254,7 +249,11 @@ def run_backend(
                         "Observation",
                     ),
                 ]
-                found = get("/fhir/R4/Patient", identifier=f"urn:oid:{oid}|{world.nirs[0]}").json()
+                found = client.post(
+                    "/fhir/R4/Patient/_search",
+                    headers=bearer,
+                    data={"identifier": f"urn:oid:{oid}|{world.nirs[0]}"},
+                ).json()
                 if found.get("total") != 1:
                     raise SystemExit("setup: the search by INS should find the patient")
                 return {

@@ -99,7 +99,7 @@ def parse_all(messages: Sequence[bytes]) -> None:
 def memory_all(messages: Sequence[bytes]) -> None:
     intake = MemoryResultIntake()
     for payload in messages:
-        intake.receive(parse_oru(decode_payload(payload)), peer="bench")
+        intake.receive(parse_oru(decode_payload(payload)), peer="local")
 
 
 def stored_run(
@@ -140,7 +140,7 @@ def stored_run(
 
             def store() -> None:
                 for payload in messages:
-                    intake.receive(parse_oru(decode_payload(payload)), peer="bench")
+                    intake.receive(parse_oru(decode_payload(payload)), peer="local")
 
             stored = rate(len(messages), store)
             duplicates = rate(len(messages), store)

@@ -38,7 +38,7 @@ from labvault.patients.models import Patient
 from labvault.patients.nir import synthetic_nir
 from labvault.patients.scope import staff_scope
 from labvault.patients.services import SUBJECT_TYPE, PatientRepository, SealedItem
-from labvault.results.clients import ServiceClientRegistry, find_sender
+from labvault.results.clients import LOCAL_PEER, ServiceClientRegistry, find_sender
 from labvault.results.delivery import FileResultDelivery
 from labvault.results.hl7 import decode_payload, parse_oru
 from labvault.results.intake import StoredResultIntake
@@ -724,7 +724,7 @@ def create_demo_results(runtime: Runtime, organization_id: uuid.UUID) -> DemoRes
     for number, result in enumerate(DEMO_RESULTS, start=1):
         person = people[result.patient] if result.patient is not None else stranger
         outcome = intake.receive(
-            parse_oru(decode_payload(demo_oru(number, person, result, now))), peer="demo"
+            parse_oru(decode_payload(demo_oru(number, person, result, now))), peer=LOCAL_PEER
         )
         if outcome.status is not IntakeStatus.ACCEPTED:
             raise RuntimeError("a demo result was refused (a bug in the demo)")

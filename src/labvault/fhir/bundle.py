@@ -73,6 +73,8 @@ _OBSERVATION_STATUS: Final = {
 }
 _GENDER: Final = {"male": "M", "female": "F", "other": "A", "unknown": "U"}
 LOINC_URIS: Final = frozenset({"http://loinc.org", "urn:oid:2.16.840.1.113883.6.1"})
+MAX_CODINGS: Final = 8
+"""Codings kept per CodeableConcept (a local code, LOINC, a few more)."""
 _ELEMENT: Final = re.compile(r"[a-z][A-Za-z]{0,40}(?:__ext)?|[A-Z][A-Za-z]{0,40}")
 
 
@@ -124,20 +126,38 @@ def _text(value: object, where: str, limit: int = 500) -> str:
 
 
 def _coding(concept: object, where: str) -> Coding:
-    """The first coding of a CodeableConcept (LOINC URIs kept as they are)."""
+    """A CodeableConcept: its first coding, the others kept as alternates (a sensitive exam
+    must be recognised by its LOINC code wherever the sender put it; LOINC URIs kept as
+    they are)."""
     if not isinstance(concept, Mapping):
         raise BundleError(where, "a CodeableConcept")
     codings = concept.get("coding") or []
+    if not isinstance(codings, list):
+        raise BundleError(f"{where}.coding", "a list of codings")
     if not codings or not isinstance(codings[0], Mapping) or not codings[0].get("code"):
         raise BundleError(f"{where}.coding[0].code", "a code")
-    first = codings[0]
-    system = _text(first.get("system"), f"{where}.coding[0].system")
+    if len(codings) > MAX_CODINGS:
+        raise BundleError(f"{where}.coding", f"at most {MAX_CODINGS} codings")
+    alternates = []
+    for index, other in enumerate(codings[1:], start=1):
+        if not isinstance(other, Mapping):
+            raise BundleError(f"{where}.coding[{index}]", "a Coding")
+        if other.get("code"):
+            alternates.append(_one_coding(other, f"{where}.coding[{index}]", ""))
+    return _one_coding(codings[0], f"{where}.coding[0]", concept.get("text"), tuple(alternates))
+
+
+def _one_coding(
+    coding: Mapping[str, Any], where: str, text: object, alternates: tuple[Coding, ...] = ()
+) -> Coding:
+    system = _text(coding.get("system"), f"{where}.system")
     if system in LOINC_URIS:
         system = "http://loinc.org"
     return Coding(
         system=system,
-        code=_text(first.get("code"), f"{where}.coding[0].code", 64),
-        display=_text(first.get("display") or concept.get("text"), f"{where}.coding[0].display"),
+        code=_text(coding.get("code"), f"{where}.code", 64),
+        display=_text(coding.get("display") or text, f"{where}.display"),
+        alternates=alternates,
     )
 
 

@@ -115,7 +115,7 @@ def _coding(code: Coding) -> dict[str, str]:
 
 
 def _concept(code: Coding) -> dict[str, Any]:
-    concept: dict[str, Any] = {"coding": [_coding(code)]}
+    concept: dict[str, Any] = {"coding": [_coding(c) for c in code.all_codings()]}
     if code.display:
         concept["text"] = code.display
     return concept

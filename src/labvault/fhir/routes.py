@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from labvault.core.access.decrypt import DecryptDeniedError
 from labvault.core.audit.events import AuditContext, AuditedRefusalError, audited_transaction
@@ -54,7 +55,7 @@ from labvault.fhir.services import (
 )
 from labvault.organizations.services import get_organization
 from labvault.patients.scope import service_scope, window_from
-from labvault.results.intake import IngestOutcome, IngestRejectedError, IngestStatus
+from labvault.results.intake import IngestOutcome, IngestRejectedError
 from labvault.security.budgets import BudgetUnavailableError
 from labvault.security.guard import GUARD_REFUSALS
 
@@ -128,12 +129,35 @@ def _invalid_request(description: str) -> JSONResponse:
     return _oauth_error(OAuthError("invalid_request", 400, description))
 
 
+class _BodyTooLargeError(Exception):
+    """The body (declared or received) passes the route's limit."""
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The body, read in chunks and given up as soon as it passes ``limit`` (declared by
+    Content-Length or received): a large body is never held in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isascii() or not declared.isdigit()):
+        raise _BodyTooLargeError
+    if declared is not None and int(declared) > limit:
+        raise _BodyTooLargeError
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _form(request: Request) -> dict[str, str] | None:
     """A small urlencoded body as a dict; ``None`` if it is not one, or repeats a field."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
         return None
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    try:
+        body = await _capped_body(request, MAX_FORM_BYTES)
+    except _BodyTooLargeError:
         return None
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -176,8 +200,6 @@ async def token(request: Request) -> Response:
 
 
 async def _in_thread(work: Callable[[], Response]) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(work)
 
 
@@ -231,6 +253,34 @@ def _accepts_json(request: Request) -> bool:
         return True
     types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     return bool(types & ACCEPTED)
+
+
+def _token_is_live(runtime: Runtime, context: AuditContext, token_text: str) -> bool:
+    """Whether the bearer token authenticates a client (read-only): checked before a body is
+    read, so an anonymous caller cannot make the server read or parse anything big."""
+    with audited_transaction(runtime.sessions) as session:
+        tenant = get_organization(session, runtime.settings.organization).id
+        tokens = TokenService(
+            session,
+            tenant,
+            limiter=runtime.rate_limiter,
+            hasher=_password_hasher(),
+            lifetime=dt.timedelta(minutes=runtime.settings.fhir_token_minutes),
+            context=context,
+        )
+        return tokens.authenticate(token_text) is not None
+
+
+async def _authenticated_first(request: Request) -> Response | None:
+    """``None`` when the bearer token is live; else the 401 to answer, body unread."""
+    token_text = _bearer(request)
+    if token_text is None:
+        return unauthenticated()
+    runtime = _runtime(request)
+    context = _audit_context(request, runtime)
+    if not await run_in_threadpool(_token_is_live, runtime, context, token_text):
+        return unauthenticated("invalid_token")
+    return None
 
 
 def run_as_service(request: Request, action: Callable[[FhirReader], Response]) -> Response:
@@ -410,6 +460,13 @@ def _search(
 
 def _search_route(kind: str, search: SearchMethod) -> Callable[[Request], Response]:
     def search_resources(request: Request) -> Response:
+        if "identifier" in request.query_params:
+            # An identifier is an INS (a NIR): in a URL it lands in proxy and server logs.
+            return outcome_response(
+                400,
+                f"Search by identifier with POST {PREFIX}/{kind}/_search "
+                "(application/x-www-form-urlencoded body), never in the URL.",
+            )
         return _search(request, kind, search, list(request.query_params.multi_items()))
 
     search_resources.__name__ = f"search_{kind.lower()}"
@@ -418,14 +475,16 @@ def _search_route(kind: str, search: SearchMethod) -> Callable[[Request], Respon
 
 def _post_search_route(kind: str, search: SearchMethod) -> Callable[[Request], Any]:
     async def post_search(request: Request) -> Response:
-        if _bearer(request) is None:
-            return unauthenticated()
-        body = await request.body()
+        refused = await _authenticated_first(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await _capped_body(request, MAX_FORM_BYTES)
+        except _BodyTooLargeError:
+            return outcome_response(413, "The search is too long.")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if body and media != FORM:
             return outcome_response(415, "Send the criteria as application/x-www-form-urlencoded.")
-        if len(body) > MAX_FORM_BYTES:
-            return outcome_response(413, "The search is too long.")
         try:
             pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
         except (UnicodeDecodeError, ValueError):
@@ -456,60 +515,48 @@ JSON_TYPES: Final = frozenset({FHIR_JSON, "application/json"})
 async def push_results(request: Request) -> Response:
     """A transaction or batch Bundle of DiagnosticReports and Observations for one patient
     (see ``labvault.fhir.bundle``), stored all or nothing."""
-    if _bearer(request) is None:
-        return unauthenticated()
+    refused = await _authenticated_first(request)
+    if refused is not None:
+        return refused
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in JSON_TYPES:
         return outcome_response(415, "Send application/fhir+json.")
-    body = await request.body()
-    if len(body) > MAX_BUNDLE_BYTES:
-        return outcome_response(413, "The bundle is too large.")
     try:
-        document = json.loads(body, parse_float=Decimal)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = await _capped_body(request, MAX_BUNDLE_BYTES)
+    except _BodyTooLargeError:
+        return outcome_response(413, "The bundle is too large.")
+    # Parsing up to 16 MiB takes a while: off the event loop, which serves everyone.
+    document = await run_in_threadpool(_json_document, body)
+    if document is None:
         return outcome_response(400, "The body is not JSON.")
     if not isinstance(document, dict):
         return outcome_response(400, "The body is not a Bundle.")
 
     def action(reader: FhirReader) -> Response:
         outcome = reader.writer().push(document, now=utcnow())
-        return _pushed(document, outcome)
+        return _pushed(outcome)
 
     return await _in_thread(lambda: run_as_service(request, action))
 
 
-def _pushed(document: Mapping[str, Any], outcome: IngestOutcome) -> Response:
-    if outcome.status is IngestStatus.DUPLICATE:
-        return outcome_response(
-            200,
-            "This bundle was already received; nothing was changed.",
-            code="informational",
-            severity="information",
-        )
-    if outcome.status is IngestStatus.QUEUED:
-        return outcome_response(
-            202,
-            "Received: the result waits for a person to confirm whose it is.",
-            code="informational",
-            severity="information",
-        )
-    reports = iter(outcome.report_ids)
-    entries = []
-    for entry in document.get("entry") or []:
-        kind = (entry.get("resource") or {}).get("resourceType")
-        if kind == "DiagnosticReport":
-            report = next(reports, None)
-            response = {"status": "201 Created"}
-            if report is not None:
-                response["location"] = f"DiagnosticReport/{report}"
-        elif kind == "Observation":
-            response = {"status": "201 Created"}
-        else:
-            response = {"status": "200 OK"}
-        entries.append({"response": response})
-    kind = "batch-response" if document.get("type") == "batch" else "transaction-response"
-    return fhir_response(
-        {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind, "entry": entries}
+def _json_document(body: bytes) -> object:
+    """The parsed body, ``None`` if it is not JSON (a JSON ``null`` is no Bundle either)."""
+    try:
+        parsed: object = json.loads(body, parse_float=Decimal)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return parsed
+
+
+def _pushed(outcome: IngestOutcome) -> Response:
+    """The same answer whether the result was attached, queued or already received: telling
+    them apart would tell the sender whether a person is a patient of the laboratory."""
+    del outcome
+    return outcome_response(
+        202,
+        "Received: the result will be processed.",
+        code="informational",
+        severity="information",
     )
 
 

@@ -8,11 +8,10 @@ which patients exist for it, before any key is unwrapped; every opening is audit
 keyring. Whatever is absent, out of scope, of another tenant or not granted is the same
 "not found" (I7); a search finds nothing instead.
 
-Which results a service client sees: the reports released to the patient (validated by a
-biologist, phone calls recorded), and every report of the orders that the client itself
-sent, whatever their state (a laboratory system may read back what it sent). A report
-validated but waiting for its phone call, or still to validate, sent by another system, is
-not visible: a sensitive result never leaves through the API before the patient was told.
+Which results a service client sees: only the orders it sent itself, and their reports and
+observations, whatever their state (a laboratory system reads back what it sent). Being
+in relationship with a patient does not open the patient's results from other sites or
+systems: a client that pushes one result for a patient must not gain their whole history.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ from labvault.patients.services import PatientRecord, PatientRepository, SealedI
 from labvault.results.content import ObservationContent, OrderDetails, ReportContent, load
 from labvault.results.intake import IngestOutcome, ResultStore
 from labvault.results.models import (
-    ReportStatus,
     ResultObservation,
     ResultOrder,
     ResultReport,
@@ -450,11 +448,8 @@ class FhirReader:
     # -- results -----------------------------------------------------------------------
 
     def _visible(self) -> ColumnElement[bool]:
-        """Released reports, and every report of the caller's own orders."""
-        return or_(
-            ResultReport.status == ReportStatus.RELEASED.value,
-            ResultOrder.client_id == self._caller.client_id,
-        )
+        """The caller's own orders only (see the module docstring)."""
+        return ResultOrder.client_id == self._caller.client_id
 
     def _reports(self) -> Select[ResultReport, ResultOrder]:
         return (
@@ -708,7 +703,7 @@ class FhirWriter:
             raise FhirInputError(str(error)) from None
         except ValidationError:  # a content limit of labvault's own (it quotes: not shown)
             raise FhirInputError("Bundle: values within labvault's limits") from None
-        return ResultStore(self._session, self._keyring).ingest(incoming)
+        return ResultStore(self._session, self._keyring, window=self._scope.window).ingest(incoming)
 
 
 PAGING = frozenset({"_count", "_offset"})

@@ -16,6 +16,10 @@ What :func:`erase_patient` does, in the caller's transaction:
 - deletes the links it gave doctors to its reports (``result_shares``); its orders, reports
   and observations stay sealed under the deleted key (a validated report is under a legal
   hold, so erasure waits for the hold's end anyway);
+- with ``drop_dir`` (the prescribers' drop directory, ``LABVAULT_RESULT_DROP_DIR``), deletes
+  its reports' documents still waiting there (``<report id>-v<n>.fhir.json``, plaintext by
+  design: ``labvault.results.delivery``). They go once the database work is done, before the
+  caller commits: a rolled-back erasure leaves the reports for ``labvault results deliver``;
 - deletes its pre-registrations and uploaded documents: they are the patient's own
   declarations and files, kept only for the visit; leaving unreadable copies would keep
   storage and nothing of use;
@@ -37,6 +41,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy import delete, select, update
@@ -62,7 +67,7 @@ from labvault.core.db import utcnow
 from labvault.patients.holds import RecordNotFoundError, active_hold, describe_hold
 from labvault.patients.models import ErasureRequester, LegalHold
 from labvault.patients.services import SUBJECT_TYPE, ErasureState, PatientRepository
-from labvault.results.models import ResultShare
+from labvault.results.models import ResultReport, ResultShare
 
 __all__ = [
     "ErasureReport",
@@ -106,6 +111,8 @@ class ErasureReport:
     """Links the patient gave doctors to one of its reports: they stop at once."""
     accounts_deleted: int = 0
     """The patient's own account, deleted with its data key (0 or 1)."""
+    drop_files_deleted: int = 0
+    """Its reports' documents removed from the prescribers' drop directory."""
 
 
 class KeylessKeyring:
@@ -168,13 +175,16 @@ def erase_patient(
     requested_by: ErasureRequester,
     *,
     now: dt.datetime | None = None,
+    drop_dir: Path | None = None,
 ) -> ErasureReport:
     """Erase the record (see the module docstring); the caller commits.
 
     Raises :class:`RecordNotFoundError` for an id the organization does not have, and
     :class:`LegalHoldError` while a hold is active: run it in ``audited_transaction`` so
     the refusal's "denied" event is kept while everything else rolls back."""
-    outcome = erase_unless_held(session, keyring, patient_id, requested_by, now=now, audit=False)
+    outcome = erase_unless_held(
+        session, keyring, patient_id, requested_by, now=now, audit=False, drop_dir=drop_dir
+    )
     if isinstance(outcome, LegalHold):
         raise keyring.audit.refusal(
             LegalHoldError(outcome),
@@ -195,6 +205,7 @@ def erase_unless_held(
     *,
     now: dt.datetime | None = None,
     audit: bool = True,
+    drop_dir: Path | None = None,
 ) -> ErasureReport | LegalHold:
     """Erase the record, or return the active hold that keeps it (nothing changed).
 
@@ -234,10 +245,20 @@ def erase_unless_held(
         target_id=patient_id,
         purpose=_purpose(requested_by),
     )
+    if drop_dir is not None:
+        report = dataclasses.replace(
+            report, drop_files_deleted=_discard_drop_files(session, tenant_id, patient_id, drop_dir)
+        )
     return report
 
 
-def erase_released(session: Session, keyring: Keyring, *, now: dt.datetime | None = None) -> int:
+def erase_released(
+    session: Session,
+    keyring: Keyring,
+    *,
+    now: dt.datetime | None = None,
+    drop_dir: Path | None = None,
+) -> int:
     """Erase the tenant's records whose erasure was asked while a legal hold kept them and
     whose holds have all ended since; how many. Records still held stay pending, silently
     (their refusal was recorded when the erasure was asked)."""
@@ -245,7 +266,13 @@ def erase_released(session: Session, keyring: Keyring, *, now: dt.datetime | Non
     erased = 0
     for patient_id, requested_by in PatientRepository(session, keyring).pending_erasures():
         outcome = erase_unless_held(
-            session, keyring, patient_id, ErasureRequester(requested_by), now=now, audit=False
+            session,
+            keyring,
+            patient_id,
+            ErasureRequester(requested_by),
+            now=now,
+            audit=False,
+            drop_dir=drop_dir,
         )
         erased += isinstance(outcome, ErasureReport) and not outcome.already_erased
     return erased
@@ -349,6 +376,22 @@ def _clear_related(
         account_links_removed=_count(dependents) + _count(owners),
         shares_deleted=_count(shares),
     )
+
+
+def _discard_drop_files(
+    session: Session, tenant_id: uuid.UUID, patient_id: uuid.UUID, drop_dir: Path
+) -> int:
+    """Delete the drop-directory documents of the record's reports (plaintext hand-offs to
+    prescribers that the gateway has not taken yet)."""
+    # Imported here: patients must not load the results' delivery code at import time.
+    from labvault.results.delivery import discard_drop_files
+
+    report_ids = session.scalars(
+        select(ResultReport.id).where(
+            ResultReport.tenant_id == tenant_id, ResultReport.patient_id == patient_id
+        )
+    ).all()
+    return discard_drop_files(drop_dir, report_ids)
 
 
 def _count(result: object) -> int:

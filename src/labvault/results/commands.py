@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import uuid
 from typing import Annotated
 
 import typer
@@ -21,12 +22,13 @@ from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.events import audited_transaction
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction
+from labvault.core.runtime import Runtime
 from labvault.organizations.services import use_organization
 from labvault.patients.scope import SYSTEM_ACCESS
 from labvault.results.clients import ClientError, ServiceClientRegistry
-from labvault.results.intake import StoredResultIntake
-from labvault.results.mllp import MllpServer
-from labvault.results.queue import MatchingQueue, QueueError
+from labvault.results.intake import OrderDigester, StoredResultIntake
+from labvault.results.mllp import DEFAULT_MAX_PER_PEER, DEFAULT_MESSAGE_TIMEOUT, MllpServer
+from labvault.results.queue import DiscardReason, MatchingQueue, QueueError
 
 __all__ = ["mllp_app", "results_app"]
 
@@ -59,9 +61,16 @@ def clients_add(
     with_secret: Annotated[
         bool, typer.Option("--with-secret", help="Issue an OAuth2 client secret (shown once).")
     ] = False,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An address or network its MLLP connections come from (repeatable, e.g. "
+            "10.0.0.5 or 10.0.1.0/24). Default: loopback only."
+        ),
+    ] = None,
     organization: OrganizationOption = None,
 ) -> None:
-    """Register a sending system (an MLLP sender is recognised by MSH-3 and MSH-4)."""
+    """Register a sending system (an MLLP sender: its MSH-3 and MSH-4, from its peers)."""
     from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
 
     with _runtime() as runtime:
@@ -83,6 +92,7 @@ def clients_add(
                     sites=site or [],
                     scopes=scope or [],
                     with_secret=with_secret,
+                    peers=peer or [],
                 )
                 client_id = client.id
         except ClientError as refused:
@@ -115,19 +125,61 @@ def clients_list(organization: OrganizationOption = None) -> None:
     if not clients:
         console.print("No sending system.")
         return
-    table = Table("id", "name", "kind", "MSH-3/MSH-4", "sites", "scopes", "secret", "state")
+    table = Table(
+        "id", "name", "kind", "MSH-3/MSH-4", "MLLP peers", "sites", "scopes", "secret", "state"
+    )
     for c in clients:
+        if c.hl7_application is None:
+            peers = "-"
+        elif c.hl7_peers:
+            peers = " ".join(c.hl7_peers)
+        else:
+            peers = "none: MLLP refused (set-peers)"
         table.add_row(
             str(c.id),
             c.name,
             c.kind,
             f"{c.hl7_application}/{c.hl7_facility}" if c.hl7_application else "-",
+            peers,
             ", ".join(c.sites) or "-",
             " ".join(c.scopes) or "-",
             "yes" if c.has_secret else "no",
             f"disabled {c.disabled_at:%Y-%m-%d}" if c.disabled_at else "enabled",
         )
     console.print(table)
+
+
+@clients_app.command("set-peers")
+def clients_set_peers(
+    client: Annotated[str, typer.Argument(help="The client's id or name.")],
+    peer: Annotated[
+        list[str],
+        typer.Option(help="An address or network (repeatable): 10.0.0.5, 10.0.1.0/24."),
+    ],
+    organization: OrganizationOption = None,
+) -> None:
+    """Replace the addresses an MLLP sender's connections may come from (others: AR)."""
+    from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
+
+    with _runtime() as runtime:
+        try:
+            with transaction(runtime.sessions) as session:
+                tenant_id = use_organization(session, organization).id
+                keyring = TenantKeyring(
+                    session,
+                    runtime.key_provider,
+                    tenant_id,
+                    SystemPrincipal("cli:results-clients"),
+                    context=_audit_context(),
+                )
+                row = ServiceClientRegistry(session, tenant_id, keyring.audit).set_peers(
+                    client, peer
+                )
+                client_id, peers = row.id, row.hl7_peers
+        except ClientError as refused:
+            raise CliError(str(refused)) from None
+        _seal_events(runtime)
+    console.print(f"Sending system {client_id}: MLLP peers {peers}.", highlight=False)
 
 
 @clients_app.command("disable")
@@ -193,6 +245,11 @@ def clients_secret(
 # --- The matching queue -----------------------------------------------------------------
 
 
+def _orders(runtime: Runtime, tenant_id: uuid.UUID) -> OrderDigester:
+    """The tenant's order-number digests (derived on first use: attaching only)."""
+    return OrderDigester.from_provider(runtime.key_provider, tenant_id)
+
+
 @queue_app.command("list")
 def queue_list(organization: OrganizationOption = None) -> None:
     """Queued messages: id, reason, time (nothing decrypted)."""
@@ -207,7 +264,9 @@ def queue_list(organization: OrganizationOption = None) -> None:
             SystemPrincipal("cli:results-queue"),
             context=_audit_context(),
         )
-        items = MatchingQueue(session, keyring, SYSTEM_ACCESS).list()
+        items = MatchingQueue(
+            session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
+        ).list()
     if not items:
         console.print("The matching queue is empty.")
         return
@@ -241,7 +300,9 @@ def queue_show(
                 SystemPrincipal("cli:results-queue"),
                 context=_audit_context(),
             )
-            opened = MatchingQueue(session, keyring, SYSTEM_ACCESS).open(subject)
+            opened = MatchingQueue(
+                session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
+            ).open(subject)
         _seal_events(runtime)
     if opened is None:
         raise CliError("no such queued message")
@@ -286,7 +347,9 @@ def queue_attach(
                     SystemPrincipal("cli:results-queue"),
                     context=_audit_context(),
                 )
-                reports = MatchingQueue(session, keyring, SYSTEM_ACCESS).attach(subject, patient_id)
+                reports = MatchingQueue(
+                    session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
+                ).attach(subject, patient_id)
         except QueueError as refused:
             raise CliError(str(refused)) from None
         _seal_events(runtime)
@@ -299,9 +362,13 @@ def queue_attach(
 @queue_app.command("discard")
 def queue_discard(
     message_id: Annotated[str, typer.Argument(help="The queued message's id.")],
+    reason: Annotated[
+        DiscardReason,
+        typer.Option(help="Why it is discarded (recorded in the audit log).", case_sensitive=False),
+    ],
     organization: OrganizationOption = None,
 ) -> None:
-    """Discard a queued message: its data key is destroyed."""
+    """Discard a queued message for a reason: its data key is destroyed."""
     from labvault.cli import CliError, _audit_context, _parse_uuid, _runtime, _seal_events, console
 
     subject = _parse_uuid(message_id, "MESSAGE_ID")
@@ -316,7 +383,9 @@ def queue_discard(
                     SystemPrincipal("cli:results-queue"),
                     context=_audit_context(),
                 )
-                MatchingQueue(session, keyring, SYSTEM_ACCESS).discard(subject)
+                MatchingQueue(
+                    session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
+                ).discard(subject, reason)
         except QueueError as refused:
             raise CliError(str(refused)) from None
         _seal_events(runtime)
@@ -348,6 +417,12 @@ def mllp_serve(
             "front.",
         ),
     ] = False,
+    message_timeout: Annotated[
+        float, typer.Option(help="Seconds a sender has to finish a message once started.")
+    ] = DEFAULT_MESSAGE_TIMEOUT,
+    max_per_peer: Annotated[
+        int, typer.Option(help="Connections one peer address may hold at once.")
+    ] = DEFAULT_MAX_PER_PEER,
 ) -> None:
     """Receive ORU^R01 results over MLLP and store them (AA/AR/AE answers).
 
@@ -357,6 +432,8 @@ def mllp_serve(
     """
     from labvault.cli import CliError, _audit_context, _runtime, console
 
+    if message_timeout <= 0 or max_per_peer < 1:
+        raise CliError("--message-timeout and --max-per-peer must be positive")
     if not _is_loopback(host) and not allow_remote:
         raise CliError(
             f"--host {host} is not a loopback address. MLLP has no TLS: put stunnel or a VPN "
@@ -373,7 +450,13 @@ def mllp_serve(
         )
 
         async def serve() -> None:
-            server = MllpServer(intake, host=host, port=port)
+            server = MllpServer(
+                intake,
+                host=host,
+                port=port,
+                message_timeout=message_timeout,
+                max_per_peer=max_per_peer,
+            )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

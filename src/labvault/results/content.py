@@ -53,9 +53,17 @@ class Coding(BaseModel):
     """``http://loinc.org`` for LOINC; else the sender's own system (OBX-3.3 / OBR-4.3)."""
     code: _Short
     display: _Short = ""
+    alternates: tuple[Coding, ...] = ()
+    """The same concept in other systems (HL7 CWE components 4-6, FHIR ``coding[1:]``):
+    French LIS send their local code first and LOINC as the alternate, so the sensitive-code
+    check must see every one. Empty in JSON written before it existed."""
 
     def __repr__(self) -> str:
         return "Coding(<redacted>)"
+
+    def all_codings(self) -> tuple[Coding, ...]:
+        """This coding and its alternates, for matching codes (not for display)."""
+        return (self, *(c for alternate in self.alternates for c in alternate.all_codings()))
 
 
 class Prescriber(BaseModel):

@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "FileResultDelivery",
     "PrescriberDocument",
     "ResultDelivery",
+    "discard_drop_files",
     "fhir_document",
 ]
 
@@ -336,3 +338,29 @@ class FileResultDelivery:
         finally:
             temp.unlink(missing_ok=True)
         fsync_directory(self.directory)
+
+
+def discard_drop_files(directory: Path, report_ids: Iterable[uuid.UUID]) -> int:
+    """Delete every version's document of ``report_ids`` still waiting in the drop
+    directory (``<report id>-v<n>.fhir.json``); how many. For erasure: these files are the
+    only plaintext copy of a patient's reports outside the database. A missing directory
+    or file is not an error; the names matched are ours only (a report id is a UUID)."""
+    wanted = {str(report_id) for report_id in report_ids}
+    if not wanted:
+        return 0
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not _NAME.fullmatch(entry.name):
+            continue
+        report_id, _, _ = entry.name.rpartition("-v")
+        if report_id in wanted:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / entry.name)
+                removed += 1
+    if removed:
+        fsync_directory(directory)
+    return removed

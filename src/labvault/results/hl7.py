@@ -160,6 +160,11 @@ class CodedValue:
     code: str
     text: str
     system: str
+    alternate_code: str = ""
+    """CWE components 4-6: the same concept in another system (often LOINC after a local
+    code); a sensitive exam must be recognised by either."""
+    alternate_text: str = ""
+    alternate_system: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +250,14 @@ class _Segment:
         return [self.get(field, c, repetition) for c in range(1, count + 1)]
 
     def coded(self, field: int) -> CodedValue:
-        return CodedValue(self.get(field, 1), self.get(field, 2), self.get(field, 3))
+        return CodedValue(
+            self.get(field, 1),
+            self.get(field, 2),
+            self.get(field, 3),
+            self.get(field, 4),
+            self.get(field, 5),
+            self.get(field, 6),
+        )
 
     def time(self, field: int, *, required: bool = False) -> dt.datetime | None:
         value = self.get(field, 1)

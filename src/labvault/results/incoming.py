@@ -186,12 +186,25 @@ class IncomingResult:
 # --- From HL7 v2 ----------------------------------------------------------------------
 
 
+def _system(system: str) -> str:
+    return "http://loinc.org" if system.upper() in {"LN", "LOINC"} else system
+
+
 def coding(value: CodedValue) -> Coding:
-    """An HL7 coded element as a :class:`Coding` (``LN`` is LOINC)."""
-    system = value.system
-    if system.upper() in {"LN", "LOINC"}:
-        system = "http://loinc.org"
-    return Coding(system=system, code=value.code, display=value.text)
+    """An HL7 coded element as a :class:`Coding` (``LN`` is LOINC), its alternate identifier
+    (CWE 4-6) kept as an alternate coding."""
+    alternates: tuple[Coding, ...] = ()
+    if value.alternate_code:
+        alternates = (
+            Coding(
+                system=_system(value.alternate_system),
+                code=value.alternate_code,
+                display=value.alternate_text,
+            ),
+        )
+    return Coding(
+        system=_system(value.system), code=value.code, display=value.text, alternates=alternates
+    )
 
 
 def _observation(observation: Observation, position: int) -> ObservationContent:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
+import hmac
 import threading
 import uuid
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -53,12 +54,13 @@ from labvault.core.audit.events import (
 from labvault.core.crypto.keyring import Keyring, TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.providers import KeyProvider
+from labvault.core.crypto.secret import Secret
 from labvault.core.db import utcnow
-from labvault.patients.scope import NOT_A_RELATIONSHIP, SealingFor
+from labvault.patients.scope import NOT_A_RELATIONSHIP, RelationshipWindow, SealingFor
 from labvault.patients.services import SUBJECT_TYPE as PATIENT_SUBJECT
 from labvault.patients.services import PatientRepository, RowSealer
 from labvault.results import content
-from labvault.results.clients import find_sender
+from labvault.results.clients import find_sender, peer_allowed
 from labvault.results.content import Coding, Delivery, OrderDetails, ReportContent
 from labvault.results.hl7 import (
     MAX_DOCUMENT_BYTES,
@@ -80,6 +82,7 @@ from labvault.results.models import (
     ResultReport,
     SensitiveExamCode,
     ServiceClient,
+    ServiceClientSite,
 )
 
 __all__ = [
@@ -87,6 +90,7 @@ __all__ = [
     "IngestOutcome",
     "IngestRejectedError",
     "IngestStatus",
+    "OrderDigester",
     "ResultAttachment",
     "ResultStore",
     "ResultWriter",
@@ -148,13 +152,65 @@ class UnattachableError(Exception):
         self.reason = reason
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()
+ORDER_KEY_LABEL: Final = "labvault/v1|results|order-number"
+"""The provider derivation behind ``result_orders.order_digest`` (per tenant, below)."""
 
 
-def order_digest(order: IncomingOrder) -> bytes:
-    """``result_orders.order_digest``: the sender's order number, hashed (unique per client)."""
-    return _digest(order.order_number)
+class OrderDigester:
+    """``result_orders.order_digest``: an HMAC-SHA256 of the sender's order number under a
+    per-tenant key derived from the key provider (never stored). Order numbers are short
+    and often sequential: a plain hash in a dump would give them back by brute force.
+
+    Writes use the active root key version's derivation; lookups match every version's
+    (:meth:`candidates`), so a root key rotation does not split an order in two. The keys
+    are derived on first use (``keys`` is called once). ``UNKEYED`` is the former plain
+    SHA-256, only for callers not yet given a digester (see ``ResultStore``)."""
+
+    def __init__(
+        self, tenant_id: uuid.UUID, keys: Callable[[], Sequence[Secret[bytes]]] | None
+    ) -> None:
+        self._tenant_id = tenant_id
+        self._source = keys
+        self._keys: tuple[bytes, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"OrderDigester(tenant={self._tenant_id})"
+
+    @classmethod
+    def from_provider(cls, provider: KeyProvider, tenant_id: uuid.UUID) -> OrderDigester:
+        return cls(tenant_id, lambda: provider.derive_keys(ORDER_KEY_LABEL))
+
+    def _tenant_keys(self) -> tuple[bytes, ...]:
+        if self._keys is None:
+            roots = self._source() if self._source is not None else ()
+            self._keys = tuple(
+                hmac.digest(root.reveal(), b"tenant|" + self._tenant_id.bytes, "sha256")
+                for root in roots
+            )
+        return self._keys
+
+    def _under(self, key: bytes | None, order: IncomingOrder) -> bytes:
+        text = order.order_number.encode("utf-8")
+        if key is None:
+            return hashlib.sha256(text).digest()
+        return hmac.digest(key, text, "sha256")
+
+    def digest(self, order: IncomingOrder) -> bytes:
+        """What a new order row stores."""
+        keys = self._tenant_keys()
+        return self._under(keys[0] if keys else None, order)
+
+    def candidates(self, order: IncomingOrder) -> tuple[bytes, ...]:
+        """What an existing order row of this number may hold."""
+        keys = self._tenant_keys()
+        return (
+            tuple(self._under(key, order) for key in keys) if keys else (self._under(None, order),)
+        )
+
+
+def unkeyed_orders(tenant_id: uuid.UUID) -> OrderDigester:
+    """The former plain SHA-256 digests: a stopgap for a caller without a key provider."""
+    return OrderDigester(tenant_id, None)
 
 
 def check_result(incoming: IncomingResult) -> None:
@@ -261,9 +317,17 @@ def _system(system: str) -> str:
 class ResultWriter:
     """Writes one result's orders, reports and observations for a known patient."""
 
-    def __init__(self, session: Session, keyring: Keyring, *, purpose: str = INTAKE_PURPOSE):
+    def __init__(
+        self,
+        session: Session,
+        keyring: Keyring,
+        *,
+        orders: OrderDigester,
+        purpose: str = INTAKE_PURPOSE,
+    ):
         self._session = session
         self._keyring = keyring
+        self._orders = orders
         self._purpose = purpose
         self._tenant_id = keyring.tenant_id
 
@@ -284,13 +348,16 @@ class ResultWriter:
 
         Raises :class:`UnattachableError` before writing anything when an order number is
         already another patient's, and when the patient's key is gone."""
+        candidates = {o.order_number: self._orders.candidates(o) for o in incoming.orders}
         existing = {
-            order.order_digest: order
+            bytes(order.order_digest): order
             for order in self._session.scalars(
                 select(ResultOrder).where(
                     ResultOrder.tenant_id == self._tenant_id,
                     ResultOrder.client_id == client.id,
-                    ResultOrder.order_digest.in_([order_digest(o) for o in incoming.orders]),
+                    ResultOrder.order_digest.in_(
+                        [digest for found in candidates.values() for digest in found]
+                    ),
                 )
             )
         }
@@ -302,9 +369,11 @@ class ResultWriter:
         sensitive = self._sensitive()
         reports: list[uuid.UUID] = []
         for order in incoming.orders:
-            found = existing.get(order_digest(order))
+            found = next(
+                (existing[d] for d in candidates[order.order_number] if d in existing), None
+            )
             report_id, created = self._write_order(
-                attachment, order, client, found, sensitive, order_digest(order)
+                attachment, order, client, found, sensitive, self._orders.digest(order)
             )
             reports.append(report_id)
             self._keyring.audit.record(
@@ -470,10 +539,12 @@ def _flagged(order: IncomingOrder, sensitive: set[tuple[str, str]]) -> tuple[Cod
     """The exam and observation codes of ``order`` that the lab lists as sensitive."""
     codes = [*order.exams, *(observation.code for observation in order.observations)]
     flagged: dict[tuple[str, str], Coding] = {}
-    for coding in codes:
-        key = (_system(coding.system), coding.code.strip())
-        if key in sensitive:
-            flagged.setdefault(key, coding)
+    for concept in codes:
+        # Every coding of the concept: a LOINC code sent as the alternate counts as much.
+        for coding in concept.all_codings():
+            key = (_system(coding.system), coding.code.strip())
+            if key in sensitive:
+                flagged.setdefault(key, coding)
     return tuple(flagged.values())
 
 
@@ -484,12 +555,22 @@ class ResultStore:
     """Ingests results in the caller's transaction, as the keyring's service principal."""
 
     def __init__(
-        self, session: Session, keyring: Keyring, *, clock: Callable[[], dt.datetime] = utcnow
+        self,
+        session: Session,
+        keyring: Keyring,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        window: RelationshipWindow | None = None,
+        orders: OrderDigester | None = None,
     ) -> None:
         self._session = session
         self._keyring = keyring
         self._tenant_id = keyring.tenant_id
         self._clock = clock
+        self._window = window or RelationshipWindow()
+        # TODO(finding 9): every caller passes the tenant's keyed digester; the FHIR push
+        # does not yet, and gets the former unkeyed digests until it does.
+        self._orders = orders or unkeyed_orders(keyring.tenant_id)
 
     def _client(self, client_id: uuid.UUID) -> ServiceClient:
         """The sending system, if it is the keyring's principal and enabled; else refused."""
@@ -541,6 +622,35 @@ class ResultStore:
         )
         return IngestOutcome(IngestStatus.DUPLICATE, message_id)
 
+    def _in_care(self, client: ServiceClient, patient_id: uuid.UUID, now: dt.datetime) -> bool:
+        """An appointment of the patient (not cancelled, not a hold) at one of the sites the
+        client serves, within the relationship window around ``now``."""
+        sites = set(
+            self._session.scalars(
+                select(ServiceClientSite.site_id).where(
+                    ServiceClientSite.tenant_id == self._tenant_id,
+                    ServiceClientSite.client_id == client.id,
+                )
+            )
+        )
+        if client.default_site_id is not None:
+            sites.add(client.default_site_id)
+        if not sites:
+            return False
+        found = self._session.scalar(
+            select(Appointment.id)
+            .where(
+                Appointment.tenant_id == self._tenant_id,
+                Appointment.patient_id == patient_id,
+                Appointment.site_id.in_(sorted(sites)),
+                Appointment.starts_at >= now - self._window.before,
+                Appointment.starts_at < now + self._window.after,
+                Appointment.status.not_in(NOT_A_RELATIONSHIP),
+            )
+            .limit(1)
+        )
+        return found is not None
+
     def ingest(self, incoming: IncomingResult) -> IngestOutcome:
         """Store ``incoming`` (see the module docstring). Raises :class:`IngestRejectedError`
         for a refusal: the caller's transaction must roll back (``audited_transaction``
@@ -590,10 +700,18 @@ class ResultStore:
                 raise
             return self._duplicate(winner)
         match = PatientMatcher(self._session, self._keyring).match(incoming.patient)
+        if (
+            match.patient_id is not None
+            and match.method == "traits"
+            and not self._in_care(client, match.patient_id, now)
+        ):
+            # Traits are no secret: attaching on them alone would let any sender put any
+            # record in its reach (and learn it exists). Only a patient already in its care.
+            match = Match.queued(QueueReason.TRAITS_ONLY)
         if match.patient_id is not None:
             try:
                 with self._session.begin_nested():
-                    reports = ResultWriter(self._session, self._keyring).write(
+                    reports = ResultWriter(self._session, self._keyring, orders=self._orders).write(
                         incoming, client, match.patient_id
                     )
             except UnattachableError as unattachable:
@@ -678,14 +796,18 @@ class StoredResultIntake:
             serialize = bind is not None and bind.dialect.name == "sqlite"
         self._lock: threading.Lock | None = threading.Lock() if serialize else None
         self.counters = IntakeCounters()
+        self._orders = OrderDigester.from_provider(provider, tenant_id)
 
     def receive(self, message: OruMessage, *, peer: str) -> IntakeOutcome:
+        """Store one message from ``peer`` (``host:port`` from the listener, ``LOCAL_PEER``
+        in-process). A sender is its MSH-3/MSH-4 *and* a peer in its allow-list: anything
+        else is the same AR (unknown sender, 204), audited, nothing written."""
         if self._lock is None:
-            return self._receive(message)
+            return self._receive(message, peer)
         with self._lock:
-            return self._receive(message)
+            return self._receive(message, peer)
 
-    def _receive(self, message: OruMessage) -> IntakeOutcome:
+    def _receive(self, message: OruMessage, peer: str) -> IntakeOutcome:
         header = message.header
         try:
             with audited_transaction(self._sessions) as session:
@@ -694,6 +816,24 @@ class StoredResultIntake:
                 )
                 if client is None or client.disabled_at is not None:
                     raise _unknown_sender(session, self._tenant_id, client, self._context)
+                if not peer_allowed(client, peer):
+                    # The same answer as an unknown sender: a stranger cannot tell which
+                    # MSH-3/MSH-4 pairs are registered.
+                    raise AuditTrail(session, LISTENER, self._context).refusal(
+                        IngestRejectedError(
+                            Hl7Error(
+                                Hl7ErrorCode.UNKNOWN_KEY,
+                                Location("MSH", 1, 3),
+                                "a sending application and facility (MSH-3, MSH-4) "
+                                "registered and enabled",
+                            )
+                        ),
+                        AuditAction.RESULT_MESSAGE_REJECT,
+                        tenant_id=self._tenant_id,
+                        target_type=CLIENT_TARGET,
+                        target_id=client.id,
+                        purpose="peer-not-allowed",
+                    )
                 keyring = TenantKeyring(
                     session,
                     self._provider,
@@ -712,7 +852,7 @@ class StoredResultIntake:
                         target_id=client.id,
                         purpose="invalid-result",
                     ) from None
-                outcome = ResultStore(session, keyring).ingest(incoming)
+                outcome = ResultStore(session, keyring, orders=self._orders).ingest(incoming)
         except IngestRejectedError as refused:
             self.counters.rejected += 1
             return IntakeOutcome.rejected(refused.error)

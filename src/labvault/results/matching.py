@@ -59,6 +59,9 @@ class QueueReason(enum.StrEnum):
     """The record found was erased meanwhile (its key is gone)."""
     ORDER_OF_ANOTHER_PATIENT = "order-of-another-patient"
     """The order number is already another patient's: a person must look."""
+    TRAITS_ONLY = "traits-only"
+    """Found by traits alone (no INS on file matched) for a record the sender has no care
+    relationship with: attaching would open that record to the sender, so a person looks."""
 
 
 @dataclass(frozen=True, slots=True)

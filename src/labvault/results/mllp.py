@@ -12,6 +12,12 @@ event loop), then acknowledged on the same connection, in order:
 - broken framing (``MllpError``: junk outside a block, oversized block): an AR without
   control id when the socket still takes it, then the connection is closed.
 
+Slow senders cannot hold the listener: once a block has started it must end within
+``message_timeout`` (however the bytes trickle in), a connection idle between messages is
+closed after ``idle_timeout``, and one peer address holds at most ``max_per_peer`` of the
+``max_connections``. Which peer may speak for which sender is the intake's check: it gets
+the peer as ``host:port`` (``[v6]:port``).
+
 Logs carry only counts, the peer address and error codes/locations, never a value from a
 message (invariant I5), not even its control id.
 """
@@ -57,6 +63,8 @@ _log = get_logger("labvault.results.mllp")
 READ_CHUNK_BYTES: Final = 65_536
 DEFAULT_MAX_CONNECTIONS: Final = 32
 DEFAULT_IDLE_TIMEOUT: Final = 300.0
+DEFAULT_MESSAGE_TIMEOUT: Final = 30.0
+DEFAULT_MAX_PER_PEER: Final = 4
 DEFAULT_STOP_GRACE: Final = 10.0
 
 
@@ -148,6 +156,7 @@ class _CloseConnectionError(Exception):
 @dataclass
 class _Connection:
     peer: str
+    host: str
     writer: asyncio.StreamWriter
     busy: bool = False  # a message is being processed: let it finish on stop()
     messages: int = 0
@@ -164,18 +173,27 @@ class MllpServer:
         port: int = 0,
         identity: Identity | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_peer: int = DEFAULT_MAX_PER_PEER,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        message_timeout: float = DEFAULT_MESSAGE_TIMEOUT,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         stop_grace: float = DEFAULT_STOP_GRACE,
     ) -> None:
-        if max_connections < 1 or idle_timeout <= 0 or max_message_bytes < 1:
-            raise ValueError("max_connections, idle_timeout and max_message_bytes must be > 0")
+        if min(max_connections, max_per_peer, max_message_bytes) < 1 or (
+            min(idle_timeout, message_timeout) <= 0
+        ):
+            raise ValueError(
+                "max_connections, max_per_peer, idle_timeout, message_timeout and "
+                "max_message_bytes must be > 0"
+            )
         self._intake = intake
         self._host = host
         self._requested_port = port
         self._identity = identity or Identity()
         self._max_connections = max_connections
+        self._max_per_peer = max_per_peer
         self._idle_timeout = idle_timeout
+        self._message_timeout = message_timeout
         self._max_message_bytes = max_message_bytes
         self._stop_grace = stop_grace
         self._server: asyncio.Server | None = None
@@ -232,14 +250,19 @@ class MllpServer:
     # --- Per connection -------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
+        host, peer = _peer(writer)
         task = asyncio.current_task()
         assert task is not None
+        from_peer = sum(1 for c in self._connections.values() if c.host == host)
         if self._stopping or len(self._connections) >= self._max_connections:
             _log.warning("mllp.connection_refused", peer=peer, limit=self._max_connections)
             await _close(writer)
             return
-        connection = _Connection(peer, writer)
+        if from_peer >= self._max_per_peer:
+            _log.warning("mllp.connection_refused", peer=peer, per_peer_limit=self._max_per_peer)
+            await _close(writer)
+            return
+        connection = _Connection(peer, host, writer)
         self._connections[task] = connection
         _log.info("mllp.connection_opened", peer=peer, connections=len(self._connections))
         reason = "closed by peer"
@@ -260,11 +283,17 @@ class MllpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
         decoder = MllpDecoder(self._max_message_bytes)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # when the block being received must have ended
         while not self._stopping:
+            idle_until = loop.time() + self._idle_timeout
             try:
-                async with asyncio.timeout(self._idle_timeout):
+                until = idle_until if deadline is None else min(idle_until, deadline)
+                async with asyncio.timeout_at(until):
                     data = await reader.read(READ_CHUNK_BYTES)
             except TimeoutError:
+                if deadline is not None:
+                    raise _CloseConnectionError("message timeout") from None
                 raise _CloseConnectionError("idle timeout") from None
             if not data:
                 if not decoder.idle:
@@ -284,6 +313,10 @@ class MllpServer:
                     await connection.writer.drain()
                 finally:
                     connection.busy = False
+            if payloads or decoder.idle:
+                deadline = None  # a block ended: the next one gets its own time
+            if not decoder.idle and deadline is None:
+                deadline = loop.time() + self._message_timeout
 
     async def _answer(self, payload: bytes, peer: str) -> str:
         """The ACK text for one MLLP payload (never raises for bad input)."""
@@ -357,11 +390,13 @@ class MllpServer:
                 await connection.writer.drain()
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
+def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """The peer's host (for the per-peer cap) and ``host:port`` (``[v6]:port``)."""
     address = writer.get_extra_info("peername")
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return "unknown"
+        host = str(address[0])
+        return host, f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return "unknown", "unknown"
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

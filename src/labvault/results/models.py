@@ -71,6 +71,9 @@ class ServiceClient(HasRandomId, Base):
     )
     """The site its orders belong to when a message names none."""
     secret_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    hl7_peers: Mapped[str | None] = mapped_column(String(1000), default=None)
+    """The network addresses its MLLP connections may come from: space-separated CIDR
+    networks (``10.0.0.5/32 10.0.1.0/24``); ``None`` refuses every network peer."""
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
     disabled_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,12 +1,13 @@
 """The matching queue's French pages, for biologists and receptionists: "Résultats à
-rattacher" (reason and time only, nothing decrypted), one message (its claimed identity
-and orders, decrypted and audited), and the forms that attach it to a patient's record or
-discard it.
+rattacher" (reason and time only, nothing decrypted; only the messages of the sending
+systems serving the staff member's sites), one message (its claimed identity, the INS
+masked, and for a biologist its orders; decrypted and audited), and the forms that attach
+it to a patient's record or discard it (a reason from a closed list and a recent step-up).
 
 No JS; every POST carries the session's CSRF token. Anyone else, and any message unknown,
-already handled or another tenant's, gets the same "page introuvable" 404 page. A patient
-record out of the staff member's scope cannot be chosen (the same refusal as an unknown
-one).
+already handled, another tenant's or from a system serving none of the caller's sites,
+gets the same "page introuvable" 404 page. A patient record out of the staff member's
+scope cannot be chosen (the same refusal as an unknown one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from starlette.responses import Response
 from labvault.accounts.callers import Caller, CallerNotFoundError, run_page_as_caller
 from labvault.accounts.forms import FormText, redirect_to, render_page
 from labvault.accounts.routes import SESSION_COOKIE
-from labvault.results.queue import QUEUE_ROLES, MatchingQueue, QueuedMessage, QueueError
+from labvault.patients.routes import mask_national_number
+from labvault.results.intake import OrderDigester
+from labvault.results.queue import (
+    QUEUE_ROLES,
+    DiscardReason,
+    DiscardReasonError,
+    MatchingQueue,
+    QueuedMessage,
+    QueueError,
+)
 
 __all__ = ["QUEUE_PAGE", "router"]
 
@@ -39,6 +49,12 @@ REASONS: Final = {
     "identity-erased": "Dossier effacé",
 }
 SEXES: Final = {"M": "masculin", "F": "féminin"}
+DISCARD_REASONS: Final = {
+    DiscardReason.WRONG_LABORATORY.value: "Message destiné à un autre laboratoire",
+    DiscardReason.TEST_MESSAGE.value: "Message de test du système du laboratoire",
+    DiscardReason.SENT_IN_ERROR.value: "Envoyé par erreur, annulé par le laboratoire",
+    DiscardReason.DUPLICATE.value: "Doublon d'un résultat déjà rattaché",
+}
 NOTICES: Final = {
     "rattache": "Résultat rattaché au dossier : il attend la validation du biologiste.",
     "ecarte": "Message écarté : son contenu est désormais illisible.",
@@ -49,7 +65,13 @@ def queue_for(caller: Caller) -> MatchingQueue:
     """The caller's queue; staff of other roles and patients get the 404."""
     if not caller.is_staff or caller.role not in QUEUE_ROLES:
         raise CallerNotFoundError
-    return MatchingQueue(caller.session, caller.keyring(), caller.scope())
+    return MatchingQueue(
+        caller.session,
+        caller.keyring(),
+        caller.scope(),
+        orders=OrderDigester.from_provider(caller.runtime.key_provider, caller.tenant_id),
+        require_step_up=caller.require_step_up,
+    )
 
 
 def _when(value: object) -> str:
@@ -66,6 +88,15 @@ def _message_id(text: str) -> uuid.UUID:
         return uuid.UUID(text)
     except ValueError:
         raise CallerNotFoundError from None
+
+
+def _message_path(text: str) -> str:
+    """Where the step-up page sends the browser back: the message's page (only a well-formed
+    id goes into the path)."""
+    try:
+        return f"{QUEUE_PAGE}/{uuid.UUID(text)}"
+    except ValueError:
+        return QUEUE_PAGE
 
 
 def _message_page(
@@ -86,6 +117,8 @@ def _message_page(
         "when": _when,
         "values": values or {},
         "queue_page": QUEUE_PAGE,
+        "mask_ins": mask_national_number,
+        "discard_reasons": DISCARD_REASONS,
         "csrf_token": caller.service.sessions.csrf_token(request.cookies.get(SESSION_COOKIE, "")),
     }
     return render_page(
@@ -162,12 +195,27 @@ def attach(
 
 
 @router.post("/{message_id}/ecarter", name="result_matching_discard")
-def discard(message_id: str, request: Request, csrf_token: FormText = "") -> Response:
+def discard(
+    message_id: str, request: Request, reason: FormText = "", csrf_token: FormText = ""
+) -> Response:
+    values = {"reason": reason.strip()[:32]}
+
     def act(caller: Caller) -> Response:
+        queue = queue_for(caller)
+        subject = _message_id(message_id)
         try:
-            queue_for(caller).discard(_message_id(message_id))
+            queue.discard(subject, values["reason"])
+        except DiscardReasonError as refused:
+            opened = queue.open(subject)
+            if opened is None:
+                raise CallerNotFoundError from None
+            return _message_page(
+                request, caller, opened, errors={"reason": str(refused)}, values=values, status=422
+            )
         except QueueError:
             raise CallerNotFoundError from None
         return redirect_to(request, QUEUE_PAGE, info="ecarte")
 
-    return run_page_as_caller(request, act, csrf_token=csrf_token)
+    return run_page_as_caller(
+        request, act, csrf_token=csrf_token, step_up_return=_message_path(message_id)
+    )

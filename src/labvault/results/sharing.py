@@ -90,6 +90,9 @@ DURATIONS: Final[dict[str, tuple[dt.timedelta, str]]] = {
 """The durations a patient may choose (30 days at most), by form value."""
 VIEWS_PER_CLIENT: Final = RateRule("result-share-view-client", "60/hour")
 FAILURES_PER_CLIENT: Final = RateRule("result-share-failure-client", "10/hour")
+THROTTLE_RECORDS_PER_CLIENT: Final = RateRule("result-share-throttled-client", "1/hour")
+"""A throttled client is recorded once per window, not once per request: a client hammering
+the links must not grow the (append-only) audit log without bound."""
 IDENTITY_FIELDS: Final = frozenset({"birth_name", "used_name", "first_names", "birth_date"})
 """What a doctor with the link learns of the record: whose report it is, nothing more."""
 
@@ -425,12 +428,13 @@ class ShareViewer:
         failure, counted and recorded) otherwise. Nothing is opened here."""
         try:
             if not self._limiter.test(FAILURES_PER_CLIENT, self._client).allowed:
-                self._trail().record(
-                    AuditAction.RESULT_SHARE_FAILURE,
-                    tenant_id=self._tenant_id,
-                    purpose="throttled",
-                    outcome=Outcome.DENIED,
-                )
+                if self._limiter.hit(THROTTLE_RECORDS_PER_CLIENT, self._client).allowed:
+                    self._trail().record(
+                        AuditAction.RESULT_SHARE_FAILURE,
+                        tenant_id=self._tenant_id,
+                        purpose="throttled",
+                        outcome=Outcome.DENIED,
+                    )
                 raise ShareThrottledError
         except RateLimiterUnavailable:
             raise ShareThrottledError from None

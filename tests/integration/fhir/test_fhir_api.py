@@ -10,14 +10,17 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from fhir_world import (
+    ALL_READS,
     CHEAP_HASHER,
     GLUCOSE,
     PDF,
     FhirWorld,
+    _register,
     build_fhir_world,
     check_resource,
     entry_ids,
@@ -31,7 +34,9 @@ from sqlalchemy import select, update
 
 from helpers import app_url, leaked, owner_url, pg_dump, sqlite_files
 from labvault.app import create_app
+from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.actions import AuditAction
+from labvault.core.audit.events import AuditTrail
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.providers import FileKeyProvider
@@ -40,7 +45,8 @@ from labvault.core.migrate import upgrade
 from labvault.core.runtime import Runtime
 from labvault.fhir import routes as fhir_routes
 from labvault.fhir.oauth import TOKEN_ADDRESS_MINUTE, token_digest
-from labvault.results.models import ResultReport, ServiceClient, ServiceToken
+from labvault.results.clients import ServiceClientRegistry
+from labvault.results.models import ResultMessage, ResultReport, ServiceClient, ServiceToken
 
 ORIGIN = "https://testserver.local"
 MARKER = "NOTE-FHIR-7f3a9c"
@@ -238,6 +244,63 @@ def test_an_expired_or_unknown_token_is_refused_with_a_challenge(
     assert no_header.headers["www-authenticate"] == 'Bearer realm="labvault-fhir"'
 
 
+def test_a_new_secret_revokes_the_live_tokens(client: TestClient, fw: FhirWorld) -> None:
+    """Rotating a leaked secret must cut off the thief's tokens too, as disabling does."""
+    credentials = _register(
+        fw.runtime, fw.world.tenant, "Rotation", "fhir", ["Alpha Centre"], ALL_READS
+    )
+    bearer = token(client, credentials)
+    url = f"/fhir/R4/Patient/{fw.patient('today')}"
+    assert fhir_get(client, bearer, url).status_code == 200
+    with transaction(fw.world.sessions) as session:
+        registry = ServiceClientRegistry(
+            session,
+            fw.world.tenant,
+            AuditTrail(session, SystemPrincipal("test:fhir")),
+            CHEAP_HASHER,
+        )
+        issued = registry.new_secret(str(credentials.id))
+    assert fhir_get(client, bearer, url).status_code == 401
+    credentials.secret = issued.secret.reveal()
+    assert fhir_get(client, token(client, credentials), url).status_code == 200
+
+
+def test_bodies_wait_for_the_token_and_stop_at_the_limit(
+    client: TestClient, fw: FhirWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An anonymous caller gets its 401 before any body is read or parsed; a body past the
+    limit is given up as it streams in (no Content-Length to trust)."""
+    for path, media in (
+        ("/fhir/R4/Patient/_search", "application/json"),
+        ("/fhir/R4", "application/fhir+json"),
+    ):
+        answer = client.post(
+            path,
+            content=b"{not json" * 100,
+            headers={"Authorization": "Bearer " + "x" * 43, "Content-Type": media},
+        )
+        assert answer.status_code == 401, path
+        assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+    bearer = token(client, fw.clients["other"])  # "lis" has its tokens a minute
+    monkeypatch.setattr(fhir_routes, "MAX_BUNDLE_BYTES", 1024)
+
+    def chunks(size: int) -> Iterator[bytes]:
+        for _ in range(size // 256):
+            yield b" " * 256
+
+    for path, media, limit in (
+        ("/fhir/R4", "application/fhir+json", 1024),
+        ("/fhir/R4/Patient/_search", "application/x-www-form-urlencoded", 8 * 1024),
+    ):
+        answer = client.post(
+            path,
+            content=chunks(limit + 512),
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": media},
+        )
+        assert answer.status_code == 413, path
+        assert answer.json()["resourceType"] == "OperationOutcome"
+
+
 def test_the_token_endpoint_is_rate_limited_before_any_hashing(
     client: TestClient, fw: FhirWorld
 ) -> None:
@@ -368,13 +431,17 @@ def test_search_by_ins_finds_the_patient_in_scope_only(client: TestClient, fw: F
         assert nir.compact not in str(bundle["link"]), "the NIR must not be put in a URL"
     nir = fw.world.inputs["today"].nir
     assert nir is not None
+    # An identifier (a NIR) in a URL lands in proxy logs: refused, pointing to POST _search.
     by_get = fhir_get(
         client,
         bearer,
         "/fhir/R4/Patient",
         params={"identifier": f"urn:oid:1.2.250.1.213.1.4.10|{nir.compact}"},
     )
-    assert entry_ids(by_get.json()) == [str(fw.patient("today"))]
+    assert by_get.status_code == 400
+    assert by_get.json()["resourceType"] == "OperationOutcome"
+    assert "/fhir/R4/Patient/_search" in by_get.text
+    assert nir.compact not in by_get.text
     other_oid = fhir_search(
         client, bearer, "Patient", {"identifier": f"urn:oid:1.2.250.1.213.1.4.8|{nir.compact}"}
     )
@@ -386,7 +453,9 @@ def test_search_by_ins_finds_the_patient_in_scope_only(client: TestClient, fw: F
         assert nir.compact not in refused.text
 
 
-def test_results_a_client_sees_its_own_and_released_ones(client: TestClient, fw: FhirWorld) -> None:
+def test_results_a_client_sees_only_the_orders_it_sent(client: TestClient, fw: FhirWorld) -> None:
+    """A released report sent by another system stays out of reach: a client in
+    relationship with a patient (one pushed result suffices) must not read their history."""
     lis = token(client, fw.clients["lis"])
     other = token(client, fw.clients["other"])
     seen: dict[str, dict[str, list[str]]] = {}
@@ -398,18 +467,19 @@ def test_results_a_client_sees_its_own_and_released_ones(client: TestClient, fw:
             ).json()
             seen[label][name] = entry_ids(bundle)
     reports = {name: str(report) for name, report in fw.reports.items()}
-    assert seen["lis"] == {
-        "today": [reports["today"]],
-        "tomorrow": [reports["tomorrow"]],
-        "in_20_days": [],
-    }
+    assert seen["lis"] == {"today": [reports["today"]], "tomorrow": [], "in_20_days": []}
     assert seen["other"] == {
         "today": [],
         "tomorrow": [reports["tomorrow"]],
         "in_20_days": [reports["in_20_days"]],
     }
-    hidden = fhir_get(client, lis, f"/fhir/R4/DiagnosticReport/{reports['in_20_days']}")
-    assert hidden.status_code == 404
+    for report in (reports["in_20_days"], reports["tomorrow"]):
+        for kind in ("DiagnosticReport", "DocumentReference"):
+            hidden = fhir_get(client, lis, f"/fhir/R4/{kind}/{report}")
+            assert hidden.status_code == 404, (kind, report)
+    patient = f"Patient/{fw.patient('tomorrow')}"
+    for kind in ("Observation", "ServiceRequest", "DocumentReference"):
+        assert fhir_search(client, lis, kind, {"patient": patient}).json()["total"] == 0, kind
 
 
 def test_every_result_resource_reads_and_validates(client: TestClient, fw: FhirWorld) -> None:
@@ -510,20 +580,20 @@ def test_a_pushed_bundle_is_stored_once_and_reads_back(client: TestClient, fw: F
     document = result_bundle(fw.world.inputs["earlier_today"], "BUNDLE-1")
     document["entry"][2]["resource"]["note"] = [{"text": MARKER}]
     answer = _push(client, bearer, document)
-    assert answer.status_code == 200, answer.text
-    response = answer.json()
-    assert response["type"] == "transaction-response"
-    location = response["entry"][1]["response"]["location"]
-    assert location.startswith("DiagnosticReport/")
-    report = fhir_get(client, bearer, f"/fhir/R4/{location}").json()
+    assert answer.status_code == 202, answer.text
+    assert "location" not in answer.headers
+    found = fhir_search(
+        client, bearer, "DiagnosticReport", {"patient": str(fw.patient("earlier_today"))}
+    ).json()
+    (entry,) = found["entry"]
+    report = entry["resource"]
     assert report["status"] == "preliminary"  # a biologist validates it first
     assert report["subject"] == {"reference": f"Patient/{fw.patient('earlier_today')}"}
     observation = fhir_get(client, bearer, f"/fhir/R4/{report['result'][0]['reference']}").json()
     assert observation["valueQuantity"]["value"] == 7.77
     assert observation["referenceRange"] == [{"text": "4.1-5.9"}]
     again = _push(client, bearer, document)
-    assert again.status_code == 200
-    assert again.json()["issue"][0]["code"] == "informational"
+    assert (again.status_code, again.json()) == (answer.status_code, answer.json())
     # Nothing the bundle carried is in clear at rest (I1): its marker note, its exam name.
     url = fw.runtime.settings.database_url or ""
     if url.startswith("sqlite"):
@@ -548,6 +618,50 @@ def test_a_pushed_bundle_for_nobody_known_waits_in_the_queue(
     answer = _push(client, bearer, result_bundle(stranger, "BUNDLE-2"))
     assert answer.status_code == 202
     assert _report_count(fw) == before, "never attached to a guessed patient"
+
+
+def _last_message(fw: FhirWorld) -> ResultMessage:
+    with fw.world.sessions() as session:
+        return session.scalars(
+            select(ResultMessage).order_by(ResultMessage.received_at.desc()).limit(1)
+        ).one()
+
+
+def test_a_push_answers_the_same_and_traits_alone_open_nothing(
+    client: TestClient, fw: FhirWorld
+) -> None:
+    """Attached, queued or duplicate: one answer (else a push is an oracle of who is a
+    patient). Traits alone (no INS) attach only to a record already in the sender's care;
+    otherwise the result waits for a person and the record stays out of the sender's reach."""
+    bearer = token(client, fw.clients["other"])  # "lis" has its tokens a minute
+
+    def traits_only(name: str, control_id: str) -> dict[str, Any]:
+        document = result_bundle(fw.world.inputs[name], control_id)
+        document["entry"][0]["resource"].pop("identifier")
+        document["entry"][0]["request"].pop("ifNoneExist")
+        return document
+
+    stranger = fw.patient("no_appointment")
+    assert fhir_get(client, bearer, f"/fhir/R4/Patient/{stranger}").status_code == 404
+    answers = []
+    for document, status, reason in (
+        (traits_only("no_appointment", "TRAITS-1"), "queued", "traits-only"),
+        (traits_only("29_days_ago", "TRAITS-2"), "attached", None),
+    ):
+        answer = _push(client, bearer, document)
+        answers.append((answer.status_code, answer.json(), answer.headers.get("location")))
+        message = _last_message(fw)
+        assert (message.status, message.queue_reason) == (status, reason)
+        again = _push(client, bearer, document)  # a duplicate
+        answers.append((again.status_code, again.json(), again.headers.get("location")))
+    assert answers == [answers[0]] * 4
+    assert answers[0][0] == 202
+    assert str(stranger) not in json.dumps(answers)
+    assert fhir_get(client, bearer, f"/fhir/R4/Patient/{stranger}").status_code == 404
+    assert (
+        fhir_search(client, bearer, "DiagnosticReport", {"patient": str(stranger)}).json()["total"]
+        == 0
+    )
 
 
 def test_pushing_needs_the_write_scopes(client: TestClient, fw: FhirWorld) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -372,3 +373,31 @@ def test_erasure_stops_the_links_shared_with_doctors(world: World, runtime: Runt
     assert erased.exit_code == 0, erased.output
     assert _count(world, ResultShare, ResultShare.patient_id == patient_id) == 0
     assert _count(world, ResultReport, ResultReport.id == report_id) == 1, "ciphertext stays"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_erasure_deletes_the_reports_waiting_in_the_drop_directory(
+    world: World, runtime: Runtime, tmp_path: Path, backend: str
+) -> None:
+    """The prescribers' drop files are plaintext: the erased patient's go, others stay."""
+    patient_id, _ = _patient(world)
+    other_id = next(p for p in world.patients.values() if p != patient_id)
+    theirs, others = (
+        make_report(runtime, world.sessions, world.tenant, patient, site_id=None)
+        for patient in (patient_id, other_id)
+    )
+    drop = tmp_path / "outbox"
+    drop.mkdir()
+    files = [drop / f"{theirs}-v1.fhir.json", drop / f"{theirs}-v2.fhir.json"]
+    kept = [drop / f"{others}-v1.fhir.json", drop / "README.txt"]
+    for path in (*files, *kept):
+        path.write_text("{}")
+    with transaction(world.sessions) as session:
+        keyring = KeylessKeyring(session, world.tenant, SYSTEM)
+        report = erase_patient(session, keyring, patient_id, ErasureRequester.CLI, drop_dir=drop)
+    assert report.drop_files_deleted == 2
+    assert not any(path.exists() for path in files)
+    assert all(path.exists() for path in kept)
+    with transaction(world.sessions) as session:  # again, and without a directory: no error
+        keyring = KeylessKeyring(session, world.tenant, SYSTEM)
+        erase_patient(session, keyring, other_id, ErasureRequester.CLI, drop_dir=tmp_path / "x")

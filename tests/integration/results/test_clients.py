@@ -120,7 +120,8 @@ def test_the_cli_adds_lists_and_disables(
         [
             "results", "clients", "add", "SIL Nord", "--kind", "lis",
             "--hl7-application", "SIL-NORD", "--hl7-facility", "NORD",
-            "--site", "Alpha Centre", "--with-secret", "--organization", "Labo Alpha",
+            "--site", "Alpha Centre", "--with-secret", "--peer", "10.0.0.5",
+            "--peer", "10.0.1.0/24", "--organization", "Labo Alpha",
         ],
     )  # fmt: skip
     assert added.exit_code == 0, added.output
@@ -143,7 +144,31 @@ def test_the_cli_adds_lists_and_disables(
     listed = runner.invoke(app, ["results", "clients", "list", "--organization", "Labo Alpha"])
     assert listed.exit_code == 0, listed.output
     assert "SIL-NORD/NORD" in listed.output
+    assert "10.0.0.5/32 10.0.1.0/24" in listed.output
     assert secret not in listed.output
+    changed = runner.invoke(
+        app,
+        [
+            "results", "clients", "set-peers", "SIL Nord", "--peer", "192.168.4.2",
+            "--organization", "Labo Alpha",
+        ],
+    )  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    assert "192.168.4.2/32" in changed.output
+    bad_peer = runner.invoke(
+        app,
+        [
+            "results", "clients", "set-peers", "SIL Nord", "--peer", "lis.example",
+            "--organization", "Labo Alpha",
+        ],
+    )  # fmt: skip
+    assert isinstance(bad_peer.exception, CliError)
+    assert "--peer" in str(bad_peer.exception)
+    with world.runtime.sessions() as session:
+        peers = session.scalar(
+            select(ServiceClient.hl7_peers).where(ServiceClient.name == "SIL Nord")
+        )
+    assert peers == "192.168.4.2/32"
     taken = runner.invoke(
         app,
         [

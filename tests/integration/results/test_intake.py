@@ -6,6 +6,7 @@ audit events of each step."""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import threading
 import uuid
@@ -23,6 +24,7 @@ from results_intake_world import (
 from sqlalchemy import func, select
 
 from helpers import leaked, pg_dump, sqlite_files
+from labvault.appointments.models import Appointment
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.models import DataKeyRecord
@@ -149,11 +151,48 @@ def test_an_ins_match_is_attached_sealed_and_audited(
     assert by_action["patient:search:nir"][0] == sender
 
 
+def book(world: IntakeWorld, name: str, *, days: int = 0, status: str = "booked") -> None:
+    """An appointment of ``name`` at the sender's site, ``days`` from now."""
+    with transaction(world.runtime.sessions) as session:
+        session.add(
+            Appointment(
+                id=uuid.uuid4(),
+                tenant_id=world.tenant,
+                patient_id=world.patients[name],
+                site_id=world.site,
+                starts_at=utcnow().replace(microsecond=0) + dt.timedelta(days=days),
+                status=status,
+            )
+        )
+
+
 def test_traits_match_a_record_without_ins(world: IntakeWorld, intake: StoredResultIntake) -> None:
+    book(world, "traits", days=-3, status="done")
     assert receive(intake, oru(world.people["traits"])) is IntakeStatus.ACCEPTED
     (message,) = messages(world)
     assert message.status == "attached"
     assert message.patient_id == world.patients["traits"]
+
+
+@pytest.mark.parametrize(
+    ("days", "status"),
+    [(None, None), (-45, "done"), (2, "cancelled")],
+    ids=["no-appointment", "out-of-the-window", "cancelled"],
+)
+def test_a_traits_match_outside_the_sender_s_care_is_queued(
+    world: IntakeWorld, intake: StoredResultIntake, days: int | None, status: str | None
+) -> None:
+    """Traits are no secret: a sender attaching by traits alone to a record it has no care
+    relationship with would gain read access to it (and learn that the person is a
+    patient). The answer is the same AA; a person looks at the queue."""
+    if days is not None and status is not None:
+        book(world, "traits", days=days, status=status)
+    assert receive(intake, oru(world.people["traits"])) is IntakeStatus.ACCEPTED
+    (message,) = messages(world)
+    assert message.status == "queued"
+    assert message.queue_reason == "traits-only"
+    assert message.patient_id is None
+    assert count(world, ResultOrder) == count(world, ResultReport) == 0
 
 
 @pytest.mark.parametrize(
@@ -304,9 +343,27 @@ def test_a_sensitive_exam_is_given_by_phone(world: IntakeWorld, intake: StoredRe
     assert [c.code for c in report.sensitive_codes] == ["56888-1"]
 
 
+def test_a_sensitive_exam_sent_as_the_alternate_code_is_given_by_phone(
+    world: IntakeWorld, intake: StoredResultIntake
+) -> None:
+    """French LIS send their local code first and LOINC as the alternate (CWE 4-6)."""
+    text = oru(world.people["ins"], hiv=True).replace(
+        "56888-1^VIH 1+2 Ac^LN", "VIHDEP^VIH^L^56888-1^HIV 1+2 Ab^LN"
+    )
+    assert "VIHDEP" in text
+    assert receive(intake, text) is IntakeStatus.ACCEPTED
+    report, observations, _ = open_report(world, world.patients["ins"])
+    assert report.delivery is Delivery.PHONE
+    assert [c.code for c in report.sensitive_codes] == ["56888-1"]
+    hiv = observations[2].code
+    assert (hiv.code, hiv.system) == ("VIHDEP", "L")
+    assert [(a.code, a.system) for a in hiv.alternates] == [("56888-1", "http://loinc.org")]
+
+
 def test_an_order_number_of_another_patient_is_queued(
     world: IntakeWorld, intake: StoredResultIntake
 ) -> None:
+    book(world, "traits")
     assert receive(intake, oru(world.people["ins"])) is IntakeStatus.ACCEPTED
     assert (
         receive(intake, oru(world.people["traits"], control_id="MSG0002")) is IntakeStatus.ACCEPTED

@@ -45,7 +45,7 @@ def deliver(intake: StoredResultIntake, payload: bytes) -> IntakeStatus | None:
         message = parse_oru(decode_payload(payload))
     except Hl7Error:
         return None
-    return intake.receive(message, peer="fuzz").status
+    return intake.receive(message, peer="local").status
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

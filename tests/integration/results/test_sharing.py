@@ -242,9 +242,20 @@ def test_revoked_expired_and_unknown_links_get_one_neutral_404(
 def test_guessing_links_is_rate_limited(client: TestClient, cw: CallerWorld) -> None:
     limit = int(FAILURES_PER_CLIENT.limit.split("/")[0])
     as_(client, cw, None)
-    statuses = [client.get(f"/partage/{'a' * 42}{n % 10}").status_code for n in range(limit + 1)]
+    statuses = [client.get(f"/partage/{'a' * 42}{n % 10}").status_code for n in range(limit + 3)]
     assert statuses[:limit] == [404] * limit
-    assert statuses[-1] == 429
+    assert statuses[limit:] == [429] * 3
+    # Each failure is recorded; the throttling once per window, not once per request.
+    with cw.world.sessions() as session:
+        purposes = list(
+            session.scalars(
+                select(AuditEvent.purpose).where(
+                    AuditEvent.action == AuditAction.RESULT_SHARE_FAILURE
+                )
+            )
+        )
+    assert purposes.count("throttled") == 1
+    assert len(purposes) == limit + 1
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # nothing differs on PostgreSQL

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labvault.fhir.bundle import BundleError, incoming_from_bundle
+from labvault.results.intake import _flagged, _system
+from labvault.results.sensitive import DEFAULT_CODES
 
 CLIENT = uuid.UUID(int=7)
 NOW = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
@@ -182,3 +184,25 @@ def test_a_made_up_key_is_not_repeated() -> None:
         incoming_from_bundle(document, CLIENT, received_at=NOW)
     assert NIR not in str(refused.value)
     assert "entry[0].resource" in str(refused.value)
+
+
+def test_every_coding_is_kept_and_a_sensitive_alternate_is_flagged() -> None:
+    """A local code first and LOINC second: the sensitive-code check sees the LOINC one."""
+    document = bundle()
+    observation = document["entry"][2]["resource"]
+    observation["code"] = {
+        "coding": [
+            {"system": "urn:oid:1.2.250.1.999.2", "code": "VIHDEP"},
+            {"system": "urn:oid:2.16.840.1.113883.6.1", "code": "56888-1"},
+        ]
+    }
+    (order,) = incoming_from_bundle(document, CLIENT, received_at=NOW).orders
+    code = order.observations[0].code
+    assert code.code == "VIHDEP"
+    assert [(a.system, a.code) for a in code.alternates] == [("http://loinc.org", "56888-1")]
+    sensitive = {(_system(c.system), c.code) for c in DEFAULT_CODES}
+    assert [c.code for c in _flagged(order, sensitive)] == ["56888-1"]
+    too_many = copy.deepcopy(document)
+    too_many["entry"][2]["resource"]["code"]["coding"] *= 5
+    with pytest.raises(BundleError):
+        incoming_from_bundle(too_many, CLIENT, received_at=NOW)

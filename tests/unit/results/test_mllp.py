@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -384,6 +385,91 @@ def test_connections_beyond_the_limit_are_refused() -> None:
             await first.send(frame(oru("CTRL-2")))
             assert_ack(await first.ack(), "AA", "CTRL-2")
             await first.close()
+
+    run(scenario)
+
+
+def test_a_trickling_sender_is_cut_off_at_the_message_deadline() -> None:
+    """A byte now and then restarts no timer: a started block must end in time."""
+
+    async def scenario() -> None:
+        async with serving(idle_timeout=30, message_timeout=0.3) as server:
+            client = await Client.connect(server)
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    for byte in frame(oru("SLOW-1")):
+                        await client.send(bytes([byte]))
+                        await asyncio.sleep(0.02)
+
+            trickling = asyncio.create_task(trickle())
+            assert await client.closed_by_server() == b""
+            trickling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trickling
+            assert server.connection_count == 0
+            await client.close()
+
+    run(scenario)
+
+
+def test_each_message_gets_its_own_deadline() -> None:
+    """Slow but steady senders are served: the deadline restarts with each block."""
+
+    async def scenario() -> None:
+        async with serving(message_timeout=0.5) as server:
+            client = await Client.connect(server)
+            for number in range(3):
+                data = frame(oru(f"STEADY-{number}"))
+                for part in (data[:40], data[40:80], data[80:]):
+                    await client.send(part)
+                    await asyncio.sleep(0.1)
+                assert_ack(await client.ack(), "AA", f"STEADY-{number}")
+            await client.close()
+
+    run(scenario)
+
+
+def test_one_peer_cannot_take_every_connection() -> None:
+    async def scenario() -> None:
+        async with serving(max_per_peer=2) as server:
+            held = []
+            for number in range(2):
+                client = await Client.connect(server)
+                await client.send(frame(oru(f"HOLD-{number}")))
+                assert_ack(await client.ack(), "AA", f"HOLD-{number}")
+                held.append(client)
+            third = await Client.connect(server)
+            assert await third.closed_by_server() == b""
+            await third.close()
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.port, local_addr=("127.0.0.2", 0)
+            )
+            other = Client(reader, writer)
+            await other.send(frame(oru("OTHER-1")))
+            assert_ack(await other.ack(), "AA", "OTHER-1")
+            for client in [*held, other]:
+                await client.close()
+
+    run(scenario)
+
+
+def test_the_intake_gets_the_peer_address_and_port() -> None:
+    peers: list[str] = []
+
+    class Recording(MemoryResultIntake):
+        def receive(self, message: OruMessage, *, peer: str) -> IntakeOutcome:
+            peers.append(peer)
+            return super().receive(message, peer=peer)
+
+    async def scenario() -> None:
+        async with serving(Recording()) as server:
+            client = await Client.connect(server)
+            await client.send(frame(oru("PEER-1")))
+            assert_ack(await client.ack(), "AA", "PEER-1")
+            port = client.writer.get_extra_info("sockname")[1]
+            await client.close()
+        assert peers == [f"127.0.0.1:{port}"]
 
     run(scenario)
 

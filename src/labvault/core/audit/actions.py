@@ -154,6 +154,7 @@ class AuditAction(enum.StrEnum):
     SERVICE_CLIENT_CREATE = "service:client:create"
     SERVICE_CLIENT_DISABLE = "service:client:disable"
     SERVICE_CLIENT_SECRET = "service:client:secret"  # noqa: S105 - a tag, not a secret
+    SERVICE_CLIENT_PEERS = "service:client:peers"
     # The FHIR API (labvault.fhir): OAuth2 tokens and reads that open no sealed column.
     SERVICE_TOKEN_ISSUE = "service:token:issue"  # noqa: S105 - a tag, not a secret
     SERVICE_TOKEN_FAILURE = "service:token:failure"  # noqa: S105 - a tag, not a secret
@@ -576,6 +577,9 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     ),
     AuditAction.SERVICE_CLIENT_SECRET: ActionInfo(
         "A new OAuth2 client secret was issued to a service client (shown once)."
+    ),
+    AuditAction.SERVICE_CLIENT_PEERS: ActionInfo(
+        "The network addresses a sending system's MLLP connections may come from were set."
     ),
     # The FHIR API (labvault.fhir).
     AuditAction.SERVICE_TOKEN_ISSUE: ActionInfo(
