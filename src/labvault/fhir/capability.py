@@ -12,7 +12,11 @@ __all__ = ["SEARCH_PARAMS", "TYPES", "capability_statement"]
 
 SEARCH_PARAMS: Final[Mapping[str, tuple[tuple[str, str, str], ...]]] = {
     "Patient": (
-        ("identifier", "token", "INS: urn:oid:1.2.250.1.213.1.4.8|<NIR> (test: .4.10)"),
+        (
+            "identifier",
+            "token",
+            "INS: urn:oid:1.2.250.1.213.1.4.8|<NIR> (test: .4.10); POST _search only",
+        ),
         ("_id", "token", "The logical id."),
     ),
     "Location": (("_id", "token", "The logical id."),),

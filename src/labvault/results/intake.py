@@ -163,8 +163,10 @@ class OrderDigester:
 
     Writes use the active root key version's derivation; lookups match every version's
     (:meth:`candidates`), so a root key rotation does not split an order in two. The keys
-    are derived on first use (``keys`` is called once). ``UNKEYED`` is the former plain
-    SHA-256, only for callers not yet given a digester (see ``ResultStore``)."""
+    are derived on first use (``keys`` is called once). Without ``keys`` it gives the former
+    plain SHA-256 (:func:`unkeyed_orders`), only for callers not yet given a digester (see
+    ``ResultStore``). Rows digested the old way are not matched by the keyed digests: there
+    were none in production when this changed."""
 
     def __init__(
         self, tenant_id: uuid.UUID, keys: Callable[[], Sequence[Secret[bytes]]] | None

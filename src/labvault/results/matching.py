@@ -11,10 +11,13 @@ The rule (never attach to a guessed patient):
    with the claim (birth name, first given name, birth date, sex), compared in the blind
    indexes' canonical form (case, accents, hyphens, spacing).
 
-Anything else is queued with a :class:`QueueReason`. The candidates' traits are read
-through :class:`~labvault.patients.scope.IdentityVerification` (a few fields of any record,
-each opening audited as the sending system, purpose ``result-matching``); nothing else of
-the record is decrypted. :func:`decide` is the pure decision, tested table-driven.
+Anything else is queued with a :class:`QueueReason`. A match by traits alone is attached
+only for a record already in the sender's care (checked by the store, which knows the
+sender: :meth:`~labvault.results.intake.ResultStore.ingest`), else queued ``traits-only``.
+The candidates' traits are read through
+:class:`~labvault.patients.scope.IdentityVerification` (a few fields of any record, each
+opening audited as the sending system, purpose ``result-matching``); nothing else of the
+record is decrypted. :func:`decide` is the pure decision, tested table-driven.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ learn which of the records they asked for is a honey record.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
 
@@ -30,20 +31,40 @@ GUARD_REFUSALS: tuple[type[Exception], ...] = (BudgetExceededError, HoneyRecordT
 
 
 class RuntimeGuards:
-    """The guards of one runtime, built once and shared by its keyrings (thread-safe)."""
+    """The guards of one runtime, shared by its keyrings (thread-safe). Built at the first
+    keyring, not before: an application whose key file is missing must still start and
+    say so on its health check, and nothing can be decrypted without a keyring anyway."""
 
     def __init__(self, runtime: Runtime) -> None:
-        settings = runtime.settings
-        lockout = LockoutDeps.from_runtime(
-            runtime,
-            extra_sinks=guard_sinks(settings, runtime.key_provider, runtime.mailer),
-        )
-        self.lockout = lockout
-        self.honey = HoneyGuards.from_runtime(runtime, lockout)
-        self.budgets = BudgetGuard.from_runtime(runtime, lockout=lockout)
+        self._runtime = runtime
+        self._built: tuple[HoneyGuards, BudgetGuard] | None = None
+        self._lock = threading.Lock()
+
+    def _guards(self) -> tuple[HoneyGuards, BudgetGuard]:
+        with self._lock:
+            if self._built is None:
+                runtime = self._runtime
+                lockout = LockoutDeps.from_runtime(
+                    runtime,
+                    extra_sinks=guard_sinks(runtime.settings, runtime.key_provider, runtime.mailer),
+                )
+                self._built = (
+                    HoneyGuards.from_runtime(runtime, lockout),
+                    BudgetGuard.from_runtime(runtime, lockout=lockout),
+                )
+            return self._built
+
+    @property
+    def honey(self) -> HoneyGuards:
+        return self._guards()[0]
+
+    @property
+    def budgets(self) -> BudgetGuard:
+        return self._guards()[1]
 
     def __call__(self, session: Session, tenant_id: uuid.UUID) -> Sequence[DecryptGuard]:
-        return (self.honey.for_session(session, tenant_id), self.budgets)
+        honey, budgets = self._guards()
+        return (honey.for_session(session, tenant_id), budgets)
 
 
 def protect(runtime: Runtime) -> RuntimeGuards:

@@ -100,9 +100,17 @@ def test_a_bad_document_is_refused_at_its_place(value: str) -> None:
 def test_the_sealed_json_reads_back_the_same() -> None:
     data = base64.b64encode(PDF).decode()
     result = from_oru(
-        parse_oru(message(f"OBX|3|ED|PDF^CR^L||^application^pdf^Base64^{data}||||||F")), CLIENT
+        parse_oru(
+            message(
+                "OBX|3|CWE|VIHDEP^VIH^L^56888-1^HIV 1+2 Ab^LN||NEG^Négatif^L||||||F",
+                f"OBX|4|ED|PDF^CR^L||^application^pdf^Base64^{data}||||||F",
+            )
+        ),
+        CLIENT,
     )
-    assert from_json(to_json(result)) == result
+    hiv = result.orders[0].observations[2].code
+    assert [(a.system, a.code) for a in hiv.alternates] == [("http://loinc.org", "56888-1")]
+    assert from_json(to_json(result)) == result  # alternates survive the queue
     with pytest.raises(ValueError, match="does not read back") as refused:
         from_json(b'{"client_id": "Dupont"}')
     assert "Dupont" not in str(refused.value)
