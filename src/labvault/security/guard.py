@@ -23,10 +23,16 @@ from labvault.core.access.decrypt import DecryptGuard, guard_factory, install_gu
 from labvault.core.runtime import Runtime
 from labvault.security.budgets import BudgetExceededError, BudgetGuard
 from labvault.security.honey import HoneyGuards, HoneyRecordTouchedError
-from labvault.security.lockout import LockoutDeps
+from labvault.security.lockout import LockoutDeps, PrincipalRefusedError, RefusedPrincipalGuard
 from labvault.security.sinks import guard_sinks
 
-GUARD_REFUSALS: tuple[type[Exception], ...] = (BudgetExceededError, HoneyRecordTouchedError)
+REFUSED_PRINCIPALS = RefusedPrincipalGuard()
+
+GUARD_REFUSALS: tuple[type[Exception], ...] = (
+    BudgetExceededError,
+    HoneyRecordTouchedError,
+    PrincipalRefusedError,
+)
 """Refusals that lock the principal; answered alike (429, "too many patient files")."""
 
 
@@ -64,7 +70,7 @@ class RuntimeGuards:
 
     def __call__(self, session: Session, tenant_id: uuid.UUID) -> Sequence[DecryptGuard]:
         honey, budgets = self._guards()
-        return (honey.for_session(session, tenant_id), budgets)
+        return (REFUSED_PRINCIPALS, honey.for_session(session, tenant_id), budgets)
 
 
 def protect(runtime: Runtime) -> RuntimeGuards:

@@ -26,6 +26,7 @@ Either way the read is refused; only the lock's commit moves by those millisecon
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from labvault.accounts.models import Account, AccountStatus, LockReason
 from labvault.core import tenancy
+from labvault.core.access.decrypt import DecryptDeniedError, DecryptRequest
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditTrail
@@ -134,6 +136,7 @@ def lock_principal(
     ``guard:principal:lock`` event; all committed in a transaction of its own."""
     if not reason.replace("-", "").isalnum() or not reason.islower() or len(reason) > 64:
         raise ValueError("reason: a short code (lower-case letters, digits, '-')")
+    remember_refused(tenant_id, principal)
 
     def work(session: Session) -> bool:
         return _lock(
@@ -357,6 +360,52 @@ def _alert(
     if deps.extra_sinks is not None:
         for sink in deps.extra_sinks(session, audit):
             sink.raise_alert(alert)
+
+
+# --- Refused until the lock lands --------------------------------------------------------
+
+REFUSAL_MEMORY_SECONDS = 300.0
+"""How long this process refuses a principal it decided to lock, whatever the database says:
+the lock may be committed by a background thread a few milliseconds after the refused
+request (SQLite's single writer), and a request in that gap must not read anything."""
+
+_refused: dict[tuple[uuid.UUID, str], float] = {}
+_refused_lock = threading.Lock()
+
+
+class PrincipalRefusedError(DecryptDeniedError):
+    """A principal this process has just locked asks again before the lock is committed."""
+
+    def __init__(self) -> None:
+        super().__init__("access refused by the exfiltration guard")
+
+
+def remember_refused(tenant_id: uuid.UUID, principal: Principal) -> None:
+    now = time.monotonic()
+    with _refused_lock:
+        for key in [k for k, until in _refused.items() if until <= now]:
+            del _refused[key]
+        _refused[(tenant_id, principal.id)] = now + REFUSAL_MEMORY_SECONDS
+
+
+def forget_refused(tenant_id: uuid.UUID, principal_id: str) -> None:
+    """After an unlock (four eyes): the principal may read again."""
+    with _refused_lock:
+        _refused.pop((tenant_id, principal_id), None)
+
+
+def recently_refused(tenant_id: uuid.UUID, principal: Principal) -> bool:
+    with _refused_lock:
+        until = _refused.get((tenant_id, principal.id))
+    return until is not None and until > time.monotonic()
+
+
+class RefusedPrincipalGuard:
+    """The first guard: refuses at once a principal this process is locking."""
+
+    def before_decrypt(self, request: DecryptRequest) -> None:
+        if recently_refused(request.tenant_id, request.principal):
+            raise PrincipalRefusedError
 
 
 # --- Running in a transaction of its own ---------------------------------------------------

@@ -37,6 +37,7 @@ from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.events import AuditTrail, Outcome
 from labvault.results.models import ServiceClient
 from labvault.security.guard_models import UnlockOutcome, UnlockReason, UnlockRequest
+from labvault.security.lockout import forget_refused
 from labvault.staff.models import StaffMember, StaffRole
 
 __all__ = [
@@ -301,6 +302,7 @@ class FourEyesUnlock:
             raise UnlockError(UnlockProblem.NOT_LOCKED)
         row.outcome = UnlockOutcome.APPROVED.value
         target = self._lift(principal)
+        forget_refused(self._tenant_id, principal.id)
         self._session.flush()
         self._audit.record(
             AuditAction.GUARD_PRINCIPAL_UNLOCK,
