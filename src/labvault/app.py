@@ -62,6 +62,8 @@ from labvault.core.web.request_context import RequestContextMiddleware, request_
 from labvault.core.web.templating import create_templates
 from labvault.desk.pages import router as desk_pages
 from labvault.desk.routes import router as desk_router
+from labvault.exports.routes import api_router as exports_router
+from labvault.exports.routes import page_router as exports_pages
 from labvault.fhir.routes import router as fhir_router
 from labvault.patients.pages import router as patient_pages
 from labvault.patients.routes import router as patient_router
@@ -199,6 +201,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(appointment_pages)
     app.include_router(desk_router)
     app.include_router(desk_pages)
+    app.include_router(exports_router)
+    app.include_router(exports_pages)
     app.include_router(preregistration_router)
     app.include_router(preregistration_pages)
     app.include_router(result_pages)

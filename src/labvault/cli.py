@@ -58,6 +58,7 @@ from labvault.core.migrate import is_up_to_date, upgrade
 from labvault.core.runtime import Runtime
 from labvault.core.tenancy import AUDIT_LOG_SCOPE
 from labvault.core.web.request_context import new_request_id
+from labvault.exports.commands import attribute as guard_attribute
 from labvault.keys.commands import keys_app
 from labvault.organizations.models import Organization
 from labvault.organizations.services import (
@@ -114,6 +115,7 @@ app.add_typer(mllp_app, name="mllp")
 app.add_typer(guard_app, name="guard")
 guard_app.add_typer(honey_app, name="honey")
 guard_app.add_typer(budgets_app, name="budgets")
+guard_app.command("attribute")(guard_attribute)
 
 console = Console()
 errors = Console(stderr=True)

@@ -15,6 +15,7 @@ from labvault.catalog.models import Exam
 from labvault.core.audit.models import AuditCheckpoint, AuditEvent, AuditLogState, AuditTreeNode
 from labvault.core.crypto.models import DataKeyRecord, IndexKeyRecord
 from labvault.core.db import Base
+from labvault.exports.models import ExportRecord
 from labvault.organizations.models import Organization, Site
 from labvault.patients.models import Patient
 from labvault.results.models import (
@@ -49,6 +50,7 @@ __all__ = [
     "BreakGlassGrant",
     "DataKeyRecord",
     "Exam",
+    "ExportRecord",
     "HoneyMark",
     "HoneySet",
     "IndexKeyRecord",

@@ -34,6 +34,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final, NoReturn
 
 from sqlalchemy import delete, select, update
@@ -205,6 +206,7 @@ def purge_closed_accounts(
     grace_days: int,
     context: AuditContext | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
+    drop_dir: Path | None = None,
 ) -> PurgeReport:
     """Erase every account (of every organization) whose deletion was requested more than
     ``grace_days`` ago, with its wrapped data key; idempotent. The caller commits.
@@ -237,7 +239,9 @@ def purge_closed_accounts(
             continue  # cancelled meanwhile: neither the account nor its record goes
         accounts += deleted
         if patient_id is not None:
-            outcome = _erase_own_record(session, tenant_id, patient_id, principal, context)
+            outcome = _erase_own_record(
+                session, tenant_id, patient_id, principal, context, drop_dir
+            )
             erased += outcome == "erased"
             held += outcome == "held"
         keys += _rowcount(
@@ -260,7 +264,7 @@ def purge_closed_accounts(
     released = 0
     for organization_id in session.scalars(select(Organization.id).order_by(Organization.id)):
         keyring = KeylessKeyring(session, organization_id, principal, context)
-        released += erase_released(session, keyring, now=clock())
+        released += erase_released(session, keyring, now=clock(), drop_dir=drop_dir)
     return PurgeReport(accounts, keys, erased, held, released)
 
 
@@ -270,12 +274,15 @@ def _erase_own_record(
     patient_id: uuid.UUID,
     principal: SystemPrincipal,
     context: AuditContext | None,
+    drop_dir: Path | None = None,
 ) -> str:
     """Erase an account's own Patient record unless a legal hold keeps it (its denied
     ``patient:record:erase`` event is then recorded); ``erased``, ``held`` or ``gone``."""
     keyring = KeylessKeyring(session, tenant_id, principal, context)
     try:
-        outcome = erase_unless_held(session, keyring, patient_id, ErasureRequester.PATIENT)
+        outcome = erase_unless_held(
+            session, keyring, patient_id, ErasureRequester.PATIENT, drop_dir=drop_dir
+        )
     except RecordNotFoundError:
         return "gone"
     if isinstance(outcome, ErasureReport):

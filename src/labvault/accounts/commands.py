@@ -45,6 +45,7 @@ def purge() -> None:
                     session,
                     grace_days=runtime.settings.account_deletion_grace_days,
                     context=_audit_context(),
+                    drop_dir=runtime.settings.resolved_result_drop_dir,
                 )
                 devices += forget_stale_devices(
                     session,

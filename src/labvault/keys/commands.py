@@ -43,6 +43,7 @@ from labvault.core.crypto.rewrap import (
 from labvault.core.db import transaction
 from labvault.keys.index_commands import register as register_index_commands
 from labvault.organizations.models import Organization
+from labvault.results.intake import ORDER_KEY_LABEL
 
 if TYPE_CHECKING:
     from labvault.core.config import Settings
@@ -54,8 +55,10 @@ keys_app = typer.Typer(
     help="Root keys: rotation, rewrap, retirement, migration.", no_args_is_help=True
 )
 
-PRESERVED_LABELS = (SEAL_LABEL, SIGNING_LABEL)
-"""Derivations kept when a version is retired: what ``labvault audit verify`` needs."""
+PRESERVED_LABELS = (SEAL_LABEL, SIGNING_LABEL, ORDER_KEY_LABEL)
+"""Derivations kept when a version is retired: what ``labvault audit verify`` needs, and
+the order-number digests (a correction of an order received before the rotation must find
+it)."""
 KEY_PROVIDER_TARGET = "key-provider"
 BatchSize = Annotated[
     int,

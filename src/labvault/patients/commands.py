@@ -71,7 +71,13 @@ def patients_erase(
                 keyring = KeylessKeyring(
                     session, tenant_id, SystemPrincipal("cli:patients-erase"), _audit_context()
                 )
-                report = erase_patient(session, keyring, subject, ErasureRequester.CLI)
+                report = erase_patient(
+                    session,
+                    keyring,
+                    subject,
+                    ErasureRequester.CLI,
+                    drop_dir=runtime.settings.resolved_result_drop_dir,
+                )
         except LegalHoldError as held:
             _seal_events(runtime)  # the refusal is in the log
             console.print(f"Not erased: {held}", highlight=False)

@@ -51,6 +51,7 @@ TENANT_OWNED = {
     "honey_marks",
     "anomaly_findings",
     "unlock_requests",
+    "export_records",
 }
 AUDIT_POSITIONS = {"audit_tree_nodes", "audit_checkpoints", "audit_log_state"}
 """Keyed by position in the log (tree level and index, tree size): sequential by nature,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from caller_world import CallerWorld, build_caller_world
@@ -50,7 +50,7 @@ from labvault.patients.services import PatientRepository, SealedItem
 from labvault.reminders.services import PARIS, ReminderJob
 from labvault.results.clients import ServiceClientRegistry
 from labvault.results.delivery import FileResultDelivery
-from labvault.results.models import ReportStatus, ResultReport, ServiceClient
+from labvault.results.models import ReportStatus, ResultOrder, ResultReport, ServiceClient
 from labvault.results.review import REDELIVERY_PRINCIPAL, ReviewService, deliver_pending
 from labvault.security.alerts import DatabaseAlertSink
 from labvault.security.breakglass import (
@@ -430,6 +430,15 @@ def test_a_fhir_search_names_its_patient_so_it_is_a_read_by_id_and_trips(
             scopes=["system/DiagnosticReport.read"],
         )
         client_id = client.id
+        # A client reads the results of the orders it sent only: make the honey record's
+        # released report one of this client's, so the search has something to open.
+        honey_report = session.get(ResultReport, hw.released[sorted(hw.honey)[0]])
+        assert honey_report is not None
+        session.execute(
+            update(ResultOrder)
+            .where(ResultOrder.id == honey_report.order_id)
+            .values(client_id=client_id)
+        )
     principal = Principal(PrincipalKind.SERVICE, f"service:{client_id}", role="lis")
     caller = ServiceCaller(
         client_id,

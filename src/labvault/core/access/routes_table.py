@@ -550,6 +550,10 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
             note="the identity document's traits must match exactly one record (audited)",
         ),
         "GET /api/v1/desk/rounds": _DESK_STAFF,
+        "POST /api/v1/exports/desk-schedule": roles(
+            "receptionist",
+            note="the day's schedule as CSV: a recent step-up, read budgets, fingerprint rows",
+        ),
         "POST /api/v1/desk/appointments/{appointment_id}/sampler": policy(
             "appointment:update",
             object_from="path:appointment_id",
@@ -571,6 +575,10 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         "POST /accueil/sans-rendez-vous": roles(
             "receptionist",
             note="the identity document's traits must match exactly one record (audited)",
+        ),
+        "POST /accueil/planning/export.csv": roles(
+            "receptionist",
+            note="the day's list as CSV: a recent step-up, read budgets, fingerprint rows",
         ),
         "GET /accueil/tournees": _DESK_STAFF,
         "POST /accueil/tournees/affectation": roles(

@@ -116,6 +116,9 @@ class AuditAction(enum.StrEnum):
     GUARD_UNLOCK_REQUEST = "guard:unlock:request"
     GUARD_UNLOCK_CANCEL = "guard:unlock:cancel"
     GUARD_PRINCIPAL_UNLOCK = "guard:principal:unlock"
+    # Bulk exports with fingerprint rows (labvault.exports).
+    EXPORT_CSV_CREATE = "export:csv:create"
+    EXPORT_LEAK_ATTRIBUTE = "export:leak:attribute"
     AUDIT_LOG_SEARCH = "audit:log:search"
     AUDIT_LOG_VERIFY = "audit:log:verify"
     AUDIT_PROOF_CREATE = "audit:proof:create"
@@ -228,6 +231,14 @@ ACTIONS: dict[AuditAction, ActionInfo] = {
     AuditAction.GUARD_PRINCIPAL_UNLOCK: ActionInfo(
         "A second security officer approved an unlock request: the principal may sign in "
         "(or get tokens) again (purpose: the request's reason)."
+    ),
+    AuditAction.EXPORT_CSV_CREATE: ActionInfo(
+        "A staff member exported a list as CSV after a step-up (target: the export record; "
+        "purpose: the kind of export); its rows were read and audited as usual."
+    ),
+    AuditAction.EXPORT_LEAK_ATTRIBUTE: ActionInfo(
+        "An operator matched a leaked file to an export by its fingerprint rows (target: "
+        "the export found)."
     ),
     AuditAction.PATIENT_RECORD_CREATE: ActionInfo(
         "A patient record was created.", "Création de votre dossier"

@@ -1,0 +1,1 @@
+"""Bulk exports: step-up, read budgets, fingerprint rows and leak attribution (issue 9)."""
