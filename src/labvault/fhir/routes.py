@@ -55,7 +55,7 @@ from labvault.fhir.services import (
 )
 from labvault.organizations.services import get_organization
 from labvault.patients.scope import service_scope, window_from
-from labvault.results.intake import IngestOutcome, IngestRejectedError
+from labvault.results.intake import IngestOutcome, IngestRejectedError, OrderDigester
 from labvault.security.budgets import BudgetUnavailableError
 from labvault.security.guard import GUARD_REFUSALS
 
@@ -361,6 +361,7 @@ def _answer(
         scope,
         caller,
         now=now,
+        orders=OrderDigester.from_provider(runtime.key_provider, caller.tenant_id),
         horizon_days=runtime.settings.booking_horizon_days,
     )
     try:

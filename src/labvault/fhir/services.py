@@ -42,7 +42,7 @@ from labvault.patients.nir import Nir, NirError
 from labvault.patients.scope import AccessScope
 from labvault.patients.services import PatientRecord, PatientRepository, SealedItem
 from labvault.results.content import ObservationContent, OrderDetails, ReportContent, load
-from labvault.results.intake import IngestOutcome, ResultStore
+from labvault.results.intake import IngestOutcome, OrderDigester, ResultStore
 from labvault.results.models import (
     ResultObservation,
     ResultOrder,
@@ -179,10 +179,12 @@ class FhirReader:
         caller: ServiceCaller,
         *,
         now: dt.datetime,
+        orders: OrderDigester,
         horizon_days: int = 90,
     ) -> None:
         self._session = session
         self._keyring = keyring
+        self._order_digests = orders
         self._scope = scope
         self._caller = caller
         self._tenant = caller.tenant_id
@@ -192,7 +194,9 @@ class FhirReader:
 
     def writer(self) -> FhirWriter:
         """The same caller's writes, in the same unit of work."""
-        return FhirWriter(self._session, self._keyring, self._scope, self._caller)
+        return FhirWriter(
+            self._session, self._keyring, self._scope, self._caller, self._order_digests
+        )
 
     # -- scopes and audit --------------------------------------------------------------
 
@@ -684,12 +688,18 @@ class FhirWriter:
     sealing, the queue)."""
 
     def __init__(
-        self, session: Session, keyring: TenantKeyring, scope: AccessScope, caller: ServiceCaller
+        self,
+        session: Session,
+        keyring: TenantKeyring,
+        scope: AccessScope,
+        caller: ServiceCaller,
+        orders: OrderDigester,
     ) -> None:
         self._session = session
         self._keyring = keyring
         self._scope = scope
         self._caller = caller
+        self._orders = orders
 
     def push(self, document: Mapping[str, Any], *, now: dt.datetime) -> IngestOutcome:
         for kind in ("DiagnosticReport", "Observation"):
@@ -703,7 +713,10 @@ class FhirWriter:
             raise FhirInputError(str(error)) from None
         except ValidationError:  # a content limit of labvault's own (it quotes: not shown)
             raise FhirInputError("Bundle: values within labvault's limits") from None
-        return ResultStore(self._session, self._keyring, window=self._scope.window).ingest(incoming)
+        store = ResultStore(
+            self._session, self._keyring, window=self._scope.window, orders=self._orders
+        )
+        return store.ingest(incoming)
 
 
 PAGING = frozenset({"_count", "_offset"})

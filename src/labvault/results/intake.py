@@ -163,10 +163,9 @@ class OrderDigester:
 
     Writes use the active root key version's derivation; lookups match every version's
     (:meth:`candidates`), so a root key rotation does not split an order in two. The keys
-    are derived on first use (``keys`` is called once). Without ``keys`` it gives the former
-    plain SHA-256 (:func:`unkeyed_orders`), only for callers not yet given a digester (see
-    ``ResultStore``). Rows digested the old way are not matched by the keyed digests: there
-    were none in production when this changed."""
+    are derived on first use (``keys`` is called once). Without ``keys`` (a test twin) it
+    gives a plain SHA-256. Rows digested the old, unkeyed way are not matched by the keyed
+    digests: there were none in production when this changed."""
 
     def __init__(
         self, tenant_id: uuid.UUID, keys: Callable[[], Sequence[Secret[bytes]]] | None
@@ -208,11 +207,6 @@ class OrderDigester:
         return (
             tuple(self._under(key, order) for key in keys) if keys else (self._under(None, order),)
         )
-
-
-def unkeyed_orders(tenant_id: uuid.UUID) -> OrderDigester:
-    """The former plain SHA-256 digests: a stopgap for a caller without a key provider."""
-    return OrderDigester(tenant_id, None)
 
 
 def check_result(incoming: IncomingResult) -> None:
@@ -563,16 +557,14 @@ class ResultStore:
         *,
         clock: Callable[[], dt.datetime] = utcnow,
         window: RelationshipWindow | None = None,
-        orders: OrderDigester | None = None,
+        orders: OrderDigester,
     ) -> None:
         self._session = session
         self._keyring = keyring
         self._tenant_id = keyring.tenant_id
         self._clock = clock
         self._window = window or RelationshipWindow()
-        # TODO(finding 9): every caller passes the tenant's keyed digester; the FHIR push
-        # does not yet, and gets the former unkeyed digests until it does.
-        self._orders = orders or unkeyed_orders(keyring.tenant_id)
+        self._orders = orders
 
     def _client(self, client_id: uuid.UUID) -> ServiceClient:
         """The sending system, if it is the keyring's principal and enabled; else refused."""

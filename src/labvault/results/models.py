@@ -9,8 +9,9 @@ when, the report's status, who validated it and when. A message that matched no 
 certainty is sealed under a data key of its own (subject type ``result-message``) until a
 person attaches it or discards it; that key is deleted then.
 
-Identifiers that come from a laboratory system (message control ids, order numbers) are kept
-only as SHA-256 digests: they are needed for deduplication, never for display.
+Identifiers that come from a laboratory system are kept only as digests, needed for
+deduplication, never for display: order numbers as an HMAC under a per-tenant key derived
+from the key provider (they are short and sequential), message control ids as SHA-256.
 """
 
 from __future__ import annotations
@@ -168,8 +169,9 @@ class ResultMessage(HasRandomId, Base):
     """SHA-256 of the sending application, facility and message control id."""
     status: Mapped[str] = mapped_column(String(16))
     queue_reason: Mapped[str | None] = mapped_column(String(32), default=None)
-    """Why it waits: ``no-identifier``, ``no-candidate``, ``several-candidates``,
-    ``traits-differ``, ``identity-erased``; never a value."""
+    """Why it waits (``labvault.results.matching.QueueReason``): ``no-identifier``,
+    ``invalid-identifier``, ``no-candidate``, ``several-candidates``, ``traits-differ``,
+    ``traits-only``, ``identity-erased``, ``order-of-another-patient``; never a value."""
     patient_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     content: Mapped[bytes | None] = mapped_column(RawBytes, default=None)
     """A queued message's text, sealed under its own data key; ``None`` otherwise."""

@@ -48,7 +48,7 @@ from labvault.results.incoming import (
     PatientClaim,
     PatientIdentifierClaim,
 )
-from labvault.results.intake import ResultStore
+from labvault.results.intake import OrderDigester, ResultStore
 from labvault.results.models import ReportStatus, ResultReport
 from labvault.schedules.services import SiteScheduleService
 
@@ -145,7 +145,8 @@ def _ingest(runtime: Runtime, world: World, client: uuid.UUID, name: str) -> uui
     principal = Principal(PrincipalKind.SERVICE, f"service:{client}", role="lis")
     with transaction(world.sessions) as session:
         keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
-        outcome = ResultStore(session, keyring).ingest(
+        orders = OrderDigester.from_provider(runtime.key_provider, world.tenant)
+        outcome = ResultStore(session, keyring, orders=orders).ingest(
             incoming(client, world.inputs[name], f"MSG-{name}")
         )
     assert outcome.report_ids, f"the result of {name} was not attached ({outcome.reason})"

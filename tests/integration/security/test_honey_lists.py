@@ -50,6 +50,7 @@ from labvault.patients.services import PatientRepository, SealedItem
 from labvault.reminders.services import PARIS, ReminderJob
 from labvault.results.clients import ServiceClientRegistry
 from labvault.results.delivery import FileResultDelivery
+from labvault.results.intake import OrderDigester
 from labvault.results.models import ReportStatus, ResultOrder, ResultReport, ServiceClient
 from labvault.results.review import REDELIVERY_PRINCIPAL, ReviewService, deliver_pending
 from labvault.security.alerts import DatabaseAlertSink
@@ -453,7 +454,14 @@ def test_a_fhir_search_names_its_patient_so_it_is_a_read_by_id_and_trips(
         with transaction(hw.cw.world.sessions) as session:
             scope = service_scope(session, principal, hw.tenant, client_id)
             keyring = hw.keyring(session, principal)
-            reader = FhirReader(session, keyring, scope, caller, now=utcnow())
+            reader = FhirReader(
+                session,
+                keyring,
+                scope,
+                caller,
+                now=utcnow(),
+                orders=OrderDigester.from_provider(cast(KeyProvider, hw.provider), hw.tenant),
+            )
             reader.search_diagnostic_reports({"patient": f"Patient/{honey_id}"})
 
     with pytest.raises(HoneyRecordTouchedError):

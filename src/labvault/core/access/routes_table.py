@@ -311,13 +311,21 @@ _BIOLOGIST_VALIDATION = roles(
     "changed since the version named or is not in that state (nothing written)",
 )
 # The matching queue of received results (labvault.results.queue_pages).
-_MATCHING_QUEUE = roles("biologist", "receptionist", note="reason and time only: nothing decrypted")
+_MATCHING_QUEUE = roles(
+    "biologist",
+    "receptionist",
+    note="reason and time only: nothing decrypted; only messages of sending systems serving "
+    "the caller's sites",
+)
 _MATCHING_MESSAGE = roles(
     "biologist",
     "receptionist",
     object_from="path:message_id",
-    note="a queued message of the tenant (opening it is audited); attaching checks the chosen "
-    "record is in the caller's relationship scope; unknown or handled: the same 404",
+    note="a queued message of a sending system serving the caller's sites (opening it is "
+    "audited; a receptionist sees the claimed identity only, the orders need result read); "
+    "attaching checks the chosen record is in the caller's relationship scope; discarding "
+    "needs a reason from a closed list and a fresh step-up; unknown, handled or another "
+    "site's: the same 404",
 )
 _SHARE_LINK = public(
     "a patient's share link: the 256-bit token is the credential; unknown, expired or revoked: "
