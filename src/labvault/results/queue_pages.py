@@ -47,7 +47,7 @@ REASONS: Final = {
     "traits-differ": "Traits d'identité différents du dossier",
     "order-of-another-patient": "Demande déjà rattachée à un autre patient",
     "identity-erased": "Dossier effacé",
-    "traits-only": "Trouvé par les traits seuls, patient hors de la prise en charge de l'expéditeur",
+    "traits-only": "Trouvé par les traits seuls, hors de la prise en charge de l'expéditeur",
 }
 SEXES: Final = {"M": "masculin", "F": "féminin"}
 DISCARD_REASONS: Final = {
