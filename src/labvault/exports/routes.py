@@ -3,7 +3,7 @@
 - Page: ``POST /accueil/planning/export.csv`` (the form "Exporter la liste du jour (CSV)" of
   the planning, with the session's CSRF token); without a recent step-up the browser goes
   to ``/compte/confirmer-identite`` and back to the planning.
-- API: ``POST /api/v1/exports/desk-schedule`` (``site_id``, ``day`` in the query); without a
+- API: ``POST /api/v1/desk/schedule/export`` (``site_id``, ``day`` in the query); without a
   recent step-up 403 ``step_up_required``.
 
 Everybody else gets the uniform 404 before the step-up is even asked for (I7). The step-up
@@ -40,7 +40,7 @@ from labvault.exports.services import CsvExport, ScheduleExporter
 __all__ = ["api_router", "page_router"]
 
 page_router = APIRouter(prefix="/accueil", include_in_schema=False)
-api_router = APIRouter(prefix="/api/v1/exports", tags=["exports"])
+api_router = APIRouter(prefix="/api/v1/desk", tags=["desk"])
 
 PLANNING_PATH: Final = "/accueil/planning"
 
@@ -97,7 +97,7 @@ _INVALID = problem("Invalid input: `detail` in French, `field` names the field i
 
 
 @api_router.post(
-    "/desk-schedule",
+    "/schedule/export",
     responses={
         **OBJECT_PROBLEMS,
         **STEP_UP_PROBLEMS,

@@ -43,7 +43,7 @@ from labvault.staff.models import StaffRole
 from labvault.staff.services import StaffRepository
 
 PAGE = "/accueil/planning/export.csv"
-API = "/api/v1/exports/desk-schedule"
+API = "/api/v1/desk/schedule/export"
 FORM = {"Sec-Fetch-Site": "same-origin"}
 SETUP = SystemPrincipal("test:exports")
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])

@@ -558,7 +558,7 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
             note="the identity document's traits must match exactly one record (audited)",
         ),
         "GET /api/v1/desk/rounds": _DESK_STAFF,
-        "POST /api/v1/exports/desk-schedule": roles(
+        "POST /api/v1/desk/schedule/export": roles(
             "receptionist",
             note="the day's schedule as CSV: a recent step-up, read budgets, fingerprint rows",
         ),
