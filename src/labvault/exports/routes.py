@@ -85,10 +85,11 @@ def planning_export(
         caller.require_step_up()
         try:
             exporter, chosen, when = _where(caller, site, jour)
+            export = exporter.schedule_csv(chosen, when)
         except DeskInputError:
-            # The planning shows what is wrong with the site or the day; nothing exported.
+            # The planning shows the day (or what is wrong with it); nothing exported.
             return redirect_to(request, PLANNING_PATH, site=site[:64], jour=jour[:32])
-        return _csv(exporter.schedule_csv(chosen, when))
+        return _csv(export)
 
     return run_page_as_caller(request, run, csrf_token=csrf_token, step_up_return=PLANNING_PATH)
 
@@ -122,11 +123,12 @@ def desk_schedule_export(
         caller.require_step_up()
         try:
             exporter, chosen, when = _where(caller, site_id or "", day or "")
+            export = exporter.schedule_csv(chosen, when)
         except DeskInputError as exc:
             raise CallerRefusedError(
                 problem_response(422, detail=str(exc), field=exc.field, code="invalid")
             ) from None
-        return _csv(exporter.schedule_csv(chosen, when))
+        return _csv(export)
 
     answer = run_as_caller(request, run, object_route=True)
     assert isinstance(answer, Response)

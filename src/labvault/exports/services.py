@@ -32,11 +32,11 @@ from sqlalchemy.orm import Session
 
 from labvault.core.audit.actions import AuditAction
 from labvault.core.crypto.keyring import Keyring
-from labvault.desk.services import STATUS_LABELS, DeskService, SiteChoice
+from labvault.desk.services import STATUS_LABELS, DeskInputError, DeskService, SiteChoice
 from labvault.exports.fingerprints import FingerprintIdentity, FingerprintKeys, fingerprint_count
 from labvault.exports.models import ExportRecord
 
-__all__ = ["CSV_HEADER", "SCHEDULE_KIND", "CsvExport", "ScheduleExporter"]
+__all__ = ["CSV_HEADER", "SCHEDULE_KIND", "CsvExport", "NothingToExportError", "ScheduleExporter"]
 
 SCHEDULE_KIND: Final = "desk-schedule"
 EXPORT_PURPOSE: Final = "desk-schedule-export"
@@ -59,6 +59,13 @@ IDENTITY_LABELS: Final = {
     "QUAL": "Qualifiée",
 }
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+class NothingToExportError(DeskInputError):
+    """The day has no visit to list: an export would hold only fingerprint rows."""
+
+    def __init__(self) -> None:
+        super().__init__("Aucun rendez-vous ce jour sur ce site : il n'y a rien à exporter.")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -106,6 +113,8 @@ class ScheduleExporter:
     def schedule_csv(self, site: SiteChoice, day: dt.date) -> CsvExport:
         """The site's day as CSV with its fingerprint rows, recorded and audited."""
         rows = self._desk.schedule(site.id, day)
+        if not rows:
+            raise NothingToExportError
         zone = site.zone
         lines: list[tuple[dt.datetime, list[str]]] = [
             (

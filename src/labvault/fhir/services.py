@@ -73,6 +73,11 @@ twin (synthetic identities)."""
 
 T = TypeVar("T")
 
+_REPORT_ORDER: Final = and_(
+    ResultOrder.tenant_id == ResultReport.tenant_id, ResultOrder.id == ResultReport.order_id
+)
+"""A report joined to its order (within one tenant)."""
+
 
 class ScopeRefusedError(Exception):
     """The token lacks the scope the interaction needs (answered 403)."""
@@ -458,24 +463,18 @@ class FhirReader:
     def _reports(self) -> Select[ResultReport, ResultOrder]:
         return (
             select(ResultReport, ResultOrder)
-            .join(
-                ResultOrder,
-                and_(
-                    ResultOrder.tenant_id == ResultReport.tenant_id,
-                    ResultOrder.id == ResultReport.order_id,
-                ),
-            )
+            .join(ResultOrder, _REPORT_ORDER)
             .where(ResultReport.tenant_id == self._tenant, self._visible())
         )
 
     def _open(
-        self, table: str, column: str, rows: Sequence[tuple[uuid.UUID, uuid.UUID, bytes | None]]
+        self, rows: Iterable[ResultReport | ResultOrder | ResultObservation], column: str
     ) -> dict[uuid.UUID, bytes | None]:
-        """Open ``column`` of ``rows`` (patient, row id, blob): rows out of scope are absent."""
+        """Open the sealed ``column`` of ``rows``: rows without it or out of scope are absent."""
         items = [
-            SealedItem(patient_id, table, row_id, {column: blob})
-            for patient_id, row_id, blob in rows
-            if blob is not None
+            SealedItem(row.patient_id, row.__tablename__, row.id, {column: blob})
+            for row in rows
+            if (blob := getattr(row, column)) is not None
         ]
         if not items:
             return {}
@@ -486,11 +485,7 @@ class FhirReader:
         self, pairs: Sequence[tuple[ResultReport, ResultOrder]]
     ) -> list[dict[str, Any]]:
         reports = [report for report, _ in pairs]
-        opened = self._open(
-            ResultReport.__tablename__,
-            "content",
-            [(r.patient_id, r.id, r.content) for r in reports],
-        )
+        opened = self._open(reports, "content")
         observations: dict[uuid.UUID, list[uuid.UUID]] = {}
         if opened:
             for report_id, observation_id in self._session.execute(
@@ -511,61 +506,45 @@ class FhirReader:
         ]
 
     def diagnostic_report(self, report_id: uuid.UUID) -> dict[str, Any] | None:
-        self.require("DiagnosticReport", "r")
-        pairs = _pairs(self._session.execute(self._reports().where(ResultReport.id == report_id)))
-        found = self._report_resources(pairs)
-        return found[0] if found else None
+        return self._read_result(_REPORTS, report_id)
 
     def search_diagnostic_reports(self, params: Mapping[str, str]) -> SearchPage:
-        self.require("DiagnosticReport", "s")
-        return self._search_results(
-            "DiagnosticReport",
-            params,
-            self._reports().order_by(ResultReport.received_at.desc(), ResultReport.id),
-            ResultReport.patient_id,
-            lambda rows: self._report_resources(rows),
-        )
+        return self._search_results(_REPORTS, params)
 
-    def _search_results(
-        self,
-        resource_type: str,
-        params: Mapping[str, str],
-        query: Select[Any, Any],
-        patient_column: Any,
-        render: Callable[[list[Any]], list[dict[str, Any]]],
-    ) -> SearchPage:
+    def _read_result(self, kind: _ResultKind, row_id: uuid.UUID) -> dict[str, Any] | None:
+        """One of the caller's results, rendered; ``None`` when it is absent, not the
+        caller's or out of scope (rendering drops what the keyring does not open)."""
+        self.require(kind.resource_type, "r")
+        query = kind.query(self).where(kind.model.id == row_id)
+        found = kind.render(self, _pairs(self._session.execute(query)))
+        return found[0] if found else None
+
+    def _search_results(self, kind: _ResultKind, params: Mapping[str, str]) -> SearchPage:
+        """The caller's results of one patient (``patient`` or ``subject``), one page; an
+        unknown or out-of-scope patient finds nothing."""
+        self.require(kind.resource_type, "s")
         count, offset = paging(params)
         _only(params, {"patient", "subject"})
         patient_id = _patient_param(params)
-        self._searched(resource_type)
+        self._searched(kind.resource_type)
         if patient_id is None or not self._in_scope([patient_id], "result"):
             return SearchPage([], 0, offset, count, _shown(params))
-        query = query.where(patient_column == patient_id)
+        query = kind.query(self).order_by(*kind.order).where(kind.model.patient_id == patient_id)
         total = self._session.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = _pairs(self._session.execute(query.offset(offset).limit(count)))
-        return SearchPage(render(rows), total, offset, count, _shown(params))
+        return SearchPage(kind.render(self, rows), total, offset, count, _shown(params))
 
     def _orders(self) -> Select[ResultOrder, ResultReport]:
         return (
             select(ResultOrder, ResultReport)
-            .outerjoin(
-                ResultReport,
-                and_(
-                    ResultReport.tenant_id == ResultOrder.tenant_id,
-                    ResultReport.order_id == ResultOrder.id,
-                ),
-            )
+            .outerjoin(ResultReport, _REPORT_ORDER)
             .where(ResultOrder.tenant_id == self._tenant, self._visible())
         )
 
     def _order_resources(
         self, pairs: Sequence[tuple[ResultOrder, ResultReport | None]]
     ) -> list[dict[str, Any]]:
-        opened = self._open(
-            ResultOrder.__tablename__,
-            "details",
-            [(order.patient_id, order.id, order.details) for order, _ in pairs],
-        )
+        opened = self._open([order for order, _ in pairs], "details")
         return [
             mapping.service_request_resource(order, load(OrderDetails, opened[order.id]), report)
             for order, report in pairs
@@ -573,20 +552,10 @@ class FhirReader:
         ]
 
     def service_request(self, order_id: uuid.UUID) -> dict[str, Any] | None:
-        self.require("ServiceRequest", "r")
-        pairs = _pairs(self._session.execute(self._orders().where(ResultOrder.id == order_id)))
-        found = self._order_resources(pairs)
-        return found[0] if found else None
+        return self._read_result(_ORDERS, order_id)
 
     def search_service_requests(self, params: Mapping[str, str]) -> SearchPage:
-        self.require("ServiceRequest", "s")
-        return self._search_results(
-            "ServiceRequest",
-            params,
-            self._orders().order_by(ResultOrder.created_at.desc(), ResultOrder.id),
-            ResultOrder.patient_id,
-            lambda rows: self._order_resources(rows),
-        )
+        return self._search_results(_ORDERS, params)
 
     def _observations(self) -> Select[ResultObservation, ResultReport]:
         return (
@@ -598,24 +567,14 @@ class FhirReader:
                     ResultReport.id == ResultObservation.report_id,
                 ),
             )
-            .join(
-                ResultOrder,
-                and_(
-                    ResultOrder.tenant_id == ResultReport.tenant_id,
-                    ResultOrder.id == ResultReport.order_id,
-                ),
-            )
+            .join(ResultOrder, _REPORT_ORDER)
             .where(ResultObservation.tenant_id == self._tenant, self._visible())
         )
 
     def _observation_resources(
         self, pairs: Sequence[tuple[ResultObservation, ResultReport]]
     ) -> list[dict[str, Any]]:
-        opened = self._open(
-            ResultObservation.__tablename__,
-            "content",
-            [(row.patient_id, row.id, row.content) for row, _ in pairs],
-        )
+        opened = self._open([row for row, _ in pairs], "content")
         return [
             mapping.observation_resource(row.id, report, load(ObservationContent, opened[row.id]))
             for row, report in pairs
@@ -623,26 +582,10 @@ class FhirReader:
         ]
 
     def observation(self, observation_id: uuid.UUID) -> dict[str, Any] | None:
-        self.require("Observation", "r")
-        pairs = _pairs(
-            self._session.execute(
-                self._observations().where(ResultObservation.id == observation_id)
-            )
-        )
-        found = self._observation_resources(pairs)
-        return found[0] if found else None
+        return self._read_result(_OBSERVATIONS, observation_id)
 
     def search_observations(self, params: Mapping[str, str]) -> SearchPage:
-        self.require("Observation", "s")
-        return self._search_results(
-            "Observation",
-            params,
-            self._observations().order_by(
-                ResultReport.received_at.desc(), ResultReport.id, ResultObservation.position
-            ),
-            ResultObservation.patient_id,
-            lambda rows: self._observation_resources(rows),
-        )
+        return self._search_results(_OBSERVATIONS, params)
 
     def _documents(self) -> Select[ResultReport, ResultOrder]:
         return self._reports().where(ResultReport.pdf.is_not(None))
@@ -651,9 +594,7 @@ class FhirReader:
         self, pairs: Sequence[tuple[ResultReport, ResultOrder]]
     ) -> list[dict[str, Any]]:
         reports = [report for report, _ in pairs]
-        opened = self._open(
-            ResultReport.__tablename__, "pdf", [(r.patient_id, r.id, r.pdf) for r in reports]
-        )
+        opened = self._open(reports, "pdf")
         return [
             mapping.document_reference_resource(report, pdf)
             for report in reports
@@ -661,20 +602,54 @@ class FhirReader:
         ]
 
     def document_reference(self, report_id: uuid.UUID) -> dict[str, Any] | None:
-        self.require("DocumentReference", "r")
-        pairs = _pairs(self._session.execute(self._documents().where(ResultReport.id == report_id)))
-        found = self._document_resources(pairs)
-        return found[0] if found else None
+        return self._read_result(_DOCUMENTS, report_id)
 
     def search_document_references(self, params: Mapping[str, str]) -> SearchPage:
-        self.require("DocumentReference", "s")
-        return self._search_results(
-            "DocumentReference",
-            params,
-            self._documents().order_by(ResultReport.received_at.desc(), ResultReport.id),
-            ResultReport.patient_id,
-            lambda rows: self._document_resources(rows),
-        )
+        return self._search_results(_DOCUMENTS, params)
+
+
+@dataclass(frozen=True, slots=True)
+class _ResultKind:
+    """One result resource type: its rows (``model`` first, paired with its order or report,
+    the caller's own only), the newest-first order of a search, and how rows are rendered
+    (opened under the patient's key; those the keyring refuses are dropped)."""
+
+    resource_type: str
+    model: type[ResultReport] | type[ResultOrder] | type[ResultObservation]
+    query: Callable[[FhirReader], Select[Any, Any]]
+    order: tuple[Any, ...]
+    render: Callable[[FhirReader, list[Any]], list[dict[str, Any]]]
+
+
+_NEWEST_REPORTS: Final = (ResultReport.received_at.desc(), ResultReport.id)
+_REPORTS: Final = _ResultKind(
+    "DiagnosticReport",
+    ResultReport,
+    FhirReader._reports,
+    _NEWEST_REPORTS,
+    FhirReader._report_resources,
+)
+_ORDERS: Final = _ResultKind(
+    "ServiceRequest",
+    ResultOrder,
+    FhirReader._orders,
+    (ResultOrder.created_at.desc(), ResultOrder.id),
+    FhirReader._order_resources,
+)
+_OBSERVATIONS: Final = _ResultKind(
+    "Observation",
+    ResultObservation,
+    FhirReader._observations,
+    (*_NEWEST_REPORTS, ResultObservation.position),
+    FhirReader._observation_resources,
+)
+_DOCUMENTS: Final = _ResultKind(
+    "DocumentReference",
+    ResultReport,
+    FhirReader._documents,
+    _NEWEST_REPORTS,
+    FhirReader._document_resources,
+)
 
 
 def _pairs(rows: Iterable[Any]) -> list[Any]:

@@ -13,10 +13,13 @@ import contextlib
 import ipaddress
 import signal
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.events import audited_transaction
@@ -42,6 +45,70 @@ results_app.add_typer(clients_app, name="clients")
 results_app.add_typer(queue_app, name="queue")
 
 OrganizationOption = Annotated[str | None, typer.Option(help="Organization name.")]
+
+CLIENTS_PRINCIPAL = "cli:results-clients"
+QUEUE_PRINCIPAL = "cli:results-queue"
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One command's unit of work: the organization, and a keyring acting as the command's
+    system principal (every opening and change it makes is audited under that name)."""
+
+    runtime: Runtime
+    session: Session
+    tenant_id: uuid.UUID
+    keyring: TenantKeyring
+
+    def clients(self) -> ServiceClientRegistry:
+        return ServiceClientRegistry(self.session, self.tenant_id, self.keyring.audit)
+
+    def queue(self) -> MatchingQueue:
+        """The matching queue (the order-number digests are derived on first use: attaching
+        only)."""
+        return MatchingQueue(
+            self.session,
+            self.keyring,
+            SYSTEM_ACCESS,
+            orders=OrderDigester.from_provider(self.runtime.key_provider, self.tenant_id),
+        )
+
+
+@contextlib.contextmanager
+def _unit_of_work(
+    principal: str,
+    organization: str | None,
+    *,
+    refusals: tuple[type[Exception], ...] = (),
+    seal: bool = True,
+    audited: bool = False,
+) -> Iterator[_Unit]:
+    """Open the runtime and one transaction as ``principal``, for the named organization.
+
+    A domain refusal (one of ``refusals``) rolls everything back and reaches the operator as
+    a :class:`~labvault.cli.CliError`, with nothing written. After a commit, the run's audit
+    events are sealed (``seal``) before the runtime closes. ``audited`` keeps the events of an
+    audited refusal (:func:`~labvault.core.audit.events.audited_transaction`).
+    """
+    from labvault.cli import CliError, _audit_context, _runtime, _seal_events
+
+    with _runtime() as runtime:
+        begin = audited_transaction if audited else transaction
+        try:
+            with begin(runtime.sessions) as session:
+                tenant_id = use_organization(session, organization).id
+                keyring = TenantKeyring(
+                    session,
+                    runtime.key_provider,
+                    tenant_id,
+                    SystemPrincipal(principal),
+                    context=_audit_context(),
+                )
+                yield _Unit(runtime, session, tenant_id, keyring)
+        except refusals as refused:
+            raise CliError(str(refused)) from None
+        if seal:
+            _seal_events(runtime)
 
 
 @clients_app.command("add")
@@ -71,33 +138,20 @@ def clients_add(
     organization: OrganizationOption = None,
 ) -> None:
     """Register a sending system (an MLLP sender: its MSH-3 and MSH-4, from its peers)."""
-    from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
+    from labvault.cli import console
 
-    with _runtime() as runtime:
-        try:
-            with transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-clients"),
-                    context=_audit_context(),
-                )
-                client, issued = ServiceClientRegistry(session, tenant_id, keyring.audit).add(
-                    name,
-                    kind=kind,
-                    hl7_application=hl7_application,
-                    hl7_facility=hl7_facility,
-                    sites=site or [],
-                    scopes=scope or [],
-                    with_secret=with_secret,
-                    peers=peer or [],
-                )
-                client_id = client.id
-        except ClientError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(CLIENTS_PRINCIPAL, organization, refusals=(ClientError,)) as unit:
+        client, issued = unit.clients().add(
+            name,
+            kind=kind,
+            hl7_application=hl7_application,
+            hl7_facility=hl7_facility,
+            sites=site or [],
+            scopes=scope or [],
+            with_secret=with_secret,
+            peers=peer or [],
+        )
+        client_id = client.id
     console.print(f"Sending system {client_id} registered.", highlight=False)
     if issued is not None:
         console.print(
@@ -110,18 +164,10 @@ def clients_add(
 @clients_app.command("list")
 def clients_list(organization: OrganizationOption = None) -> None:
     """The sending systems, with their HL7 identity, sites and state."""
-    from labvault.cli import _audit_context, _runtime, console
+    from labvault.cli import console
 
-    with _runtime() as runtime, transaction(runtime.sessions) as session:
-        tenant_id = use_organization(session, organization).id
-        keyring = TenantKeyring(
-            session,
-            runtime.key_provider,
-            tenant_id,
-            SystemPrincipal("cli:results-clients"),
-            context=_audit_context(),
-        )
-        clients = ServiceClientRegistry(session, tenant_id, keyring.audit).list()
+    with _unit_of_work(CLIENTS_PRINCIPAL, organization, seal=False) as unit:
+        clients = unit.clients().list()
     if not clients:
         console.print("No sending system.")
         return
@@ -159,26 +205,11 @@ def clients_set_peers(
     organization: OrganizationOption = None,
 ) -> None:
     """Replace the addresses an MLLP sender's connections may come from (others: AR)."""
-    from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
+    from labvault.cli import console
 
-    with _runtime() as runtime:
-        try:
-            with transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-clients"),
-                    context=_audit_context(),
-                )
-                row = ServiceClientRegistry(session, tenant_id, keyring.audit).set_peers(
-                    client, peer
-                )
-                client_id, peers = row.id, row.hl7_peers
-        except ClientError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(CLIENTS_PRINCIPAL, organization, refusals=(ClientError,)) as unit:
+        row = unit.clients().set_peers(client, peer)
+        client_id, peers = row.id, row.hl7_peers
     console.print(f"Sending system {client_id}: MLLP peers {peers}.", highlight=False)
 
 
@@ -189,26 +220,10 @@ def clients_disable(
     organization: OrganizationOption = None,
 ) -> None:
     """Disable a sending system: its messages are refused (AR), its tokens revoked."""
-    from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
+    from labvault.cli import console
 
-    with _runtime() as runtime:
-        try:
-            with transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-clients"),
-                    context=_audit_context(),
-                )
-                row = ServiceClientRegistry(session, tenant_id, keyring.audit).disable(
-                    client, reason=reason
-                )
-                client_id = row.id
-        except ClientError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(CLIENTS_PRINCIPAL, organization, refusals=(ClientError,)) as unit:
+        client_id = unit.clients().disable(client, reason=reason).id
     console.print(f"Sending system {client_id} disabled.", highlight=False)
 
 
@@ -218,23 +233,10 @@ def clients_secret(
     organization: OrganizationOption = None,
 ) -> None:
     """Issue a new OAuth2 client secret (shown once; the previous one stops working)."""
-    from labvault.cli import CliError, _audit_context, _runtime, _seal_events, console
+    from labvault.cli import console
 
-    with _runtime() as runtime:
-        try:
-            with transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-clients"),
-                    context=_audit_context(),
-                )
-                issued = ServiceClientRegistry(session, tenant_id, keyring.audit).new_secret(client)
-        except ClientError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(CLIENTS_PRINCIPAL, organization, refusals=(ClientError,)) as unit:
+        issued = unit.clients().new_secret(client)
     console.print(
         "Client secret (shown once, store it now): " + issued.secret.reveal(),
         highlight=False,
@@ -245,28 +247,13 @@ def clients_secret(
 # --- The matching queue -----------------------------------------------------------------
 
 
-def _orders(runtime: Runtime, tenant_id: uuid.UUID) -> OrderDigester:
-    """The tenant's order-number digests (derived on first use: attaching only)."""
-    return OrderDigester.from_provider(runtime.key_provider, tenant_id)
-
-
 @queue_app.command("list")
 def queue_list(organization: OrganizationOption = None) -> None:
     """Queued messages: id, reason, time (nothing decrypted)."""
-    from labvault.cli import _audit_context, _runtime, console
+    from labvault.cli import console
 
-    with _runtime() as runtime, transaction(runtime.sessions) as session:
-        tenant_id = use_organization(session, organization).id
-        keyring = TenantKeyring(
-            session,
-            runtime.key_provider,
-            tenant_id,
-            SystemPrincipal("cli:results-queue"),
-            context=_audit_context(),
-        )
-        items = MatchingQueue(
-            session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
-        ).list()
+    with _unit_of_work(QUEUE_PRINCIPAL, organization, seal=False) as unit:
+        items = unit.queue().list()
     if not items:
         console.print("The matching queue is empty.")
         return
@@ -287,23 +274,11 @@ def queue_show(
     organization: OrganizationOption = None,
 ) -> None:
     """Decrypt one queued message to decide (audited): the claimed identity and orders."""
-    from labvault.cli import CliError, _audit_context, _parse_uuid, _runtime, _seal_events, console
+    from labvault.cli import CliError, _parse_uuid, console
 
     subject = _parse_uuid(message_id, "MESSAGE_ID")
-    with _runtime() as runtime:
-        with transaction(runtime.sessions) as session:
-            tenant_id = use_organization(session, organization).id
-            keyring = TenantKeyring(
-                session,
-                runtime.key_provider,
-                tenant_id,
-                SystemPrincipal("cli:results-queue"),
-                context=_audit_context(),
-            )
-            opened = MatchingQueue(
-                session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
-            ).open(subject)
-        _seal_events(runtime)
+    with _unit_of_work(QUEUE_PRINCIPAL, organization) as unit:
+        opened = unit.queue().open(subject)
     if opened is None:
         raise CliError("no such queued message")
     claim = opened.result.patient
@@ -332,27 +307,12 @@ def queue_attach(
     organization: OrganizationOption = None,
 ) -> None:
     """Attach a queued message to a patient (the result is sealed under the patient's key)."""
-    from labvault.cli import CliError, _audit_context, _parse_uuid, _runtime, _seal_events, console
+    from labvault.cli import _parse_uuid, console
 
     subject = _parse_uuid(message_id, "MESSAGE_ID")
     patient_id = _parse_uuid(patient, "--patient")
-    with _runtime() as runtime:
-        try:
-            with audited_transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-queue"),
-                    context=_audit_context(),
-                )
-                reports = MatchingQueue(
-                    session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
-                ).attach(subject, patient_id)
-        except QueueError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(QUEUE_PRINCIPAL, organization, refusals=(QueueError,), audited=True) as unit:
+        reports = unit.queue().attach(subject, patient_id)
     console.print(
         f"Message {subject} attached to patient {patient_id}: {len(reports)} report(s).",
         highlight=False,
@@ -369,26 +329,11 @@ def queue_discard(
     organization: OrganizationOption = None,
 ) -> None:
     """Discard a queued message for a reason: its data key is destroyed."""
-    from labvault.cli import CliError, _audit_context, _parse_uuid, _runtime, _seal_events, console
+    from labvault.cli import _parse_uuid, console
 
     subject = _parse_uuid(message_id, "MESSAGE_ID")
-    with _runtime() as runtime:
-        try:
-            with transaction(runtime.sessions) as session:
-                tenant_id = use_organization(session, organization).id
-                keyring = TenantKeyring(
-                    session,
-                    runtime.key_provider,
-                    tenant_id,
-                    SystemPrincipal("cli:results-queue"),
-                    context=_audit_context(),
-                )
-                MatchingQueue(
-                    session, keyring, SYSTEM_ACCESS, orders=_orders(runtime, tenant_id)
-                ).discard(subject, reason)
-        except QueueError as refused:
-            raise CliError(str(refused)) from None
-        _seal_events(runtime)
+    with _unit_of_work(QUEUE_PRINCIPAL, organization, refusals=(QueueError,)) as unit:
+        unit.queue().discard(subject, reason)
     console.print(f"Message {subject} discarded.", highlight=False)
 
 

@@ -7,6 +7,7 @@ SQLite for all; the export itself on PostgreSQL too (row-level security on the r
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import random
 import uuid
@@ -140,6 +141,30 @@ def test_the_export_needs_a_recent_step_up_and_is_the_desk_s_receptionists_only(
         refused = client.post(PAGE, data={"csrf_token": csrf}, headers=FORM)
         assert refused.status_code == 404
         assert client.post(API, headers={"X-CSRF-Token": csrf, "Origin": ORIGIN}).status_code == 404
+    assert records(cw) == []
+
+
+@sqlite_only
+def test_a_day_without_visits_exports_nothing(world: tuple[CallerWorld, TestClient]) -> None:
+    cw, client = world
+    csrf = as_(client, cw, "receptionist")
+    empty = (dt.date.today() + dt.timedelta(days=200)).isoformat()
+    site = str(cw.world.sites["main"])
+    api = client.post(
+        API,
+        params={"site_id": site, "day": empty},
+        headers={"X-CSRF-Token": csrf, "Origin": ORIGIN},
+    )
+    assert api.status_code == 422
+    assert "rien à exporter" in api.json()["detail"]
+    page = client.post(
+        PAGE,
+        data={"csrf_token": csrf, "site": site, "jour": empty},
+        headers=FORM,
+        follow_redirects=False,
+    )
+    assert page.status_code == 303
+    assert "/accueil/planning?" in page.headers["location"]
     assert records(cw) == []
 
 
