@@ -117,7 +117,10 @@ guard_app.add_typer(honey_app, name="honey")
 guard_app.add_typer(budgets_app, name="budgets")
 guard_app.command("attribute")(guard_attribute)
 
-console = Console()
+# Piped or captured output (a script, a log, a test) is not cut at 80 columns: a table's
+# ids must come out whole. A terminal keeps its own width.
+PIPED_WIDTH = 240
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 errors = Console(stderr=True)
 PARALLEL_FROM_ROWS = 20_000
 WORKERS_HELP = (

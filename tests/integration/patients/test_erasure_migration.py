@@ -72,9 +72,11 @@ def test_0013_cannot_be_undone_once_a_record_is_erased(
     owner = create_db_engine(admin_database_url)
     try:
         before = _counts(owner)
+        head = current_revision(owner)
         with pytest.raises(RuntimeError, match="erased patient records exist"):
             _downgrade(owner, "0012")
-        assert current_revision(owner) == "0013"
+        # One transaction: the later migrations undone on the way down come back too.
+        assert current_revision(owner) == head
         assert _data_key_id_nullable(owner)
         assert _counts(owner) == before
     finally:
