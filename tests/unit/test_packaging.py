@@ -42,3 +42,12 @@ def test_a_folder_left_out_is_caught() -> None:
     )
     assert not _matches(PurePosixPath("web/templates/results/x.html"), "web/templates/*.html")
     assert not _matches(PurePosixPath("web/static/x/y.css"), "web/static/*")
+
+
+def test_every_test_file_has_its_own_name() -> None:
+    """Test folders have no ``__init__.py``: two files of one name cannot be collected by the
+    same worker ("import file mismatch"), which fails a run only when they meet."""
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
