@@ -26,7 +26,7 @@ typecheck: $(INSTALLED)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest -n auto --dist loadfile
+	$(BIN)/pytest -n auto --dist loadfile --durations=25
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.import_patients
