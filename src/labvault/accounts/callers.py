@@ -19,6 +19,7 @@ account's own record plus the minor dependents it may act for today.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from labvault.accounts.stepup import StepUp, StepUpRequired
 from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.events import AuditedRefusalError, audited_transaction
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.db import utcnow
+from labvault.core.db import is_sqlite_busy, utcnow
 from labvault.core.runtime import Runtime
 from labvault.core.web.problems import problem_response
 from labvault.patients.scope import AccessScope, patient_scope, staff_scope, window_from
@@ -243,6 +244,30 @@ def run_as_caller(
         check_csrf = request.method not in {"GET", "HEAD", "OPTIONS"}
     context = RequestContext(request, runtime_of(request))
     token = request.cookies.get(SESSION_COOKIE, "")
+    for attempt in range(2):
+        try:
+            return _run_as_caller_once(
+                context, token, kinds, check_csrf, action, on_refusal, object_route
+            )
+        except Exception as error:
+            # SQLite (the embedded default): a unit of work that read, then wrote after
+            # another connection committed, is refused at once; it rolled back whole, so it
+            # runs again once instead of answering 500.
+            if attempt or not is_sqlite_busy(error):
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _run_as_caller_once(
+    context: RequestContext,
+    token: str,
+    kinds: frozenset[AccountKind],
+    check_csrf: bool,
+    action: Callable[[Caller], T],
+    on_refusal: Callable[[AuditedRefusalError], Response] | None,
+    object_route: bool,
+) -> T | Response:
     failure: Exception | None = None
     result: T | None = None
     try:

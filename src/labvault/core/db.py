@@ -113,6 +113,21 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def is_sqlite_busy(error: BaseException) -> bool:
+    """SQLite's "database is locked", also wrapped (the audit trail turns database errors
+    into ``AuditUnavailableError``). In WAL mode a transaction that read first and writes
+    later gets it at once, without waiting, when another connection committed in between:
+    the whole unit of work may simply run again."""
+    seen: BaseException | None = error
+    for _ in range(16):
+        if seen is None:
+            return False
+        if isinstance(seen, OperationalError) and "database is locked" in str(seen.orig):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def describe_database_error(error: SQLAlchemyError) -> str:
     """What went wrong, for an operator, without the driver's message.
 
