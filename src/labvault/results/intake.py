@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 import hmac
 import threading
 import uuid
@@ -51,6 +50,7 @@ from labvault.core.audit.events import (
     AuditTrail,
     audited_transaction,
 )
+from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.keyring import Keyring, TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.crypto.providers import KeyProvider
@@ -163,13 +163,10 @@ class OrderDigester:
 
     Writes use the active root key version's derivation; lookups match every version's
     (:meth:`candidates`), so a root key rotation does not split an order in two. The keys
-    are derived on first use (``keys`` is called once). Without ``keys`` (a test twin) it
-    gives a plain SHA-256. Rows digested the old, unkeyed way are not matched by the keyed
-    digests: there were none in production when this changed."""
+    are derived on first use (``keys`` is called once). Rows digested the earlier, unkeyed
+    way are not matched: there were none in production when this changed."""
 
-    def __init__(
-        self, tenant_id: uuid.UUID, keys: Callable[[], Sequence[Secret[bytes]]] | None
-    ) -> None:
+    def __init__(self, tenant_id: uuid.UUID, keys: Callable[[], Sequence[Secret[bytes]]]) -> None:
         self._tenant_id = tenant_id
         self._source = keys
         self._keys: tuple[bytes, ...] | None = None
@@ -183,30 +180,26 @@ class OrderDigester:
 
     def _tenant_keys(self) -> tuple[bytes, ...]:
         if self._keys is None:
-            roots = self._source() if self._source is not None else ()
-            self._keys = tuple(
+            keys = tuple(
                 hmac.digest(root.reveal(), b"tenant|" + self._tenant_id.bytes, "sha256")
-                for root in roots
+                for root in self._source()
             )
+            if not keys:
+                raise KeyProviderError("the key provider derived no order-number key")
+            self._keys = keys
         return self._keys
 
-    def _under(self, key: bytes | None, order: IncomingOrder) -> bytes:
-        text = order.order_number.encode("utf-8")
-        if key is None:
-            return hashlib.sha256(text).digest()
-        return hmac.digest(key, text, "sha256")
+    @staticmethod
+    def _under(key: bytes, order: IncomingOrder) -> bytes:
+        return hmac.digest(key, order.order_number.encode("utf-8"), "sha256")
 
     def digest(self, order: IncomingOrder) -> bytes:
-        """What a new order row stores."""
-        keys = self._tenant_keys()
-        return self._under(keys[0] if keys else None, order)
+        """What a new order row stores: under the active root version's derivation."""
+        return self._under(self._tenant_keys()[0], order)
 
     def candidates(self, order: IncomingOrder) -> tuple[bytes, ...]:
         """What an existing order row of this number may hold."""
-        keys = self._tenant_keys()
-        return (
-            tuple(self._under(key, order) for key in keys) if keys else (self._under(None, order),)
-        )
+        return tuple(self._under(key, order) for key in self._tenant_keys())
 
 
 def check_result(incoming: IncomingResult) -> None:
