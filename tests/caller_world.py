@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 
 from access_world import NOW, TODAY, World, build_world
+from helpers import CHEAP_HASHER
 from labvault.accounts.models import Account, AccountDependent, AccountKind, AccountSession
 from labvault.accounts.services import AccountService
 from labvault.appointments.models import Appointment
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.config import Settings
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
@@ -27,7 +27,6 @@ from labvault.staff.models import StaffRole
 ORIGIN = "https://testserver"
 SESSION_COOKIE = "__Host-labvault-session"
 PASSWORD = "une phrase de passe assez longue"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SYSTEM = SystemPrincipal("test:callers")
 ROLES = tuple(role.value for role in StaffRole)
 PATIENT_OWN = "patient"

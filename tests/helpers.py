@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
+from labvault.core.crypto.secret import Secret
 from labvault.core.ratelimit import RateDecision, RateRule
 from labvault.patients.importer import COLUMNS
 
@@ -143,3 +145,24 @@ class AllowEverything:
 
     def close(self) -> None:
         pass
+
+
+class MemoizedHasher(PasswordHasher):
+    """The cheapest Argon2id parameters OWASP lists, and each password hashed once per test
+    process: tests provision hundreds of accounts with the same few passwords. Verifying
+    still runs Argon2 every time."""
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self) -> None:
+        super().__init__(Argon2Parameters(time_cost=5, memory_cost=7168))
+        self._hashes: dict[str, str] = {}
+
+    def hash(self, password: Secret[str]) -> str:
+        value = password.reveal()
+        if value not in self._hashes:
+            self._hashes[value] = super().hash(password)
+        return self._hashes[value]
+
+
+CHEAP_HASHER = MemoizedHasher()

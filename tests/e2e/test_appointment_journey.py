@@ -52,6 +52,7 @@ from test_account_pages import (
     second_factor_by_email,
 )
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.models import AccountKind
 from labvault.accounts.services import AccountService
 from labvault.app import create_app
@@ -60,7 +61,6 @@ from labvault.catalog.models import Exam
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
@@ -98,7 +98,6 @@ EVERY_DAY = {
     for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 }
 SETUP = SystemPrincipal("test:e2e-journey")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SENDER = "labvault <no-reply@labvault.localhost>"
 
 

@@ -45,7 +45,7 @@ from sqlalchemy import select, update
 import access_world
 import results_world
 from access_world import PLACEMENTS, World, build_world
-from helpers import app_url, owner_url
+from helpers import CHEAP_HASHER, app_url, owner_url
 from labvault.accounts.models import Account, AccountKind, AccountSession
 from labvault.accounts.services import AccountService
 from labvault.app import create_app
@@ -76,7 +76,6 @@ from labvault.core.access.routes_table import (
 from labvault.core.audit.events import AuditTrail
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
@@ -96,7 +95,6 @@ SESSION_COOKIE = "__Host-labvault-session"
 PASSWORD = "une phrase de passe assez longue"
 PHRASE = "le merle moqueur de Quimper"
 SYSTEM = SystemPrincipal("test:authorization-matrix")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 ORGANIZATION = "Labo Alpha"
 

@@ -7,6 +7,7 @@ at random: a million patients take seconds to generate, not minutes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import unicodedata
 from collections.abc import Iterator
@@ -43,22 +44,23 @@ def _phone(rng: random.Random) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Pools:
-    last_names: list[str]
-    male_first_names: list[str]
-    female_first_names: list[str]
-    streets: list[str]
-    places: list[tuple[str, str]]  # postal code, city
+    last_names: tuple[str, ...]
+    male_first_names: tuple[str, ...]
+    female_first_names: tuple[str, ...]
+    streets: tuple[str, ...]
+    places: tuple[tuple[str, str], ...]  # postal code, city
 
 
+@functools.lru_cache(maxsize=8)  # drawing them costs ~60 ms; tests and demos reuse a few seeds
 def _pools(seed: int) -> _Pools:
     fake = Faker("fr_FR")
     fake.seed_instance(seed)
     return _Pools(
-        last_names=sorted({fake.last_name() for _ in range(_POOL_SIZE)}),
-        male_first_names=sorted({fake.first_name_male() for _ in range(_POOL_SIZE)}),
-        female_first_names=sorted({fake.first_name_female() for _ in range(_POOL_SIZE)}),
-        streets=[fake.street_address() for _ in range(_POOL_SIZE)],
-        places=[(fake.postcode(), fake.city()) for _ in range(_POOL_SIZE)],
+        last_names=tuple(sorted({fake.last_name() for _ in range(_POOL_SIZE)})),
+        male_first_names=tuple(sorted({fake.first_name_male() for _ in range(_POOL_SIZE)})),
+        female_first_names=tuple(sorted({fake.first_name_female() for _ in range(_POOL_SIZE)})),
+        streets=tuple(fake.street_address() for _ in range(_POOL_SIZE)),
+        places=tuple((fake.postcode(), fake.city()) for _ in range(_POOL_SIZE)),
     )
 
 

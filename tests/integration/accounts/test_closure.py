@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from test_step_up import EMAIL, PASSWORD, age_proofs, sign_in, sign_in_pages, step_up_by_email
 from typer.testing import CliRunner
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.closure import AccountClosure, StaffSelfDeletionError
 from labvault.accounts.devices import KnownDevice
 from labvault.accounts.models import (
@@ -38,7 +39,6 @@ from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.models import DataKeyRecord
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
@@ -49,7 +49,6 @@ from labvault.patients.models import Patient
 
 ORIGIN = "https://labo.example"
 SESSION_COOKIE = "__Host-labvault-session"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SYSTEM = Principal(PrincipalKind.SYSTEM, "system:test")
 CANCEL = re.compile(r"(\S+/compte/suppression/annulation)#(\S+)")
 runner = CliRunner()

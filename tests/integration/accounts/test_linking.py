@@ -18,7 +18,7 @@ import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from helpers import leaked, pg_dump, sqlite_files
+from helpers import CHEAP_HASHER, leaked, pg_dump, sqlite_files
 from labvault.accounts.linking import (
     LINK_CODE_ATTEMPTS,
     IdentityTraits,
@@ -44,7 +44,6 @@ from labvault.appointments.models import Appointment
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.models import AuditEvent
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.mail.file import FileMailer
@@ -65,7 +64,6 @@ ACCOUNT_EMAIL = "camille.compte@example.org"
 RECORD_EMAIL = "marie.dossier@example.org"
 OTHER_EMAIL = "jeanne.dossier@example.org"
 SYSTEM = SystemPrincipal("test:linking")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 CODE = re.compile(r"code [^:]*: (\d{6})")
 INVITE = re.compile(r"\S+/compte/invitation#(\S+)")
 RNG = random.Random(20240501)

@@ -20,7 +20,7 @@ import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from helpers import leaked, sqlite_files
+from helpers import CHEAP_HASHER, leaked, sqlite_files
 from labvault.accounts.models import Account, AccountKind
 from labvault.accounts.services import AccountService, AuthError, OpenedSession
 from labvault.accounts.sessions import SessionPolicy
@@ -36,7 +36,6 @@ from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.otp import totp_code
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
@@ -52,7 +51,6 @@ PASSWORD = "une phrase de passe assez longue"
 LABEL = "Téléphone de Camille"
 CLIENT = "c" * 32
 SESSION_COOKIE = "__Host-labvault-session"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SYSTEM = Principal(PrincipalKind.SYSTEM, "system:test")
 
 

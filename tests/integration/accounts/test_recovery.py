@@ -18,7 +18,7 @@ import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from helpers import leaked
+from helpers import CHEAP_HASHER, leaked
 from labvault.accounts import routes
 from labvault.accounts.devices import DEVICE_COOKIE, KnownDevice
 from labvault.accounts.models import Account, AccountKind, AccountSession, AccountStatus
@@ -31,7 +31,6 @@ from labvault.accounts.services import (
 from labvault.app import create_app
 from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.models import AuditEvent
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.mail.file import FileMailer
@@ -105,7 +104,6 @@ class MovableClock:
 
 
 # OWASP's least memory-hungry Argon2id configuration, the cheapest PasswordHasher accepts.
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 
 
 class Services:

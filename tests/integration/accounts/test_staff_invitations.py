@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from helpers import leaked, pg_dump, sqlite_files
+from helpers import CHEAP_HASHER, leaked, pg_dump, sqlite_files
 from labvault.accounts.invitations import (
     INVITATION_INVALID,
     INVITATION_PURPOSE,
@@ -54,7 +54,6 @@ from labvault.core.access.principals import (
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.otp import totp_code
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.mail.file import FileMailer
@@ -76,7 +75,6 @@ SESSION_COOKIE = "__Host-labvault-session"
 CLIENT = "c" * 32
 SYSTEM = SystemPrincipal("test:staff-invite")
 LINK = re.compile(r"(\S+/compte/invitation)#(\S+)")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 runner = CliRunner()
 
 

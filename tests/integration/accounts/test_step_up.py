@@ -19,6 +19,7 @@ import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.models import AccountKind, AccountSession
 from labvault.accounts.services import AccountService
 from labvault.accounts.stepup import STEP_UP_REQUIRED, StepUpRequired, require_step_up
@@ -27,7 +28,6 @@ from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.otp import totp_code
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
@@ -41,7 +41,6 @@ EMAIL = "camille.martin@example.org"
 PASSWORD = "une phrase de passe assez longue"
 NEW_PASSWORD = "un tout autre secret bien gardé"
 SESSION_COOKIE = "__Host-labvault-session"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SYSTEM = Principal(PrincipalKind.SYSTEM, "system:test")
 
 

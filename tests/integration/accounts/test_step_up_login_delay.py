@@ -14,13 +14,13 @@ import pytest
 import structlog
 from fastapi.testclient import TestClient
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.login_delay import LoginDelay
 from labvault.accounts.models import AccountKind
 from labvault.accounts.services import AccountService
 from labvault.app import create_app
 from labvault.core.access.principals import Principal, PrincipalKind
 from labvault.core.config import Settings
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.providers import FileKeyProvider
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
@@ -33,7 +33,6 @@ KNOWN = "camille.martin@example.org"
 UNKNOWN = "personne.inconnue@example.org"
 PASSWORD = "une phrase de passe assez longue"
 WRONG = "pas le bon mot de passe"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SYSTEM = Principal(PrincipalKind.SYSTEM, "system:test")
 
 

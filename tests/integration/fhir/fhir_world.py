@@ -30,10 +30,10 @@ from sqlalchemy import update
 
 import access_world
 from access_world import World, build_world
+from helpers import CHEAP_HASHER
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
 from labvault.core.audit.events import AuditTrail
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.fhir.bindings import binding_problems
@@ -52,7 +52,6 @@ from labvault.results.intake import OrderDigester, ResultStore
 from labvault.results.models import ReportStatus, ResultReport
 from labvault.schedules.services import SiteScheduleService
 
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 ALL_READS = " ".join(
     f"system/{kind}.read"
     for kind in (

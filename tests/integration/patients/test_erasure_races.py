@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.invitations import StaffAccountService
 from labvault.accounts.models import Account, AccountDependent, AccountKind
 from labvault.core.access.decrypt import DecryptRequest
@@ -31,7 +32,6 @@ from labvault.core.audit.actions import AuditAction
 from labvault.core.audit.models import AuditEvent
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
@@ -44,7 +44,6 @@ from labvault.patients.services import SUBJECT_TYPE, PatientRepository, SealedIt
 from labvault.patients.synthetic import synthetic_patients
 
 SYSTEM = SystemPrincipal("test:erasure-races")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 PASSWORD = "une phrase de passe assez longue"
 BUILDER = Principal(PrincipalKind.SYSTEM, "system:test-erasure-races")
 

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.models import AccountDependent, AccountKind, AccountStatus
 from labvault.accounts.services import AccountService
 from labvault.appointments.models import Appointment
@@ -33,7 +34,6 @@ from labvault.core.access.principals import Principal, PrincipalKind, SystemPrin
 from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.mail import SmtpMailer
@@ -50,7 +50,6 @@ pytestmark = pytest.mark.smtp
 
 SENDER = "labvault <no-reply@labvault.localhost>"
 PASSWORD = "une phrase de passe assez longue"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 BUILDER = Principal(PrincipalKind.SYSTEM, "system:test-world")
 DAY = dt.date(2026, 12, 1)  # a Tuesday
 NOW = dt.datetime(2026, 11, 30, 17, 0, tzinfo=dt.UTC)  # the evening before, in Paris

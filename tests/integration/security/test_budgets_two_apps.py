@@ -25,12 +25,12 @@ import httpx
 import pytest
 
 from conftest import require_component
+from helpers import CHEAP_HASHER
 from labvault.appointments.models import Appointment, AppointmentStatus
 from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.events import AuditTrail
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import add_site, create_organization
@@ -47,7 +47,6 @@ PATIENTS = 3 * BUDGET
 ORGANIZATION = "Labo Deux Serveurs"
 SITE = "Centre Deux Serveurs"
 SETUP = SystemPrincipal("test:two-apps")
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 LABVAULT = str(Path(sys.executable).with_name("labvault"))
 
 

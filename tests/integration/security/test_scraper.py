@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import select
 
+from helpers import CHEAP_HASHER
 from labvault.accounts.invitations import StaffAccountService
 from labvault.accounts.models import Account, AccountStatus
 from labvault.app import create_app
@@ -31,7 +32,6 @@ from labvault.core.audit.models import AuditEvent
 from labvault.core.config import Settings
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.otp import totp_code
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction, utcnow
 from labvault.core.mail.file import FileMailer
@@ -54,7 +54,6 @@ ORGANIZATION = "Labo Scraper"
 SITE = "Centre Scraper"
 ORIGIN = "https://testserver"
 PASSWORD = "une phrase de passe assez longue"
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 SETUP = SystemPrincipal("test:scraper")
 LINK = re.compile(r"/compte/invitation#(\S+)")
 REFUSAL_TYPE = "read-budget-exceeded"

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from helpers import leaked, write_csv
+from helpers import CHEAP_HASHER, leaked, write_csv
 from labvault.accounts.invitations import StaffAccountService
 from labvault.accounts.models import Account, AccountKind
 from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
@@ -31,7 +31,6 @@ from labvault.core.crypto.index_rotation import (
 )
 from labvault.core.crypto.keyring import IndexKeysChangedError, TenantKeyring
 from labvault.core.crypto.models import IndexKeyRecord
-from labvault.core.crypto.passwords import Argon2Parameters, PasswordHasher
 from labvault.core.crypto.reindex import REINDEX_PURPOSE
 from labvault.core.crypto.secret import Secret
 from labvault.core.db import transaction
@@ -48,7 +47,6 @@ from labvault.security.models import BreakGlassReason
 from labvault.staff.models import StaffMember, StaffRole
 from labvault.staff.services import StaffRepository
 
-CHEAP_HASHER = PasswordHasher(Argon2Parameters(time_cost=5, memory_cost=7168))
 PASSWORD = "une phrase de passe assez longue"
 BUILDER = Principal(PrincipalKind.SYSTEM, "system:test-rotation")
 JUSTIFICATION = "Appel du Dr Martin : valeur critique de potassium à confirmer"
