@@ -23,8 +23,10 @@ accounts_app = typer.Typer(help="Patient and staff accounts.", no_args_is_help=T
 
 @accounts_app.command("purge")
 def purge() -> None:
-    """Erase the accounts whose deletion was requested more than
-    LABVAULT_ACCOUNT_DELETION_GRACE_DAYS ago, with their data keys (crypto-shredding).
+    """Erase the accounts whose deletion grace period is over, with their data keys.
+
+    The grace period is LABVAULT_ACCOUNT_DELETION_GRACE_DAYS; the keys are destroyed
+    (crypto-shredding).
 
     Each account's own Patient record is erased too (crypto-shredding) unless a legal hold
     keeps it; dependents' records are only unlinked. Also forgets the known devices whose

@@ -86,8 +86,9 @@ def _record(runtime: Runtime, action: AuditAction, job: str, purpose: str) -> No
 
 @keys_app.command("status")
 def status() -> None:
-    """Root key versions (label, active, can unwrap, created) and how many wrapped keys are
-    under each."""
+    """Root key versions and how many wrapped keys each one holds.
+
+    For each version: its label, whether it is active and can unwrap, when it was created."""
     from labvault.cli import _runtime, console
 
     with _runtime() as runtime:
@@ -147,8 +148,9 @@ def rotate() -> None:
 
 @keys_app.command("rewrap")
 def rewrap_command(batch_size: BatchSize = DEFAULT_BATCH_SIZE) -> None:
-    """Rewrap every wrapped key under the active version, in batches; safe to interrupt and
-    run again (it resumes where it stopped)."""
+    """Rewrap every wrapped key under the active version, in batches.
+
+    Safe to interrupt and run again: it resumes where it stopped."""
     from labvault.cli import _audit_context, _progress, _runtime, _seal_events, console
 
     with _runtime() as runtime:
@@ -206,8 +208,9 @@ def retire(
         ),
     ] = False,
 ) -> None:
-    """Destroy the ability to unwrap under every version but the active one (and under a
-    previous provider's): nothing wrapped under them opens again, backups included.
+    """Stop every version but the active one from unwrapping, backups included.
+
+    Also a previous provider's: nothing wrapped under them opens again.
 
     Refused while any wrapped key is still under a version that would be retired, and if
     a rotation happens between that check and the retirement."""

@@ -46,9 +46,10 @@ def send(
         "tomorrow."),
     ] = None,
 ) -> None:  # fmt: skip
-    """Email (and SMS, when a phone is known) every booked appointment of the day that was not
-    reminded yet: date, time, site, a link to the account and the security phrase; never an
-    exam or a name."""
+    """Remind every booked appointment of the day not reminded yet, by email and SMS.
+
+    SMS when a phone is known. The message holds the date, time, site, a link to the account
+    and the security phrase; never an exam or a name."""
     from labvault.cli import CliError, _audit_context, _progress, _runtime, _seal_events, console
 
     target = _parse_day(day)

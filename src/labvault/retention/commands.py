@@ -27,10 +27,12 @@ def run(
         bool, typer.Option("--dry-run", help="Count what would be removed; change nothing.")
     ] = False,
 ) -> None:
-    """Delete expired holds and prescriptions past LABVAULT_PRESCRIPTION_RETENTION_DAYS
-    after the visit (its current date); erase the pre-registration, exams and home address
-    of appointments older than LABVAULT_APPOINTMENT_RETENTION_DAYS (the planning row stays);
-    release slot claims left by cancelled, missed or finished appointments."""
+    """Apply the retention periods: holds, prescriptions, old appointments, slot claims.
+
+    Deletes expired holds, and prescriptions LABVAULT_PRESCRIPTION_RETENTION_DAYS after the
+    visit (its current date); erases the pre-registration, exams and home address of
+    appointments older than LABVAULT_APPOINTMENT_RETENTION_DAYS (the planning row stays);
+    releases slot claims left by cancelled, missed or finished appointments."""
     from labvault.cli import _audit_context, _progress, _runtime, _seal_events, console
 
     report = RetentionReport()

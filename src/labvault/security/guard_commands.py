@@ -192,8 +192,9 @@ def guard_watch(
 
 @guard_app.command("unlock")
 def guard_unlock(organization: OrganizationOption = None) -> None:
-    """Show locked principals and pending unlock requests. Unlocking needs two security
-    officers on the security console: this command cannot do it."""
+    """Show locked principals and pending unlock requests (this command cannot unlock).
+
+    Unlocking needs two security officers on the security console."""
     from labvault.cli import _runtime, console
 
     now = utcnow()
