@@ -38,6 +38,7 @@ from labvault.appointments.schemas import (
     RescheduleIn,
     SiteOut,
     SlotOut,
+    SlotSearchIn,
     parse_date,
 )
 from labvault.appointments.services import (
@@ -166,16 +167,12 @@ def list_exams(request: Request) -> Response:
     return _answer(run_as_caller(request, exams))
 
 
-@router.get("/sites/{site_id}/slots", response_model=list[SlotOut], responses=SLOT_PROBLEMS)
-def search_slots(
-    site_id: uuid.UUID,
-    request: Request,
-    exam: Annotated[list[uuid.UUID], Query(max_length=20)],
-    from_: Annotated[str | None, Query(alias="from", max_length=32)] = None,
-    to: Annotated[str | None, Query(max_length=32)] = None,
-) -> Response:
-    """Slots a visit for the exams can start at (``exam`` repeated), ``from``..``to``
-    inclusive (AAAA-MM-JJ, default: the next 7 days; at most 31 days). Capacity only."""
+@router.post("/sites/{site_id}/slots/search", response_model=list[SlotOut], responses=SLOT_PROBLEMS)
+def search_slots(site_id: uuid.UUID, body: SlotSearchIn, request: Request) -> Response:
+    """Slots a visit for the exams can start at, ``from``..``to`` inclusive (AAAA-MM-JJ,
+    default: the next 7 days; at most 31 days). Capacity only. A POST so that the exams stay
+    out of URLs and access logs."""
+    from_, to, exam = body.from_, body.to, body.exam_ids
 
     def slots(caller: Caller) -> list[dict[str, Any]]:
         try:

@@ -80,6 +80,24 @@ class HoldIn(BaseModel):
     starts_at: Instant = Field(description="A slot start from the slot search, with its offset.")
 
 
+class SlotSearchIn(BaseModel):
+    """A slot search. In a body, not a query string: the exams someone is about to book are
+    health data, and URLs end up in proxy and server access logs (invariant I5)."""
+
+    model_config = _STRICT
+
+    exam_ids: ExamIds
+    from_: StrictStr | None = Field(
+        default=None,
+        alias="from",
+        max_length=32,
+        description="First day, AAAA-MM-JJ (default: today).",
+    )
+    to: StrictStr | None = Field(
+        default=None, max_length=32, description="Last day, inclusive (default: 7 days)."
+    )
+
+
 class RescheduleIn(BaseModel):
     model_config = _STRICT
 

@@ -109,7 +109,7 @@ def problem_of(answer: Response) -> dict[str, Any]:
 def test_sites_catalog_and_slot_search(
     client: TestClient, cw: CallerWorld, bw: BookingWorld
 ) -> None:
-    as_(client, cw, PATIENT_OWN)
+    headers = as_(client, cw, PATIENT_OWN)
     sites = client.get("/api/v1/sites")
     assert sites.status_code == 200
     assert {site["id"] for site in sites.json()} == {str(bw.main), str(bw.annex)}
@@ -119,38 +119,58 @@ def test_sites_catalog_and_slot_search(
     assert cortisol["window"] == ["07:00", "10:00"]
 
     day = tomorrow().isoformat()
-    url = f"/api/v1/sites/{bw.main}/slots"
-    found = client.get(url, params={"from": day, "to": day, "exam": str(bw.exams["cortisol"])})
+    url = f"/api/v1/sites/{bw.main}/slots/search"
+
+    def search(target: str, body: object) -> Response:
+        return client.post(target, json=body, headers=headers)
+
+    found = search(url, {"from": day, "to": day, "exam_ids": [str(bw.exams["cortisol"])]})
     assert found.status_code == 200, found.text
     starts = [dt.datetime.fromisoformat(slot["starts_at"]) for slot in found.json()]
     assert starts[0] == next_slot(tomorrow(), 7)
     assert starts[-1] == next_slot(tomorrow(), 9, 45)
     assert {slot["capacity"] for slot in found.json()} == {1}
 
-    glucose = str(bw.exams["glucose"])
-    for params, message in [
-        ({"from": "0", "exam": glucose}, "from : date invalide"),
-        ({"from": day, "to": "0", "exam": glucose}, "to : date invalide"),
-        ({"from": "2026-13-01", "exam": glucose}, "date invalide"),
-        ({"from": "01/12/2026", "exam": glucose}, "date invalide"),
-        ({"from": day, "to": "2000-01-01", "exam": glucose}, "précède"),
+    glucose = [str(bw.exams["glucose"])]
+    for body, message in [
+        ({"from": "0", "exam_ids": glucose}, "from : date invalide"),
+        ({"from": day, "to": "0", "exam_ids": glucose}, "to : date invalide"),
+        ({"from": "2026-13-01", "exam_ids": glucose}, "date invalide"),
+        ({"from": "01/12/2026", "exam_ids": glucose}, "date invalide"),
+        ({"from": day, "to": "2000-01-01", "exam_ids": glucose}, "précède"),
         (
-            {"from": day, "to": (tomorrow() + dt.timedelta(days=40)).isoformat(), "exam": glucose},
+            {
+                "from": day,
+                "to": (tomorrow() + dt.timedelta(days=40)).isoformat(),
+                "exam_ids": glucose,
+            },
             "au plus 31 jours",
         ),
-        ({"from": day, "exam": str(bw.foreign_exam)}, "Examen introuvable"),
-        ({"from": day, "exam": str(bw.exams["urine"])}, "sans rendez-vous"),
+        ({"from": day, "exam_ids": [str(bw.foreign_exam)]}, "Examen introuvable"),
+        ({"from": day, "exam_ids": [str(bw.exams["urine"])]}, "sans rendez-vous"),
     ]:
-        answer = client.get(url, params=params)
-        assert answer.status_code == 422, (params, answer.text)
+        answer = search(url, body)
+        assert answer.status_code == 422, (body, answer.text)
         assert message in problem_of(answer)["detail"]
-    assert client.get(url, params={"exam": "0"}).status_code == 422
-    assert client.get(url).status_code == 422  # no exam at all
+    for bad in [
+        {"exam_ids": ["0"]},
+        {"exam_ids": []},  # no exam at all
+        {},
+        {"exam_ids": glucose, "from": 20261201},  # a date is a JSON string
+        {"exam_ids": glucose, "exam": glucose},  # unknown field
+        {"exam_ids": glucose * 21},
+    ]:
+        assert search(url, bad).status_code == 422, bad
+    # The old query-string search is gone: exams never travel in a URL.
+    assert client.get(f"/api/v1/sites/{bw.main}/slots", params={"exam": glucose}).status_code in (
+        404,
+        405,
+    )
     for site in (bw.foreign_site, bw.bare_site, uuid.uuid4()):
-        answer = client.get(f"/api/v1/sites/{site}/slots", params={"exam": glucose})
+        answer = search(f"/api/v1/sites/{site}/slots/search", {"exam_ids": glucose})
         assert answer.status_code == 404
     client.cookies.clear()
-    assert client.get(url, params={"exam": glucose}).status_code == 404
+    assert client.post(url, json={"exam_ids": glucose}).status_code == 404
     assert client.get("/api/v1/sites").status_code == 401
 
 

@@ -247,8 +247,10 @@ def test_far_off_dates_are_refused_not_a_500(
     headers = as_(client, cw, PATIENT_OWN)
     me = cw.world.patients["today"]
     glucose = str(bw.exams["glucose"])
-    slots = client.get(
-        f"/api/v1/sites/{bw.main}/slots", params={"from": starts_at[:10], "exam": glucose}
+    slots = client.post(
+        f"/api/v1/sites/{bw.main}/slots/search",
+        json={"from": starts_at[:10], "exam_ids": [glucose]},
+        headers=headers,
     )
     assert slots.status_code == 422, slots.text
     body = {"patient_id": str(me), "site_id": str(bw.main), "exam_ids": [glucose]}

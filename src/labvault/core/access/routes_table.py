@@ -495,7 +495,7 @@ ROUTES: Mapping[str, RouteAccess] = MappingProxyType(
         # an appointment of each kind of record.
         "GET /api/v1/sites": account(note="the organization's bookable sites: no patient data"),
         "GET /api/v1/exams": account(note="the active exam catalog: no patient data"),
-        "GET /api/v1/sites/{site_id}/slots": account(
+        "POST /api/v1/sites/{site_id}/slots/search": account(
             object_from="path:site_id", note="free capacity only; a site of the organization"
         ),
         "POST /api/v1/appointments/holds": policy(
