@@ -508,12 +508,15 @@ class TransitKeyProvider:
             failure: KeyProviderError | None = None
             try:
                 response = self._client.request(method, path, json=body, headers=headers)
-            except httpx.ConnectError as exc:
-                if last:
-                    failure = self._unreachable(where, exc)
             except httpx.TransportError as exc:
+                tls = _tls_failure(exc)
+                if tls is not None:  # a configuration error: the same on every attempt
+                    failure = KeyProviderError(f"{where}: {tls}")
+                elif isinstance(exc, httpx.ConnectError):
+                    if last:
+                        failure = self._unreachable(where, exc)
                 # Sent, maybe applied: retried only when doing it twice changes nothing.
-                if last or not idempotent:
+                elif last or not idempotent:
                     failure = self._unreachable(where, exc)
             else:
                 if response.status_code not in _RETRYABLE_STATUS or last or not idempotent:
@@ -609,36 +612,130 @@ class TransitKeyProvider:
             failure: KeyProviderError | None = None
             try:
                 return self._client.post(path, json=body)
-            except httpx.ConnectError as exc:
-                if attempt == self.options.retries:
-                    failure = self._unreachable(where, exc)
             except httpx.TransportError as exc:
-                failure = KeyProviderError(
-                    f"{where}: the AppRole login was sent but no answer came back "
-                    f"({type(exc).__name__}); it is not repeated, since a secret id with "
-                    "limited uses may have been spent: check the server, and the secret id "
-                    "in LABVAULT_TRANSIT_SECRET_ID_FILE, then try again"
-                )
+                tls = _tls_failure(exc)
+                if tls is not None:
+                    failure = KeyProviderError(f"{where}: {tls}")
+                elif isinstance(exc, httpx.ConnectError):
+                    if attempt == self.options.retries:
+                        failure = self._unreachable(where, exc)
+                else:
+                    failure = KeyProviderError(
+                        f"{where}: the AppRole login was sent but no answer came back "
+                        f"({type(exc).__name__}); it is not repeated, since a secret id with "
+                        "limited uses may have been spent: check the server, and the secret id "
+                        "in LABVAULT_TRANSIT_SECRET_ID_FILE, then try again"
+                    )
             if failure is not None:
                 raise failure
             time.sleep(min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_CAP_SECONDS))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _tls_context(self) -> ssl.SSLContext | bool:
+        """The TLS settings, checked now: a bad file is named by its setting, at startup."""
         o = self.options
         if not o.address.startswith("https:"):
             return True
+        context = ssl.create_default_context()
+        if o.ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=o.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise self._tls_file_error(
+                    f"cannot use the CA file {o.ca_file} (LABVAULT_TRANSIT_CA_FILE)", exc
+                ) from None
+        if o.client_cert_file is None:
+            if o.client_key_file is not None:
+                raise KeyProviderError(
+                    f"{self._where}: LABVAULT_TRANSIT_CLIENT_KEY_FILE is set without "
+                    "LABVAULT_TRANSIT_CLIENT_CERT_FILE; mutual TLS needs both"
+                )
+            return context
+        files = [(o.client_cert_file, "LABVAULT_TRANSIT_CLIENT_CERT_FILE")]
+        if o.client_key_file is not None:
+            files.append((o.client_key_file, "LABVAULT_TRANSIT_CLIENT_KEY_FILE"))
+        for path, setting in files:
+            try:
+                Path(path).open("rb").close()
+            except OSError as exc:
+                raise self._tls_file_error(f"cannot read {path} ({setting})", exc) from None
         try:
-            context = ssl.create_default_context(cafile=o.ca_file)
-            if o.client_cert_file is not None:
-                context.load_cert_chain(o.client_cert_file, o.client_key_file)
+            # No password: an encrypted key must fail here, not wait for one on a terminal.
+            context.load_cert_chain(o.client_cert_file, o.client_key_file, password=_no_password)
         except (OSError, ssl.SSLError) as exc:
-            raise KeyProviderError(
-                f"{self._where}: cannot load the TLS files (CA file or client certificate): "
-                f"{type(exc).__name__}; check LABVAULT_TRANSIT_CA_FILE and "
-                "LABVAULT_TRANSIT_CLIENT_CERT_FILE/_KEY_FILE"
+            pair = (
+                f"the client certificate {o.client_cert_file} "
+                f"(LABVAULT_TRANSIT_CLIENT_CERT_FILE) and its key {o.client_key_file} "
+                "(LABVAULT_TRANSIT_CLIENT_KEY_FILE)"
+            )
+            if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+                raise KeyProviderError(
+                    f"{self._where}: the private key does not match the certificate: {pair}"
+                ) from None
+            raise self._tls_file_error(
+                f"cannot load {pair}; both must be PEM, the key unencrypted", exc
             ) from None
         return context
+
+    def _tls_file_error(self, what: str, exc: OSError | ssl.SSLError) -> KeyProviderError:
+        """Only the reason's code or OS message, never the exception text (no file content)."""
+        if isinstance(exc, ssl.SSLError):
+            reason = exc.reason or type(exc).__name__
+        else:
+            reason = exc.strerror or type(exc).__name__
+        return KeyProviderError(f"{self._where}: {what}: {reason}")
+
+
+def _no_password() -> bytes:
+    return b""
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What a TLS configuration error under an httpx exception means, or None.
+
+    Only a certificate the client cannot verify, or one the server refuses: those fail the
+    same way on every attempt. Other TLS errors (a connection cut mid-handshake while the
+    server restarts) are retried like any failed connection.
+
+    Built from the ssl error's reason code and verification message only (no request, no
+    header, no repr).
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = cause.verify_message or cause.reason or "verification failed"
+            return (
+                f"the server's TLS certificate could not be verified ({detail}); set "
+                "LABVAULT_TRANSIT_CA_FILE to the CA that signed it, and check that the "
+                "certificate names the host in LABVAULT_KEY_PROVIDER"
+            )
+        if isinstance(cause, ssl.SSLError):
+            reason = str(cause.reason or "unknown")
+            if reason in _CLIENT_CERT_REFUSALS:
+                return (
+                    f"the server refused the TLS handshake ({reason.lower()}): it requires a "
+                    "client certificate it trusts; check LABVAULT_TRANSIT_CLIENT_CERT_FILE "
+                    "and LABVAULT_TRANSIT_CLIENT_KEY_FILE"
+                )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+_CLIENT_CERT_REFUSALS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    }
+)
+"""OpenSSL reason codes of the alerts a server sends about the client's certificate."""
 
 
 def _refuse_extractable(key: dict[str, Any], where: str) -> None:
