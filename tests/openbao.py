@@ -31,7 +31,7 @@ def bao_binary() -> Path:
     return Path(sys.executable).with_name("bao")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -52,12 +52,14 @@ class OpenBaoServer:
 
     def start(self) -> None:
         """Start on a free port (retried if another process took it first), enable Transit."""
-        # OpenBao 2 only takes audit devices from its configuration file; tests enable and
-        # disable their own through the API, which this (test-only) setting allows.
-        config = self.workdir / "openbao-test.hcl"
-        config.write_text("unsafe_allow_api_audit_creation = true\n", encoding="utf-8")
         for _ in range(3):
-            self.port = _free_port()
+            self.pick_ports()
+            # OpenBao 2 only takes audit devices from its configuration file; tests enable and
+            # disable their own through the API, which this (test-only) setting allows.
+            config = self.workdir / f"openbao-{self.port}.hcl"
+            config.write_text(
+                "unsafe_allow_api_audit_creation = true\n" + self.extra_config(), encoding="utf-8"
+            )
             log = self.workdir / f"bao-{self.port}.log"
             with log.open("wb") as output:
                 self.process = subprocess.Popen(
@@ -69,12 +71,24 @@ class OpenBaoServer:
                     stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env={**os.environ, "HOME": str(self.workdir)},
                 )  # fmt: skip
-            if self._wait_healthy():
+            if self._wait_healthy() and self.extra_ready():
                 self.request("POST", f"sys/mounts/{TRANSIT_MOUNT}", {"type": "transit"})
                 return
             self.stop()
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"the OpenBao dev server did not start:\n{tail}")
+
+    def pick_ports(self) -> None:
+        """Free loopback ports for this start (subclasses: also their extra listeners')."""
+        self.port = free_port()
+
+    def extra_config(self) -> str:
+        """HCL added to the server's configuration file (subclasses: more listeners)."""
+        return ""
+
+    def extra_ready(self) -> bool:
+        """Whether what ``extra_config`` added answers (subclasses: their listeners)."""
+        return True
 
     def _wait_healthy(self) -> bool:
         deadline = time.monotonic() + _START_SECONDS

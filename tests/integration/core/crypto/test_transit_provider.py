@@ -188,10 +188,10 @@ def test_a_missing_key_is_named_in_the_error(openbao: OpenBaoServer) -> None:
 def test_an_unreachable_server_fails_clearly_after_retries_within_the_timeout(
     openbao: OpenBaoServer,
 ) -> None:
-    from openbao import _free_port
+    from openbao import free_port
 
     options = TransitOptions(
-        address=f"http://127.0.0.1:{_free_port()}", mount="transit", key="k", retries=2
+        address=f"http://127.0.0.1:{free_port()}", mount="transit", key="k", retries=2
     )
     provider = TransitKeyProvider(options, token=Secret(openbao.root_token))
     started = time.monotonic()
@@ -349,9 +349,9 @@ def test_proxy_variables_are_ignored(
     openbao: OpenBaoServer, transit_provider: TransitKeyProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The token must not travel through a proxy named by the environment (nor fail on one)."""
-    from openbao import _free_port
+    from openbao import free_port
 
-    nowhere = f"http://127.0.0.1:{_free_port()}"
+    nowhere = f"http://127.0.0.1:{free_port()}"
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, nowhere)
     for name in ("NO_PROXY", "no_proxy"):

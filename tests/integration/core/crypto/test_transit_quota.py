@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +36,7 @@ from labvault.core.runtime import Runtime
 from labvault.organizations.services import create_organization
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
-from openbao import TRANSIT_MOUNT, OpenBaoServer
+from openbao import TRANSIT_MOUNT, OpenBaoServer, free_port
 
 pytestmark = pytest.mark.openbao
 
@@ -220,49 +218,30 @@ def test_a_read_over_the_quota_is_refused_whole_through_the_keyring(
 # --- a dedicated listener for the application -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _TwoListenerOpenBao(OpenBaoServer):
     """A dev server with a second listener for the app, bounded by ``max_request_size``."""
 
     def __init__(self, binary: Path, workdir: Path) -> None:
         super().__init__(binary, workdir)
-        self.app_port = 0
+        self.app_port = self.cluster_port = 0
 
     @property
     def app_address(self) -> str:
         return f"http://127.0.0.1:{self.app_port}"
 
-    def start(self) -> None:
-        for _ in range(3):
-            self.port, self.app_port, cluster = _free_port(), _free_port(), _free_port()
-            config = self.workdir / f"openbao-{self.app_port}.hcl"
-            config.write_text(
-                f'listener "tcp" {{\n  address = "127.0.0.1:{self.app_port}"\n'
-                f'  cluster_address = "127.0.0.1:{cluster}"\n  tls_disable = true\n'
-                f"  max_request_size = {APP_LISTENER_MAX_REQUEST_SIZE}\n}}\n",
-                encoding="utf-8",
-            )
-            log = self.workdir / f"bao-{self.port}.log"
-            with log.open("wb") as output:
-                self.process = subprocess.Popen(
-                    [
-                        str(self.binary), "server", "-dev", "-dev-no-store-token",
-                        f"-dev-root-token-id={self.root_token}",
-                        f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}",
-                    ],
-                    stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "HOME": str(self.workdir)},
-                )  # fmt: skip
-            if self._wait_healthy() and _answers(self.app_address):
-                self.request("POST", f"sys/mounts/{TRANSIT_MOUNT}", {"type": "transit"})
-                return
-            self.stop()
-        raise RuntimeError("the two-listener OpenBao dev server did not start")
+    def pick_ports(self) -> None:
+        super().pick_ports()
+        self.app_port, self.cluster_port = free_port(), free_port()
+
+    def extra_config(self) -> str:
+        return (
+            f'listener "tcp" {{\n  address = "127.0.0.1:{self.app_port}"\n'
+            f'  cluster_address = "127.0.0.1:{self.cluster_port}"\n  tls_disable = true\n'
+            f"  max_request_size = {APP_LISTENER_MAX_REQUEST_SIZE}\n}}\n"
+        )
+
+    def extra_ready(self) -> bool:
+        return _answers(self.app_address)
 
 
 def _answers(address: str) -> bool:

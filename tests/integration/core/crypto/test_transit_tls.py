@@ -11,11 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import socket
 import ssl
-import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from labvault.core.crypto.errors import KeyProviderError
 from labvault.core.crypto.providers import KeyProviderConfig, load_key_provider
 from labvault.core.crypto.providers.transit import TransitKeyProvider, TransitOptions
 from labvault.core.crypto.secret import Secret
-from openbao import TRANSIT_MOUNT, OpenBaoServer
+from openbao import TRANSIT_MOUNT, OpenBaoServer, free_port
 
 pytestmark = pytest.mark.openbao
 
@@ -152,55 +150,35 @@ def _make_pki(directory: Path) -> _Pki:
 # --- a dev server with a mutual-TLS listener ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _TlsOpenBao(OpenBaoServer):
     """A dev server (plain listener, root token) plus a TLS listener requiring a client cert."""
 
     def __init__(self, binary: Path, workdir: Path, pki: _Pki) -> None:
         super().__init__(binary, workdir)
         self.pki = pki
-        self.tls_port = 0
+        self.tls_port = self.cluster_port = 0
 
     @property
     def tls_address(self) -> str:
         return f"https://127.0.0.1:{self.tls_port}"
 
-    def start(self) -> None:
+    def pick_ports(self) -> None:
+        super().pick_ports()
+        self.tls_port, self.cluster_port = free_port(), free_port()
+
+    def extra_config(self) -> str:
         pki = self.pki
-        for _ in range(3):
-            self.port, self.tls_port, cluster = _free_port(), _free_port(), _free_port()
-            config = self.workdir / f"openbao-{self.tls_port}.hcl"
-            config.write_text(
-                f'listener "tcp" {{\n  address = "127.0.0.1:{self.tls_port}"\n'
-                f'  cluster_address = "127.0.0.1:{cluster}"\n'
-                f'  tls_cert_file = "{pki.server_cert_file}"\n'
-                f'  tls_key_file = "{pki.server_key_file}"\n'
-                f'  tls_client_ca_file = "{pki.client_ca_file}"\n'
-                "  tls_require_and_verify_client_cert = true\n}\n",
-                encoding="utf-8",
-            )
-            log = self.workdir / f"bao-{self.port}.log"
-            with log.open("wb") as output:
-                self.process = subprocess.Popen(
-                    [
-                        str(self.binary), "server", "-dev", "-dev-no-store-token",
-                        f"-dev-root-token-id={self.root_token}",
-                        f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}",
-                    ],
-                    stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**os.environ, "HOME": str(self.workdir)},
-                )  # fmt: skip
-            if self._wait_healthy() and self._tls_answers():
-                self.request("POST", f"sys/mounts/{TRANSIT_MOUNT}", {"type": "transit"})
-                return
-            self.stop()
-        tail = log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"the OpenBao dev server with a TLS listener did not start:\n{tail}")
+        return (
+            f'listener "tcp" {{\n  address = "127.0.0.1:{self.tls_port}"\n'
+            f'  cluster_address = "127.0.0.1:{self.cluster_port}"\n'
+            f'  tls_cert_file = "{pki.server_cert_file}"\n'
+            f'  tls_key_file = "{pki.server_key_file}"\n'
+            f'  tls_client_ca_file = "{pki.client_ca_file}"\n'
+            "  tls_require_and_verify_client_cert = true\n}\n"
+        )
+
+    def extra_ready(self) -> bool:
+        return self._tls_answers()
 
     def _tls_answers(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.pki.ca_file))
@@ -273,6 +251,18 @@ def _assert_clean(error: KeyProviderError, server: _TlsOpenBao) -> str:
     return message
 
 
+def _refusal(
+    server: _TlsOpenBao, provider: TransitKeyProvider, call: Callable[[TransitKeyProvider], object]
+) -> str:
+    """The checked message of the error ``call`` must raise; the provider is closed."""
+    try:
+        with pytest.raises(KeyProviderError) as refused:
+            call(provider)
+    finally:
+        provider.close()
+    return _assert_clean(refused.value, server)
+
+
 # --- the tests ---------------------------------------------------------------------------------
 
 
@@ -298,12 +288,7 @@ def test_without_the_ca_file_the_server_certificate_is_not_verified(
 ) -> None:
     """The system trust store does not know the test CA: refused, and said so."""
     provider = tls_openbao.tls_provider(tls_key, ca_file=None, retries=2)
-    try:
-        with pytest.raises(KeyProviderError) as refused:
-            provider.wrap_many(_items(1))
-    finally:
-        provider.close()
-    message = _assert_clean(refused.value, tls_openbao)
+    message = _refusal(tls_openbao, provider, lambda p: p.wrap_many(_items(1)))
     assert tls_openbao.tls_address in message
     assert "certificate could not be verified" in message
     assert "LABVAULT_TRANSIT_CA_FILE" in message
@@ -314,12 +299,7 @@ def test_a_server_certificate_from_another_ca_is_not_verified(
 ) -> None:
     """Trusting the client CA only (the wrong file in LABVAULT_TRANSIT_CA_FILE)."""
     provider = tls_openbao.tls_provider(tls_key, ca_file=str(tls_openbao.pki.client_ca_file))
-    try:
-        with pytest.raises(KeyProviderError) as refused:
-            provider.unwrap_many([(b"vault:v1:AAAA", "ctx")])
-    finally:
-        provider.close()
-    message = _assert_clean(refused.value, tls_openbao)
+    message = _refusal(tls_openbao, provider, lambda p: p.unwrap_many([(b"vault:v1:AAAA", "ctx")]))
     assert "certificate could not be verified" in message
 
 
@@ -329,12 +309,7 @@ def test_without_a_client_certificate_the_server_refuses_the_handshake(
     provider = tls_openbao.tls_provider(
         tls_key, client_cert_file=None, client_key_file=None, retries=2
     )
-    try:
-        with pytest.raises(KeyProviderError) as refused:
-            provider.wrap_many(_items(1))
-    finally:
-        provider.close()
-    message = _assert_clean(refused.value, tls_openbao)
+    message = _refusal(tls_openbao, provider, lambda p: p.wrap_many(_items(1)))
     assert tls_openbao.tls_address in message
     assert "refused the TLS handshake" in message
     assert "client certificate" in message
@@ -351,12 +326,7 @@ def test_a_client_certificate_from_an_untrusted_ca_is_refused(
         client_cert_file=str(pki.server_cert_file),
         client_key_file=str(pki.server_key_file),
     )
-    try:
-        with pytest.raises(KeyProviderError) as refused:
-            provider.wrap_many(_items(1))
-    finally:
-        provider.close()
-    message = _assert_clean(refused.value, tls_openbao)
+    message = _refusal(tls_openbao, provider, lambda p: p.wrap_many(_items(1)))
     assert "refused the TLS handshake" in message
 
 
