@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,8 +78,10 @@ from labvault.results.models import (
     ReportStatus,
     ResultMessage,
     ResultObservation,
+    ResultObservationVersion,
     ResultOrder,
     ResultReport,
+    ResultReportVersion,
     SensitiveExamCode,
     ServiceClient,
     ServiceClientSite,
@@ -96,6 +98,7 @@ __all__ = [
     "ResultWriter",
     "StoredResultIntake",
     "UnattachableError",
+    "keep_version",
     "service_principal",
 ]
 
@@ -111,6 +114,10 @@ LOINC_ALIASES: Final = frozenset(
     {"ln", "loinc", "http://loinc.org", "urn:oid:2.16.840.1.113883.6.1"}
 )
 DATA_KEYS_TABLE: Final = cast(Table, DataKeyRecord.__table__)
+REPORTS_TABLE: Final = cast(Table, ResultReport.__table__)
+OBSERVATIONS_TABLE: Final = cast(Table, ResultObservation.__table__)
+REPORT_VERSIONS_TABLE: Final = cast(Table, ResultReportVersion.__table__)
+OBSERVATION_VERSIONS_TABLE: Final = cast(Table, ResultObservationVersion.__table__)
 LISTENER: Final = SystemPrincipal("mllp:listener")
 """Who refuses a message from a sender labvault does not know (no service principal yet)."""
 
@@ -444,7 +451,9 @@ class ResultWriter:
                 )
                 .with_for_update()
             ).one()
-            # A complement or a correction is a new version: the whole workflow again.
+            # A complement or a correction is a new version: the whole workflow again. The
+            # version it replaces is kept first, ciphertext only (see keep_version).
+            keep_version(self._session, self._tenant_id, report.id, now)
             report.version += 1
             report.status = ReportStatus.TO_VALIDATE.value
             report.lis_status = order.lis_status
@@ -538,6 +547,83 @@ def _flagged(order: IncomingOrder, sensitive: set[tuple[str, str]]) -> tuple[Cod
 
 
 # --- The store ---------------------------------------------------------------------------
+
+
+def keep_version(
+    session: Session, tenant_id: uuid.UUID, report_id: uuid.UUID, now: dt.datetime
+) -> uuid.UUID:
+    """Copy the live version of report ``report_id`` (its row and its observations) into
+    ``result_report_versions`` / ``result_observation_versions`` before a new message
+    replaces it, in this transaction. Database to database, INSERT ... SELECT: the
+    ciphertext is copied verbatim, never opened (the intake can only seal), and stays
+    bound to its original table, row and column. Returns the kept version's id."""
+    version_id = uuid.uuid4()
+    versions = REPORT_VERSIONS_TABLE.c
+    reports = REPORTS_TABLE.c
+    session.execute(
+        insert(REPORT_VERSIONS_TABLE).from_select(
+            [
+                versions.id,
+                versions.tenant_id,
+                versions.patient_id,
+                versions.report_id,
+                versions.version,
+                versions.lis_status,
+                versions.status,
+                versions.content,
+                versions.pdf,
+                versions.validated_by,
+                versions.validated_at,
+                versions.released_by,
+                versions.released_at,
+                versions.received_at,
+                versions.superseded_at,
+            ],
+            select(
+                literal(version_id, versions.id.type),
+                reports.tenant_id,
+                reports.patient_id,
+                reports.id,
+                reports.version,
+                reports.lis_status,
+                reports.status,
+                reports.content,
+                reports.pdf,
+                reports.validated_by,
+                reports.validated_at,
+                reports.released_by,
+                reports.released_at,
+                reports.received_at,
+                literal(now, versions.superseded_at.type),
+            ).where(reports.tenant_id == tenant_id, reports.id == report_id),
+        )
+    )
+    observations = OBSERVATIONS_TABLE.c
+    kept = OBSERVATION_VERSIONS_TABLE.c
+    session.execute(
+        insert(OBSERVATION_VERSIONS_TABLE).from_select(
+            [
+                kept.id,
+                kept.tenant_id,
+                kept.patient_id,
+                kept.report_version_id,
+                kept.position,
+                kept.content,
+            ],
+            select(
+                observations.id,
+                observations.tenant_id,
+                observations.patient_id,
+                literal(version_id, kept.report_version_id.type),
+                observations.position,
+                observations.content,
+            ).where(
+                observations.tenant_id == tenant_id,
+                observations.report_id == report_id,
+            ),
+        )
+    )
+    return version_id
 
 
 class ResultStore:

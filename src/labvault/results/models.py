@@ -312,6 +312,94 @@ class ResultObservation(HasRandomId, Base):
     content: Mapped[bytes] = mapped_column(RawBytes)
 
 
+class ResultReportVersion(HasRandomId, Base):
+    """A superseded version of a report, kept when a correction or a complement replaces it
+    (traceability of amended reports): every version, validated or not, with its workflow
+    status and who validated and released it.
+
+    ``content`` and ``pdf`` are the live row's ciphertext copied verbatim by the intake,
+    which only holds a sealing capability and never decrypts. They stay bound to their
+    original associated data: a reader opens them as ``result_reports`` / ``report_id`` /
+    ``content`` (or ``pdf``) under the patient's data key, never as this table's row. A blob
+    moved to another report's version does not open, and erasing the patient (deleting
+    the data key) makes every kept version unreadable too.
+    """
+
+    __tablename__ = "result_report_versions"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "report_id", "version"),
+        UniqueConstraint("tenant_id", "id"),
+        Index("ix_result_report_versions_tenant_id_patient_id", "tenant_id", "patient_id"),
+        ForeignKeyConstraint(
+            ["tenant_id", "patient_id"], ["patients.tenant_id", "patients.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "report_id"],
+            ["result_reports.tenant_id", "result_reports.id"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("status IN ('to-validate', 'validated', 'released')", name="status_known"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    patient_id: Mapped[uuid.UUID]
+    report_id: Mapped[uuid.UUID]
+    version: Mapped[int] = mapped_column(Integer)
+    """The version number it had while it was the live one."""
+    lis_status: Mapped[str] = mapped_column(String(1))
+    status: Mapped[str] = mapped_column(String(16))
+    """Its workflow status when it was superseded."""
+    content: Mapped[bytes] = mapped_column(RawBytes)
+    """Sealed as ``result_reports`` / ``report_id`` / ``content``."""
+    pdf: Mapped[bytes | None] = mapped_column(RawBytes, default=None)
+    """Sealed as ``result_reports`` / ``report_id`` / ``pdf``."""
+    validated_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    validated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    released_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    released_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    received_at: Mapped[dt.datetime]
+    superseded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ResultObservationVersion(Base):
+    """An observation of a superseded report version. ``id`` is the original
+    ``result_observations`` row's id: ``content`` is that row's ciphertext copied verbatim,
+    still bound to ``result_observations`` / ``id`` / ``content``, and opens only as such."""
+
+    __tablename__ = "result_observation_versions"
+    __table_args__ = (
+        # The default name (67 characters) would be cut by PostgreSQL's 63.
+        UniqueConstraint(
+            "tenant_id",
+            "report_version_id",
+            "position",
+            name="uq_result_observation_versions_tenant_id_version_position",
+        ),
+        Index("ix_result_observation_versions_tenant_id_patient_id", "tenant_id", "patient_id"),
+        ForeignKeyConstraint(
+            ["tenant_id", "patient_id"], ["patients.tenant_id", "patients.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "report_version_id"],
+            ["result_report_versions.tenant_id", "result_report_versions.id"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("position >= 1", name="position_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    patient_id: Mapped[uuid.UUID]
+    report_version_id: Mapped[uuid.UUID]
+    position: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(RawBytes)
+
+
 class ResultShare(HasRandomId, Base):
     """A patient's time-limited share of one report with another doctor: a random link
     whose SHA-256 digest only is kept; the recipient's name is sealed."""

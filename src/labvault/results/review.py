@@ -12,7 +12,10 @@ What is decrypted
     The queue opens the patients' identity (name, birth date) and each report's sealed
     content (title, phone delivery) for the rows it shows: at most :data:`QUEUE_LIMIT`, the
     oldest first. A report page opens that report, its order, its observations and those of
-    the patient's earlier reports (previous value of the same code). Every opening is
+    the patient's earlier reports (previous value of the same code) and, for a corrected
+    report, those of the last superseded version that had been validated or released (kept
+    in ``result_observation_versions``, opened in their original ``result_observations``
+    place). Every opening is
     audited by the keyring (``patient:record:read`` with the purpose), plus
     ``result:review:list`` / ``result:review:read``.
 
@@ -62,7 +65,14 @@ from labvault.results.content import (
     load,
 )
 from labvault.results.delivery import DeliveryError, PrescriberDocument, ResultDelivery
-from labvault.results.models import ReportStatus, ResultObservation, ResultOrder, ResultReport
+from labvault.results.models import (
+    ReportStatus,
+    ResultObservation,
+    ResultObservationVersion,
+    ResultOrder,
+    ResultReport,
+    ResultReportVersion,
+)
 from labvault.results.notify import ResultNotifier
 
 __all__ = [
@@ -84,6 +94,8 @@ __all__ = [
     "ReportView",
     "ReviewRefusedError",
     "ReviewService",
+    "ValidatedValue",
+    "ValidatedVersion",
     "VersionChangedError",
     "WrongStateError",
     "deliver_pending",
@@ -107,6 +119,8 @@ REPORTS_TABLE: Final = ResultReport.__tablename__
 ORDERS_TABLE: Final = ResultOrder.__tablename__
 OBSERVATIONS_TABLE: Final = ResultObservation.__tablename__
 IN_QUEUE: Final = (ReportStatus.TO_VALIDATE.value, ReportStatus.VALIDATED.value)
+SHOWN_TO_SOMEONE: Final = (ReportStatus.VALIDATED.value, ReportStatus.RELEASED.value)
+"""A superseded version a biologist validated (and maybe the patient was shown)."""
 
 FLAG_WORDS: Final = {
     "H": "élevé",
@@ -195,6 +209,37 @@ class PreviousValue:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class ValidatedValue:
+    """An observation of the last validated version this report replaced."""
+
+    position: int
+    code: Coding
+    value: str
+    unit: str
+    reference_range: str
+    flags: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"ValidatedValue(position={self.position})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ValidatedVersion:
+    """The most recent superseded version of the report that had been validated or
+    released: what a correction replaced. ``unmatched``: its observations that match none
+    of the current ones (by code, else by position)."""
+
+    version: int
+    status: ReportStatus
+    validated_at: dt.datetime | None
+    released_at: dt.datetime | None
+    unmatched: tuple[ValidatedValue, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"ValidatedVersion(version={self.version})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class ObservationView:
     position: int
     code: Coding
@@ -206,6 +251,8 @@ class ObservationView:
     status: str
     notes: tuple[str, ...]
     previous: PreviousValue | None = None
+    validated_before: ValidatedValue | None = None
+    """The same observation in :attr:`ReportView.validated_version`, if any."""
 
     def __repr__(self) -> str:
         return f"ObservationView(position={self.position})"
@@ -224,6 +271,9 @@ class ReportView:
     content: ReportContent
     order: OrderDetails
     observations: tuple[ObservationView, ...] = field(default_factory=tuple)
+    validated_version: ValidatedVersion | None = None
+    """For a corrected report (version > 1): the last validated or released version it
+    replaced, whose values are shown next to the current ones."""
 
     @property
     def phone(self) -> bool:
@@ -633,6 +683,9 @@ class ReviewService:
                     flags=flag_words(observation.abnormal_flags),
                     at=observation.observed_at or older.received_at,
                 )
+        current = opened.get(report.id, [])
+        kept, kept_values = self._validated_version(report)
+        matched = _match(current, kept_values)
         observations = tuple(
             ObservationView(
                 position=position,
@@ -645,9 +698,20 @@ class ReviewService:
                 status=observation.status,
                 notes=observation.notes,
                 previous=previous.get((observation.code.system, observation.code.code)),
+                validated_before=matched.get(position),
             )
-            for position, observation in opened.get(report.id, [])
+            for position, observation in current
         )
+        validated_version = None
+        if kept is not None:
+            used = {value.position for value in matched.values()}
+            validated_version = ValidatedVersion(
+                version=kept.version,
+                status=ReportStatus(kept.status),
+                validated_at=kept.validated_at,
+                released_at=kept.released_at,
+                unmatched=tuple(v for v in kept_values if v.position not in used),
+            )
         return ReportView(
             report_id=report.id,
             patient=patient,
@@ -660,7 +724,63 @@ class ReviewService:
             content=content,
             order=order,
             observations=observations,
+            validated_version=validated_version,
         )
+
+    def _validated_version(
+        self, report: ResultReport
+    ) -> tuple[ResultReportVersion | None, list[ValidatedValue]]:
+        """The most recent superseded version that had been validated or released, and its
+        observations, opened through the same audited path as the current ones: the kept
+        ciphertext is still bound to its original ``result_observations`` row."""
+        if report.version <= 1:
+            return None, []
+        kept = self._session.scalars(
+            select(ResultReportVersion)
+            .where(
+                ResultReportVersion.tenant_id == self._tenant_id,
+                ResultReportVersion.report_id == report.id,
+                ResultReportVersion.status.in_(SHOWN_TO_SOMEONE),
+            )
+            .order_by(ResultReportVersion.version.desc())
+            .limit(1)
+        ).one_or_none()
+        if kept is None:
+            return None, []
+        rows = list(
+            self._session.scalars(
+                select(ResultObservationVersion)
+                .where(
+                    ResultObservationVersion.tenant_id == self._tenant_id,
+                    ResultObservationVersion.report_version_id == kept.id,
+                )
+                .order_by(ResultObservationVersion.position)
+            )
+        )
+        opened = self._repository.open_for(
+            RESOURCE,
+            [
+                SealedItem(o.patient_id, OBSERVATIONS_TABLE, o.id, {"content": o.content})
+                for o in rows
+            ],
+            purpose=READ_PURPOSE,
+        )
+        values = []
+        for row in rows:
+            if row.id not in opened:
+                continue
+            observation = load(ObservationContent, opened[row.id]["content"])
+            values.append(
+                ValidatedValue(
+                    position=row.position,
+                    code=observation.code,
+                    value=display_value(observation),
+                    unit=observation.unit,
+                    reference_range=observation.reference_range,
+                    flags=flag_words(observation.abnormal_flags),
+                )
+            )
+        return kept, values
 
     def _content_for_read(self, report: ResultReport) -> ReportContent:
         opened = self._repository.open_for(
@@ -675,6 +795,32 @@ class ReviewService:
         except ContentError:
             _log.error("result.content_unreadable", report_id=str(report.id))
             raise
+
+
+def _match(
+    current: Sequence[tuple[int, ObservationContent]], earlier: Sequence[ValidatedValue]
+) -> dict[int, ValidatedValue]:
+    """Each current observation's counterpart in an earlier version (by position): the
+    same code first, else the one at the same position that no code claimed."""
+    by_code: dict[tuple[str, str], ValidatedValue] = {}
+    for value in earlier:
+        by_code.setdefault((value.code.system, value.code.code), value)
+    matched: dict[int, ValidatedValue] = {}
+    used: set[int] = set()
+    for position, observation in current:
+        found = by_code.get((observation.code.system, observation.code.code))
+        if found is not None and found.position not in used:
+            matched[position] = found
+            used.add(found.position)
+    at = {value.position: value for value in earlier}
+    for position, _ in current:
+        if position in matched:
+            continue
+        found = at.get(position)
+        if found is not None and found.position not in used:
+            matched[position] = found
+            used.add(found.position)
+    return matched
 
 
 def _open_order(

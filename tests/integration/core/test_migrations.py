@@ -45,6 +45,8 @@ TENANT_OWNED = {
     "result_reports",
     "result_observations",
     "result_shares",
+    "result_report_versions",
+    "result_observation_versions",
     "read_budget_limits",
     "read_budget_reads",
     "honey_sets",
