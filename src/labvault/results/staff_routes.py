@@ -44,6 +44,8 @@ from labvault.results.review import (
     ReportView,
     ReviewRefusedError,
     ReviewService,
+    ValidatedValue,
+    ValidatedVersion,
     VersionChangedError,
 )
 
@@ -131,6 +133,29 @@ class PreviousValueOut(BaseModel):
     at: dt.datetime
 
 
+class ValidatedValueOut(BaseModel):
+    """An observation of the last validated version a correction replaced."""
+
+    position: int
+    system: str
+    code: str
+    value: str
+    unit: str
+    reference_range: str
+    flags: list[str]
+
+
+class ValidatedVersionOut(BaseModel):
+    """What a correction replaced: the last validated (or released) version, and its values
+    that match none of the current observations."""
+
+    version: int
+    status: str
+    validated_at: dt.datetime | None
+    released_at: dt.datetime | None
+    unmatched: list[ValidatedValueOut]
+
+
 class ObservationOut(BaseModel):
     position: int
     system: str
@@ -143,6 +168,7 @@ class ObservationOut(BaseModel):
     interpretation: list[str]
     status: str
     previous: PreviousValueOut | None
+    validated_before: ValidatedValueOut | None
 
 
 class ReportOut(BaseModel):
@@ -158,6 +184,7 @@ class ReportOut(BaseModel):
     conclusion: str
     phone: bool
     observations: list[ObservationOut]
+    validated_version: ValidatedVersionOut | None
 
 
 class OutcomeOut(BaseModel):
@@ -165,6 +192,32 @@ class OutcomeOut(BaseModel):
     released: bool
     notified: bool
     delivered: bool
+
+
+def _validated_value(value: ValidatedValue | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {
+        "position": value.position,
+        "system": value.code.system,
+        "code": value.code.code,
+        "value": value.value,
+        "unit": value.unit,
+        "reference_range": value.reference_range,
+        "flags": list(value.flags),
+    }
+
+
+def _validated_version(version: ValidatedVersion | None) -> dict[str, Any] | None:
+    if version is None:
+        return None
+    return {
+        "version": version.version,
+        "status": version.status.value,
+        "validated_at": version.validated_at,
+        "released_at": version.released_at,
+        "unmatched": [_validated_value(value) for value in version.unmatched],
+    }
 
 
 def _observation(view: ObservationView) -> dict[str, Any]:
@@ -188,6 +241,7 @@ def _observation(view: ObservationView) -> dict[str, Any]:
             "flags": list(previous.flags),
             "at": previous.at,
         },
+        "validated_before": _validated_value(view.validated_before),
     }
 
 
@@ -205,6 +259,7 @@ def _report(view: ReportView) -> dict[str, Any]:
         "conclusion": view.content.conclusion,
         "phone": view.phone,
         "observations": [_observation(o) for o in view.observations],
+        "validated_version": _validated_version(view.validated_version),
     }
 
 

@@ -141,3 +141,25 @@ def test_a_correction_of_an_unvalidated_report_shows_no_validated_version(
     assert "10,4" not in page.text
     with cw.world.sessions() as session:
         assert session.scalar(select(ResultReport.version).where(ResultReport.id == report_id)) == 2
+
+
+def test_the_review_api_gives_the_last_validated_version_too(
+    client: TestClient, cw: CallerWorld
+) -> None:
+    report_id = new_report(cw, ReportStatus.VALIDATED)
+    api = f"/api/v1/results/review/{report_id}"
+    first = client.get(api)
+    assert first.status_code == 200, first.text
+    assert first.json()["validated_version"] is None
+    assert {o["validated_before"] is None for o in first.json()["observations"]} == {True}
+    correct(cw, report_id, [hemoglobin("9.1")])  # the glucose line is gone in version 2
+    answer = client.get(api)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    body = answer.json()
+    assert body["version"] == 2
+    kept = body["validated_version"]
+    assert (kept["version"], kept["status"]) == (1, "validated")
+    ((observation,),) = [body["observations"]]
+    assert (observation["value"], observation["validated_before"]["value"]) == ("9,1", "10,4")
+    assert [value["code"] for value in kept["unmatched"]] == [glucose("1.32").code.code]
