@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Engine, LargeBinary, MetaData, Uuid, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -92,6 +92,7 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = create_engine(url, echo=echo, hide_parameters=True)
         event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "savepoint", _begin_immediately)
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=True)
 
@@ -111,6 +112,20 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # Freed pages are zeroed so that deleted (crypto-shredded) keys do not linger on disk.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def _begin_immediately(connection: Connection, _name: str) -> None:
+    """Open the transaction of a first SAVEPOINT with ``BEGIN IMMEDIATE``.
+
+    pysqlite (legacy transaction control) sends no BEGIN before a SAVEPOINT, which then
+    opens a deferred transaction: its reads pin a WAL snapshot, and its first write fails at
+    once with "database is locked" if another connection committed since (SQLite cannot
+    upgrade a stale snapshot, and does not wait). Taking the write lock first makes it wait,
+    up to ``busy_timeout``, like any writer. Savepoints here always guard writes.
+    """
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:
+        raw.execute("BEGIN IMMEDIATE")
 
 
 def is_sqlite_busy(error: BaseException) -> bool:
