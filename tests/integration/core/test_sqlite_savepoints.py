@@ -72,6 +72,6 @@ def test_a_savepoint_after_a_write_joins_the_transaction_already_open(database: 
             nested.rollback()
         with engine.connect() as connection:
             rows = connection.execute(text("SELECT name, value FROM counters ORDER BY name"))
-            assert dict(rows.tuples().all()) == {"a": 5, "b": 6}
+            assert {name: value for name, value in rows} == {"a": 5, "b": 6}
     finally:
         engine.dispose()
