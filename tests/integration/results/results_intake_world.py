@@ -8,20 +8,32 @@ import base64
 import datetime as dt
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from labvault.appointments.models import Appointment
-from labvault.core.access.principals import SystemPrincipal
+from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.audit.events import audited_transaction
 from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
 from labvault.organizations.services import add_site, create_organization
 from labvault.patients.nir import synthetic_nir
 from labvault.patients.schemas import PatientInput
+from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository
 from labvault.patients.synthetic import synthetic_patients
 from labvault.results.clients import ServiceClientRegistry
+from labvault.results.delivery import FileResultDelivery
+from labvault.results.hl7 import parse_oru
+from labvault.results.intake import StoredResultIntake
 from labvault.results.models import SensitiveExamCode
+from labvault.results.review import ReviewService
+from labvault.staff.models import StaffRole
+from labvault.staff.services import StaffRepository
+
+T = TypeVar("T")
 
 LIS_APPLICATION = "SIL-ALPHA"
 LIS_FACILITY = "ALPHA-CENTRE"
@@ -162,3 +174,45 @@ def oru(
         data = base64.b64encode(pdf).decode()
         segments.append(f"OBX|9|ED|PDF^Compte rendu^L||^application^pdf^Base64^{data}||||||F")
     return "\r".join(segments) + "\r"
+
+
+def add_biologist(world: IntakeWorld) -> uuid.UUID:
+    """A biologist of the site the laboratory system serves (no appointment needed: the
+    order at the site is the relationship)."""
+    with transaction(world.runtime.sessions) as session:
+        keyring = TenantKeyring(
+            session, world.runtime.key_provider, world.tenant, SystemPrincipal("test:staff")
+        )
+        return StaffRepository(session, keyring).add(
+            first_name="Irène",
+            last_name="Biologiste",
+            email="irene.biologiste@alpha.example.org",
+            role=StaffRole.BIOLOGIST,
+            site_ids=[world.site],
+        )
+
+
+def receive(world: IntakeWorld, text: str) -> None:
+    """One message through the listener's real intake, as from the registered system."""
+    intake = StoredResultIntake(world.runtime.sessions, world.runtime.key_provider, world.tenant)
+    intake.receive(parse_oru(text), peer="127.0.0.1:1")
+
+
+def review(world: IntakeWorld, staff_id: uuid.UUID, action: Callable[[ReviewService], T]) -> T:
+    """``action`` on the review service of biologist ``staff_id``, in one audited unit."""
+    runtime = world.runtime
+    with audited_transaction(runtime.sessions) as session:
+        principal = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="biologist")
+        keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
+        service = ReviewService(
+            session,
+            keyring,
+            staff_scope(session, principal, world.tenant, staff_id),
+            provider=runtime.key_provider,
+            staff_id=staff_id,
+            require_step_up=lambda: None,
+            delivery=FileResultDelivery(runtime.settings.resolved_result_drop_dir),
+            notifier=None,
+            organization="Labo Alpha",
+        )
+        return action(service)

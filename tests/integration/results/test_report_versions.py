@@ -9,20 +9,27 @@ next to the corrected ones; another tenant never sees the versions (RLS)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
-from results_intake_world import COMMENT, HEMOGLOBIN, PDF, IntakeWorld, build_intake_world, oru
+from results_intake_world import (
+    COMMENT,
+    HEMOGLOBIN,
+    PDF,
+    IntakeWorld,
+    add_biologist,
+    build_intake_world,
+    oru,
+    receive,
+    review,
+)
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from helpers import leaked, pg_dump, sqlite_files
-from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
+from labvault.core.access.principals import SystemPrincipal
 from labvault.core.audit.events import audited_transaction
 from labvault.core.config import Settings
 from labvault.core.crypto.errors import DecryptionError
-from labvault.core.crypto.keyring import TenantKeyring
 from labvault.core.crypto.models import DataKeyRecord
 from labvault.core.db import transaction, utcnow
 from labvault.core.runtime import Runtime
@@ -30,24 +37,17 @@ from labvault.core.tenancy import apply
 from labvault.organizations.services import create_organization
 from labvault.patients.erasure import KeylessKeyring, erase_patient
 from labvault.patients.models import ErasureRequester
-from labvault.patients.scope import staff_scope
 from labvault.patients.services import PatientRepository, SealedItem
 from labvault.results import content
 from labvault.results.content import ObservationContent, ReportContent
-from labvault.results.delivery import FileResultDelivery
-from labvault.results.hl7 import parse_oru
-from labvault.results.intake import StoredResultIntake
 from labvault.results.models import (
     ResultObservation,
     ResultObservationVersion,
     ResultReport,
     ResultReportVersion,
 )
-from labvault.results.review import ReportView, ReviewService
-from labvault.staff.models import StaffRole
-from labvault.staff.services import StaffRepository
+from labvault.results.review import ReportView
 
-T = TypeVar("T")
 FIRST_GLUCOSE = "6.10"
 CORRECTED_GLUCOSE = "5.42"
 
@@ -59,22 +59,7 @@ def world(runtime: Runtime) -> IntakeWorld:
 
 @pytest.fixture
 def biologist(world: IntakeWorld) -> uuid.UUID:
-    with transaction(world.runtime.sessions) as session:
-        keyring = TenantKeyring(
-            session, world.runtime.key_provider, world.tenant, SystemPrincipal("test:staff")
-        )
-        return StaffRepository(session, keyring).add(
-            first_name="Irène",
-            last_name="Biologiste",
-            email="irene.biologiste@alpha.example.org",
-            role=StaffRole.BIOLOGIST,
-            site_ids=[world.site],
-        )
-
-
-def receive(world: IntakeWorld, text_: str) -> None:
-    intake = StoredResultIntake(world.runtime.sessions, world.runtime.key_provider, world.tenant)
-    intake.receive(parse_oru(text_), peer="127.0.0.1:1")
+    return add_biologist(world)
 
 
 def mark_validated(world: IntakeWorld, order_patient: uuid.UUID) -> uuid.UUID:
@@ -88,25 +73,6 @@ def mark_validated(world: IntakeWorld, order_patient: uuid.UUID) -> uuid.UUID:
         report.validated_at = utcnow()
         report.validated_by = uuid.uuid4()
         return report.id
-
-
-def review(world: IntakeWorld, staff_id: uuid.UUID, action: Callable[[ReviewService], T]) -> T:
-    runtime = world.runtime
-    with audited_transaction(runtime.sessions) as session:
-        principal = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="biologist")
-        keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
-        service = ReviewService(
-            session,
-            keyring,
-            staff_scope(session, principal, world.tenant, staff_id),
-            provider=runtime.key_provider,
-            staff_id=staff_id,
-            require_step_up=lambda: None,
-            delivery=FileResultDelivery(runtime.settings.resolved_result_drop_dir),
-            notifier=None,
-            organization="Labo Alpha",
-        )
-        return action(service)
 
 
 def live_blobs(

@@ -7,27 +7,20 @@ biologist opened a report refuses the validation of the version seen."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
-from results_intake_world import IntakeWorld, build_intake_world, oru
+from results_intake_world import (
+    IntakeWorld,
+    add_biologist,
+    build_intake_world,
+    oru,
+    receive,
+    review,
+)
 
-from labvault.core.access.principals import Principal, PrincipalKind, SystemPrincipal
-from labvault.core.audit.events import audited_transaction
-from labvault.core.crypto.keyring import TenantKeyring
-from labvault.core.db import transaction
 from labvault.core.runtime import Runtime
-from labvault.patients.scope import staff_scope
-from labvault.results.delivery import FileResultDelivery
-from labvault.results.hl7 import parse_oru
-from labvault.results.intake import StoredResultIntake
 from labvault.results.models import ReportStatus
-from labvault.results.review import ReviewService, VersionChangedError
-from labvault.staff.models import StaffRole
-from labvault.staff.services import StaffRepository
-
-T = TypeVar("T")
+from labvault.results.review import VersionChangedError
 
 
 @pytest.fixture
@@ -37,43 +30,7 @@ def world(runtime: Runtime) -> IntakeWorld:
 
 @pytest.fixture
 def biologist(world: IntakeWorld) -> uuid.UUID:
-    """A biologist of the site the laboratory system serves (no appointment needed: the
-    order at the site is the relationship)."""
-    with transaction(world.runtime.sessions) as session:
-        keyring = TenantKeyring(
-            session, world.runtime.key_provider, world.tenant, SystemPrincipal("test:staff")
-        )
-        return StaffRepository(session, keyring).add(
-            first_name="Irène",
-            last_name="Biologiste",
-            email="irene.biologiste@alpha.example.org",
-            role=StaffRole.BIOLOGIST,
-            site_ids=[world.site],
-        )
-
-
-def receive(world: IntakeWorld, text: str) -> None:
-    intake = StoredResultIntake(world.runtime.sessions, world.runtime.key_provider, world.tenant)
-    intake.receive(parse_oru(text), peer="127.0.0.1:1")
-
-
-def review(world: IntakeWorld, staff_id: uuid.UUID, action: Callable[[ReviewService], T]) -> T:
-    runtime = world.runtime
-    with audited_transaction(runtime.sessions) as session:
-        principal = Principal(PrincipalKind.STAFF, str(uuid.uuid4()), role="biologist")
-        keyring = TenantKeyring(session, runtime.key_provider, world.tenant, principal)
-        service = ReviewService(
-            session,
-            keyring,
-            staff_scope(session, principal, world.tenant, staff_id),
-            provider=runtime.key_provider,
-            staff_id=staff_id,
-            require_step_up=lambda: None,
-            delivery=FileResultDelivery(runtime.settings.resolved_result_drop_dir),
-            notifier=None,
-            organization="Labo Alpha",
-        )
-        return action(service)
+    return add_biologist(world)
 
 
 def test_a_received_result_is_reviewed_and_released(
